@@ -1,0 +1,11 @@
+from scribeflow import steps
+
+steps.setup_logging(snakemake.log[0])
+steps.transcribe(
+    snakemake.config,
+    snakemake.wildcards.episode,
+    snakemake.input.audio,
+    snakemake.output.json,
+    snakemake.params.video,
+    snakemake.params.language,
+)

@@ -1,0 +1,135 @@
+"""The episode catalogue: loading (CSV, TSV, Parquet), row validation and chunking.
+
+Every bad row is reported in one error, before anything runs, so that a user fixes
+the file once instead of once per bad row.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pandas as pd
+
+REQUIRED = ("id", "url")
+OPTIONAL = ("title", "series", "season", "episode", "duration_s", "expected_size_mb", "language")
+NUMERIC = ("season", "episode", "duration_s", "expected_size_mb")
+ID_PATTERN = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,63}$")
+URL_PATTERN = re.compile(r"^https?://[^\s/?#]+[^\s]*$", re.IGNORECASE)
+MAX_REPORTED = 200  # more would drown the message; the count is always given
+
+
+class CatalogueError(ValueError):
+    """The catalogue cannot be used; the message lists each bad row, column and reason."""
+
+
+def read_table(path: str | Path) -> pd.DataFrame:
+    path = Path(path)
+    if not path.is_file():
+        raise CatalogueError(f"catalogue {path}: no such file")
+    suffix = path.suffix.lower()
+    try:
+        if suffix in (".parquet", ".pq"):
+            return pd.read_parquet(path)
+        if suffix in (".csv", ".tsv", ".tab", ".txt"):
+            sep = "," if suffix == ".csv" else "\t"
+            # Everything as text: ids like 007 or 1e3 must stay as written.
+            return pd.read_csv(path, sep=sep, dtype=str, keep_default_na=False, na_values=[""])
+    except Exception as exc:  # pandas raises many types for a malformed file
+        raise CatalogueError(f"catalogue {path}: cannot be read as {suffix[1:]}: {exc}") from exc
+    raise CatalogueError(
+        f"catalogue {path}: unknown file type {suffix!r}; use .csv, .tsv or .parquet"
+    )
+
+
+def validate(df: pd.DataFrame, source: str = "catalogue") -> pd.DataFrame:
+    """Return the catalogue with typed columns, or raise CatalogueError listing every bad row.
+
+    Row numbers are 1-based data rows (row 1 is the first row after the header).
+    """
+    missing = [c for c in REQUIRED if c not in df.columns]
+    if missing:
+        raise CatalogueError(
+            f"{source}: missing required column(s) {', '.join(missing)}; "
+            f"found columns: {', '.join(map(str, df.columns)) or '(none)'}"
+        )
+    df = df.reset_index(drop=True).copy()
+    problems: list[tuple[int, str, str]] = []
+
+    ids = df["id"].astype("string").fillna("")
+    bad_id = ~ids.str.fullmatch(ID_PATTERN.pattern).fillna(False).astype(bool)
+    for i in bad_id[bad_id].index:
+        problems.append((i, "id", _id_reason(ids[i])))
+    dup = ids.duplicated(keep="first") & ~bad_id
+    first_row = {v: i for i, v in reversed(list(ids.items()))}
+    for i in dup[dup].index:
+        problems.append((i, "id", f"duplicate id {ids[i]!r} (first on row {first_row[ids[i]] + 1})"))
+
+    urls = df["url"].astype("string").fillna("").str.strip()
+    bad_url = ~urls.str.fullmatch(URL_PATTERN.pattern, case=False).fillna(False).astype(bool)
+    for i in bad_url[bad_url].index:
+        problems.append((i, "url", _url_reason(urls[i])))
+    df["url"] = urls
+
+    for col in NUMERIC:
+        if col not in df.columns:
+            continue
+        values = pd.to_numeric(df[col], errors="coerce")
+        bad = (df[col].notna() & values.isna()) | (values < 0)
+        for i in bad[bad].index:
+            problems.append((i, col, f"not a non-negative number: {df[col][i]!r}"))
+        df[col] = values
+
+    if problems:
+        problems.sort()
+        lines = [f"row {i + 1}, column {col}: {reason}" for i, col, reason in problems[:MAX_REPORTED]]
+        more = len(problems) - len(lines)
+        if more:
+            lines.append(f"... and {more} more")
+        raise CatalogueError(
+            f"{source}: {len(problems)} problem(s) in {bad_rows(problems)} row(s); nothing was run:\n  "
+            + "\n  ".join(lines)
+        )
+    df["id"] = ids.astype(str)
+    return df
+
+
+def bad_rows(problems) -> int:
+    return len({i for i, _, _ in problems})
+
+
+def _id_reason(value: str) -> str:
+    if value == "":
+        return "empty id"
+    if len(value) > 64:
+        return f"id longer than 64 characters ({len(value)})"
+    if value[0] in "-.":
+        return f"id {value!r} starts with {value[0]!r}"
+    return f"id {value!r} has characters outside [A-Za-z0-9._-]"
+
+
+def _url_reason(value: str) -> str:
+    if value == "":
+        return "empty url"
+    scheme = value.split(":", 1)[0].lower() if ":" in value else ""
+    if scheme not in ("http", "https"):
+        return f"url {value[:80]!r} is not http or https"
+    return f"url {value[:80]!r} is not a valid http(s) address"
+
+
+def select_chunk(df: pd.DataFrame, chunk: str | None) -> pd.DataFrame:
+    """The K-th of N contiguous, near-equal slices (1-based); the whole table for None."""
+    if not chunk:
+        return df
+    k, n = (int(x) for x in chunk.split("/"))
+    if not 1 <= k <= n:
+        raise CatalogueError(f"chunk {chunk!r}: K must be between 1 and N")
+    total = len(df)
+    start, stop = (k - 1) * total // n, k * total // n
+    return df.iloc[start:stop]
+
+
+def load(path: str | Path, chunk: str | None = None) -> pd.DataFrame:
+    """Read, validate (the whole file: a bad row anywhere stops every chunk) and slice."""
+    df = validate(read_table(path), source=f"catalogue {path}")
+    return select_chunk(df, chunk).set_index("id", drop=False)

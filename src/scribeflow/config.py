@@ -1,0 +1,103 @@
+"""Configuration: JSON-Schema validation with defaults, plus the rules a schema cannot say."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+
+GB = 1_000_000_000
+MB = 1_000_000
+
+SCHEMA_PATH = Path(__file__).resolve().parents[2] / "config" / "schema.yaml"
+
+
+class ConfigError(ValueError):
+    """A configuration value is invalid; the message names the key."""
+
+
+def _with_defaults(validator_class):
+    # jsonschema does not fill defaults by itself; this is its documented recipe,
+    # the same one snakemake.utils.validate(set_default=True) applies.
+    validate_properties = validator_class.VALIDATORS["properties"]
+
+    def set_defaults(validator, properties, instance, schema):
+        if isinstance(instance, dict):
+            for prop, sub in properties.items():
+                if "default" in sub and prop not in instance:
+                    instance[prop] = copy.deepcopy(sub["default"])
+        yield from validate_properties(validator, properties, instance, schema)
+
+    return jsonschema.validators.extend(validator_class, {"properties": set_defaults})
+
+
+def load_schema(path: Path = SCHEMA_PATH) -> dict:
+    return yaml.safe_load(Path(path).read_text())
+
+
+def validate(config: dict, schema: dict | None = None) -> dict:
+    """Fill defaults into `config` (in place) and refuse what the schema or the rules refuse."""
+    schema = schema or load_schema()
+    validator = _with_defaults(jsonschema.Draft202012Validator)(schema)
+    errors = sorted(validator.iter_errors(config), key=lambda e: list(e.absolute_path))
+    if errors:
+        lines = [f"{'.'.join(map(str, e.absolute_path)) or '(top level)'}: {e.message}" for e in errors]
+        raise ConfigError("invalid configuration:\n  " + "\n  ".join(lines))
+    check_rules(config)
+    return config
+
+
+def load(path: str | Path | None = None, overrides: dict | None = None) -> dict:
+    """Read a config file (default config/config.yaml), apply overrides, validate."""
+    path = Path(path) if path else SCHEMA_PATH.parent / "config.yaml"
+    config = yaml.safe_load(path.read_text()) or {}
+    for key, value in (overrides or {}).items():
+        _set_dotted(config, key, value)
+    return validate(config)
+
+
+def _set_dotted(config: dict, dotted: str, value: Any) -> None:
+    node = config
+    *parents, leaf = dotted.split(".")
+    for part in parents:
+        node = node.setdefault(part, {})
+    node[leaf] = value
+
+
+def in_flight_gb(dm: dict) -> float:
+    """The bytes (in GB) downloads in flight may add above the pause threshold."""
+    if dm.get("in_flight_gb") is None:
+        return dm["hard_limit_gb"] - dm["pause_threshold_gb"]
+    return dm["in_flight_gb"]
+
+
+def check_rules(config: dict) -> None:
+    """Cross-key rules of the disk budget. Each message names the key at fault."""
+    dm = config["disk_management"]
+    hard, pause, resume = dm["hard_limit_gb"], dm["pause_threshold_gb"], dm["resume_threshold_gb"]
+    if not pause < hard:
+        raise ConfigError(
+            f"disk_management.pause_threshold_gb ({pause}) must be below hard_limit_gb ({hard})"
+        )
+    if not resume < pause:
+        raise ConfigError(
+            f"disk_management.resume_threshold_gb ({resume}) must be below pause_threshold_gb ({pause})"
+        )
+    if pause + in_flight_gb(dm) > hard + 1e-12:
+        raise ConfigError(
+            f"disk_management.in_flight_gb ({dm['in_flight_gb']}) + pause_threshold_gb ({pause}) "
+            f"exceeds hard_limit_gb ({hard}): downloads in flight could cross the hard limit"
+        )
+    if dm["audio_headroom_mb"] * MB >= (hard - pause) * GB:
+        raise ConfigError(
+            f"disk_management.audio_headroom_mb ({dm['audio_headroom_mb']}) must be below "
+            f"hard_limit_gb - pause_threshold_gb ({(hard - pause) * 1000:g} MB)"
+        )
+    chunk = config.get("chunk")
+    if chunk is not None:
+        k, n = (int(x) for x in chunk.split("/"))
+        if not 1 <= k <= n:
+            raise ConfigError(f"chunk ({chunk!r}) must be K/N with 1 <= K <= N")

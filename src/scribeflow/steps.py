@@ -1,0 +1,100 @@
+"""One function per rule: the work, the disk gate and the ledger, so the rules stay thin.
+
+Each step records its stage transitions in the ledger and, on failure, the stage
+'failed' with the reason before re-raising, so that `scribeflow status` can say what
+went wrong and Snakemake still sees the job fail.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import sys
+from pathlib import Path
+
+from .config import MB
+from .gate import DownloadGate, gb
+from .ledger import Ledger
+
+log = logging.getLogger("scribeflow")
+
+
+def setup_logging(log_path: str | Path | None) -> None:
+    handlers = [logging.StreamHandler(sys.stderr)]
+    if log_path:
+        Path(log_path).parent.mkdir(parents=True, exist_ok=True)
+        handlers.append(logging.FileHandler(log_path, mode="w"))
+    logging.basicConfig(level=logging.INFO, handlers=handlers, force=True,
+                        format="%(asctime)s %(levelname)-5s %(name)s: %(message)s")
+
+
+@contextlib.contextmanager
+def _recorded(ledger: Ledger, episode: str):
+    try:
+        yield
+    except BaseException as exc:
+        log.error("%s failed: %s", episode, exc)
+        with contextlib.suppress(Exception):
+            ledger.set_stage(episode, "failed", last_error=f"{type(exc).__name__}: {exc}"[:2000])
+        raise
+
+
+def download(config: dict, episode: str, url: str, out: str, expected_size_mb: float | None) -> None:
+    from .download import download_episode
+
+    with Ledger.for_config(config) as ledger, _recorded(ledger, episode):
+        ledger.set_stage(episode, "downloading")
+        gate = DownloadGate.from_config(config, ledger=ledger)
+        result = download_episode(episode, url, Path(out), config, gate=gate,
+                                  expected_size_mb=expected_size_mb)
+        ledger.set_stage(episode, "downloaded", video_size_bytes=result["bytes"],
+                         declared_bytes=result["declared"], video_deleted=0)
+
+
+def extract_audio(config: dict, episode: str, video: str, audio: str) -> None:
+    from .media import expected_audio_bytes, extract_audio as extract, validate
+
+    with Ledger.for_config(config) as ledger, _recorded(ledger, episode):
+        ledger.set_stage(episode, "extracting")
+        gate = DownloadGate.from_config(config, ledger=ledger)
+        info = validate(video)
+        # Reserve the WAV's size: the audio is written while the video still exists.
+        reserve = expected_audio_bytes(max(info.duration, info.container_duration or 0))
+        with gate.consumer(episode, "extract"), gate.admitted(episode, reserve, [audio], download=False):
+            seconds = extract(video, audio)
+        size = Path(audio).stat().st_size
+        log.info("Extracted %.1f s of 16 kHz mono audio from %s: %.1f MB", seconds, episode, size / MB)
+        ledger.set_stage(episode, "extracted", audio_size_bytes=size)
+
+
+def transcribe(config: dict, episode: str, audio: str, transcript: str, video: str,
+               language: str | None) -> None:
+    from .disk import DiskMonitor
+    from .transcribe import load_model, transcribe_audio, write_transcript
+
+    tc = config["transcribe"]
+    cleanup = config["disk_management"]["cleanup"]
+    with Ledger.for_config(config) as ledger, _recorded(ledger, episode):
+        video_gone = not Path(video).exists()
+        ledger.set_stage(episode, "transcribing", video_deleted=int(video_gone))
+        job = ledger.job(episode) or {}
+        video_mb = (job.get("video_size_bytes") or 0) / MB
+        gate = DownloadGate.from_config(config, ledger=ledger)
+        with gate.consumer(episode, "transcribe"):
+            log.info("Transcribing %s, video size: %.1f MB", episode, video_mb)
+            model = load_model(tc)
+            result = transcribe_audio(model, audio, episode, tc, language or tc["language"])
+            size = write_transcript(result, transcript, tc["formats"])
+        audio_mb = Path(audio).stat().st_size / MB
+        # Snakemake deletes the temp() audio as soon as this job ends.
+        audio_deleted = cleanup["delete_audio_after_transcription"]
+        ledger.set_stage(episode, "transcribed", transcript_size_bytes=size, audio_deleted=int(audio_deleted))
+        log.info("Transcription complete (%.1f s of audio, %d segments), deleting video and audio",
+                 result["duration"], len(result["segments"]))
+        freed = (video_mb if video_gone else 0) + (audio_mb if audio_deleted else 0)
+        log.info("Freed %.1f MB (video: %.1f MB, audio: %.1f MB)", freed, video_mb if video_gone else 0,
+                 audio_mb if audio_deleted else 0)
+        monitor = DiskMonitor.from_config(config)
+        usage = monitor.current_usage()
+        log.info("Current disk usage: %s/%s GB (%.0f%%)", gb(usage.total - audio_mb * MB),
+                 gb(monitor.hard_limit), 100 * (usage.total - audio_mb * MB) / monitor.hard_limit)
