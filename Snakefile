@@ -5,7 +5,8 @@ from snakemake.utils import min_version
 min_version("9.0")
 
 
-configfile: "config/config.yaml"
+# Beside the Snakefile, so that --directory elsewhere still finds the defaults.
+configfile: f"{workflow.basedir}/config/config.yaml"
 
 
 include: "rules/common.smk"
@@ -16,9 +17,9 @@ localrules:
 
 
 rule all:
+    default_target: True
     input:
         transcript_targets(),
-    default_target: True
 
 
 include: "rules/download.smk"

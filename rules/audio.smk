@@ -12,5 +12,7 @@ rule extract_audio:
         f"{BENCHMARKS}/extract_audio/{{episode}}.tsv"
     # Above downloads: extraction frees the video.
     priority: 50
+    conda:
+        "../environment.yml"
     script:
         "../scripts/extract_audio.py"

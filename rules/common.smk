@@ -1,11 +1,15 @@
 import math
+import sys
+from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
+# The package holds all the logic; the workflow needs it importable, installed or not.
+sys.path.insert(0, str(Path(workflow.basedir) / "src"))
+
 from scribeflow import catalogue as sf_catalogue
 from scribeflow import config as sf_config
-
 
 validate(config, "../config/schema.yaml")
 try:
@@ -82,4 +86,6 @@ onstart:
         ledger.enqueue(CATALOGUE.index)
     files, freed = clean_orphans(config)
     if files:
-        print(f"scribeflow: removed {files} orphaned file(s) of an interrupted run, freed {freed / 1e6:.1f} MB")
+        print(
+            f"scribeflow: removed {files} orphaned file(s) of an interrupted run, freed {freed / 1e6:.1f} MB"
+        )

@@ -46,7 +46,7 @@ def make_speech_video(
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         wav = Path(tmp) / "speech.wav"
-        subprocess.run(["espeak-ng", "-v", "en-us", "-s", "150", "-w", str(wav), text], check=True)
+        subprocess.run(["espeak-ng", "-v", "en-us", "-s", "135", "-w", str(wav), text], check=True)
         audio_filter = f"apad=pad_dur={pad_seconds}" if pad_seconds else "anull"
         subprocess.run(
             ["ffmpeg", "-nostdin", "-loglevel", "error", "-y", "-i", str(wav),

