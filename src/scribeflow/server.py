@@ -7,6 +7,7 @@ import contextlib
 import http.server
 import os
 import re
+import sys
 import threading
 from pathlib import Path
 
@@ -84,13 +85,20 @@ class MediaHandler(http.server.BaseHTTPRequestHandler):
                     threading.Event().wait(len(data) / self.rate_bytes_per_s)
 
 
+class _QuietServer(http.server.ThreadingHTTPServer):
+    def handle_error(self, request, client_address):
+        # A client hanging up mid-body is normal (yt-dlp stops, tests cut connections).
+        if not isinstance(sys.exc_info()[1], (ConnectionError, TimeoutError)):
+            super().handle_error(request, client_address)
+
+
 class MediaServer:
     """`with MediaServer(folder) as server: server.url("a.mp4")` — stops on exit."""
 
     def __init__(self, root: str | os.PathLike, rate_bytes_per_s: float | None = None, hide_length: bool = False):
         handler = type("Handler", (MediaHandler,), {
             "root": Path(root).resolve(), "rate_bytes_per_s": rate_bytes_per_s, "hide_length": hide_length})
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.httpd = _QuietServer(("127.0.0.1", 0), handler)
         self.httpd.daemon_threads = True
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
 

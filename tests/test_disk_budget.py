@@ -1,0 +1,33 @@
+"""The seed's integration test, scaled down: the real workflow under a budget of a few MB."""
+
+import pytest
+
+from scribeflow import scenario
+
+
+@pytest.mark.slow
+def test_the_hard_limit_holds_while_downloads_pause_and_resume(tmp_path_factory, model_path):
+    media = scenario.make_videos(tmp_path_factory.mktemp("media"), 12)
+    assert all(300_000 < p.stat().st_size < 900_000 for p in media)  # several hundred KB each
+    work = tmp_path_factory.mktemp("run")
+    result = scenario.run(work, media, model_path, hard_mb=4.0, pause_mb=2.0, resume_mb=1.7,
+                          downloads=4, transcriptions=1, cores=6)
+    assert result.returncode == 0, result.output[-5000:]
+    figures = result.figures()
+    print(figures)
+
+    assert len(result.samples) > 100  # sampled every 50 ms for the whole run
+    assert result.peak <= result.hard_limit, f"peak {result.peak} B over the hard limit {result.hard_limit} B"
+    assert result.peak >= result.resume_threshold  # the budget was really used
+    assert figures["max_concurrent_downloads"] >= 3
+    # Downloads paused at least once, and resumed.
+    assert result.pause_events and all(e["ended_at"] for e in result.pause_events)
+    assert any(s.paused for s in result.samples) and not result.samples[-1].paused
+
+    for p in media:
+        assert (work / "data" / "transcripts" / f"{p.stem}.json").is_file()
+    leftovers = [p.name for d in ("storage/videos", "data/audio") for p in (work / d).glob("*")]
+    assert leftovers == []
+
+    logs = "".join(p.read_text() for p in (work / "data" / "logs" / "download").glob("*.log"))
+    assert "pausing downloads" in logs and "resuming downloads" in logs and "Waiting for transcriber" in logs
