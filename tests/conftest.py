@@ -51,6 +51,11 @@ def recall(spoken: str, heard: str) -> float:
     return sum(w in got for w in said) / len(said)
 
 
+def leftover_temp_files(root: Path) -> list[Path]:
+    """Videos, partial downloads and audio still on disk under a run's tmp root."""
+    return [p for d in ("storage/videos", "data/audio") for p in (root / d).glob("*")]
+
+
 def write_catalogue(path: Path, rows: list[dict]) -> Path:
     columns = list(dict.fromkeys(k for r in rows for k in r)) or ["id", "url"]
     with path.open("w", newline="") as f:

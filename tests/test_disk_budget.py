@@ -2,6 +2,7 @@
 
 import pytest
 
+from conftest import leftover_temp_files
 from scribeflow import scenario
 
 
@@ -26,8 +27,7 @@ def test_the_hard_limit_holds_while_downloads_pause_and_resume(tmp_path_factory,
 
     for p in media:
         assert (work / "data" / "transcripts" / f"{p.stem}.json").is_file()
-    leftovers = [p.name for d in ("storage/videos", "data/audio") for p in (work / d).glob("*")]
-    assert leftovers == []
+    assert leftover_temp_files(work) == []
 
     logs = "".join(p.read_text() for p in (work / "data" / "logs" / "download").glob("*.log"))
     assert "pausing downloads" in logs and "resuming downloads" in logs and "Waiting for transcriber" in logs

@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from conftest import REPO, workflow_config, write_catalogue
+from conftest import REPO, leftover_temp_files, workflow_config, write_catalogue
 from scribeflow import config as cfg
 from scribeflow.recovery import clean_orphans
 
@@ -78,5 +78,4 @@ def test_a_killed_run_resumes_and_leaves_no_orphans(tmp_path, speech_dir, model_
     assert "orphaned file(s) of an interrupted run, freed" in rerun.stdout + rerun.stderr
     for row in rows:
         assert (tmp_path / "data" / "transcripts" / f"{row['id']}.json").is_file()
-    leftovers = [p for d in ("storage/videos", "data/audio") for p in (tmp_path / d).glob("*")]
-    assert leftovers == []
+    assert leftover_temp_files(tmp_path) == []

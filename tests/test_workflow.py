@@ -6,7 +6,7 @@ import sqlite3
 
 import pytest
 
-from conftest import recall, run_snakemake, workflow_config, write_catalogue
+from conftest import leftover_temp_files, recall, run_snakemake, workflow_config, write_catalogue
 from scribeflow.fixtures import SENTENCES
 
 
@@ -31,8 +31,7 @@ def test_catalogue_to_transcripts(tmp_path, media_server, model_path):
         assert path.with_suffix(".txt").read_text().strip()
 
     # Videos and audio are temporary: nothing is left, not even a partial download.
-    leftovers = [p for d in ("storage/videos", "data/audio") for p in (tmp_path / d).glob("*")]
-    assert leftovers == []
+    assert leftover_temp_files(tmp_path) == []
     hidden_tmp = list((tmp_path / "data" / "transcripts").glob(".*"))
     assert hidden_tmp == []
 
