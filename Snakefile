@@ -1,4 +1,4 @@
-# scribeflow: catalogue -> download -> audio -> transcript, within a disk budget.
+# scribeflow: catalogue -> download -> audio -> transcript -> tokens -> analysis, within a disk budget.
 # The top level stays cheap (config, catalogue, paths): on a cluster every job re-parses it.
 from snakemake.utils import min_version
 
@@ -19,9 +19,10 @@ localrules:
 rule all:
     default_target: True
     input:
-        transcript_targets(),
+        **corpus_outputs(),
 
 
 include: "rules/download.smk"
 include: "rules/audio.smk"
 include: "rules/transcribe.smk"
+include: "rules/corpus.smk"

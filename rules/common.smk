@@ -72,10 +72,27 @@ def transcript_targets():
 
 
 def transcript_outputs():
-    outputs = {"json": f"{DATA}/transcripts/{{episode}}.json"}
+    outputs = {
+        "json": temp_if(
+            CLEANUP["delete_transcript_after_tokenization"],
+            f"{DATA}/transcripts/{{episode}}.json",
+        )
+    }
     for fmt in config["transcribe"]["formats"]:
         outputs[fmt] = f"{DATA}/transcripts/{{episode}}.{fmt}"
     return outputs
+
+
+def corpus_outputs():
+    """The corpus tables and plot: the workflow's final targets."""
+    folder = f"{DATA}/analysis/corpus"
+    return {
+        "frequency": f"{folder}/lemma_frequency.tsv",
+        "series_frequency": f"{folder}/series_lemma_frequency.tsv",
+        "coverage": f"{folder}/coverage.tsv",
+        "episodes": f"{folder}/episodes.tsv",
+        "plot": f"{folder}/coverage.png",
+    }
 
 
 onstart:

@@ -98,3 +98,41 @@ def transcribe(config: dict, episode: str, audio: str, transcript: str, video: s
         usage = monitor.current_usage()
         log.info("Current disk usage: %s/%s GB (%.0f%%)", gb(usage.total - audio_mb * MB),
                  gb(monitor.hard_limit), 100 * (usage.total - audio_mb * MB) / monitor.hard_limit)
+
+
+def tokenize(config: dict, episode: str, transcript: str, tokens: str, language: str | None) -> None:
+    from .tokens import tokenize_file
+
+    with Ledger.for_config(config) as ledger, _recorded(ledger, episode):
+        tokenize_file(transcript, tokens, language)
+        ledger.set_stage(episode, "tokenized")
+        if config["disk_management"]["cleanup"]["delete_transcript_after_tokenization"]:
+            log.info("delete_transcript_after_tokenization: Snakemake deletes %s now", transcript)
+
+
+def analyse_episode(config: dict, episode: str, tokens: str, stats: str, lemmas: str) -> None:
+    from .analysis import analyse_episode as analyse
+
+    with Ledger.for_config(config) as ledger, _recorded(ledger, episode):
+        analyse(tokens, stats, lemmas)
+        ledger.set_stage(episode, "analyzed")
+        if config["disk_management"]["cleanup"]["delete_tokens_after_analysis"]:
+            log.info("delete_tokens_after_analysis: Snakemake deletes %s now", tokens)
+
+
+def corpus(config: dict, stats_pattern: str, lemmas_pattern: str, outputs: dict) -> None:
+    """The corpus tables over every analysed episode of the whole catalogue: with
+    `chunk`, the run of each slice adds its episodes to what earlier slices analysed."""
+    from .analysis import build_corpus
+    from .catalogue import load
+
+    catalogue = load(config["catalogue"])
+    has_series = "series" in catalogue.columns
+    entries = []
+    for episode in catalogue.index:
+        stats, lemmas = (p.replace("{episode}", episode) for p in (stats_pattern, lemmas_pattern))
+        if Path(stats).is_file() and Path(lemmas).is_file():
+            series = catalogue.at[episode, "series"] if has_series else None
+            entries.append((episode, stats, lemmas, None if series != series or series is None else str(series)))
+    log.info("Building the corpus from %d of %d catalogue episodes", len(entries), len(catalogue))
+    build_corpus(entries, outputs)

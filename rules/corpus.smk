@@ -1,0 +1,83 @@
+# Per-episode outputs the corpus is rebuilt from; the corpus step also finds those of
+# earlier runs (other chunks) by these patterns.
+EPISODE_STATS = f"{DATA}/analysis/episodes/{{episode}}.json"
+EPISODE_LEMMAS = f"{DATA}/analysis/lemmas/{{episode}}.parquet"
+
+
+rule tokenize:
+    input:
+        transcript=rules.transcribe.output.json,
+    output:
+        tokens=temp_if(
+            CLEANUP["delete_tokens_after_analysis"],
+            f"{DATA}/tokens/{{episode}}.parquet",
+        ),
+    log:
+        f"{LOGS}/tokenize/{{episode}}.log",
+    benchmark:
+        f"{BENCHMARKS}/tokenize/{{episode}}.tsv"
+    conda:
+        "../environment.yml"
+    params:
+        language=lambda wc: row(wc.episode, "language"),
+    script:
+        "../scripts/tokenize.py"
+
+
+rule analyse_episode:
+    input:
+        tokens=rules.tokenize.output.tokens,
+    output:
+        stats=EPISODE_STATS,
+        lemmas=EPISODE_LEMMAS,
+    log:
+        f"{LOGS}/analyse_episode/{{episode}}.log",
+    benchmark:
+        f"{BENCHMARKS}/analyse_episode/{{episode}}.tsv"
+    conda:
+        "../environment.yml"
+    script:
+        "../scripts/analyse_episode.py"
+
+
+rule corpus:
+    input:
+        stats=expand(EPISODE_STATS, episode=CATALOGUE.index),
+        lemmas=expand(EPISODE_LEMMAS, episode=CATALOGUE.index),
+    output:
+        frequency=report(
+            corpus_outputs()["frequency"],
+            caption="../report/frequency.rst",
+            category="Corpus",
+        ),
+        series_frequency=report(
+            corpus_outputs()["series_frequency"],
+            caption="../report/series_frequency.rst",
+            category="Corpus",
+        ),
+        coverage=report(
+            corpus_outputs()["coverage"],
+            caption="../report/coverage_table.rst",
+            category="Corpus",
+        ),
+        episodes=report(
+            corpus_outputs()["episodes"],
+            caption="../report/episodes.rst",
+            category="Corpus",
+        ),
+        plot=report(
+            corpus_outputs()["plot"],
+            caption="../report/coverage_plot.rst",
+            category="Corpus",
+        ),
+    log:
+        f"{LOGS}/corpus/corpus.log",
+    benchmark:
+        f"{BENCHMARKS}/corpus/corpus.tsv"
+    conda:
+        "../environment.yml"
+    params:
+        stats=EPISODE_STATS,
+        lemmas=EPISODE_LEMMAS,
+    script:
+        "../scripts/corpus.py"

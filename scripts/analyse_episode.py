@@ -1,0 +1,11 @@
+import _scribeflow_path  # noqa: F401  (first: puts src/ on sys.path)
+from scribeflow import steps
+
+steps.setup_logging(snakemake.log[0])
+steps.analyse_episode(
+    snakemake.config,
+    snakemake.wildcards.episode,
+    snakemake.input.tokens,
+    snakemake.output.stats,
+    snakemake.output.lemmas,
+)

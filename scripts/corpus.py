@@ -1,0 +1,10 @@
+import _scribeflow_path  # noqa: F401  (first: puts src/ on sys.path)
+from scribeflow import steps
+
+steps.setup_logging(snakemake.log[0])
+steps.corpus(
+    snakemake.config,
+    snakemake.params.stats,
+    snakemake.params.lemmas,
+    dict(snakemake.output.items()),
+)

@@ -1,0 +1,244 @@
+"""Per-episode statistics and lemma counts; corpus tables rebuilt from those counts.
+
+The corpus step never reads tokens: it adds up the small per-episode lemma count
+files, so adding episodes costs their own tokenization and one cheap rebuild.
+
+Definitions (the column names of the output tables):
+- tokens: words (punctuation excluded, see tokens.py); types: distinct lemmas;
+  ttr: types / tokens.
+- chars: non-whitespace characters of the transcript text; tokens_per_minute and
+  chars_per_minute are per minute of audio (the transcript's duration).
+- unknown_rate: share of tokens outside the analyser's dictionary (numbers aside);
+  empty for languages tokenized without a dictionary.
+- document_frequency: episodes in which the lemma occurs; rank: by count, ties in
+  lemma order; cumulative_coverage: share of all tokens covered by the lemmas of
+  rank <= this one. lemmas_N: the fewest top-ranked lemmas that cover N % of tokens.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections import Counter
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from .files import atomic_path, atomic_write_text
+from .tokens import read_tokens
+
+log = logging.getLogger("scribeflow.analysis")
+
+COVERAGE_TARGETS = (80, 90, 95, 98)
+LEMMA_COUNTS = pa.schema([("lemma", pa.string()), ("pos", pa.string()), ("count", pa.int64())])
+FREQUENCY_COLUMNS = ["rank", "lemma", "pos", "count", "document_frequency", "share", "cumulative_coverage"]
+BATCH = 2000  # lemma count files read per aggregation step: bounds memory on a huge catalogue
+
+
+# -- one episode ---------------------------------------------------------------------------
+def episode_stats(table: pa.Table, meta: dict) -> dict:
+    n = table.num_rows
+    types = len(set(table.column("lemma").to_pylist()))
+    minutes = (meta.get("duration") or 0) / 60
+    unknown = sum(bool(u) for u in table.column("unknown").to_pylist()) if meta["has_lexicon"] else None
+    return {
+        "id": meta["id"],
+        "language": meta["language"],
+        "tokenizer": meta["tokenizer"],
+        "duration_s": meta.get("duration"),
+        "speech_s": meta["speech_seconds"],
+        "segments": meta["segments"],
+        "tokens": n,
+        "types": types,
+        "ttr": types / n if n else None,
+        "chars": meta["chars"],
+        "tokens_per_minute": n / minutes if minutes > 0 else None,
+        "chars_per_minute": meta["chars"] / minutes if minutes > 0 else None,
+        "unknown_tokens": unknown,
+        "unknown_rate": unknown / n if unknown is not None and n else None,
+    }
+
+
+def lemma_counts(table: pa.Table) -> pa.Table:
+    """One row per lemma: its count, and its most frequent part of speech in the episode."""
+    by_pos = Counter(zip(table.column("lemma").to_pylist(), table.column("pos").to_pylist()))
+    totals: Counter = Counter()
+    best: dict[str, tuple[int, str | None]] = {}
+    for (lemma, pos), n in by_pos.items():
+        totals[lemma] += n
+        if lemma not in best or n > best[lemma][0]:
+            best[lemma] = (n, pos)
+    lemmas = sorted(totals)
+    return pa.table({"lemma": lemmas, "pos": [best[x][1] for x in lemmas],
+                     "count": [totals[x] for x in lemmas]}, schema=LEMMA_COUNTS)
+
+
+def analyse_episode(tokens_path: str | Path, stats_path: str | Path, lemmas_path: str | Path) -> dict:
+    table, meta = read_tokens(tokens_path)
+    stats = episode_stats(table, meta)
+    with atomic_path(lemmas_path) as tmp:
+        pq.write_table(lemma_counts(table), tmp, compression="zstd")
+    atomic_write_text(stats_path, json.dumps(stats, ensure_ascii=False, indent=1))
+    log.info("Analysed %s: %d tokens, %d types, unknown rate %s", stats["id"], stats["tokens"], stats["types"],
+             "n/a" if stats["unknown_rate"] is None else f"{stats['unknown_rate']:.3f}")
+    return stats
+
+
+# -- the corpus ----------------------------------------------------------------------------
+def aggregate_counts(lemma_files: list[tuple[str | Path, str | None]]) -> pa.Table:
+    """(path, series) pairs -> series, lemma, pos, count, documents, summed over the files.
+
+    Read in batches and summed as it goes, so memory follows the vocabulary, not the
+    number of episodes. Each file has one row per lemma, so summing rows gives documents.
+    """
+    keys = ["series", "lemma", "pos"]
+    total = None
+    for start in range(0, len(lemma_files), BATCH):
+        tables = []
+        for path, series in lemma_files[start:start + BATCH]:
+            t = pq.read_table(path, schema=LEMMA_COUNTS)
+            tables.append(t.append_column("series", pa.array([series] * t.num_rows, pa.string()))
+                          .append_column("documents", pa.array([1] * t.num_rows, pa.int64())))
+        if total is not None:
+            tables.append(total)
+        total = _sum_by(pa.concat_tables(tables, promote_options="none"), keys)
+    if total is None:
+        return pa.table({"lemma": [], "pos": [], "count": [], "series": [], "documents": []},
+                        schema=LEMMA_COUNTS.append(pa.field("series", pa.string()))
+                        .append(pa.field("documents", pa.int64())))
+    return total
+
+
+def _sum_by(table: pa.Table, keys: list[str]) -> pa.Table:
+    summed = table.group_by(keys).aggregate([("count", "sum"), ("documents", "sum")])
+    return summed.rename_columns({"count_sum": "count", "documents_sum": "documents"}).select(
+        ["lemma", "pos", "count", "series", "documents"])
+
+
+def frequency_table(counts):
+    """Rows of (lemma, pos, count, documents), several per lemma possible -> FREQUENCY_COLUMNS."""
+    import pandas as pd
+
+    if counts.empty:
+        return pd.DataFrame({c: pd.Series(dtype="int64" if c in ("rank", "count", "document_frequency")
+                                          else "float64" if c in ("share", "cumulative_coverage") else "object")
+                             for c in FREQUENCY_COLUMNS})
+    # The part of speech a lemma has most often (per episode, its majority one).
+    ordered = counts.sort_values(["count", "pos"], ascending=[False, True], na_position="last", kind="stable")
+    pos = ordered.drop_duplicates("lemma").set_index("lemma")["pos"]
+    freq = counts.groupby("lemma", sort=False)[["count", "documents"]].sum().reset_index()
+    freq = freq.sort_values(["count", "lemma"], ascending=[False, True], kind="stable").reset_index(drop=True)
+    total = int(freq["count"].sum())
+    freq["pos"] = freq["lemma"].map(pos)
+    freq["rank"] = range(1, len(freq) + 1)
+    freq["share"] = freq["count"] / total
+    freq["cumulative_coverage"] = freq["count"].cumsum() / total
+    return freq.rename(columns={"documents": "document_frequency"})[FREQUENCY_COLUMNS]
+
+
+def lemmas_for_coverage(counts_by_rank, targets=COVERAGE_TARGETS) -> dict[int, int | None]:
+    """For each target %, the fewest top lemmas whose counts cover it (None without tokens)."""
+    import numpy as np
+
+    cumulative = np.cumsum(np.asarray(counts_by_rank, dtype=np.int64))
+    total = int(cumulative[-1]) if len(cumulative) else 0
+    # Integer arithmetic: cumulative * 100 >= target * total, no rounding at the edges.
+    return {t: (int(np.searchsorted(cumulative * 100, t * total, side="left")) + 1 if total else None)
+            for t in targets}
+
+
+def coverage_row(scope: str, series: str | None, episodes: int, freq) -> dict:
+    needed = lemmas_for_coverage(freq["count"].to_numpy())
+    return {"scope": scope, "series": series, "episodes": episodes, "tokens": int(freq["count"].sum()),
+            "types": len(freq), **{f"lemmas_{t}": needed[t] for t in COVERAGE_TARGETS}}
+
+
+def build_corpus(entries: list[tuple[str, str | Path, str | Path, str | None]], outputs: dict) -> dict:
+    """entries: (episode, stats path, lemma counts path, series or None).
+
+    outputs: paths for frequency, series_frequency, coverage, episodes (TSV) and plot (PNG).
+    Returns the coverage rows.
+    """
+    import pandas as pd
+
+    counts = aggregate_counts([(lemmas, series) for _, _, lemmas, series in entries]).to_pandas()
+    freq = frequency_table(counts)
+    coverage = [coverage_row("corpus", None, len(entries), freq)]
+
+    episodes_per_series = Counter(series for *_, series in entries if series is not None)
+    series_tables = []
+    curves = {"corpus": freq["cumulative_coverage"].to_numpy()}
+    in_series = counts[counts["series"].notna()]
+    for name, part in sorted(in_series.groupby("series"), key=lambda kv: kv[0]):
+        sf = frequency_table(part)
+        coverage.append(coverage_row("series", name, episodes_per_series[name], sf))
+        series_tables.append(sf.assign(series=name)[["series", *FREQUENCY_COLUMNS]])
+        curves[name] = sf["cumulative_coverage"].to_numpy()
+    series_freq = (pd.concat(series_tables, ignore_index=True) if series_tables
+                   else pd.DataFrame(columns=["series", *FREQUENCY_COLUMNS]))
+
+    stats = pd.DataFrame([{**json.loads(Path(path).read_text(encoding="utf-8")), "series": series}
+                          for _, path, _, series in entries])
+    coverage_df = pd.DataFrame(coverage)
+    write_tsv(freq, outputs["frequency"])
+    write_tsv(series_freq, outputs["series_frequency"])
+    write_tsv(coverage_df, outputs["coverage"])
+    write_tsv(stats, outputs["episodes"])
+    plot_coverage(curves, coverage_df, outputs["plot"])
+    log.info("Corpus of %d episodes: %d tokens, %d lemmas; lemmas for %s",
+             len(entries), coverage[0]["tokens"], coverage[0]["types"],
+             ", ".join(f"{t} %: {coverage[0][f'lemmas_{t}']}" for t in COVERAGE_TARGETS))
+    return coverage
+
+
+def write_tsv(df, path: str | Path) -> None:
+    # Integers stay integers where a column has gaps (pandas would print 12.0).
+    df = df.convert_dtypes(convert_string=False, convert_boolean=False, convert_floating=False)
+    with atomic_path(path) as tmp:
+        df.to_csv(tmp, sep="\t", index=False, float_format="%.6g", lineterminator="\n")
+
+
+def read_tsv(path: str | Path):
+    import pandas as pd
+
+    return pd.read_csv(path, sep="\t", keep_default_na=False, na_values=[""])
+
+
+MAX_SERIES_PLOTTED = 8  # more lines would be unreadable; the TSVs have every series
+
+
+def plot_coverage(curves: dict, coverage, path: str | Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 5), dpi=100)
+    series_rows = coverage[coverage["scope"] == "series"].sort_values("tokens", ascending=False)
+    for name in series_rows["series"].head(MAX_SERIES_PLOTTED):
+        y = curves[name]
+        ax.plot(range(1, len(y) + 1), 100 * y, linewidth=1, alpha=0.7, label=f"series {name}")
+    y = curves["corpus"]
+    if len(y):
+        ax.plot(range(1, len(y) + 1), 100 * y, color="black", linewidth=2, label="whole corpus")
+    corpus = coverage.iloc[0]
+    for t in COVERAGE_TARGETS:
+        ax.axhline(t, color="grey", linestyle=":", linewidth=0.8)
+        n = corpus[f"lemmas_{t}"]
+        if n == n and n is not None:  # not NaN: the corpus has tokens
+            ax.plot([n], [t], "o", color="black", markersize=4)
+            ax.annotate(f"{t} %: {int(n):,} lemmas", (n, t), textcoords="offset points", xytext=(-6, 3),
+                        ha="right", fontsize=8)
+    ax.set_xscale("log")
+    ax.set_xlabel("lemmas, most frequent first (log scale)")
+    ax.set_ylabel("tokens covered (%)")
+    ax.set_ylim(0, 100)
+    ax.set_title(f"Lemma coverage: {int(corpus['episodes']):,} episodes, {int(corpus['tokens']):,} tokens")
+    ax.grid(True, which="major", alpha=0.3)
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
