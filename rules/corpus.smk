@@ -76,8 +76,9 @@ rule corpus:
         f"{BENCHMARKS}/corpus/corpus.tsv"
     conda:
         "../environment.yml"
+    # Functions: a plain string's {episode} would be taken for a wildcard.
     params:
-        stats=EPISODE_STATS,
-        lemmas=EPISODE_LEMMAS,
+        stats=lambda wc: EPISODE_STATS,
+        lemmas=lambda wc: EPISODE_LEMMAS,
     script:
         "../scripts/corpus.py"

@@ -193,9 +193,13 @@ def build_corpus(entries: list[tuple[str, str | Path, str | Path, str | None]], 
     return coverage
 
 
+# Count columns that may have gaps: nullable integers, or pandas would print 12.0.
+INTEGER_COLUMNS = ("segments", "tokens", "types", "chars", "unknown_tokens", "episodes",
+                   *(f"lemmas_{t}" for t in COVERAGE_TARGETS))
+
+
 def write_tsv(df, path: str | Path) -> None:
-    # Integers stay integers where a column has gaps (pandas would print 12.0).
-    df = df.convert_dtypes(convert_string=False, convert_boolean=False, convert_floating=False)
+    df = df.astype({c: "Int64" for c in INTEGER_COLUMNS if c in df.columns})
     with atomic_path(path) as tmp:
         df.to_csv(tmp, sep="\t", index=False, float_format="%.6g", lineterminator="\n")
 
@@ -237,7 +241,8 @@ def plot_coverage(curves: dict, coverage, path: str | Path) -> None:
     ax.set_ylim(0, 100)
     ax.set_title(f"Lemma coverage: {int(corpus['episodes']):,} episodes, {int(corpus['tokens']):,} tokens")
     ax.grid(True, which="major", alpha=0.3)
-    ax.legend(loc="lower right", fontsize=8)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png")

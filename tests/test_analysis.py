@@ -1,0 +1,113 @@
+"""Per-episode statistics and the corpus tables, on hand-written Japanese and English
+transcripts, checked against known counts and an independent count of the tokens."""
+
+from collections import Counter
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from scribeflow.analysis import analyse_episode, build_corpus, lemmas_for_coverage, read_tsv
+from scribeflow.tokens import tokenize_file
+
+FIXTURES = Path(__file__).parent / "data" / "transcripts"
+SERIES = {"ja_weather": "nihongo", "ja_tv": "nihongo", "en_cat": "english", "en_weather": None}
+OUTPUTS = ("frequency", "series_frequency", "coverage", "episodes", "plot")
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    root = tmp_path_factory.mktemp("corpus")
+    entries, stats = [], {}
+    for episode, series in SERIES.items():
+        tokens = root / "tokens" / f"{episode}.parquet"
+        tokenize_file(FIXTURES / f"{episode}.json", tokens)
+        paths = root / "episodes" / f"{episode}.json", root / "lemmas" / f"{episode}.parquet"
+        stats[episode] = analyse_episode(tokens, *paths)
+        entries.append((episode, *paths, series))
+    outputs = {name: root / "corpus" / f"{name}.{'png' if name == 'plot' else 'tsv'}" for name in OUTPUTS}
+    build_corpus(entries, outputs)
+    return root, stats, outputs
+
+
+def lemmas_of(root: Path, episodes) -> dict[str, list[str]]:
+    return {e: pq.read_table(root / "tokens" / f"{e}.parquet").column("lemma").to_pylist() for e in episodes}
+
+
+def test_episode_statistics_match_the_known_counts(corpus):
+    _, stats, _ = corpus
+    ja, en = stats["ja_weather"], stats["en_cat"]
+    # ja_weather: 18 words, 15 distinct lemmas (猫, は, た twice), 12 s of audio, 27 characters.
+    assert (ja["tokens"], ja["types"], ja["chars"]) == (18, 15, 27)
+    assert ja["ttr"] == pytest.approx(15 / 18)
+    assert ja["tokens_per_minute"] == pytest.approx(90.0) and ja["chars_per_minute"] == pytest.approx(135.0)
+    assert ja["unknown_tokens"] == 0 and ja["unknown_rate"] == 0.0
+    # en_cat: 14 words, 11 distinct (the x3, cat x2), 6 s of audio, 53 characters.
+    assert (en["tokens"], en["types"], en["chars"]) == (14, 11, 53)
+    assert en["tokens_per_minute"] == pytest.approx(140.0)
+    assert en["unknown_rate"] is None  # no dictionary for the word tokenizer
+    assert (stats["ja_tv"]["tokens"], stats["en_weather"]["tokens"]) == (14, 10)
+
+
+def test_corpus_frequency_matches_an_independent_count(corpus):
+    root, _, outputs = corpus
+    per_episode = lemmas_of(root, SERIES)
+    counts = Counter(lemma for lemmas in per_episode.values() for lemma in lemmas)
+    documents = Counter(lemma for lemmas in per_episode.values() for lemma in set(lemmas))
+    total = sum(counts.values())
+    assert total == 18 + 14 + 14 + 10
+
+    freq = read_tsv(outputs["frequency"])
+    assert dict(zip(freq["lemma"], freq["count"])) == counts
+    assert dict(zip(freq["lemma"], freq["document_frequency"])) == documents
+    assert list(freq["rank"]) == list(range(1, len(counts) + 1))
+    assert list(freq["count"]) == sorted(counts.values(), reverse=True)
+    # Across languages: 猫 in both Japanese episodes, the/cat in both English ones.
+    row = freq.set_index("lemma")
+    assert (row.at["猫", "count"], row.at["猫", "document_frequency"], row.at["猫", "pos"]) == (3, 2, "名詞")
+    assert (row.at["the", "count"], row.at["the", "document_frequency"]) == (4, 2)
+    assert row.at["た", "count"] == 4  # 走っていた, 食べた, 見ました, 面白かった
+    running = 0
+    for lemma, coverage in zip(freq["lemma"], freq["cumulative_coverage"]):
+        running += counts[lemma]
+        assert coverage == pytest.approx(running / total, abs=1e-6)
+
+    cov = read_tsv(outputs["coverage"]).set_index("series", drop=False)
+    whole = cov[cov["scope"] == "corpus"].iloc[0]
+    assert (whole["episodes"], whole["tokens"], whole["types"]) == (4, total, len(counts))
+    ranked = sorted(counts.values(), reverse=True)
+    for target in (80, 90, 95, 98):
+        needed = next(k for k in range(1, len(ranked) + 1) if sum(ranked[:k]) * 100 >= target * total)
+        assert whole[f"lemmas_{target}"] == needed
+
+
+def test_series_tables_match_an_independent_count(corpus):
+    root, _, outputs = corpus
+    series_freq = read_tsv(outputs["series_frequency"])
+    assert set(series_freq["series"]) == {"nihongo", "english"}  # en_weather has no series
+    cov = read_tsv(outputs["coverage"])
+    for name in ("nihongo", "english"):
+        episodes = [e for e, s in SERIES.items() if s == name]
+        counts = Counter(x for lemmas in lemmas_of(root, episodes).values() for x in lemmas)
+        part = series_freq[series_freq["series"] == name]
+        assert dict(zip(part["lemma"], part["count"])) == counts
+        row = cov[(cov["scope"] == "series") & (cov["series"] == name)].iloc[0]
+        assert (row["episodes"], row["tokens"]) == (len(episodes), sum(counts.values()))
+    episodes = read_tsv(outputs["episodes"]).set_index("id")
+    assert episodes.at["ja_tv", "series"] == "nihongo" and episodes.at["ja_tv", "tokens"] == 14
+    assert outputs["plot"].read_bytes().startswith(b"\x89PNG")
+
+
+def test_lemmas_for_coverage_at_the_exact_boundary():
+    counts = [50, 30, 10, 5, 3, 2]  # 100 tokens: 80 % is reached exactly at rank 2
+    assert lemmas_for_coverage(counts) == {80: 2, 90: 3, 95: 4, 98: 5}
+    assert lemmas_for_coverage([1]) == {80: 1, 90: 1, 95: 1, 98: 1}
+    assert lemmas_for_coverage([]) == {80: None, 90: None, 95: None, 98: None}
+
+
+def test_a_corpus_without_episodes_still_writes_every_output(tmp_path):
+    outputs = {name: tmp_path / name for name in OUTPUTS}
+    build_corpus([], outputs)
+    assert read_tsv(outputs["frequency"]).empty
+    assert read_tsv(outputs["coverage"]).iloc[0]["tokens"] == 0
+    assert all(p.is_file() for p in outputs.values())
