@@ -79,3 +79,20 @@ def test_a_killed_run_resumes_and_leaves_no_orphans(tmp_path, speech_dir, model_
     for row in rows:
         assert (tmp_path / "data" / "transcripts" / f"{row['id']}.json").is_file()
     assert leftover_temp_files(tmp_path) == []
+
+
+def test_corpus_cleanup_flags_make_used_transcripts_and_tokens_orphans(tmp_path):
+    d = tmp_path / "d"
+    files = {
+        "tokenized": touch(d / "transcripts" / "a.json", 100), "its_tokens": touch(d / "tokens" / "a.parquet", 100),
+        "analysed": touch(d / "analysis" / "episodes" / "a.json", 100),
+        "pending": touch(d / "transcripts" / "b.json", 100),  # not tokenized yet
+        "pending_tokens": touch(d / "tokens" / "c.parquet", 100),  # not analysed yet
+        "half_written": touch(d / "analysis" / "lemmas" / ".c.parquet.x1.tmp", 100),
+    }
+    config = cfg.validate({"data_dir": str(d), "storage_dir": str(tmp_path / "s")})
+    assert clean_orphans(config)[0] == 1 and not files["half_written"].exists()  # flags off: data kept
+    config["disk_management"]["cleanup"].update(
+        delete_transcript_after_tokenization=True, delete_tokens_after_analysis=True)
+    assert clean_orphans(config)[0] == 2
+    assert sorted(k for k, p in files.items() if p.exists()) == ["analysed", "pending", "pending_tokens"]

@@ -39,7 +39,7 @@ def test_catalogue_to_transcripts(tmp_path, media_server, model_path):
     db = sqlite3.connect(tmp_path / "data" / "jobs.db")
     rows_db = db.execute("SELECT stage, video_deleted, audio_deleted, attempts, video_size_bytes FROM jobs").fetchall()
     assert len(rows_db) == 6
-    assert all(r[:4] == ("transcribed", 1, 1, 1) and r[4] > 10_000 for r in rows_db)
+    assert all(r[:4] == ("analyzed", 1, 1, 1) and r[4] > 10_000 for r in rows_db)
 
     # Every rule has its log and benchmark.
     for rule in ("download", "extract_audio", "transcribe"):
@@ -61,9 +61,9 @@ def test_dry_run_of_a_large_catalogue_touches_nothing(tmp_path):
     config = workflow_config(tmp_path, catalogue, "large-v3")
     proc = run_snakemake(tmp_path, config, "-n", "--cores", "8", timeout=300)
     out = proc.stdout + proc.stderr
-    for rule in ("download", "extract_audio", "transcribe"):
+    for rule in ("download", "extract_audio", "transcribe", "tokenize", "analyse_episode"):
         assert re.search(rf"^{rule}\s+1000$", out, re.M), out[-3000:]
-    assert re.search(r"^total\s+3001$", out, re.M)  # 3 jobs per episode + all
+    assert re.search(r"^total\s+5002$", out, re.M)  # 5 jobs per episode + corpus + all
     assert not (tmp_path / "data").exists() and not (tmp_path / "storage").exists()
 
 

@@ -45,7 +45,16 @@ def clean_orphans(config: dict) -> tuple[int, int]:
     for path in _files(audio):
         if path.suffix == ".wav" and cleanup["delete_audio_after_transcription"] and done(path.stem):
             doomed.append(path)
-    for folder in (videos, audio, transcripts):
+    # With the corpus cleanup flags, a transcript is temporary once tokenized, and
+    # tokens once analysed (rules/corpus.smk's paths).
+    tokens, analysed = data / "tokens", data / "analysis" / "episodes"
+    if cleanup["delete_transcript_after_tokenization"]:
+        doomed += [p for p in _files(transcripts)
+                   if p.suffix == ".json" and (tokens / f"{p.stem}.parquet").is_file()]
+    if cleanup["delete_tokens_after_analysis"]:
+        doomed += [p for p in _files(tokens) if p.suffix == ".parquet" and (analysed / f"{p.stem}.json").is_file()]
+    corpus_folders = (tokens, analysed, data / "analysis" / "lemmas", data / "analysis" / "corpus")
+    for folder in (videos, audio, transcripts, *corpus_folders):
         for path in _files(folder):
             if path.name.startswith(".") and path.name.endswith(".tmp"):
                 if not anyone_busy or now - path.stat().st_mtime > STALE_TMP_SECONDS:
