@@ -61,4 +61,6 @@ def run(workdir: Path, cores: int = 2, extra_args: list[str] | None = None) -> i
         path = workdir / "data" / "transcripts" / f"{video.stem}.json"
         text = json.loads(path.read_text())["text"]
         print(f"  {os.path.relpath(path)}\n      {text}")
+    corpus = workdir / "data" / "analysis" / "corpus"
+    print(f"\nCorpus: {os.path.relpath(corpus)}/ (lemma_frequency.tsv, coverage.tsv, coverage.png)")
     return 0
