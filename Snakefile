@@ -9,19 +9,25 @@ min_version("9.0")
 configfile: f"{workflow.basedir}/config/config.yaml"
 
 
+report: "report/workflow.rst"
+
+
 include: "rules/common.smk"
 
 
 localrules:
     all,
+    plots,
+
+
+include: "rules/download.smk"
+include: "rules/audio.smk"
+include: "rules/transcribe.smk"
+include: "rules/report.smk"
 
 
 rule all:
     default_target: True
     input:
         transcript_targets(),
-
-
-include: "rules/download.smk"
-include: "rules/audio.smk"
-include: "rules/transcribe.smk"
+        rules.plots.output,
