@@ -9,20 +9,26 @@ min_version("9.0")
 configfile: f"{workflow.basedir}/config/config.yaml"
 
 
+report: "report/workflow.rst"
+
+
 include: "rules/common.smk"
 
 
 localrules:
     all,
-
-
-rule all:
-    default_target: True
-    input:
-        **corpus_outputs(),
+    plots,
 
 
 include: "rules/download.smk"
 include: "rules/audio.smk"
 include: "rules/transcribe.smk"
 include: "rules/corpus.smk"
+include: "rules/report.smk"
+
+
+rule all:
+    default_target: True
+    input:
+        rules.plots.output,
+        **corpus_outputs(),

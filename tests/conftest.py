@@ -91,3 +91,12 @@ def run_snakemake(tmp: Path, config: dict, *args: str, check: bool = True, timeo
     if check and proc.returncode != 0:
         raise AssertionError(f"snakemake failed ({proc.returncode}):\n{proc.stdout[-6000:]}\n{proc.stderr[-6000:]}")
     return proc
+
+
+def scribeflow(cwd: Path, *args: str) -> str:
+    """Run the `scribeflow` command as a user would; return its standard output."""
+    proc = subprocess.run([sys.executable, "-m", "scribeflow.cli", *args], cwd=cwd, capture_output=True,
+                          text=True, timeout=120)
+    if proc.returncode != 0:
+        raise AssertionError(f"scribeflow {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
+    return proc.stdout

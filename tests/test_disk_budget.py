@@ -1,9 +1,35 @@
 """The seed's integration test, scaled down: the real workflow under a budget of a few MB."""
 
+import json
+import subprocess
+import sys
+import threading
+
 import pytest
 
 from conftest import leftover_temp_files
 from scribeflow import scenario
+
+
+class StatusProbe(threading.Thread):
+    """An operator running `scribeflow status --json` every few seconds during the run."""
+
+    def __init__(self, configfile, interval=3.0):
+        super().__init__(daemon=True)
+        self.configfile, self.interval = configfile, interval
+        self.seen, self.errors = [], []
+        self.stopped = threading.Event()
+
+    def run(self):
+        while not self.stopped.wait(self.interval):
+            if not self.configfile.exists():
+                continue
+            proc = subprocess.run([sys.executable, "-m", "scribeflow.cli", "status", "--json",
+                                   "--configfile", str(self.configfile)], capture_output=True, text=True)
+            if proc.returncode:
+                self.errors.append(proc.stderr[-2000:])
+            else:
+                self.seen.append(json.loads(proc.stdout))
 
 
 @pytest.mark.slow
@@ -11,8 +37,14 @@ def test_the_hard_limit_holds_while_downloads_pause_and_resume(tmp_path_factory,
     media = scenario.make_videos(tmp_path_factory.mktemp("media"), 12)
     assert all(300_000 < p.stat().st_size < 900_000 for p in media)  # several hundred KB each
     work = tmp_path_factory.mktemp("run")
-    result = scenario.run(work, media, model_path, hard_mb=4.0, pause_mb=2.0, resume_mb=1.7,
-                          downloads=4, transcriptions=1, cores=6)
+    probe = StatusProbe(work / "config.yaml")
+    probe.start()
+    try:
+        result = scenario.run(work, media, model_path, hard_mb=4.0, pause_mb=2.0, resume_mb=1.7,
+                              downloads=4, transcriptions=1, cores=6)
+    finally:
+        probe.stopped.set()
+        probe.join()
     assert result.returncode == 0, result.output[-5000:]
     figures = result.figures()
     print(figures)
@@ -31,3 +63,9 @@ def test_the_hard_limit_holds_while_downloads_pause_and_resume(tmp_path_factory,
 
     logs = "".join(p.read_text() for p in (work / "data" / "logs" / "download").glob("*.log"))
     assert "pausing downloads" in logs and "resuming downloads" in logs and "Waiting for transcriber" in logs
+
+    # `scribeflow status` answered all through the run, and saw it progress.
+    assert probe.errors == []
+    done = [snap["stages"]["transcribed"] for snap in probe.seen]
+    assert len(done) >= 3 and done == sorted(done) and any(0 < n < len(media) for n in done), done
+    assert any(snap["pauses"]["open"] for snap in probe.seen) or any(snap["pauses"]["count"] for snap in probe.seen)

@@ -3,10 +3,11 @@
 import json
 import re
 import sqlite3
+import zipfile
 
 import pytest
 
-from conftest import leftover_temp_files, recall, run_snakemake, workflow_config, write_catalogue
+from conftest import leftover_temp_files, recall, run_snakemake, scribeflow, workflow_config, write_catalogue
 from scribeflow.fixtures import SENTENCES
 
 
@@ -14,7 +15,8 @@ from scribeflow.fixtures import SENTENCES
 def test_catalogue_to_transcripts(tmp_path, media_server, model_path):
     rows = [{"id": f"ep{n:02d}", "url": media_server.url(f"ep{n:02d}.mp4"), "language": "en"} for n in range(1, 7)]
     catalogue = write_catalogue(tmp_path / "episodes.csv", rows)
-    config = workflow_config(tmp_path, catalogue, model_path, transcribe={"formats": ["srt", "vtt", "txt"]})
+    config = workflow_config(tmp_path, catalogue, model_path, transcribe={"formats": ["srt", "vtt", "txt"]},
+                             disk_management={"check_interval_seconds": 1})
     run_snakemake(tmp_path, config, "--cores", "3")
 
     for n, row in enumerate(rows):
@@ -51,6 +53,33 @@ def test_catalogue_to_transcripts(tmp_path, media_server, model_path):
     dry = run_snakemake(tmp_path, config, "-n", "--cores", "1")
     assert "Nothing to be done" in dry.stdout + dry.stderr
 
+    # The operator's view of the finished run, from the same config.
+    cli = ["--configfile", str(tmp_path / "config.yaml")]
+    snap = json.loads(scribeflow(tmp_path, "status", "--json", *cli))
+    assert snap["stages"]["transcribed"] == 6 and snap["catalogue_episodes"] == 6
+    assert snap["eta"]["remaining_episodes"] == 0 and snap["eta"]["seconds"] == 0
+    rates = snap["rates"]
+    assert rates["downloads_per_hour"]["last_hour"] == 6 and rates["transcriptions_per_hour"]["last_hour"] == 6
+    video_and_audio_mb = sum(r[4] for r in rows_db) / 6 / 1e6  # at least the video, plus the audio
+    assert rates["avg_mb_freed_per_transcription"] > video_and_audio_mb
+    assert rates["per_job"]["transcription_speed"] > 0.5 and rates["per_job"]["download_mb_per_s"] > 0
+    assert snap["disk"]["videos"] == 0 and snap["disk"]["audio"] == 0 and snap["disk"]["transcripts"] > 0
+    text = scribeflow(tmp_path, "status", *cli)
+    assert "Episodes: 6 of 6 transcribed (100.0%)" in text and "ETA: 0 episodes left, done" in text
+
+    # plan now uses the speeds this run measured.
+    plan = json.loads(scribeflow(tmp_path, "plan", "--json", "--gpus", "1", "2", *cli))
+    assert plan["inputs"]["sources"]["transcription_speed"] == "measured on 6 episode(s)"
+    one, two = plan["scenarios"]
+    assert one["capacity_per_hour"]["transcribe"] * 2 == pytest.approx(two["capacity_per_hour"]["transcribe"], abs=0.02)
+
+    # The plots rule ran, and the report carries them.
+    for png in ("disk_usage.png", "throughput.png"):
+        assert (tmp_path / "data" / "reports" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    run_snakemake(tmp_path, config, "--report", str(tmp_path / "report.zip"), "--cores", "1")
+    names = zipfile.ZipFile(tmp_path / "report.zip").namelist()
+    assert any(n.endswith("disk_usage.png") for n in names) and any(n.endswith("throughput.png") for n in names)
+
 
 @pytest.mark.slow
 def test_dry_run_of_a_large_catalogue_touches_nothing(tmp_path):
@@ -63,7 +92,7 @@ def test_dry_run_of_a_large_catalogue_touches_nothing(tmp_path):
     out = proc.stdout + proc.stderr
     for rule in ("download", "extract_audio", "transcribe", "tokenize", "analyse_episode"):
         assert re.search(rf"^{rule}\s+1000$", out, re.M), out[-3000:]
-    assert re.search(r"^total\s+5002$", out, re.M)  # 5 jobs per episode + corpus + all
+    assert re.search(r"^total\s+5003$", out, re.M)  # 5 jobs per episode + corpus + plots + all
     assert not (tmp_path / "data").exists() and not (tmp_path / "storage").exists()
 
 

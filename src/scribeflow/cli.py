@@ -1,4 +1,4 @@
-"""The `scribeflow` command: demo and status."""
+"""The `scribeflow` command: demo, status, plan and plots."""
 
 from __future__ import annotations
 
@@ -8,41 +8,102 @@ import sys
 from pathlib import Path
 
 
+def add_config_options(parser: argparse.ArgumentParser) -> None:
+    """The same --configfile/--config a `snakemake` run was given, to read the same files."""
+    parser.add_argument("--configfile", default=None, help="config file (default config/config.yaml)")
+    parser.add_argument("--config", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="overrides, e.g. data_dir=/mnt/ssd/scribeflow disk_management.hard_limit_gb=500")
+
+
+def load_config(args) -> dict:
+    import yaml
+
+    from . import config as cfg
+
+    overrides = {}
+    for item in args.config:
+        key, _, value = item.partition("=")
+        overrides[key] = yaml.safe_load(value)
+    return cfg.load(args.configfile, overrides)
+
+
+def cmd_status(args) -> int:
+    from .status import render, snapshot
+
+    snap = snapshot(load_config(args))
+    print(json.dumps(snap, indent=1) if args.json else render(snap))
+    return 0
+
+
+def cmd_plan(args) -> int:
+    from . import catalogue as sf_catalogue
+    from .plan import plan, render
+
+    config = load_config(args)
+    catalogue = sf_catalogue.load(config["catalogue"])  # the whole catalogue, every chunk
+    options = {"download_mb_per_s": args.download_mb_per_s, "transcription_speed": args.speed,
+               "extraction_speed": None, "duration_s": args.duration_min and args.duration_min * 60,
+               "transcript_kb": None, "cores": args.cores}
+    result = plan(config, catalogue, args.gpus, options)
+    print(json.dumps(result, indent=1) if args.json else render(result))
+    return 0
+
+
+def cmd_plots(args) -> int:
+    from .plots import draw_all
+
+    config = load_config(args)
+    out = args.out or Path(config["data_dir"]) / "reports"
+    disk, rate = Path(out) / "disk_usage.png", Path(out) / "throughput.png"
+    draw_all(config, disk, rate)
+    print(f"{disk}\n{rate}")
+    return 0
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="scribeflow", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser("demo", help="run the workflow on the bundled demo catalogue")
     demo.add_argument("--workdir", default="demo-run", type=Path)
     demo.add_argument("--cores", default=2, type=int)
-    status = sub.add_parser("status", help="the ledger's view of a run")
-    status.add_argument("--configfile", default=None, help="config file (default config/config.yaml)")
-    status.add_argument("--config", nargs="*", default=[], metavar="KEY=VALUE",
-                        help="overrides, e.g. data_dir=/mnt/ssd/scribeflow")
+
+    status = sub.add_parser("status", help="the ledger's view of a run: stages, disk, pauses, rates, ETA")
+    add_config_options(status)
     status.add_argument("--json", action="store_true")
+    status.set_defaults(func=cmd_status)
+
+    plan = sub.add_parser("plan", help="estimate disk use, bottleneck and ETA before (or during) a run")
+    add_config_options(plan)
+    plan.add_argument("--gpus", type=int, nargs="+", default=[1, 2, 4, 8],
+                      help="transcription workers (GPUs) to estimate for (default 1 2 4 8)")
+    plan.add_argument("--speed", type=float, default=None,
+                      help="transcription speed of one job, in multiples of real time (default: measured, else 15)")
+    plan.add_argument("--download-mb-per-s", type=float, default=None,
+                      help="speed of one download (default: measured, else 10)")
+    plan.add_argument("--duration-min", type=float, default=None,
+                      help="episode length where the catalogue has no duration_s (default: measured, else 24)")
+    plan.add_argument("--cores", type=int, default=None, help="CPU cores of the machine (default: this one's)")
+    plan.add_argument("--json", action="store_true")
+    plan.set_defaults(func=cmd_plan)
+
+    plots = sub.add_parser("plots", help="draw disk usage and throughput plots from the ledger")
+    add_config_options(plots)
+    plots.add_argument("--out", type=Path, default=None, help="folder (default {data_dir}/reports)")
+    plots.set_defaults(func=cmd_plots)
     args = parser.parse_args(argv)
 
     if args.command == "demo":
         from .demo import run
 
         return run(args.workdir, cores=args.cores)
-    if args.command == "status":
-        from .status import render, snapshot
-        from . import config as cfg
-        import yaml
+    from .catalogue import CatalogueError
+    from .config import ConfigError
 
-        overrides = {}
-        for item in args.config:
-            key, _, value = item.partition("=")
-            overrides[key] = yaml.safe_load(value)
-        try:
-            config = cfg.load(args.configfile, overrides)
-        except cfg.ConfigError as exc:
-            print(exc, file=sys.stderr)
-            return 2
-        snap = snapshot(config)
-        print(json.dumps(snap, indent=1) if args.json else render(snap))
-        return 0
-    return 1
+    try:
+        return args.func(args)
+    except (ConfigError, CatalogueError) as exc:
+        print(exc, file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -195,7 +195,7 @@ class DownloadGate:
         if not fits and usage.total - usage.temporary + declared + headroom > m.hard_limit:
             stalled = f"this write ({gb(declared)} GB) can never fit under the hard limit {gb(m.hard_limit)} GB"
         if self.ledger is not None:
-            self.ledger.sample_disk(usage, paused=bool(reasons))
+            self.ledger.sample_disk(usage, paused=bool(reasons), min_interval=self.check_interval)
         return Decision(admitted, usage, pending, fs_available, bool(reasons), reason, stalled)
 
     def _record_transition(self, state: dict, reasons: list, usage: DiskUsage) -> None:

@@ -54,6 +54,7 @@ CREATE TABLE IF NOT EXISTS disk_samples (
     paused INTEGER NOT NULL DEFAULT 0,
     host TEXT
 );
+CREATE INDEX IF NOT EXISTS disk_samples_at ON disk_samples(at);
 """
 
 
@@ -155,10 +156,24 @@ class Ledger:
         names = [d[0] for d in cur.description]
         return [dict(zip(names, r)) for r in cur.fetchall()]
 
-    def sample_disk(self, usage, paused: bool) -> None:
+    def sample_disk(self, usage, paused: bool, min_interval: float = 0.0) -> bool:
+        """Record one disk sample, unless another process recorded one less than
+        `min_interval` seconds ago with the same pause state (months of checks every few
+        seconds would otherwise grow the table without adding information)."""
+        now = time.time()
         with self.transaction() as c:
+            last = c.execute("SELECT at, paused FROM disk_samples ORDER BY at DESC LIMIT 1").fetchone()
+            if last and now - last[0] < min_interval and bool(last[1]) == bool(paused):
+                return False
             c.execute(
                 "INSERT INTO disk_samples VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (time.time(), usage.total, usage.videos, usage.partial, usage.audio, usage.transcripts,
+                (now, usage.total, usage.videos, usage.partial, usage.audio, usage.transcripts,
                  usage.total - usage.temporary - usage.transcripts, int(paused), socket.gethostname()),
             )
+        return True
+
+    def disk_samples(self, since: float | None = None) -> list[tuple]:
+        """(at, total_bytes, paused) in time order."""
+        return self.conn.execute(
+            "SELECT at, total_bytes, paused FROM disk_samples WHERE at >= ? ORDER BY at", (since or 0,)
+        ).fetchall()

@@ -69,7 +69,6 @@ def extract_audio(config: dict, episode: str, video: str, audio: str) -> None:
 
 def transcribe(config: dict, episode: str, audio: str, transcript: str, video: str,
                language: str | None) -> None:
-    from .disk import DiskMonitor
     from .transcribe import load_model, transcribe_audio, write_transcript
 
     tc = config["transcribe"]
@@ -94,8 +93,8 @@ def transcribe(config: dict, episode: str, audio: str, transcript: str, video: s
         freed = (video_mb if video_gone else 0) + (audio_mb if audio_deleted else 0)
         log.info("Freed %.1f MB (video: %.1f MB, audio: %.1f MB)", freed, video_mb if video_gone else 0,
                  audio_mb if audio_deleted else 0)
-        monitor = DiskMonitor.from_config(config)
-        usage = monitor.current_usage()
+        # A fresh look at the gate: records a disk sample, and may resume downloads.
+        usage, monitor = gate.check().usage, gate.monitor
         log.info("Current disk usage: %s/%s GB (%.0f%%)", gb(usage.total - audio_mb * MB),
                  gb(monitor.hard_limit), 100 * (usage.total - audio_mb * MB) / monitor.hard_limit)
 

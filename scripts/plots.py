@@ -1,0 +1,5 @@
+import _scribeflow_path  # noqa: F401  (first: puts src/ on sys.path)
+from scribeflow import plots, steps
+
+steps.setup_logging(snakemake.log[0])
+plots.draw_all(snakemake.config, snakemake.output.disk, snakemake.output.throughput)
