@@ -111,3 +111,21 @@ def test_a_corpus_without_episodes_still_writes_every_output(tmp_path):
     assert read_tsv(outputs["frequency"]).empty
     assert read_tsv(outputs["coverage"]).iloc[0]["tokens"] == 0
     assert all(p.is_file() for p in outputs.values())
+
+
+def test_the_corpus_step_covers_every_analysed_episode_of_the_whole_catalogue(corpus, tmp_path):
+    """With chunks, each run analyses a slice; the corpus adds up every slice so far."""
+    from scribeflow import steps
+
+    root, _, _ = corpus
+    catalogue = tmp_path / "episodes.csv"
+    catalogue.write_text("id,url,series\n"
+                         "ja_weather,https://e.org/1,\"cats\tand\nweather\"\n"
+                         "en_cat,https://e.org/2,\n"
+                         "not_yet,https://e.org/3,cats and weather\n")
+    outputs = {name: tmp_path / "out" / name for name in OUTPUTS}
+    steps.corpus({"catalogue": str(catalogue), "chunk": "3/3"}, str(root / "episodes/{episode}.json"),
+                 str(root / "lemmas/{episode}.parquet"), outputs)
+    coverage = read_tsv(outputs["coverage"])
+    assert list(coverage["episodes"]) == [2, 1] and coverage["tokens"][0] == 18 + 14
+    assert list(coverage["series"].fillna("")) == ["", "cats and weather"]

@@ -132,6 +132,12 @@ def corpus(config: dict, stats_pattern: str, lemmas_pattern: str, outputs: dict)
         stats, lemmas = (p.replace("{episode}", episode) for p in (stats_pattern, lemmas_pattern))
         if Path(stats).is_file() and Path(lemmas).is_file():
             series = catalogue.at[episode, "series"] if has_series else None
-            entries.append((episode, stats, lemmas, None if series != series or series is None else str(series)))
+            entries.append((episode, stats, lemmas, _series_name(series)))
     log.info("Building the corpus from %d of %d catalogue episodes", len(entries), len(catalogue))
     build_corpus(entries, outputs)
+
+
+def _series_name(value) -> str | None:
+    if value is None or value != value:  # NaN: an empty cell
+        return None
+    return " ".join(str(value).split()) or None  # a tab or newline would break the TSVs
