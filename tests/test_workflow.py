@@ -56,7 +56,7 @@ def test_catalogue_to_transcripts(tmp_path, media_server, model_path):
     # The operator's view of the finished run, from the same config.
     cli = ["--configfile", str(tmp_path / "config.yaml")]
     snap = json.loads(scribeflow(tmp_path, "status", "--json", *cli))
-    assert snap["stages"]["transcribed"] == 6 and snap["catalogue_episodes"] == 6
+    assert snap["stages"]["analyzed"] == 6 and snap["catalogue_episodes"] == 6  # transcribed, then corpus
     assert snap["eta"]["remaining_episodes"] == 0 and snap["eta"]["seconds"] == 0
     rates = snap["rates"]
     assert rates["downloads_per_hour"]["last_hour"] == 6 and rates["transcriptions_per_hour"]["last_hour"] == 6
