@@ -71,6 +71,15 @@ def declared_gb(wildcards):
 # Episodes given up (permanent failure, or max_attempts reached) are left out of the
 # targets until `scribeflow retry`: with keep-going, Snakemake would retry them for ever.
 GIVEN_UP = sf_failures.given_up(DATA)
+# Said here, not in onstart: onstart does not run when nothing is left to be done.
+if GIVEN_UP and not (workflow.remote_exec or workflow.subprocess_exec):
+    _skipped = len(GIVEN_UP.intersection(CATALOGUE.index))
+    if _skipped:
+        print(
+            f"scribeflow: skipping {_skipped} failed episode(s); `scribeflow failed` says why, "
+            f"`scribeflow retry` tries them again",
+            file=sys.stderr,
+        )
 
 
 def transcript_targets():
@@ -100,10 +109,4 @@ onstart:
     if files:
         print(
             f"scribeflow: removed {files} orphaned file(s) of an interrupted run, freed {freed / 1e6:.1f} MB"
-        )
-    skipped = GIVEN_UP.intersection(CATALOGUE.index)
-    if skipped:
-        print(
-            f"scribeflow: skipping {len(skipped)} failed episode(s); `scribeflow failed` says why, "
-            f"`scribeflow retry` tries them again"
         )

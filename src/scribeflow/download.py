@@ -143,9 +143,10 @@ def backoff_seconds(dl: dict, attempt: int, retry_after: float | None = None) ->
 def head_size(ydl, url: str, episode: str = "") -> int | None:
     """Content-Length of a media URL, by a HEAD request through yt-dlp's own network
     stack (same proxy, cookies, user agent). None for web pages and unknown sizes
-    (servers that refuse HEAD included). Raises a transient DownloadFailed when the
-    server is overloaded or unreachable: the GET would fail the same way, and going
-    on would reserve the default size for a download that cannot start."""
+    (servers that refuse HEAD included). Raises DownloadFailed when the server is
+    overloaded or unreachable (transient) or the episode is gone (404/410): the GET
+    would fail the same way, and going on would reserve the default size for a
+    download that cannot start."""
     from yt_dlp.networking import Request
 
     try:
@@ -156,7 +157,7 @@ def head_size(ydl, url: str, episode: str = "") -> int | None:
                 return int(length)
     except Exception as exc:
         failure = classify(exc, episode)
-        if failure.transient:
+        if failure.transient or failure.permanent:
             raise failure from exc
         log.debug("HEAD %s failed: %s", url, exc)  # anything else only means "size unknown"
     return None
