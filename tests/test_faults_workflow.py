@@ -259,8 +259,8 @@ def test_a_full_disk_during_a_download_pauses_downloads_until_space_returns(tmp_
             wait_for(lambda: list(videos.glob("*.part")), 60, "a download in flight")
             ballast = fill(storage)
             wait_for(lambda: not list(videos.glob("*.part")), 30, "the partial file to be removed")
-            gate = json.loads((tmp_path / "data" / "gate" / "state.json").read_text())
-            assert "filesystem" in gate["reasons"]  # downloads are paused
+            state = tmp_path / "data" / "gate" / "state.json"
+            wait_for(lambda: "filesystem" in json.loads(state.read_text())["reasons"], 30, "downloads to pause")
             time.sleep(1.5)
             assert not list(videos.glob("*.part")) and proc.poll() is None  # still paused, still alive
             ballast.unlink()  # space returns
