@@ -10,10 +10,12 @@ exponential backoff. Errors are classified:
   page), a file that is not usable media (garbage, truncated, no audio stream), a
   file larger than its declared size. The episode fails at once.
 - transient: HTTP 408, 429 and 5xx, timeouts, cut connections, a full disk. Retried
-  up to `retries` times in the job, waiting retry_backoff_seconds × 2^n (at most
-  max_backoff_seconds, or the server's Retry-After). A full disk also pauses the
-  gate, so the next attempt waits there until space returns.
-- anything else fails the job; the next run tries again (see failures.py).
+  up to `retries` times, waiting retry_backoff_seconds × 2^n (at most
+  max_backoff_seconds, or the server's Retry-After): by yt-dlp in its download phase
+  (with the same backoff), by the loop here for everything before it. A full disk
+  also pauses the gate, so the next attempt waits there until space returns.
+- anything else, and a transient fault that outlasts the retries, fails the job; the
+  next run tries again, up to `max_attempts` runs (see failures.py).
 """
 
 from __future__ import annotations
@@ -218,8 +220,9 @@ def classify(exc: BaseException, episode: str) -> DownloadFailed:
                                   f"sent a web page or an unsupported format)", permanent=True)
         if isinstance(e, (TransportError, TimeoutError, ConnectionError)):
             return DownloadFailed(f"{message} (network error)", transient=True)
-    if "Giving up after" in text:  # yt-dlp's download phase exhausted its own retries
-        return DownloadFailed(message, transient=True)
+    # Anything else, including a download-phase error yt-dlp already retried `retries`
+    # times with our backoff ("Giving up after N retries"): retrying it again here would
+    # multiply the retries. The next run tries again.
     return DownloadFailed(message)
 
 
