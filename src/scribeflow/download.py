@@ -167,7 +167,8 @@ def head_size(ydl, url: str, episode: str = "") -> int | None:
 
 def _chain(exc: BaseException):
     """The exception and its causes: yt-dlp wraps the original in DownloadError.exc_info,
-    ExtractorError.cause, and __cause__/__context__."""
+    ExtractorError.cause and __cause__. (Not __context__: an error yt-dlp caught and
+    got past must not decide the class of a later one.)"""
     seen = set()
     stack = [exc]
     while stack:
@@ -179,7 +180,7 @@ def _chain(exc: BaseException):
         exc_info = getattr(e, "exc_info", None)
         if isinstance(exc_info, tuple) and len(exc_info) > 1:
             stack.append(exc_info[1])
-        for attr in ("cause", "__cause__", "__context__"):
+        for attr in ("cause", "__cause__"):
             nxt = getattr(e, attr, None)
             if isinstance(nxt, BaseException):
                 stack.append(nxt)
