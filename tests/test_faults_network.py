@@ -45,6 +45,14 @@ def test_overload_in_the_extraction_phase_is_retried_with_backoff(status, speech
     assert elapsed >= 0.8 * (BACKOFF + 2 * BACKOFF)  # waited, doubling, before each retry
 
 
+def test_retry_after_of_a_rate_limit_is_honoured(speech_dir, config, out):
+    with MediaServer(speech_dir, faults={"GET /ep01.mp4": ["429:2"]}) as server:
+        started = time.monotonic()
+        download_episode("ep", server.url("ep01.mp4"), out, config)
+        assert time.monotonic() - started >= 2.0  # the server's word, not our 0.2 s backoff
+        assert server.served("ep01.mp4", "GET")[:2] == ["429:2", "ok"]
+
+
 def test_overload_in_the_download_phase_is_retried(speech_dir, config, out):
     # The extractor's GET succeeds; the media GET fails twice, then works.
     with MediaServer(speech_dir, faults={"GET /ep02.mp4": ["ok", "503", "500"]}) as server:

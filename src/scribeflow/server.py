@@ -7,7 +7,8 @@ the next requests get, consumed one per request, then "ok" for ever after:
     MediaServer(folder, faults={"/ep.mp4": ["503", "503", "ok"], "GET /b.mp4": ["cut"]})
 
 A key "/path" applies to every method; "GET /path" or "HEAD /path" to one method
-(and is used first). Kinds: a status code ("404", "429", "503", ...); "cut"
+(and is used first). Kinds: a status code ("404", "503", ...; "429:5" adds
+"Retry-After: 5"); "cut"
 (headers promise the whole body, half of it is sent, then the connection closes);
 "hang" (the request is read and never answered); "html" (a web page instead of
 the media); "understated" (HEAD declares half the real size, GET streams the whole
@@ -68,8 +69,14 @@ class MediaHandler(http.server.BaseHTTPRequestHandler):
 
     def _serve(self, body: bool):
         fault = self._next_fault()
-        if fault.isdigit():
-            self.send_error(int(fault))
+        status, _, retry_after = fault.partition(":")
+        if status.isdigit():
+            self.send_response(int(status))
+            if retry_after:
+                self.send_header("Retry-After", retry_after)
+            self.send_header("Content-Type", "text/plain")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
             return
         if fault == "hang":
             self.close_connection = True
@@ -181,7 +188,7 @@ class MediaServer:
     def plan(self, key: str, faults: list) -> None:
         """Set what the next requests for `key` ("/path" or "GET /path") get."""
         faults = [str(f) for f in faults]
-        unknown = [f for f in faults if f not in FAULT_KINDS and not (f.isdigit() and len(f) == 3)]
+        unknown = [f for f in faults if f not in FAULT_KINDS and not re.fullmatch(r"\d{3}(:\d+)?", f)]
         if unknown:
             raise ValueError(f"unknown fault kind(s) {unknown}; use a status code or one of {FAULT_KINDS}")
         if not key.split(" ")[-1].startswith("/"):
