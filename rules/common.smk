@@ -10,6 +10,7 @@ sys.path.insert(0, str(Path(workflow.basedir) / "src"))
 
 from scribeflow import catalogue as sf_catalogue
 from scribeflow import config as sf_config
+from scribeflow import failures as sf_failures
 
 validate(config, "../config/schema.yaml")
 try:
@@ -67,8 +68,25 @@ def declared_gb(wildcards):
     return max(1, math.ceil(mb / 1000))
 
 
+# Episodes given up (permanent failure, or max_attempts reached) are left out of the
+# targets until `scribeflow retry`: with keep-going, Snakemake would retry them for ever.
+GIVEN_UP = sf_failures.given_up(DATA)
+# Said here, not in onstart: onstart does not run when nothing is left to be done.
+if GIVEN_UP and not (workflow.remote_exec or workflow.subprocess_exec):
+    _skipped = len(GIVEN_UP.intersection(CATALOGUE.index))
+    if _skipped:
+        print(
+            f"scribeflow: skipping {_skipped} failed episode(s); `scribeflow failed` says why, "
+            f"`scribeflow retry` tries them again",
+            file=sys.stderr,
+        )
+
+
 def transcript_targets():
-    return expand(f"{DATA}/transcripts/{{episode}}.json", episode=CATALOGUE.index)
+    return expand(
+        f"{DATA}/transcripts/{{episode}}.json",
+        episode=[i for i in CATALOGUE.index if i not in GIVEN_UP],
+    )
 
 
 def transcript_outputs():
@@ -84,7 +102,10 @@ onstart:
 
     with Ledger.for_config(config) as ledger:
         ledger.enqueue(CATALOGUE.index)
-    files, freed = clean_orphans(config)
+    # Inputs of the jobs about to run are never orphans, e.g. the audio of a
+    # transcription that was killed after writing its transcript.
+    needed = {f for job in workflow.dag.needrun_jobs() for f in job.input}
+    files, freed = clean_orphans(config, keep=needed)
     if files:
         print(
             f"scribeflow: removed {files} orphaned file(s) of an interrupted run, freed {freed / 1e6:.1f} MB"
