@@ -41,8 +41,10 @@ def _free_port() -> int:
 
 
 class LocalSlurm:
-    def __init__(self, cpus: int = 8, memory_mb: int = 64000, min_job_age: int = 600):
-        self.cpus, self.memory_mb, self.min_job_age = cpus, memory_mb, min_job_age
+    GPU_FILES = ("/dev/null", "/dev/zero", "/dev/full")
+
+    def __init__(self, cpus: int = 16, memory_mb: int = 64000, gpus: int = 3, min_job_age: int = 600):
+        self.cpus, self.memory_mb, self.gpus, self.min_job_age = cpus, memory_mb, gpus, min_job_age
         self.procs: dict[str, subprocess.Popen] = {}
         # Short path: munge's socket path must fit in sun_path (108 bytes).
         self.root = Path(tempfile.mkdtemp(prefix="sf-slurm-"))
@@ -61,7 +63,9 @@ class LocalSlurm:
         key = r / "munge.key"
         key.write_bytes(os.urandom(1024))
         key.chmod(0o600)
-        (r / "gres.conf").write_text(f"NodeName={NODE} Name=gpu Type={GPU_TYPE} File=/dev/null Count=1\n")
+        # Slurm wants a device file per GPU; any will do, nothing opens them.
+        (r / "gres.conf").write_text("".join(f"NodeName={NODE} Name=gpu Type={GPU_TYPE} File={dev}\n"
+                                             for dev in self.GPU_FILES[: self.gpus]))
         self.conf.write_text(f"""\
 ClusterName=sftest
 SlurmctldHost=localhost(127.0.0.1)
@@ -89,7 +93,7 @@ ReturnToService=2
 SlurmdParameters=config_overrides
 MinJobAge={self.min_job_age}
 GresTypes=gpu
-NodeName={NODE} NodeAddr=127.0.0.1 CPUs={self.cpus} RealMemory={self.memory_mb} Gres=gpu:{GPU_TYPE}:1 State=UNKNOWN
+NodeName={NODE} NodeAddr=127.0.0.1 CPUs={self.cpus} RealMemory={self.memory_mb} Gres=gpu:{GPU_TYPE}:{self.gpus} State=UNKNOWN
 PartitionName=cpu Nodes={NODE} Default=YES MaxTime=INFINITE State=UP
 PartitionName=gpu Nodes={NODE} MaxTime=INFINITE State=UP
 """)
@@ -141,7 +145,8 @@ PartitionName=gpu Nodes={NODE} MaxTime=INFINITE State=UP
 
     def jobs(self) -> list[dict[str, str]]:
         """Every job the controller still remembers (finished ones for MinJobAge seconds)."""
-        fields = ("JobID", "Partition", "State", "Comment", "tres-per-job", "MinMemory", "TimeLimit", "NumCPUs")
+        fields = ("JobID", "Partition", "State", "Comment", "tres-per-job", "MinMemory", "TimeLimit", "NumCPUs",
+                  "StartTime", "EndTime")
         out = self.run("squeue", "-h", "-t", "all", "-O", ",".join(f"{f}:|" for f in fields))
         rows = []
         for line in out.splitlines():
