@@ -93,6 +93,13 @@ onstart:
     from scribeflow.ledger import Ledger
     from scribeflow.recovery import clean_orphans
 
+    if not workflow.local_exec:
+        # Jobs on other nodes share the gate and the ledger only through file locks.
+        from scribeflow.cluster import local_lock_problem
+
+        problem = local_lock_problem(DATA)
+        if problem:
+            raise WorkflowError(problem)
     with Ledger.for_config(config) as ledger:
         ledger.enqueue(CATALOGUE.index)
     files, freed = clean_orphans(config)

@@ -101,3 +101,28 @@ def test_transcription_time_limit_follows_the_episode_length():
     assert transcribe_runtime_minutes(0) == 75
     # A job killed at its limit is retried (profiles/slurm: retries) with twice the time.
     assert transcribe_runtime_minutes(24 * 60, attempt=2) == 54
+
+
+MOUNTINFO = r"""22 1 98:0 / / rw,relatime - ext4 /dev/root rw
+40 22 0:50 / /shared rw,relatime shared:7 - nfs4 fs:/export rw,vers=4.2,local_lock=none,addr=10.0.0.1
+41 22 0:51 / /scratch\040nolock rw,relatime - nfs fs:/scratch rw,vers=3,nolock,addr=10.0.0.1
+42 22 0:52 / /lustre rw - lustre mds@o2ib:/fs rw,localflock
+43 40 0:53 / /shared/posix rw - nfs4 fs:/p rw,vers=4.1,local_lock=posix
+"""
+
+
+@pytest.mark.parametrize("path, problem", [
+    ("/shared/data", None),                      # NFSv4, server-side locks
+    ("/home/me/data", None),                     # local disk
+    ("/scratch nolock/data", "nolock"),          # NFSv3 without lockd: locks stay on the node
+    ("/lustre/project/data", "localflock"),
+    ("/shared/posix/data", "local_lock=posix"),  # the nested mount wins over /shared
+])
+def test_cluster_runs_refuse_node_local_locks(path, problem):
+    from scribeflow.cluster import local_lock_problem
+
+    message = local_lock_problem(path, MOUNTINFO)
+    if problem is None:
+        assert message is None
+    else:
+        assert problem in message and path in message and "disk budget" in message
