@@ -108,6 +108,7 @@ MOUNTINFO = r"""22 1 98:0 / / rw,relatime - ext4 /dev/root rw
 41 22 0:51 / /scratch\040nolock rw,relatime - nfs fs:/scratch rw,vers=3,nolock,addr=10.0.0.1
 42 22 0:52 / /lustre rw - lustre mds@o2ib:/fs rw,localflock
 43 40 0:53 / /shared/posix rw - nfs4 fs:/p rw,vers=4.1,local_lock=posix
+44 22 0:54 / /fast rw - nfs4 fs:/f rw,vers=4.2,nocto,local_lock=none
 """
 
 
@@ -117,6 +118,7 @@ MOUNTINFO = r"""22 1 98:0 / / rw,relatime - ext4 /dev/root rw
     ("/scratch nolock/data", "nolock"),          # NFSv3 without lockd: locks stay on the node
     ("/lustre/project/data", "localflock"),
     ("/shared/posix/data", "local_lock=posix"),  # the nested mount wins over /shared
+    ("/fast/data", "nocto"),                     # open() would not revalidate the gate's state
 ])
 def test_cluster_runs_refuse_node_local_locks(path, problem):
     from scribeflow.cluster import local_lock_problem

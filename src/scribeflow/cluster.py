@@ -35,10 +35,12 @@ def transcribe_runtime_minutes(duration_s: float | None, attempt: int = 1) -> in
 # On a cluster the disk gate (lockf on {data_dir}/gate/gate.lock) and the SQLite ledger
 # ({data_dir}/jobs.db, rollback journal) are shared by jobs on many nodes: both need POSIX
 # byte-range locks that the file server enforces across clients. These mount options
-# keep them on one node, where each node would then admit downloads on its own.
+# keep them on one node (each node would then admit downloads on its own), or skip the
+# revalidation that makes what one node wrote under the lock visible to the next.
+# nocto: an open() no longer revalidates the file, so the gate could read a stale state.
 LOCAL_ONLY_LOCKS = {
-    "nfs": ("nolock", "local_lock=posix", "local_lock=all"),
-    "nfs4": ("nolock", "local_lock=posix", "local_lock=all"),
+    "nfs": ("nolock", "local_lock=posix", "local_lock=all", "nocto"),
+    "nfs4": ("nolock", "local_lock=posix", "local_lock=all", "nocto"),
     "lustre": ("localflock", "noflock"),
     "cifs": ("nobrl",),
     "smb3": ("nobrl",),
@@ -69,7 +71,7 @@ def mount_of(path: str | os.PathLike, mountinfo: str | None = None) -> tuple[str
 
 
 def local_lock_problem(path: str | os.PathLike, mountinfo: str | None = None) -> str | None:
-    """Why POSIX locks under `path` would not be seen by other nodes, or None."""
+    """Why locked state under `path` would not be shared reliably between nodes, or None."""
     try:
         point, fstype, options = mount_of(path, mountinfo)
     except OSError:
@@ -77,7 +79,7 @@ def local_lock_problem(path: str | os.PathLike, mountinfo: str | None = None) ->
     bad = [o for o in LOCAL_ONLY_LOCKS.get(fstype, ()) if o in options]
     if not bad:
         return None
-    return (f"{path} is on {fstype} mounted at {point} with {', '.join(bad)}: file locks there are "
-            "local to each node, so jobs on different nodes would not share the disk gate or the "
-            "ledger and could exceed the disk budget. Put data_dir on a filesystem with shared "
+    return (f"{path} is on {fstype} mounted at {point} with {', '.join(bad)}: jobs on different "
+            "nodes would not reliably share the disk gate's and the ledger's locked state, and "
+            "could exceed the disk budget. Put data_dir on a filesystem with shared "
             "POSIX locks (NFS with locking, Lustre with flock, GPFS), or run on one machine.")
