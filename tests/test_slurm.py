@@ -13,7 +13,19 @@ from conftest import REPO, leftover_temp_files, recall, run_snakemake, workflow_
 from scribeflow.fixtures import SENTENCES
 from slurm_cluster import GPU_TYPE, LocalSlurm, missing_binaries
 
-pytestmark = [pytest.mark.slow, pytest.mark.slurm]
+
+def _why_not() -> str | None:
+    missing = missing_binaries()
+    if missing:
+        return f"Slurm is not installed (no {', '.join(missing)}): apt-get install slurm-wlm munge (.ci/run does)"
+    if os.getuid() != 0:
+        return "starting slurmd needs root (CI runs as root)"
+    return None
+
+
+# Decided before any fixture runs: the speech videos are not made for nothing.
+pytestmark = [pytest.mark.slow, pytest.mark.slurm,
+              pytest.mark.skipif(_why_not() is not None, reason=str(_why_not()))]
 
 # duration_s as a catalogue may give it: the transcription's time limit follows it.
 DURATIONS = {"ep01": 1440, "ep02": None, "ep03": 6}
@@ -22,12 +34,6 @@ TIME_LIMITS = {"ep01": "27:00", "ep02": "1:15:00", "ep03": "16:00"}  # see scrib
 
 @pytest.fixture
 def slurm():
-    missing = missing_binaries()
-    if missing:
-        pytest.skip(f"Slurm is not installed (no {', '.join(missing)}): "
-                    "apt-get install slurm-wlm munge (.ci/run does)")
-    if os.getuid() != 0:
-        pytest.skip("starting slurmd needs root (CI runs as root)")
     with LocalSlurm() as cluster:
         yield cluster
 
