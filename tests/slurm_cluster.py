@@ -34,10 +34,16 @@ def _binary(name: str) -> str:
     return shutil.which(name) or str(Path("/usr/sbin", name))
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def _free_ports(n: int) -> list[int]:
+    """n distinct free ports on loopback (held open together, so they cannot repeat)."""
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
 
 
 class LocalSlurm:
@@ -63,14 +69,15 @@ class LocalSlurm:
         key = r / "munge.key"
         key.write_bytes(os.urandom(1024))
         key.chmod(0o600)
+        ctld_port, slurmd_port = _free_ports(2)
         # Slurm wants a device file per GPU; any will do, nothing opens them.
         (r / "gres.conf").write_text("".join(f"NodeName={NODE} Name=gpu Type={GPU_TYPE} File={dev}\n"
                                              for dev in self.GPU_FILES[: self.gpus]))
         self.conf.write_text(f"""\
 ClusterName=sftest
 SlurmctldHost=localhost(127.0.0.1)
-SlurmctldPort={_free_port()}
-SlurmdPort={_free_port()}
+SlurmctldPort={ctld_port}
+SlurmdPort={slurmd_port}
 SlurmUser=root
 SlurmdUser=root
 AuthType=auth/munge
@@ -104,9 +111,9 @@ PartitionName=gpu Nodes={NODE} MaxTime=INFINITE State=UP
         srun.chmod(0o755)
 
     def _start(self, name: str, *args: str) -> None:
-        log = open(self.root / "log" / f"{name}.out", "w")
-        self.procs[name] = subprocess.Popen([_binary(name), *args], stdout=log, stderr=subprocess.STDOUT,
-                                            env={**os.environ, **self.env}, start_new_session=True)
+        with open(self.root / "log" / f"{name}.out", "w") as log:
+            self.procs[name] = subprocess.Popen([_binary(name), *args], stdout=log, stderr=subprocess.STDOUT,
+                                                env={**os.environ, **self.env}, start_new_session=True)
 
     def run(self, *cmd: str, check: bool = True) -> str:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=30,
