@@ -39,10 +39,13 @@ def register_default_resource(name, value):
 
 # Downloads may hold at most this many job slots, and always leave one free for the
 # extraction and transcription that free space: waiting downloads cannot starve them.
-_cores = workflow.cores if isinstance(workflow.cores, int) else 1
+# The slots are this machine's cores or, on a cluster (profiles/slurm), --jobs: Snakemake
+# keeps --jobs only for remote executors (locally it becomes --cores).
+_slots = workflow.nodes if workflow.nodes is not None else workflow.cores
+_slots = _slots if isinstance(_slots, int) else 1
 register_default_resource(
     "download_slots",
-    max(1, min(DISK["max_concurrent_downloads"], _cores - 1)),
+    max(1, min(DISK["max_concurrent_downloads"], _slots - 1)),
 )
 register_default_resource("transcription_slots", DISK["max_concurrent_transcriptions"])
 # Snakemake gives a resource back when a job ends, not when its temp() output is
@@ -96,10 +99,25 @@ def transcript_outputs():
     return outputs
 
 
+# -- cluster ---------------------------------------------------------------------
+def transcribe_runtime(wildcards, attempt):
+    """Slurm time limit (minutes) from the catalogue's duration_s; see profiles/slurm."""
+    from scribeflow.cluster import transcribe_runtime_minutes
+
+    return transcribe_runtime_minutes(row(wildcards.episode, "duration_s"), attempt)
+
+
 onstart:
     from scribeflow.ledger import Ledger
     from scribeflow.recovery import clean_orphans
 
+    if not workflow.local_exec:
+        # Jobs on other nodes share the gate and the ledger only through file locks.
+        from scribeflow.cluster import local_lock_problem
+
+        problem = local_lock_problem(DATA)
+        if problem:
+            raise WorkflowError(problem)
     with Ledger.for_config(config) as ledger:
         ledger.enqueue(CATALOGUE.index)
     # Inputs of the jobs about to run are never orphans, e.g. the audio of a
