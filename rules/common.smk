@@ -10,6 +10,7 @@ sys.path.insert(0, str(Path(workflow.basedir) / "src"))
 
 from scribeflow import catalogue as sf_catalogue
 from scribeflow import config as sf_config
+from scribeflow import failures as sf_failures
 
 validate(config, "../config/schema.yaml")
 try:
@@ -38,10 +39,13 @@ def register_default_resource(name, value):
 
 # Downloads may hold at most this many job slots, and always leave one free for the
 # extraction and transcription that free space: waiting downloads cannot starve them.
-_cores = workflow.cores if isinstance(workflow.cores, int) else 1
+# The slots are this machine's cores or, on a cluster (profiles/slurm), --jobs: Snakemake
+# keeps --jobs only for remote executors (locally it becomes --cores).
+_slots = workflow.nodes if workflow.nodes is not None else workflow.cores
+_slots = _slots if isinstance(_slots, int) else 1
 register_default_resource(
     "download_slots",
-    max(1, min(DISK["max_concurrent_downloads"], _cores - 1)),
+    max(1, min(DISK["max_concurrent_downloads"], _slots - 1)),
 )
 register_default_resource("transcription_slots", DISK["max_concurrent_transcriptions"])
 # Snakemake gives a resource back when a job ends, not when its temp() output is
@@ -67,8 +71,27 @@ def declared_gb(wildcards):
     return max(1, math.ceil(mb / 1000))
 
 
+# Episodes given up (permanent failure, or max_attempts reached) are left out of the
+# targets until `scribeflow retry`: with keep-going, Snakemake would retry them for ever.
+GIVEN_UP = sf_failures.given_up(DATA)
+# Said here, not in onstart: onstart does not run when nothing is left to be done.
+if GIVEN_UP and not (workflow.remote_exec or workflow.subprocess_exec):
+    _skipped = len(GIVEN_UP.intersection(CATALOGUE.index))
+    if _skipped:
+        print(
+            f"scribeflow: skipping {_skipped} failed episode(s); `scribeflow failed` says why, "
+            f"`scribeflow retry` tries them again",
+            file=sys.stderr,
+        )
+
+
+def episodes_to_do():
+    """This run's episodes: the catalogue (chunk) less those given up."""
+    return [i for i in CATALOGUE.index if i not in GIVEN_UP]
+
+
 def transcript_targets():
-    return expand(f"{DATA}/transcripts/{{episode}}.json", episode=CATALOGUE.index)
+    return expand(f"{DATA}/transcripts/{{episode}}.json", episode=episodes_to_do())
 
 
 def transcript_outputs():
@@ -95,13 +118,31 @@ def corpus_outputs():
     }
 
 
+# -- cluster ---------------------------------------------------------------------
+def transcribe_runtime(wildcards, attempt):
+    """Slurm time limit (minutes) from the catalogue's duration_s; see profiles/slurm."""
+    from scribeflow.cluster import transcribe_runtime_minutes
+
+    return transcribe_runtime_minutes(row(wildcards.episode, "duration_s"), attempt)
+
+
 onstart:
     from scribeflow.ledger import Ledger
     from scribeflow.recovery import clean_orphans
 
+    if not workflow.local_exec:
+        # Jobs on other nodes share the gate and the ledger only through file locks.
+        from scribeflow.cluster import local_lock_problem
+
+        problem = local_lock_problem(DATA)
+        if problem:
+            raise WorkflowError(problem)
     with Ledger.for_config(config) as ledger:
         ledger.enqueue(CATALOGUE.index)
-    files, freed = clean_orphans(config)
+    # Inputs of the jobs about to run are never orphans, e.g. the audio of a
+    # transcription that was killed after writing its transcript.
+    needed = {f for job in workflow.dag.needrun_jobs() for f in job.input}
+    files, freed = clean_orphans(config, keep=needed)
     if files:
         print(
             f"scribeflow: removed {files} orphaned file(s) of an interrupted run, freed {freed / 1e6:.1f} MB"

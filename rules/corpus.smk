@@ -42,8 +42,8 @@ rule analyse_episode:
 
 rule corpus:
     input:
-        stats=expand(EPISODE_STATS, episode=CATALOGUE.index),
-        lemmas=expand(EPISODE_LEMMAS, episode=CATALOGUE.index),
+        stats=expand(EPISODE_STATS, episode=episodes_to_do()),
+        lemmas=expand(EPISODE_LEMMAS, episode=episodes_to_do()),
     output:
         frequency=report(
             corpus_outputs()["frequency"],

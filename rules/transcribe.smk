@@ -13,6 +13,7 @@ rule transcribe:
         "../environment.yml"
     resources:
         transcription_slots=1,
+        runtime=transcribe_runtime,
     params:
         video=lambda wc: f"{STORAGE}/videos/{wc.episode}.media",
         language=lambda wc: row(wc.episode, "language"),

@@ -38,6 +38,9 @@ def make_run(tmp_path, catalogue_rows=10):
         c.execute("INSERT INTO pause_events (started_at, ended_at, usage_bytes) VALUES (?, ?, 1)",
                   (NOW - 3000, NOW - 2400))
         c.execute("INSERT INTO pause_events (started_at, usage_bytes) VALUES (?, 1)", (NOW - 300,))
+    # ep4's 404 is permanent: the workflow gave it up (its marker), so the ETA leaves it out.
+    (tmp_path / "data" / "failed").mkdir()
+    (tmp_path / "data" / "failed" / "ep4.json").write_text('{"id": "ep4"}')
     return config
 
 
@@ -62,6 +65,7 @@ def test_status_figures(tmp_path):
     text = render(s)
     assert "Episodes: 4 of 10 transcribed (40.0%)" in text
     assert "Download pauses: 2 (15 min 0 s in all), paused now" in text
+    assert "Failed episodes: 1 (1 given up, 0 to be tried again by the next run)" in text
     assert "1 x DownloadFailed: HTTP Error 404: Not Found" in text and "ep4" in text
     assert "done in 2 h 30 min" in text
 

@@ -67,6 +67,7 @@ def validate(df: pd.DataFrame, source: str = "catalogue") -> pd.DataFrame:
 
     urls = df["url"].astype("string").fillna("").str.strip()
     bad_url = ~urls.str.fullmatch(URL_PATTERN.pattern, case=False).fillna(False).astype(bool)
+    bad_url |= ~urls.map(str.isprintable).astype(bool)  # control and invisible characters
     for i in bad_url[bad_url].index:
         problems.append((i, "url", _url_reason(urls[i])))
     df["url"] = urls
@@ -114,6 +115,8 @@ def _url_reason(value: str) -> str:
     scheme = value.split(":", 1)[0].lower() if ":" in value else ""
     if scheme not in ("http", "https"):
         return f"url {value[:80]!r} is not http or https"
+    if not value.isprintable():
+        return f"url {value[:80]!r} contains control or invisible characters"
     return f"url {value[:80]!r} is not a valid http(s) address"
 
 

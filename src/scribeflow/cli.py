@@ -1,4 +1,4 @@
-"""The `scribeflow` command: demo, status, plan and plots."""
+"""The `scribeflow` command: demo, status, plan, plots, failed, retry, check."""
 
 from __future__ import annotations
 
@@ -60,6 +60,57 @@ def cmd_plots(args) -> int:
     return 0
 
 
+# -- failed episodes (see failures.py) ---------------------------------------------
+def cmd_failed(args) -> int:
+    from .failures import render, report
+
+    rows = report(load_config(args))
+    print(json.dumps(rows, indent=1) if args.json else render(rows))
+    return 0
+
+
+def cmd_retry(args) -> int:
+    from .failures import retry
+
+    if bool(args.ids) == args.all:
+        print("scribeflow retry: give episode ids or --all, not both", file=sys.stderr)
+        return 2
+    config = load_config(args)
+    try:
+        ids = retry(config, None if args.all else args.ids)
+    except ValueError as exc:
+        print(f"scribeflow retry: {exc}", file=sys.stderr)
+        return 2
+    print(f"{len(ids)} episode(s) will be tried again by the next run" + (f": {', '.join(ids)}" if ids else ""))
+    return 0
+
+
+def cmd_check(args) -> int:
+    from .recovery import check_consistency
+
+    problems = check_consistency(load_config(args))
+    if args.json:
+        print(json.dumps(problems, indent=1))
+    else:
+        print("\n".join(problems) if problems else "The ledger agrees with the files on disk.")
+    return 1 if problems else 0
+
+
+def add_failure_commands(sub) -> None:
+    failed = sub.add_parser("failed", help="failed episodes: reasons, attempts, whether they are retried")
+    failed.add_argument("--json", action="store_true")
+    failed.set_defaults(func=cmd_failed)
+    retry = sub.add_parser("retry", help="make failed episodes eligible again for the next run")
+    retry.add_argument("ids", nargs="*", help="episode ids (see `scribeflow failed`)")
+    retry.add_argument("--all", action="store_true", help="every failed episode")
+    retry.set_defaults(func=cmd_retry)
+    check = sub.add_parser("check", help="check that the ledger agrees with the files on disk")
+    check.add_argument("--json", action="store_true")
+    check.set_defaults(func=cmd_check)
+    for parser in (failed, retry, check):
+        add_config_options(parser)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="scribeflow", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -90,6 +141,7 @@ def main(argv=None) -> int:
     add_config_options(plots)
     plots.add_argument("--out", type=Path, default=None, help="folder (default {data_dir}/reports)")
     plots.set_defaults(func=cmd_plots)
+    add_failure_commands(sub)
     args = parser.parse_args(argv)
 
     if args.command == "demo":

@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from .config import GB, MB
+from .failures import given_up
 from .ledger import Ledger
 from .media import BYTES_PER_SECOND
 
@@ -82,8 +83,9 @@ def gather(config: dict, catalogue, options: dict) -> Inputs:
         with Ledger(db) as ledger:
             seen = measured(ledger.conn)
             done = ledger.conn.execute(
-                "SELECT COUNT(*) FROM jobs WHERE stage IN ('transcribed', 'tokenized', 'analyzed', 'failed')"
+                "SELECT COUNT(*) FROM jobs WHERE stage IN ('transcribed', 'tokenized', 'analyzed')"
             ).fetchone()[0]
+    done += len(given_up(config["data_dir"]))  # failed for good: not to be done again
     n_measured = seen.pop("episodes", 0)
     sources, values = {}, {}
     for key, (default, why) in ASSUMED.items():

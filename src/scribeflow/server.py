@@ -1,5 +1,19 @@
 """A loopback HTTP server for the demo and the tests: serves a folder with HEAD,
-Content-Length and byte ranges (yt-dlp resumes with Range), on 127.0.0.1 only."""
+Content-Length and byte ranges (yt-dlp resumes with Range), on 127.0.0.1 only.
+
+For the fault-injection tests it follows a fault plan: per path, a list of what
+the next requests get, consumed one per request, then "ok" for ever after:
+
+    MediaServer(folder, faults={"/ep.mp4": ["503", "503", "ok"], "GET /b.mp4": ["cut"]})
+
+A key "/path" applies to every method; "GET /path" or "HEAD /path" to one method
+(and is used first). Kinds: a status code ("404", "503", ...; "429:5" adds
+"Retry-After: 5"); "cut"
+(headers promise the whole body, half of it is sent, then the connection closes);
+"hang" (the request is read and never answered); "html" (a web page instead of
+the media); "understated" (HEAD declares half the real size, GET streams the whole
+file without a Content-Length); "ok". Every request is recorded in `requests`.
+"""
 
 from __future__ import annotations
 
@@ -12,12 +26,18 @@ import threading
 from pathlib import Path
 
 _RANGE = re.compile(r"bytes=(\d+)-(\d*)$")
+FAULT_KINDS = ("ok", "cut", "hang", "html", "understated")
+HTML_PAGE = b"<!DOCTYPE html><html><head><title>Sign in</title></head><body><p>Please sign in.</p></body></html>"
 
 
 class MediaHandler(http.server.BaseHTTPRequestHandler):
     root: Path
     rate_bytes_per_s: float | None = None  # throttle, so tests can watch downloads in flight
     hide_length: bool = False  # no Content-Length, like a chunked stream: the body ends at close
+    faults: dict  # the fault plan, shared with MediaServer (see the module docstring)
+    requests: list  # (method, path, fault) of every request, in order
+    lock: threading.Lock
+    stopping: threading.Event  # set when the server stops: releases "hang" requests
     protocol_version = "HTTP/1.1"
 
     def log_message(self, fmt, *args):  # keep test output clean
@@ -36,12 +56,56 @@ class MediaHandler(http.server.BaseHTTPRequestHandler):
     def do_GET(self):
         self._serve(body=True)
 
+    def _next_fault(self) -> str:
+        name = self.path.split("?", 1)[0]
+        with self.lock:
+            fault = "ok"
+            for key in (f"{self.command} {name}", name):
+                if self.faults.get(key):
+                    fault = str(self.faults[key].pop(0))
+                    break
+            self.requests.append((self.command, name, fault))
+        return fault
+
     def _serve(self, body: bool):
+        fault = self._next_fault()
+        status, _, retry_after = fault.partition(":")
+        if status.isdigit():
+            self.send_response(int(status))
+            if retry_after:
+                self.send_header("Retry-After", retry_after)
+            self.send_header("Content-Type", "text/plain")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        if fault == "hang":
+            self.close_connection = True
+            self.stopping.wait(600)
+            return
+        if fault == "html":
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html; charset=utf-8")
+            self.send_header("Content-Length", str(len(HTML_PAGE)))
+            self.end_headers()
+            if body:
+                self.wfile.write(HTML_PAGE)
+            return
         path = self._resolve()
         if path is None:
             self.send_error(404)
             return
         size = path.stat().st_size
+        if fault == "understated":
+            self.send_response(200)
+            self.send_header("Content-Type", "video/mp4")
+            self.close_connection = True
+            self.send_header("Connection", "close")
+            if not body:
+                self.send_header("Content-Length", str(size // 2))
+            self.end_headers()
+            if body:
+                self._send_body(path, 0, size)
+            return
         start, end = 0, size - 1
         match = _RANGE.match(self.headers.get("Range", ""))
         if match:
@@ -65,7 +129,10 @@ class MediaHandler(http.server.BaseHTTPRequestHandler):
             self.send_header("Accept-Ranges", "bytes")
             self.send_header("Content-Length", str(end - start + 1))
         self.end_headers()
-        if body:
+        if body and fault == "cut":
+            self.close_connection = True
+            self._send_body(path, start, (end - start + 1) // 2)
+        elif body:
             self._send_body(path, start, end - start + 1)
 
     def _send_body(self, path: Path, start: int, length: int):
@@ -95,9 +162,17 @@ class _QuietServer(http.server.ThreadingHTTPServer):
 class MediaServer:
     """`with MediaServer(folder) as server: server.url("a.mp4")` — stops on exit."""
 
-    def __init__(self, root: str | os.PathLike, rate_bytes_per_s: float | None = None, hide_length: bool = False):
+    def __init__(self, root: str | os.PathLike, rate_bytes_per_s: float | None = None, hide_length: bool = False,
+                 faults: dict | None = None):
+        self.faults: dict[str, list[str]] = {}
+        self.requests: list[tuple[str, str, str]] = []
+        self._lock = threading.Lock()
+        self._stopping = threading.Event()
+        for key, plan in (faults or {}).items():
+            self.plan(key, plan)
         handler = type("Handler", (MediaHandler,), {
-            "root": Path(root).resolve(), "rate_bytes_per_s": rate_bytes_per_s, "hide_length": hide_length})
+            "root": Path(root).resolve(), "rate_bytes_per_s": rate_bytes_per_s, "hide_length": hide_length,
+            "faults": self.faults, "requests": self.requests, "lock": self._lock, "stopping": self._stopping})
         self.httpd = _QuietServer(("127.0.0.1", 0), handler)
         self.httpd.daemon_threads = True
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
@@ -110,11 +185,28 @@ class MediaServer:
     def url(self, name: str) -> str:
         return f"{self.base_url}/{name}"
 
+    def plan(self, key: str, faults: list) -> None:
+        """Set what the next requests for `key` ("/path" or "GET /path") get."""
+        faults = [str(f) for f in faults]
+        unknown = [f for f in faults if f not in FAULT_KINDS and not re.fullmatch(r"\d{3}(:\d+)?", f)]
+        if unknown:
+            raise ValueError(f"unknown fault kind(s) {unknown}; use a status code or one of {FAULT_KINDS}")
+        if not key.split(" ")[-1].startswith("/"):
+            raise ValueError(f"fault plan key {key!r}: use '/path' or 'GET /path'")
+        with self._lock:
+            self.faults[key] = faults
+
+    def served(self, name: str, method: str | None = None) -> list[str]:
+        """The faults (or "ok") that requests for /name got, in order."""
+        with self._lock:
+            return [f for m, p, f in self.requests if p == f"/{name}" and method in (None, m)]
+
     def __enter__(self) -> "MediaServer":
         self.thread.start()
         return self
 
     def __exit__(self, *exc):
+        self._stopping.set()
         with contextlib.suppress(Exception):
             self.httpd.shutdown()
         self.httpd.server_close()

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from .config import MB
 from .disk import DiskMonitor
+from .failures import given_up
 from .gate import gb
 from .ledger import STAGES, Ledger
 from .plan import measured
@@ -91,12 +92,14 @@ def snapshot(config: dict, now: float | None = None) -> dict:
     breakdown = monitor.get_breakdown()
     db = Path(config["data_dir"]) / "jobs.db"
     stages, pauses, failures, rates, growth = {}, [], [], {}, {}
+    gave_up = given_up(config["data_dir"])  # failed episodes the workflow no longer tries
     if db.exists():
         with Ledger(db) as ledger:
             stages = ledger.stage_counts()
             pauses = ledger.pause_events()
-            failures = [dict(zip(("id", "attempts", "last_error"), r)) for r in ledger.conn.execute(
-                "SELECT id, attempts, last_error FROM jobs WHERE stage = 'failed' ORDER BY id")]
+            failures = [dict(zip(("id", "attempts", "last_error"), r), given_up=r[0] in gave_up)
+                        for r in ledger.conn.execute(
+                            "SELECT id, attempts, last_error FROM jobs WHERE stage = 'failed' ORDER BY id")]
             rates = measured_rates(ledger.conn, now)
             rates["per_job"] = measured(ledger.conn)
             growth = disk_growth(ledger.conn, now)
@@ -105,7 +108,7 @@ def snapshot(config: dict, now: float | None = None) -> dict:
     in_ledger = sum(stages.values())
     total = max(catalogue_rows(config["catalogue"]) or 0, in_ledger)
     done = sum(stages.get(s, 0) for s in DONE_STAGES)
-    remaining = max(0, total - done - stages.get("failed", 0))
+    remaining = max(0, total - done - len(gave_up))
     tph = rates.get("transcriptions_per_hour", {})
     # The last hour's rate when the run is live, else the whole run's.
     rate, basis = (tph["last_hour"], "last hour") if tph.get("last_hour") else (tph.get("overall", 0), "overall")
@@ -177,9 +180,12 @@ def render(s: dict) -> str:
                     if e["seconds"] else "done" if e["seconds"] == 0 else "no rate measured yet"))
     if s["failures"]:
         reasons = Counter(f["last_error"] for f in s["failures"])
-        lines.append(f"Failed episodes: {len(s['failures'])}, by reason:")
+        gave_up = sum(f["given_up"] for f in s["failures"])
+        lines.append(f"Failed episodes: {len(s['failures'])} ({gave_up} given up, {len(s['failures']) - gave_up} "
+                     f"to be tried again by the next run), by reason:")
         lines += [f"  {n:>6} x {reason}" for reason, n in reasons.most_common(10)]
         shown = ", ".join(f["id"] for f in s["failures"][:10])
         more = len(s["failures"]) - 10
-        lines.append(f"  episodes: {shown}" + (f" and {more} more (--json lists all)" if more > 0 else ""))
+        lines.append(f"  episodes: {shown}" + (f" and {more} more" if more > 0 else ""))
+        lines.append("  (`scribeflow failed` lists them all; `scribeflow retry IDS` tries given-up ones again)")
     return "\n".join(lines)

@@ -2,7 +2,8 @@
 
 Each step records its stage transitions in the ledger and, on failure, the stage
 'failed' with the reason before re-raising, so that `scribeflow status` can say what
-went wrong and Snakemake still sees the job fail.
+went wrong and Snakemake still sees the job fail. A permanent failure (or one too
+many) also gives the episode up, so that later runs skip it (failures.py).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import logging
 import sys
 from pathlib import Path
 
+from . import failures
 from .config import MB
 from .gate import DownloadGate, gb
 from .ledger import Ledger
@@ -29,20 +31,23 @@ def setup_logging(log_path: str | Path | None) -> None:
 
 
 @contextlib.contextmanager
-def _recorded(ledger: Ledger, episode: str):
+def _recorded(ledger: Ledger, episode: str, config: dict | None = None, step: str = ""):
     try:
         yield
     except BaseException as exc:
         log.error("%s failed: %s", episode, exc)
         with contextlib.suppress(Exception):
-            ledger.set_stage(episode, "failed", last_error=f"{type(exc).__name__}: {exc}"[:2000])
+            if config is None:
+                ledger.set_stage(episode, "failed", last_error=f"{type(exc).__name__}: {exc}"[:2000])
+            elif failures.record(config, ledger, episode, step, exc):
+                log.error("Gave %s up: later runs skip it until `scribeflow retry %s`", episode, episode)
         raise
 
 
 def download(config: dict, episode: str, url: str, out: str, expected_size_mb: float | None) -> None:
     from .download import download_episode
 
-    with Ledger.for_config(config) as ledger, _recorded(ledger, episode):
+    with Ledger.for_config(config) as ledger, _recorded(ledger, episode, config, "download"):
         ledger.set_stage(episode, "downloading")
         gate = DownloadGate.from_config(config, ledger=ledger)
         result = download_episode(episode, url, Path(out), config, gate=gate,
@@ -54,7 +59,7 @@ def download(config: dict, episode: str, url: str, out: str, expected_size_mb: f
 def extract_audio(config: dict, episode: str, video: str, audio: str) -> None:
     from .media import expected_audio_bytes, extract_audio as extract, validate
 
-    with Ledger.for_config(config) as ledger, _recorded(ledger, episode):
+    with Ledger.for_config(config) as ledger, _recorded(ledger, episode, config, "extract_audio"):
         ledger.set_stage(episode, "extracting")
         gate = DownloadGate.from_config(config, ledger=ledger)
         info = validate(video)
@@ -73,7 +78,7 @@ def transcribe(config: dict, episode: str, audio: str, transcript: str, video: s
 
     tc = config["transcribe"]
     cleanup = config["disk_management"]["cleanup"]
-    with Ledger.for_config(config) as ledger, _recorded(ledger, episode):
+    with Ledger.for_config(config) as ledger, _recorded(ledger, episode, config, "transcribe"):
         video_gone = not Path(video).exists()
         ledger.set_stage(episode, "transcribing", video_deleted=int(video_gone))
         job = ledger.job(episode) or {}

@@ -1,0 +1,127 @@
+"""Failed episodes: which are given up, why, and how to try them again on purpose.
+
+Every failure is recorded in the ledger (stage 'failed', last_error, attempts). With
+keep-going, Snakemake would simply try every missing transcript again on the next
+run, so a 404 would be downloaded, and fail, for ever. An episode is therefore
+*given up* when its failure is permanent (HTTP 404/410, no media at the address,
+unusable media, larger than declared) or when its download has failed in
+`download.max_attempts` runs: a marker `{data_dir}/failed/{id}.json` is written, and
+the workflow's targets leave the episode out (rules/common.smk) until
+`scribeflow retry` removes the marker and resets the ledger row. Other failures
+(a transcription that crashed, a server that was down all day) are tried again by
+the next run.
+
+The marker, not the ledger, is what the workflow reads: listing one folder is cheap
+at every parse (cluster jobs parse the Snakefile again) and needs no SQLite lock.
+`recovery.check_consistency` checks that the two agree.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+from .files import atomic_write_text
+from .ledger import Ledger
+
+FAILED_DIR = "failed"
+
+
+def marker_dir(data_dir: str | os.PathLike) -> Path:
+    return Path(data_dir) / FAILED_DIR
+
+
+def given_up(data_dir: str | os.PathLike) -> set[str]:
+    """Ids of the episodes the workflow skips (one directory listing, no ledger access)."""
+    try:
+        return {e.name[:-5] for e in os.scandir(marker_dir(data_dir)) if e.name.endswith(".json")}
+    except FileNotFoundError:
+        return set()
+
+
+def is_permanent(exc: BaseException) -> bool:
+    from .media import MediaError
+
+    return bool(getattr(exc, "permanent", False)) or isinstance(exc, MediaError)
+
+
+def record(config: dict, ledger: Ledger, episode: str, step: str, exc: BaseException) -> bool:
+    """Record a failure of `step` for `episode` in the ledger; give the episode up when
+    the failure is permanent or its downloads have failed max_attempts times. Returns
+    whether it was given up."""
+    reason = f"{type(exc).__name__}: {exc}"[:2000]
+    ledger.set_stage(episode, "failed", last_error=reason)
+    job = ledger.job(episode) or {}
+    attempts = job.get("attempts") or 0
+    permanent = is_permanent(exc)
+    final = permanent or (step == "download" and attempts >= config["download"]["max_attempts"])
+    if final:
+        marker = {"id": episode, "step": step, "permanent": permanent, "attempts": attempts,
+                  "reason": reason, "failed_at": time.time()}
+        atomic_write_text(marker_dir(config["data_dir"]) / f"{episode}.json", json.dumps(marker, indent=1))
+    return final
+
+
+def report(config: dict) -> list[dict]:
+    """Failed episodes, from the ledger and the markers: id, attempts, reason, and
+    whether the next run tries it again."""
+    data = Path(config["data_dir"])
+    markers = {}
+    for episode in given_up(data):
+        try:
+            markers[episode] = json.loads((marker_dir(data) / f"{episode}.json").read_text())
+        except (OSError, ValueError):
+            markers[episode] = {}
+    rows = {}
+    if (data / "jobs.db").exists():
+        with Ledger(data / "jobs.db") as ledger:
+            cur = ledger.conn.execute(
+                "SELECT id, attempts, last_error, failed_at FROM jobs WHERE stage = 'failed' ORDER BY id")
+            for episode, attempts, error, at in cur:
+                rows[episode] = {"id": episode, "attempts": attempts, "reason": error, "failed_at": at}
+    for episode, marker in markers.items():
+        row = rows.setdefault(episode, {"id": episode, "attempts": marker.get("attempts"),
+                                        "reason": marker.get("reason"), "failed_at": marker.get("failed_at")})
+        row["step"] = marker.get("step")
+        row["permanent"] = bool(marker.get("permanent"))
+    for row in rows.values():
+        row["given_up"] = row["id"] in markers
+        row.setdefault("step", None)
+        row.setdefault("permanent", False)
+    return sorted(rows.values(), key=lambda r: r["id"])
+
+
+def render(rows: list[dict]) -> str:
+    if not rows:
+        return "No failed episodes."
+    given = sum(r["given_up"] for r in rows)
+    lines = [f"{len(rows)} failed episode(s): {given} given up (skipped until `scribeflow retry`), "
+             f"{len(rows) - given} to be tried again by the next run."]
+    for r in rows:
+        what = ("permanent" if r["permanent"] else "given up") if r["given_up"] else "will retry"
+        lines.append(f"  {r['id']}  [{what}, {r['attempts'] or 0} attempt(s)]  {r['reason'] or '?'}")
+    return "\n".join(lines)
+
+
+def retry(config: dict, ids: list[str] | None = None) -> list[str]:
+    """Make failed episodes eligible again: remove their markers and reset their ledger
+    rows to 'queued' with no attempts and no error. `ids=None`: every failed episode.
+    Returns the ids reset; unknown or not-failed ids raise ValueError."""
+    data = Path(config["data_dir"])
+    failed = {r["id"] for r in report(config)}
+    if ids is None:
+        ids = sorted(failed)
+    unknown = [i for i in ids if i not in failed]
+    if unknown:
+        raise ValueError(f"not failed episodes: {', '.join(unknown)} (see `scribeflow failed`)")
+    if ids and (data / "jobs.db").exists():
+        now = time.time()
+        with Ledger(data / "jobs.db") as ledger, ledger.transaction() as c:
+            c.executemany(
+                "UPDATE jobs SET stage = 'queued', attempts = 0, last_error = NULL, updated_at = ? WHERE id = ?",
+                ((now, i) for i in ids))
+    for episode in ids:
+        (marker_dir(data) / f"{episode}.json").unlink(missing_ok=True)
+    return list(ids)

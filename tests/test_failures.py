@@ -1,0 +1,147 @@
+"""Failed episodes (given-up markers, report, retry) and the ledger/disk consistency check."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from scribeflow import cli, failures
+from scribeflow import config as cfg
+from scribeflow.download import DownloadFailed
+from scribeflow.ledger import Ledger
+from scribeflow.media import MediaError
+from scribeflow.recovery import check_consistency, clean_orphans
+
+
+@pytest.fixture
+def config(tmp_path):
+    return cfg.validate({"data_dir": str(tmp_path / "d"), "storage_dir": str(tmp_path / "s"),
+                         "download": {"max_attempts": 2}})
+
+
+@pytest.fixture
+def ledger(config):
+    with Ledger.for_config(config) as ledger:
+        yield ledger
+
+
+def fail_download(config, ledger, episode, exc):
+    ledger.set_stage(episode, "downloading")
+    return failures.record(config, ledger, episode, "download", exc)
+
+
+def test_a_permanent_failure_gives_the_episode_up_at_once(config, ledger):
+    assert fail_download(config, ledger, "gone", DownloadFailed("gone: HTTP 404", permanent=True))
+    assert failures.given_up(config["data_dir"]) == {"gone"}
+    marker = json.loads((failures.marker_dir(config["data_dir"]) / "gone.json").read_text())
+    assert marker["permanent"] and marker["attempts"] == 1 and "HTTP 404" in marker["reason"]
+    job = ledger.job("gone")
+    assert job["stage"] == "failed" and "HTTP 404" in job["last_error"]
+
+
+def test_a_transient_download_failure_is_given_up_after_max_attempts(config, ledger):
+    flaky = DownloadFailed("flaky: HTTP 503", transient=True)
+    assert not fail_download(config, ledger, "flaky", flaky)
+    assert failures.given_up(config["data_dir"]) == set()
+    assert fail_download(config, ledger, "flaky", flaky)  # second run: max_attempts 2
+    assert failures.given_up(config["data_dir"]) == {"flaky"}
+
+
+def test_unusable_media_in_extraction_is_permanent_other_crashes_are_not(config, ledger):
+    assert failures.record(config, ledger, "bad", "extract_audio", MediaError("bad.media: has no audio stream"))
+    for _ in range(5):
+        assert not failures.record(config, ledger, "oom", "transcribe", MemoryError("out of memory"))
+    assert failures.given_up(config["data_dir"]) == {"bad"}
+
+
+def test_report_and_retry(config, ledger):
+    fail_download(config, ledger, "gone", DownloadFailed("gone: HTTP 410", permanent=True))
+    fail_download(config, ledger, "flaky", DownloadFailed("flaky: timed out", transient=True))
+    ledger.set_stage("fine", "transcribed")
+    rows = {r["id"]: r for r in failures.report(config)}
+    assert set(rows) == {"gone", "flaky"}
+    assert rows["gone"]["given_up"] and rows["gone"]["permanent"] and rows["gone"]["step"] == "download"
+    assert not rows["flaky"]["given_up"] and rows["flaky"]["attempts"] == 1
+    text = failures.render(failures.report(config))
+    assert "2 failed episode(s): 1 given up" in text and "gone  [permanent, 1 attempt(s)]" in text
+
+    with pytest.raises(ValueError, match="not failed episodes: fine"):
+        failures.retry(config, ["fine"])
+    assert failures.retry(config, ["gone"]) == ["gone"]
+    assert failures.given_up(config["data_dir"]) == set()
+    job = ledger.job("gone")
+    assert (job["stage"], job["attempts"], job["last_error"]) == ("queued", 0, None)
+    assert failures.retry(config) == ["flaky"]
+    assert failures.report(config) == []
+
+
+def test_cli_failed_retry_and_check(config, ledger, tmp_path, capsys):
+    configfile = tmp_path / "c.yaml"
+    configfile.write_text(json.dumps({"data_dir": config["data_dir"], "storage_dir": config["storage_dir"]}))
+    fail_download(config, ledger, "gone", DownloadFailed("gone: HTTP 404", permanent=True))
+    assert cli.main(["failed", "--json", "--configfile", str(configfile)]) == 0
+    assert [r["id"] for r in json.loads(capsys.readouterr().out)] == ["gone"]
+    assert cli.main(["retry", "gone", "--all", "--configfile", str(configfile)]) == 2
+    assert cli.main(["retry", "nope", "--configfile", str(configfile)]) == 2
+    assert "not failed episodes: nope" in capsys.readouterr().err
+    assert cli.main(["check", "--configfile", str(configfile)]) == 0
+    assert cli.main(["retry", "--all", "--configfile", str(configfile)]) == 0
+    assert "1 episode(s) will be tried again by the next run: gone" in capsys.readouterr().out
+
+
+def touch(path, data=b"\0" * 4096):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    return path
+
+
+def cfg_path(config, root, *parts):
+    """A path under data_dir ("d") or storage_dir ("s")."""
+    return Path(config["data_dir"] if root == "d" else config["storage_dir"]).joinpath(*parts)
+
+
+def transcript(config, episode):
+    t = {"id": episode, "language": "en", "duration": 1.0, "model": "m", "options": {}, "text": "hi",
+         "segments": [{"start": 0, "end": 1, "text": "hi"}]}
+    return touch(cfg_path(config, "d", "transcripts", f"{episode}.json"), json.dumps(t).encode())
+
+
+def test_consistency_check_finds_each_kind_of_disagreement(config, ledger):
+    assert check_consistency(config) == []
+    ledger.set_stage("done", "transcribed", video_deleted=1, audio_deleted=1)
+    transcript(config, "done")
+    assert check_consistency(config) == []
+
+    ledger.set_stage("lost", "transcribed")  # transcript missing
+    ledger.set_stage("broken", "transcribed")
+    touch(cfg_path(config, "d", "transcripts", "broken.json"), b'{"id": "broken", "text": ')
+    ledger.set_stage("behind", "downloading")  # the ledger missed the transcript
+    transcript(config, "behind")
+    transcript(config, "stray")  # not in the ledger
+    touch(cfg_path(config, "s", "videos", "done.media"))  # deleted, says the ledger
+    touch(cfg_path(config, "s", "videos", "x.media.part"))
+    touch(cfg_path(config, "d", "audio", ".y.wav.abc.tmp"))
+    fail_download(config, ledger, "gone", DownloadFailed("HTTP 404", permanent=True))
+    ledger.set_stage("gone", "queued")  # marker and ledger disagree
+    problems = "\n".join(check_consistency(config))
+    for fragment in ("lost: ledger says transcribed but", "lost.json is missing", "broken.json is not valid JSON",
+                     "behind: a transcript exists but the ledger says downloading",
+                     "stray: a transcript exists but the ledger has no row",
+                     "done: ledger says the video was deleted but it is on disk",
+                     "x.media.part: partial download left behind", ".y.wav.abc.tmp: half-written audio",
+                     "gone: marked failed"):
+        assert fragment in problems, (fragment, problems)
+
+
+def test_orphan_cleanup_keeps_what_pending_jobs_need_and_drops_given_up_files(config, ledger):
+    needed_audio = touch(cfg_path(config, "d", "audio", "a.wav"))
+    transcript(config, "a")  # killed after the transcript was written: Snakemake reruns it
+    stale_audio = touch(cfg_path(config, "d", "audio", "b.wav"))
+    transcript(config, "b")
+    fail_download(config, ledger, "c", DownloadFailed("HTTP 410", permanent=True))
+    given_up_video = touch(cfg_path(config, "s", "videos", "c.media"))
+    pending_video = touch(cfg_path(config, "s", "videos", "d.media"))
+    files, _ = clean_orphans(config, keep=[str(needed_audio)])
+    assert files == 2
+    assert needed_audio.exists() and pending_video.exists()
+    assert not stale_audio.exists() and not given_up_video.exists()
