@@ -2,8 +2,9 @@
 
 The first test starts from hand-written transcripts already in data_dir (as after an
 earlier run: their videos and audio are temporary and gone, so nothing is downloaded);
-the second runs everything from speech videos with tiny.en."""
+the second runs everything from speech videos with tiny.en, one episode, then two."""
 
+import copy
 import json
 import shutil
 import sqlite3
@@ -15,6 +16,8 @@ import pytest
 
 from conftest import recall, run_snakemake, workflow_config, write_catalogue
 from scribeflow.analysis import read_tsv
+from scribeflow.config import validate
+from scribeflow.recovery import check_consistency
 from scribeflow.fixtures import SENTENCES
 
 FIXTURES = Path(__file__).parent / "data" / "transcripts"
@@ -70,6 +73,7 @@ def test_corpus_grows_without_retokenizing_and_cleanup_flags_delete(tmp_path):
         assert len(list((data / "logs" / rule).glob("*.log"))) == 2
         assert len(list((data / "benchmarks" / rule).glob("*.tsv"))) == 2
     assert (data / "benchmarks/corpus/corpus.tsv").is_file()
+    assert check_consistency(validate(copy.deepcopy(config))) == []  # deleted by design, not lost
 
     # Two new episodes: only they are tokenized and analysed (the old ones could not
     # be: their transcripts are gone and their URLs lead nowhere); the corpus grows.
@@ -95,11 +99,17 @@ def test_corpus_grows_without_retokenizing_and_cleanup_flags_delete(tmp_path):
 def test_speech_to_corpus(tmp_path, media_server, model_path):
     rows = [{"id": f"ep{n:02d}", "url": media_server.url(f"ep{n:02d}.mp4"), "language": "en", "series": "demo"}
             for n in (1, 2)]
-    catalogue = write_catalogue(tmp_path / "episodes.csv", rows)
-    config = workflow_config(tmp_path, catalogue, model_path)
-    run_snakemake(tmp_path, config, "--cores", "2")
-
     data = tmp_path / "data"
+    config = workflow_config(tmp_path, write_catalogue(tmp_path / "episodes.csv", rows[:1]), model_path)
+    run_snakemake(tmp_path, config, "--cores", "2")
+    first = (data / "tokens" / "ep01.parquet").stat().st_mtime_ns
+    assert read_tsv(data / "analysis/corpus/coverage.tsv")["episodes"][0] == 1
+
+    # The catalogue grows: only the new episode is downloaded, transcribed and tokenized.
+    write_catalogue(tmp_path / "episodes.csv", rows)
+    proc = run_snakemake(tmp_path, config, "--cores", "2")
+    assert job_count(proc, "download") == 1 and job_count(proc, "tokenize") == 1
+    assert (data / "tokens" / "ep01.parquet").stat().st_mtime_ns == first
     spoken = Counter()
     for n, row in enumerate(rows):
         table = pq.read_table(data / "tokens" / f"{row['id']}.parquet")

@@ -66,7 +66,7 @@ def test_workflow_runs_through_slurm(tmp_path, media_server, model_path, slurm, 
         assert recall(SENTENCES[n], t["text"]) >= 0.7, (SENTENCES[n], t["text"])
     assert leftover_temp_files(tmp_path) == []
     db = sqlite3.connect(tmp_path / "data" / "jobs.db")
-    assert db.execute("SELECT stage, count(*) FROM jobs GROUP BY stage").fetchall() == [("transcribed", 3)]
+    assert db.execute("SELECT stage, count(*) FROM jobs GROUP BY stage").fetchall() == [("analyzed", 3)]
 
     # Every job went through Slurm, with what the profile asks for.
     jobs = {j["Comment"]: j for j in slurm.jobs()}

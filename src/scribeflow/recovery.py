@@ -117,7 +117,8 @@ def check_consistency(config: dict) -> list[str]:
     for episode, job in sorted(jobs.items()):
         stage, transcript = job["stage"], transcripts / f"{episode}.json"
         if stage in TRANSCRIBED:
-            problem = _transcript_problem(transcript, episode)
+            gone_by_design = stage != "transcribed" and cleanup["delete_transcript_after_tokenization"]
+            problem = None if gone_by_design and not transcript.exists() else _transcript_problem(transcript, episode)
             if problem:
                 problems.append(f"{episode}: ledger says {stage} but {problem}")
             if job["video_deleted"] and (videos / f"{episode}.media").exists():
