@@ -71,7 +71,7 @@ def test_workflow_runs_through_slurm(tmp_path, media_server, model_path, slurm, 
     # Every job went through Slurm, with what the profile asks for.
     jobs = {j["Comment"]: j for j in slurm.jobs()}
     for ep in DURATIONS:
-        for rule in ("download", "extract_audio", "transcribe"):
+        for rule in ("download", "extract_audio", "transcribe", "tokenize", "analyse_episode"):
             job = jobs.pop(f"rule_{rule}_wildcards_{ep}")
             assert job["State"] == "COMPLETED", job
             logs = list((tmp_path / ".snakemake" / "slurm_logs" / f"rule_{rule}" / ep).glob("*.log"))
@@ -83,7 +83,9 @@ def test_workflow_runs_through_slurm(tmp_path, media_server, model_path, slurm, 
             else:
                 assert (job["Partition"], job["tres-per-job"]) == ("cpu", "N/A"), job
                 assert job["NumCPUs"] == "1", job
-    assert jobs == {}, f"jobs no rule accounts for: {jobs}"  # `all` is a local rule
+    corpus = jobs.pop("rule_corpus")
+    assert (corpus["State"], corpus["Partition"], corpus["MinMemory"]) == ("COMPLETED", "cpu", "8000M"), corpus
+    assert jobs == {}, f"jobs no rule accounts for: {jobs}"  # `all` and `plots` are local rules
 
     # The disk budget's scheduler-side caps are in force on the cluster too: downloads
     # leave one of the 4 job slots to extraction and transcription.
