@@ -67,15 +67,17 @@ def declared_gb(wildcards):
     return max(1, math.ceil(mb / 1000))
 
 
-def transcript_targets():
-    return expand(f"{DATA}/transcripts/{{episode}}.json", episode=CATALOGUE.index)
-
-
 def transcript_outputs():
-    outputs = {"json": f"{DATA}/transcripts/{{episode}}.json"}
+    # transcribe.gzip: every transcript file ends in .gz (.json.gz is then the target).
+    gz = ".gz" if config["transcribe"]["gzip"] else ""
+    outputs = {"json": f"{DATA}/transcripts/{{episode}}.json{gz}"}
     for fmt in config["transcribe"]["formats"]:
-        outputs[fmt] = f"{DATA}/transcripts/{{episode}}.{fmt}"
+        outputs[fmt] = f"{DATA}/transcripts/{{episode}}.{fmt}{gz}"
     return outputs
+
+
+def transcript_targets():
+    return expand(transcript_outputs()["json"], episode=CATALOGUE.index)
 
 
 onstart:

@@ -67,10 +67,12 @@ def extract_audio(config: dict, episode: str, video: str, audio: str) -> None:
         ledger.set_stage(episode, "extracted", audio_size_bytes=size)
 
 
-def transcribe(config: dict, episode: str, audio: str, transcript: str, video: str,
+def transcribe(config: dict, episode: str, audio: str, outputs: dict[str, str], video: str,
                language: str | None) -> None:
+    """`outputs`: the rule's named outputs ({"json": ..., "srt": ...}), written by this job."""
+    from . import worker
     from .disk import DiskMonitor
-    from .transcribe import load_model, transcribe_audio, write_transcript
+    from .transcribe import build_transcript, decode_options, write_transcript
 
     tc = config["transcribe"]
     cleanup = config["disk_management"]["cleanup"]
@@ -82,9 +84,11 @@ def transcribe(config: dict, episode: str, audio: str, transcript: str, video: s
         gate = DownloadGate.from_config(config, ledger=ledger)
         with gate.consumer(episode, "transcribe"):
             log.info("Transcribing %s, video size: %.1f MB", episode, video_mb)
-            model = load_model(tc)
-            result = transcribe_audio(model, audio, episode, tc, language or tc["language"])
-            size = write_transcript(result, transcript, tc["formats"])
+            # The catalogue's language column wins over the config's.
+            options = decode_options(tc, language or tc["language"])
+            raw = worker.transcribe(tc, config["data_dir"], audio, options, episode)
+            result = build_transcript(raw, episode, tc, options)
+            size = write_transcript(result, outputs)
         audio_mb = Path(audio).stat().st_size / MB
         # Snakemake deletes the temp() audio as soon as this job ends.
         audio_deleted = cleanup["delete_audio_after_transcription"]
