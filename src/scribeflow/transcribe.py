@@ -11,6 +11,7 @@ from __future__ import annotations
 import gzip as gzip_module
 import json
 import logging
+import os
 import struct
 import time
 from pathlib import Path
@@ -26,6 +27,9 @@ DECODE_KEYS = ("beam_size", "vad_filter", "condition_on_previous_text", "word_ti
 # Keys that decide the loaded model (a worker serves one combination).
 LOAD_KEYS = ("model", "device", "compute_type", "cpu_threads", "num_workers")
 MODEL_FILES = ("model.bin", "config.json", "tokenizer.json")
+# What Snakemake sets to a job's thread count (snakemake/shell.py).
+THREAD_VARS = ("OMP_NUM_THREADS", "GOTO_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
+               "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS")
 DEFAULT_MEL_BINS = 80  # what faster-whisper assumes without preprocessor_config.json
 SAMPLE_RATE = 16_000
 
@@ -100,10 +104,31 @@ def model_mel_bins(model_bin: Path) -> int | None:
     return None
 
 
+def thread_env(tc: dict, env) -> dict:
+    """`env` with the model's thread settings. Snakemake sets OMP_NUM_THREADS, MKL_NUM_THREADS,
+    OPENBLAS_NUM_THREADS, ... to the job's threads (1); they would slow the model (and numpy's
+    feature extraction) down and even change the text. The model's threads are
+    transcribe.cpu_threads (0: the libraries' defaults)."""
+    env = dict(env)
+    for var in THREAD_VARS:
+        if tc.get("cpu_threads"):
+            env[var] = str(tc["cpu_threads"])
+        else:
+            env.pop(var, None)
+    return env
+
+
 def load_model(tc: dict):
+    check_model_dir(tc["model"])
+    # Before CTranslate2 and its MKL are loaded: they read these once.
+    env = thread_env(tc, os.environ)
+    for var in THREAD_VARS:
+        if var in env:
+            os.environ[var] = env[var]
+        else:
+            os.environ.pop(var, None)
     from faster_whisper import WhisperModel
 
-    check_model_dir(tc["model"])
     started = time.monotonic()
     model = WhisperModel(tc["model"], device=tc["device"], compute_type=tc["compute_type"],
                          cpu_threads=tc.get("cpu_threads", 0), num_workers=tc.get("num_workers", 1))

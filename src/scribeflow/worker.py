@@ -161,7 +161,10 @@ def _start(tc: dict, data_dir: str | Path, key: str) -> socket.socket:
         out = open(logfile, "ab")
     except OSError as exc:
         raise WorkerUnavailable(f"cannot write the worker's log {logfile}: {exc}") from None
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(_SRC), os.environ.get("PYTHONPATH")]))}
+    from .transcribe import thread_env
+
+    env = thread_env(tc, os.environ)  # not the threads of the job that happens to start it
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(_SRC), os.environ.get("PYTHONPATH")]))
     spec = json.dumps({"tc": tc, "data_dir": str(data_dir), "key": key})
     with out:
         try:
