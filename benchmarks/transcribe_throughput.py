@@ -26,6 +26,7 @@ import argparse
 import csv
 import json
 import os
+import shlex
 import shutil
 import statistics
 import subprocess
@@ -84,7 +85,8 @@ def audio_seconds(clips: list[Path]) -> float:
     return total
 
 
-def run_pipeline(work: Path, clips: list[Path], tc: dict, cores: int, transcriptions: int) -> tuple[float, Path]:
+def run_pipeline(work: Path, clips: list[Path], tc: dict, cores: int, transcriptions: int,
+                 extra: list[str]) -> tuple[float, Path]:
     shutil.rmtree(work, ignore_errors=True)
     (work / "storage" / "videos").mkdir(parents=True)
     with (work / "episodes.csv").open("w", newline="") as f:
@@ -98,7 +100,7 @@ def run_pipeline(work: Path, clips: list[Path], tc: dict, cores: int, transcript
               "disk_management": {"max_concurrent_transcriptions": transcriptions}}
     (work / "config.yaml").write_text(json.dumps(config))
     cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory", str(work),
-           "--configfile", str(work / "config.yaml"), "--cores", str(cores), "--quiet", "all"]
+           "--configfile", str(work / "config.yaml"), "--cores", str(cores), "--quiet", "all", *extra]
     started = time.perf_counter()
     proc = subprocess.run(cmd, cwd=work, capture_output=True, text=True)
     wall = time.perf_counter() - started
@@ -132,6 +134,7 @@ def main() -> int:
     parser.add_argument("--cores", type=int, default=os.cpu_count())
     parser.add_argument("--transcriptions", type=int, default=2, help="max_concurrent_transcriptions")
     parser.add_argument("--modes", default="worker,in-process")
+    parser.add_argument("--snakemake-args", default="", help="more snakemake arguments, e.g. '--scheduler greedy'")
     parser.add_argument("--loop-spec", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.loop_spec:
@@ -170,7 +173,8 @@ def main() -> int:
         identical = True
         for mode in args.modes.split(","):
             mtc = {**tc, "worker": {**tc["worker"], "enabled": mode == "worker"}}
-            wall, data = run_pipeline(Path(tmp) / mode, clips, mtc, args.cores, args.transcriptions)
+            wall, data = run_pipeline(Path(tmp) / mode, clips, mtc, args.cores, args.transcriptions,
+                                      shlex.split(args.snakemake_args))
             for clip in clips:
                 t = read_transcript(data / "transcripts" / f"{clip.stem}.json")
                 got = [[s["start"], s["end"], s["text"]] for s in t["segments"]]

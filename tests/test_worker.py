@@ -1,17 +1,20 @@
 """The transcription worker: same transcript as in-process, one model load for many
 requests, and a job that still succeeds when no worker can serve it."""
 
+import gzip
 import logging
+import re
 import socket
 import threading
 import time
 
 import pytest
 
+from conftest import leftover_temp_files, recall, run_snakemake, workflow_config, write_catalogue
 from scribeflow import worker
 from scribeflow.fixtures import SENTENCES, make_speech_video
 from scribeflow.media import extract_audio
-from scribeflow.transcribe import decode_options
+from scribeflow.transcribe import decode_options, read_transcript
 
 
 @pytest.fixture(scope="module")
@@ -95,3 +98,40 @@ def test_a_worker_that_dies_mid_request_falls_back_in_process(tmp_path, wav, mod
     squatter.close()
     assert "the worker closed the connection" in caplog.text
     assert "hello world" in raw["segments"][0]["text"].lower()
+
+
+@pytest.mark.slow
+def test_the_workflow_loads_the_model_once_and_writes_gzip_transcripts(tmp_path, media_server, model_path):
+    rows = [{"id": f"ep{n:02d}", "url": media_server.url(f"ep{n:02d}.mp4"), "language": "en" if n < 3 else ""}
+            for n in range(1, 4)]
+    catalogue = write_catalogue(tmp_path / "episodes.csv", rows)
+    config = workflow_config(tmp_path, catalogue, model_path, transcribe={
+        "formats": ["srt", "vtt", "txt"], "gzip": True, "word_timestamps": True, "cpu_threads": 2})
+    run_snakemake(tmp_path, config, "--cores", "3")
+
+    transcripts = tmp_path / "data" / "transcripts"
+    assert sorted(p.name for p in transcripts.iterdir()) == sorted(
+        f"{r['id']}.{f}.gz" for r in rows for f in ("json", "srt", "vtt", "txt"))
+    for n, row in enumerate(rows):
+        t = read_transcript(transcripts / f"{row['id']}.json.gz")
+        assert t["language"] == "en" and recall(SENTENCES[n], t["text"]) >= 0.7, t["text"]
+        assert all(s["words"] and s["words"][0]["start"] >= s["start"] for s in t["segments"])
+        assert t["hallucinations"]["repetition"] == t["hallucinations"]["phrase"] == 0
+        srt = gzip.decompress((transcripts / f"{row['id']}.srt.gz").read_bytes()).decode()
+        assert re.match(r"1\n\d\d:\d\d:\d\d,\d{3} --> \d\d:\d\d:\d\d,\d{3}\n\S", srt)
+    assert leftover_temp_files(tmp_path) == []
+
+    # One model load for the three jobs, in the worker, which the run's end let go.
+    logs = tmp_path / "data" / "logs"
+    for row in rows:
+        job_log = (logs / "transcribe" / f"{row['id']}.log").read_text()
+        assert "Transcribed by the worker" in job_log and "Loaded model" not in job_log
+    (worker_log,) = (logs / "transcribe_worker").iterdir()
+    deadline = time.monotonic() + 10
+    while "exiting" not in worker_log.read_text() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    text = worker_log.read_text()
+    assert text.count("Loaded model") == 1 and "exiting after 3 transcription(s) (asked to)" in text
+
+    dry = run_snakemake(tmp_path, config, "-n", "--cores", "1")
+    assert "Nothing to be done" in dry.stdout + dry.stderr
