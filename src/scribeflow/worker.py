@@ -40,6 +40,7 @@ PROTOCOL = 1
 EXIT_ADDRESS_IN_USE = 3
 _SRC = Path(__file__).resolve().parents[1]
 _CODE = ("worker.py", "transcribe.py", "media.py")
+_started: list[subprocess.Popen] = []  # held, so Python does not warn that they still run
 
 
 class WorkerUnavailable(RuntimeError):
@@ -172,6 +173,7 @@ def _start(tc: dict, data_dir: str | Path, key: str) -> socket.socket:
                                     stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
         except OSError as exc:
             raise WorkerUnavailable(f"cannot start a worker: {exc}") from None
+    _started.append(proc)
     log.info("Started a transcription worker (pid %d, log %s)", proc.pid, logfile)
     deadline = time.monotonic() + wc.get("start_timeout_seconds", 120)
     while time.monotonic() < deadline:
