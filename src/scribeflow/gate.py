@@ -162,11 +162,13 @@ class DownloadGate:
         band = m.pause_threshold - m.resume_threshold
 
         reasons = set(state["reasons"])
-        if usage.total >= m.pause_threshold:
+        # A pause holds downloads back: only a download's look opens one (an extraction's
+        # look after the last download would open a pause that nothing ever closes).
+        if usage.total >= m.pause_threshold and download:
             reasons.add("usage")
         elif usage.total <= m.resume_threshold:
             reasons.discard("usage")
-        if fs_available < m.min_free_bytes + declared:
+        if fs_available < m.min_free_bytes + declared and download:
             reasons.add("filesystem")
         elif fs_available >= m.min_free_bytes + declared + band:
             reasons.discard("filesystem")
