@@ -85,18 +85,20 @@ if GIVEN_UP and not (workflow.remote_exec or workflow.subprocess_exec):
         )
 
 
+def transcript_outputs():
+    # transcribe.gzip: every transcript file ends in .gz (.json.gz is then the target).
+    gz = ".gz" if config["transcribe"]["gzip"] else ""
+    outputs = {"json": f"{DATA}/transcripts/{{episode}}.json{gz}"}
+    for fmt in config["transcribe"]["formats"]:
+        outputs[fmt] = f"{DATA}/transcripts/{{episode}}.{fmt}{gz}"
+    return outputs
+
+
 def transcript_targets():
     return expand(
-        f"{DATA}/transcripts/{{episode}}.json",
+        transcript_outputs()["json"],
         episode=[i for i in CATALOGUE.index if i not in GIVEN_UP],
     )
-
-
-def transcript_outputs():
-    outputs = {"json": f"{DATA}/transcripts/{{episode}}.json"}
-    for fmt in config["transcribe"]["formats"]:
-        outputs[fmt] = f"{DATA}/transcripts/{{episode}}.{fmt}"
-    return outputs
 
 
 # -- cluster ---------------------------------------------------------------------

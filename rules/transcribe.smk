@@ -19,3 +19,17 @@ rule transcribe:
         language=lambda wc: row(wc.episode, "language"),
     script:
         "../scripts/transcribe.py"
+
+
+# The transcription worker (scribeflow.worker) keeps the model loaded between jobs; let
+# it go when the run ends rather than after its idle timeout (it holds GPU memory).
+onsuccess:
+    from scribeflow import worker
+
+    worker.stop(config["transcribe"], config["data_dir"])
+
+
+onerror:
+    from scribeflow import worker
+
+    worker.stop(config["transcribe"], config["data_dir"])

@@ -39,7 +39,8 @@ def clean_orphans(config: dict, keep=()) -> tuple[int, int]:
     doomed: list[Path] = []
 
     def done(episode: str) -> bool:
-        return (transcripts / f"{episode}.json").is_file()
+        # Either form: the gzip setting may have changed since the transcript was written.
+        return any((transcripts / f"{episode}{ext}").is_file() for ext in (".json", ".json.gz"))
 
     for path in _files(videos):
         if str(path.absolute()) in busy:
