@@ -19,7 +19,7 @@ localrules:
 rule all:
     default_target: True
     input:
-        transcript_targets(),
+        transcript_targets,
 
 
 include: "rules/download.smk"
