@@ -178,3 +178,29 @@ def test_transcription_slots_are_shared_across_processes(tmp_path):
         assert slots.try_acquire() is not None
     finally:
         holder.kill()
+
+
+@pytest.mark.slow
+def test_run_chunks_transcribes_the_whole_catalogue_and_a_second_run_is_a_fast_no_op(tmp_path, media_server,
+                                                                                      model_path):
+    rows = [{"id": f"ep{n:02d}", "url": media_server.url(f"ep{n:02d}.mp4"), "language": "en"} for n in (1, 2, 3)]
+    catalogue = write_catalogue(tmp_path / "episodes.csv", rows)
+    config = workflow_config(tmp_path, catalogue, model_path)
+    (tmp_path / "run.yaml").write_text(yaml.safe_dump(config))
+    cmd = [sys.executable, "-m", "scribeflow.cli", "run-chunks", "--directory", str(tmp_path),
+           "--configfile", "run.yaml", "--chunk-size", "2", "--poll", "1", "--", "--cores", "3"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "2 chunk(s) of up to 2 episodes; 0 already done" in proc.stdout
+    for row in rows:
+        t = json.loads((tmp_path / "data" / "transcripts" / f"{row['id']}.json").read_text())
+        assert t["id"] == row["id"] and t["text"].strip()
+    assert "3 of 3 transcripts exist; 0 chunk(s) failed" in proc.stdout
+    for k in (1, 2):
+        assert "Finished" in (tmp_path / f".snakemake/scribeflow/chunks/chunk-0000{k}-of-2.log").read_text()
+
+    started = time.monotonic()
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0 and "2 already done" in again.stdout, again.stdout + again.stderr
+    assert "episodes to do" not in again.stdout  # no Snakemake started
+    assert time.monotonic() - started < 15
