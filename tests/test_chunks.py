@@ -78,7 +78,14 @@ FAKE_SNAKEMAKE = textwrap.dedent('''
             ledger.set_stage(i, "downloaded")
     event("downloads ended")
     fake = yaml.safe_load((directory / "fake.yaml").read_text())
-    time.sleep(fake["seconds"])  # the last transcriptions
+    # The last transcriptions: they last until the next chunk has started (when one
+    # should), so that the overlap does not depend on how fast this machine is.
+    k, n = map(int, chunk.split("/"))
+    deadline = time.time() + fake["seconds"]
+    while time.time() < deadline:
+        if fake["until_next"] and (k == n or f'"{k + 1}/{n}", "what": "start"' in events.read_text()):
+            break
+        time.sleep(0.05)
     (data / "transcripts").mkdir(parents=True, exist_ok=True)
     for i in ids:
         if i != fake["fail"]:
@@ -88,12 +95,12 @@ FAKE_SNAKEMAKE = textwrap.dedent('''
 ''')
 
 
-def driver(tmp_path, n_episodes, chunk_size, seconds=1.5, fail=None):
+def driver(tmp_path, n_episodes, chunk_size, seconds=1.5, fail=None, until_next=False):
     rows = [{"id": f"ep{i:03d}", "url": f"http://127.0.0.1:9/{i}"} for i in range(n_episodes)]
     write_catalogue(tmp_path / "episodes.csv", rows)
     config = {"catalogue": "episodes.csv", "data_dir": "data", "storage_dir": "storage"}
     (tmp_path / "run.yaml").write_text(yaml.safe_dump(config))
-    (tmp_path / "fake.yaml").write_text(yaml.safe_dump({"seconds": seconds, "fail": fail}))
+    (tmp_path / "fake.yaml").write_text(yaml.safe_dump({"seconds": seconds, "fail": fail, "until_next": until_next}))
     fake = tmp_path / "fake_snakemake.py"
     fake.write_text(FAKE_SNAKEMAKE)
     loaded = chunks.run_config(tmp_path, ["run.yaml"], [])
@@ -107,7 +114,7 @@ def events(tmp_path):
 
 
 def test_next_chunk_starts_when_the_running_one_has_no_downloads_left(tmp_path):
-    d = driver(tmp_path, 7, 3, seconds=3)  # chunks of 2, 2 and 3 episodes; 3 s of "transcription"
+    d = driver(tmp_path, 7, 3, seconds=60, until_next=True)  # chunks of 2, 2 and 3 episodes
     assert d.run() == 0
     assert len(list((tmp_path / "data" / "transcripts").glob("*.json"))) == 7
     ev = events(tmp_path)
@@ -204,3 +211,13 @@ def test_run_chunks_transcribes_the_whole_catalogue_and_a_second_run_is_a_fast_n
     assert again.returncode == 0 and "2 already done" in again.stdout, again.stdout + again.stderr
     assert "episodes to do" not in again.stdout  # no Snakemake started
     assert time.monotonic() - started < 15
+
+
+def test_a_profiles_config_is_kept_beside_the_chunk(tmp_path):
+    # Snakemake drops a profile's `config:` when --config is on the command line.
+    assert chunks.profile_config(REPO, ["--cores", "8", "--profile", "gpu"]) == \
+        yaml.safe_load((REPO / "profiles" / "gpu" / "config.yaml").read_text())["config"]
+    (tmp_path / "p").mkdir()
+    (tmp_path / "p" / "config.yaml").write_text(yaml.safe_dump({"config": {"data_dir": "/x"}}))
+    assert chunks.profile_config(tmp_path, ["--profile=p"]) == ["data_dir=/x"]
+    assert chunks.profile_config(tmp_path, ["--cores", "2"]) == []

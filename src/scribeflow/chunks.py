@@ -19,6 +19,7 @@ One DAG over 171,881 episodes costs minutes and gigabytes just to plan; a chunk 
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import signal
@@ -93,6 +94,28 @@ def downloads_ended(chunk: Chunk, ledger_path: Path, since: float, done: set[str
         return False
     finally:
         db.close()
+
+
+def profile_config(directory: Path, snakemake_args: list[str]) -> list[str]:
+    """The `config:` entries of the --profile in `snakemake_args`. Snakemake replaces a
+    profile's config with a command line --config (top-level keys overwrite), and the
+    driver always passes --config chunk=K/N, so it passes the profile's entries too."""
+    names = [a.split("=", 1)[1] for a in snakemake_args if a.startswith("--profile=")]
+    names += [snakemake_args[i + 1] for i, a in enumerate(snakemake_args[:-1]) if a == "--profile"]
+    entries: list[str] = []
+    for name in names:
+        for folder in (directory / name, Path.home() / ".config" / "snakemake" / name,
+                       Path("/etc/xdg/snakemake") / name):
+            found = [f for f in (folder / "profile.yaml", folder / "config.yaml") if f.is_file()]
+            if found:
+                import yaml
+
+                value = (yaml.safe_load(found[0].read_text()) or {}).get("config") or []
+                if isinstance(value, dict):
+                    value = [f"{k}={v if isinstance(v, str) else json.dumps(v)}" for k, v in value.items()]
+                entries += [str(v) for v in value]
+                break
+    return entries
 
 
 def run_config(directory: Path, configfiles: list[str], overrides: list[str]) -> dict:
@@ -239,16 +262,17 @@ class Driver:
 
 def main(args) -> int:
     directory = Path(args.directory).absolute()
+    snakemake_args = args.snakemake_args[1:] if args.snakemake_args[:1] == ["--"] else args.snakemake_args
+    overrides = [*profile_config(directory, snakemake_args), *args.config]
     try:
-        config = run_config(directory, args.configfile, args.config)
+        config = run_config(directory, args.configfile, overrides)
         if config.get("chunk"):
             raise sf_config.ConfigError("chunk: run-chunks sets it; leave it null")
     except (sf_config.ConfigError, sf_catalogue.CatalogueError, OSError, ValueError) as exc:
         print(f"run-chunks: {exc}", file=sys.stderr)
         return 2
-    snakemake_args = args.snakemake_args[1:] if args.snakemake_args[:1] == ["--"] else args.snakemake_args
     driver = Driver(directory, config, args.chunk_size, snakemake_args, configfiles=args.configfile,
-                    overrides=args.config, overlap=not args.no_overlap, poll=args.poll, unlock=args.unlock)
+                    overrides=overrides, overlap=not args.no_overlap, poll=args.poll, unlock=args.unlock)
     try:
         return driver.run()
     except sf_catalogue.CatalogueError as exc:
