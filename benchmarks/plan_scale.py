@@ -176,18 +176,23 @@ def trivial_workflow(dest: Path) -> Path:
     return dest / "Snakefile"
 
 
+SETTINGS = {
+    "greedy": ["--scheduler", "greedy"],
+    "greedy+db": ["--scheduler", "greedy", "--persistence-backend", "db"],
+    "ilp": ["--scheduler", "ilp"],
+    "ilp+subsample": ["--scheduler", "ilp", "--scheduler-subsample", "100"],
+    "profile": [],  # whatever profiles/default sets
+}
+
+
 def overhead(args, base: Path) -> None:
     n = args.overhead_episodes
     print(f"\nSnakemake's own time per episode ({n} episodes, 3 jobs each, steps that only touch their "
           f"outputs, --cores {args.overhead_cores}); {load()}", flush=True)
     snakefile = trivial_workflow(base / "trivial")
-    settings = {"greedy": ["--scheduler", "greedy"],
-                "ilp": ["--scheduler", "ilp"],
-                "ilp, --scheduler-subsample 100": ["--scheduler", "ilp", "--scheduler-subsample", "100"]}
-    for label, extra in settings.items():
-        if args.schedulers and label.split(",")[0] not in args.schedulers:
-            continue
-        work = base / f"run-{label.split(',')[0]}-{len(extra)}"
+    for label in args.settings:
+        extra = SETTINGS[label]
+        work = base / f"run-{re.sub(r'[^a-z0-9]+', '-', label)}"
         work.mkdir()
         write_config(work, make_catalogue(work / "episodes.csv", n))
         dry = timed(snakemake(work, snakefile, "-n", "--cores", str(args.overhead_cores)), work)[0]
@@ -214,7 +219,8 @@ def main() -> int:
     parser.add_argument("--all-chunks", action="store_true", help="plan every chunk (171,881: ~86 dry runs)")
     parser.add_argument("--overhead-episodes", type=int, default=2000, help="0 skips the run")
     parser.add_argument("--overhead-cores", type=int, default=1)
-    parser.add_argument("--schedulers", nargs="*", choices=["greedy", "ilp"], default=None)
+    parser.add_argument("--settings", nargs="+", choices=list(SETTINGS), default=["profile"],
+                        help="scheduler/persistence settings of the runs (default: the profile's)")
     parser.add_argument("--skip-plan", action="store_true")
     args = parser.parse_args()
     sys.path.insert(0, str(REPO / "src"))

@@ -221,3 +221,22 @@ def test_a_profiles_config_is_kept_beside_the_chunk(tmp_path):
     (tmp_path / "p" / "config.yaml").write_text(yaml.safe_dump({"config": {"data_dir": "/x"}}))
     assert chunks.profile_config(tmp_path, ["--profile=p"]) == ["data_dir=/x"]
     assert chunks.profile_config(tmp_path, ["--cores", "2"]) == []
+
+
+def test_an_interrupted_run_goes_on_where_it_stopped(tmp_path):
+    import os
+    import signal
+    import threading
+
+    d = driver(tmp_path, 4, 2, seconds=30)
+    # Ctrl-C while chunk 1/2 "transcribes": the driver stops its Snakemake and exits 130.
+    threading.Timer(4, os.kill, (os.getpid(), signal.SIGINT)).start()
+    started = time.monotonic()
+    assert d.run() == 130
+    assert time.monotonic() - started < 20
+    assert "end" not in [e["what"] for e in events(tmp_path)]  # both chunks were stopped
+    assert not (tmp_path / "data" / "transcripts").exists()
+
+    (tmp_path / "fake.yaml").write_text(yaml.safe_dump({"seconds": 0.1, "fail": None, "until_next": False}))
+    assert d.run() == 0
+    assert len(list((tmp_path / "data" / "transcripts").glob("*.json"))) == 4

@@ -188,7 +188,7 @@ class Driver:
         done = existing_transcripts(self.transcripts)
         return all(downloads_ended(r.chunk, self.ledger, r.started, done) for r in running)
 
-    def reap(self, running: list[Running], failed: list[Chunk]) -> list[Running]:
+    def reap(self, running: list[Running], failed: list[Chunk], stopping=()) -> list[Running]:
         still = []
         for r in running:
             code = r.proc.poll()
@@ -199,6 +199,9 @@ class Driver:
             left = len(missing(r.chunk, existing_transcripts(self.transcripts)))
             if code == 0 and not left:
                 self.say(f"chunk {r.chunk.spec}: done in {time.time() - r.started:.0f} s")
+                continue
+            if stopping:
+                self.say(f"chunk {r.chunk.spec}: stopped, {left} transcript(s) to go")
                 continue
             failed.append(r.chunk)
             hint = ""
@@ -244,7 +247,7 @@ class Driver:
                     break
                 running.append(self.start(chunk, n))
             while running:
-                running = self.reap(running, failed)
+                running = self.reap(running, failed, stopping)
                 if running:
                     time.sleep(min(self.poll, 0.5) if stopping else self.poll)
         finally:
