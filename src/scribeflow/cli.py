@@ -1,4 +1,4 @@
-"""The `scribeflow` command: demo and status."""
+"""The `scribeflow` command: demo, status and run-chunks."""
 
 from __future__ import annotations
 
