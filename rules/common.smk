@@ -80,7 +80,7 @@ def declared_gb(wildcards):
 
 def transcript_targets(wildcards=None):
     # An input function: only a run that needs `all` pays for 171,881 paths, not a
-    # cluster job that re-parses the Snakefile. A comprehension: expand() is 10x slower.
+    # cluster job that re-parses the Snakefile. A comprehension: expand() takes 2.6 s here, this 0.03 s.
     return [f"{DATA}/transcripts/{episode}.json" for episode in CATALOGUE.index]
 
 
