@@ -29,5 +29,5 @@ include: "rules/report.smk"
 rule all:
     default_target: True
     input:
-        transcript_targets(),
+        transcript_targets,
         rules.plots.output,

@@ -1,3 +1,4 @@
+import functools
 import math
 import sys
 from pathlib import Path
@@ -11,11 +12,16 @@ sys.path.insert(0, str(Path(workflow.basedir) / "src"))
 from scribeflow import catalogue as sf_catalogue
 from scribeflow import config as sf_config
 from scribeflow import failures as sf_failures
+from scribeflow.chunks import existing_transcripts, transcript_suffix
 
 validate(config, "../config/schema.yaml")
 try:
     sf_config.check_rules(config)
-    CATALOGUE = sf_catalogue.load(config["catalogue"], config["chunk"])
+    # Every process parses this (each chunk, each cluster job): reuse the validated
+    # catalogue while the file is unchanged.
+    CATALOGUE = sf_catalogue.load(
+        config["catalogue"], config["chunk"], cache_dir=".snakemake/scribeflow"
+    )
 except (sf_config.ConfigError, sf_catalogue.CatalogueError) as exc:
     raise WorkflowError(str(exc)) from None
 
@@ -58,11 +64,17 @@ def temp_if(flag, path):
     return temp(path) if flag else path
 
 
+@functools.cache
+def catalogue_column(column):
+    """{episode: value} of one column: a dict lookup per job, not a pandas .at (100x slower)."""
+    if column not in CATALOGUE.columns:
+        return {}
+    return dict(zip(CATALOGUE.index, CATALOGUE[column].tolist()))
+
+
 def row(episode, column):
     """A catalogue value, or None when the column is absent or empty."""
-    if column not in CATALOGUE.columns:
-        return None
-    value = CATALOGUE.at[episode, column]
+    value = catalogue_column(column).get(episode)
     return None if value is None or value != value else value  # NaN != NaN
 
 
@@ -94,11 +106,19 @@ def transcript_outputs():
     return outputs
 
 
-def transcript_targets():
-    return expand(
-        transcript_outputs()["json"],
-        episode=[i for i in CATALOGUE.index if i not in GIVEN_UP],
-    )
+def transcript_targets(wildcards=None):
+    """The missing transcripts. An existing one is final (its JSON is written last and
+    its temp inputs are gone) and asking for it costs Snakemake 3 jobs to plan, so a
+    resumed run plans only what is left. When none is missing: one existing one, so
+    that Snakemake says there is nothing to do (an `all` without input always runs).
+    Given-up episodes are left out."""
+    # An input function: a cluster job that re-parses the Snakefile never calls it.
+    done = existing_transcripts(Path(DATA) / "transcripts", transcript_suffix(config))
+    todo = [e for e in CATALOGUE.index if e not in done and e not in GIVEN_UP]
+    todo = todo or [e for e in CATALOGUE.index if e in done][:1]
+    # Not expand(): it takes 2.6 s for 171,881 ids, this 0.03 s.
+    pattern = transcript_outputs()["json"]
+    return [pattern.format(episode=episode) for episode in todo]
 
 
 # -- cluster ---------------------------------------------------------------------

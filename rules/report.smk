@@ -2,7 +2,7 @@
 # transcript of this run exists (`scribeflow plots` draws them at any time).
 rule plots:
     input:
-        transcripts=transcript_targets(),
+        transcripts=transcript_targets,
     output:
         disk=report(
             f"{DATA}/reports/disk_usage.png",

@@ -15,7 +15,8 @@ rule transcribe:
         transcription_slots=1,
         runtime=transcribe_runtime,
     params:
-        video=lambda wc: f"{STORAGE}/videos/{wc.episode}.media",
+        # The download's path pattern: Snakemake fills in the wildcard, no function per job.
+        video=str(rules.download.output.video),
         language=lambda wc: row(wc.episode, "language"),
     script:
         "../scripts/transcribe.py"

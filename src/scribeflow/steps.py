@@ -17,6 +17,7 @@ from . import failures
 from .config import MB
 from .gate import DownloadGate, gb
 from .ledger import Ledger
+from .slots import Slots
 
 log = logging.getLogger("scribeflow")
 
@@ -86,14 +87,16 @@ def transcribe(config: dict, episode: str, audio: str, outputs: dict[str, str], 
         job = ledger.job(episode) or {}
         video_mb = (job.get("video_size_bytes") or 0) / MB
         gate = DownloadGate.from_config(config, ledger=ledger)
-        with gate.consumer(episode, "transcribe"):
+        # Slots cap transcriptions across processes (overlapping chunk runs), not only in this one.
+        with Slots.transcription(config).hold(episode), gate.consumer(episode, "transcribe"):
             log.info("Transcribing %s, video size: %.1f MB", episode, video_mb)
             # The catalogue's language column wins over the config's.
             options = decode_options(tc, language or tc["language"])
             raw = worker.transcribe(tc, config["data_dir"], audio, options, episode)
             result = build_transcript(raw, episode, tc, options)
+            # Before the transcript exists: from then on a concurrent run's orphan cleanup may delete the audio.
+            audio_mb = Path(audio).stat().st_size / MB
             size = write_transcript(result, outputs)
-        audio_mb = Path(audio).stat().st_size / MB
         # Snakemake deletes the temp() audio as soon as this job ends.
         audio_deleted = cleanup["delete_audio_after_transcription"]
         ledger.set_stage(episode, "transcribed", transcript_size_bytes=size, audio_deleted=int(audio_deleted))
