@@ -27,12 +27,9 @@ include: "rules/corpus.smk"
 include: "rules/report.smk"
 
 
-# Every episode's analysis, not only the corpus: Snakemake reruns a job whose output
-# exists only for newer inputs, never for missing ones, so an episode new to the
-# catalogue (or retried) would be left out once the corpus exists.
 rule all:
     default_target: True
     input:
-        rules.corpus.input.stats,
+        analysis_targets,
         rules.plots.output,
         **corpus_outputs(),

@@ -42,8 +42,9 @@ rule analyse_episode:
 
 rule corpus:
     input:
-        stats=expand(EPISODE_STATS, episode=episodes_to_do()),
-        lemmas=expand(EPISODE_LEMMAS, episode=episodes_to_do()),
+        # Only this run's new analyses (or one old one): they order and trigger the
+        # rebuild, which reads every analysed episode of the catalogue.
+        stats=analysis_targets,
     output:
         frequency=report(
             corpus_outputs()["frequency"],

@@ -15,7 +15,22 @@ rule transcribe:
         transcription_slots=1,
         runtime=transcribe_runtime,
     params:
-        video=lambda wc: f"{STORAGE}/videos/{wc.episode}.media",
+        # The download's path pattern: Snakemake fills in the wildcard, no function per job.
+        video=str(rules.download.output.video),
         language=lambda wc: row(wc.episode, "language"),
     script:
         "../scripts/transcribe.py"
+
+
+# The transcription worker (scribeflow.worker) keeps the model loaded between jobs; let
+# it go when the run ends rather than after its idle timeout (it holds GPU memory).
+onsuccess:
+    from scribeflow import worker
+
+    worker.stop(config["transcribe"], config["data_dir"])
+
+
+onerror:
+    from scribeflow import worker
+
+    worker.stop(config["transcribe"], config["data_dir"])

@@ -6,7 +6,7 @@ steps.transcribe(
     snakemake.config,
     snakemake.wildcards.episode,
     snakemake.input.audio,
-    snakemake.output.json,
+    dict(snakemake.output.items()),
     snakemake.params.video,
     snakemake.params.language,
 )

@@ -118,3 +118,32 @@ def test_a_bad_row_outside_the_chunk_still_stops_the_run(tmp_path):
     path.write_text("id,url\nok1,http://e.org/1\nok2,http://e.org/2\n-bad,http://e.org/3\n")
     with pytest.raises(CatalogueError, match="row 3"):
         load(path, chunk="1/3")
+
+
+def test_cached_catalogue_is_reused_until_the_file_changes(tmp_path):
+    path = tmp_path / "c.csv"
+    path.write_text("id,url\nep1,http://a.example/1\nep2,http://a.example/2\n")
+    cache = tmp_path / "cache"
+    assert list(load(path, cache_dir=cache).index) == ["ep1", "ep2"]
+    (pkl,) = cache.glob("catalogue-*.pkl")
+    stamp = pkl.stat().st_mtime_ns
+    assert list(load(path, "2/2", cache_dir=cache).index) == ["ep2"]
+    assert pkl.stat().st_mtime_ns == stamp  # reused, not rewritten
+
+    # The file changes: it is read and validated again.
+    path.write_text("id,url\nep1,http://a.example/1\nep3,ftp://a.example/3\n")
+    with pytest.raises(CatalogueError, match="row 2, column url"):
+        load(path, cache_dir=cache)
+    path.write_text("id,url\nep1,http://a.example/1\nep3,http://a.example/3\n")
+    assert list(load(path, cache_dir=cache).index) == ["ep1", "ep3"]
+
+
+def test_unreadable_cache_is_replaced(tmp_path):
+    path = tmp_path / "c.csv"
+    path.write_text("id,url\nep1,http://a.example/1\n")
+    cache = tmp_path / "cache"
+    load(path, cache_dir=cache)
+    (pkl,) = cache.glob("catalogue-*.pkl")
+    pkl.write_bytes(b"not a pickle")
+    assert list(load(path, cache_dir=cache).index) == ["ep1"]
+    assert pkl.read_bytes() != b"not a pickle"

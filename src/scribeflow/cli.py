@@ -1,4 +1,4 @@
-"""The `scribeflow` command: demo, status, plan, plots, failed, retry, check."""
+"""The `scribeflow` command: demo, status, plan, plots, run-chunks, failed, retry, check."""
 
 from __future__ import annotations
 
@@ -142,6 +142,7 @@ def main(argv=None) -> int:
     plots.add_argument("--out", type=Path, default=None, help="folder (default {data_dir}/reports)")
     plots.set_defaults(func=cmd_plots)
     add_failure_commands(sub)
+    add_run_chunks(sub)
     args = parser.parse_args(argv)
 
     if args.command == "demo":
@@ -156,6 +157,31 @@ def main(argv=None) -> int:
     except (ConfigError, CatalogueError) as exc:
         print(exc, file=sys.stderr)
         return 2
+
+
+def cmd_run_chunks(args) -> int:
+    from .chunks import main as run_chunks
+
+    return run_chunks(args)
+
+
+def add_run_chunks(sub) -> None:
+    p = sub.add_parser(
+        "run-chunks",
+        help="run the whole catalogue chunk by chunk, resumably",
+        description="Run Snakemake once per chunk of the catalogue (--config chunk=K/N), skipping chunks "
+        "whose transcripts all exist; the next chunk starts while the last one's transcriptions run. "
+        "Arguments after -- go to every snakemake run, e.g. -- --profile gpu --cores 8.",
+    )
+    p.add_argument("--chunk-size", type=int, default=2000, help="episodes per chunk (default 2000)")
+    p.add_argument("--directory", "-d", default=".", help="Snakemake's working directory (default .)")
+    p.add_argument("--configfile", action="append", default=[], help="as snakemake --configfile")
+    p.add_argument("--config", nargs="*", default=[], metavar="KEY=VALUE", help="as snakemake --config")
+    p.add_argument("--no-overlap", action="store_true", help="start a chunk only when the previous one ended")
+    p.add_argument("--unlock", action="store_true", help="release a lock left by a killed run first")
+    p.add_argument("--poll", type=float, default=5.0, help="seconds between progress checks (default 5)")
+    p.add_argument("snakemake_args", nargs=argparse.REMAINDER, help="-- then snakemake arguments")
+    p.set_defaults(func=cmd_run_chunks)
 
 
 if __name__ == "__main__":

@@ -6,7 +6,6 @@ import copy
 from pathlib import Path
 from typing import Any
 
-import jsonschema
 import yaml
 
 GB = 1_000_000_000
@@ -20,6 +19,8 @@ class ConfigError(ValueError):
 
 
 def _with_defaults(validator_class):
+    import jsonschema  # here, not at the top: every job imports this module, few validate
+
     # jsonschema does not fill defaults by itself; this is its documented recipe,
     # the same one snakemake.utils.validate(set_default=True) applies.
     validate_properties = validator_class.VALIDATORS["properties"]
@@ -40,6 +41,8 @@ def load_schema(path: Path = SCHEMA_PATH) -> dict:
 
 def validate(config: dict, schema: dict | None = None) -> dict:
     """Fill defaults into `config` (in place) and refuse what the schema or the rules refuse."""
+    import jsonschema
+
     schema = schema or load_schema()
     validator = _with_defaults(jsonschema.Draft202012Validator)(schema)
     errors = sorted(validator.iter_errors(config), key=lambda e: list(e.absolute_path))
@@ -101,3 +104,18 @@ def check_rules(config: dict) -> None:
         k, n = (int(x) for x in chunk.split("/"))
         if not 1 <= k <= n:
             raise ConfigError(f"chunk ({chunk!r}) must be K/N with 1 <= K <= N")
+    if config.get("transcribe"):
+        check_transcribe(config["transcribe"])
+
+
+def check_transcribe(tc: dict) -> None:
+    """The transcribe settings faster-whisper would silently misuse."""
+    from .transcribe import ModelError, check_model_dir
+
+    if tc.get("hallucination_silence_threshold") is not None and not tc.get("word_timestamps"):
+        raise ConfigError("transcribe.hallucination_silence_threshold needs transcribe.word_timestamps: true "
+                          "(faster-whisper ignores it otherwise)")
+    try:
+        check_model_dir(tc["model"])
+    except ModelError as exc:
+        raise ConfigError(str(exc)) from None

@@ -162,11 +162,13 @@ class DownloadGate:
         band = m.pause_threshold - m.resume_threshold
 
         reasons = set(state["reasons"])
-        if usage.total >= m.pause_threshold:
+        # A pause holds downloads back: only a download's look opens one (an extraction's
+        # look after the last download would open a pause that nothing ever closes).
+        if usage.total >= m.pause_threshold and download:
             reasons.add("usage")
         elif usage.total <= m.resume_threshold:
             reasons.discard("usage")
-        if fs_available < m.min_free_bytes + declared:
+        if fs_available < m.min_free_bytes + declared and download:
             reasons.add("filesystem")
         elif fs_available >= m.min_free_bytes + declared + band:
             reasons.discard("filesystem")
@@ -224,10 +226,11 @@ class DownloadGate:
             return paths, bool(state["reservations"] or state["consumers"])
 
     # -- the API used by the rules ---------------------------------------------------
-    def check(self, declared: int = 0) -> Decision:
-        """One look at the gate without reserving anything (for status and tests)."""
+    def check(self, declared: int = 0, download: bool = True) -> Decision:
+        """One look at the gate without reserving anything. download=False: a look that
+        may end a pause (after a transcription freed space) but never opens one."""
         with self._locked_state() as state:
-            return self._decide(state, declared)
+            return self._decide(state, declared, download)
 
     @contextlib.contextmanager
     def admitted(self, episode: str, declared: int, paths: list[str | os.PathLike], download: bool = True):

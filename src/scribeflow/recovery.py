@@ -39,7 +39,8 @@ def clean_orphans(config: dict, keep=()) -> tuple[int, int]:
     doomed: list[Path] = []
 
     def done(episode: str) -> bool:
-        return (transcripts / f"{episode}.json").is_file()
+        # Either form: the gzip setting may have changed since the transcript was written.
+        return any((transcripts / f"{episode}{ext}").is_file() for ext in (".json", ".json.gz"))
 
     for path in _files(videos):
         if str(path.absolute()) in busy:
@@ -61,8 +62,10 @@ def clean_orphans(config: dict, keep=()) -> tuple[int, int]:
     # tokens once analysed (rules/corpus.smk's paths).
     tokens, analysed = data / "tokens", data / "analysis" / "episodes"
     if cleanup["delete_transcript_after_tokenization"]:
-        doomed += [p for p in _files(transcripts)
-                   if p.suffix == ".json" and (tokens / f"{p.stem}.parquet").is_file()]
+        for path in _files(transcripts):
+            name = path.name.removesuffix(".gz")
+            if name.endswith(".json") and (tokens / f"{name[:-5]}.parquet").is_file():
+                doomed.append(path)
     if cleanup["delete_tokens_after_analysis"]:
         doomed += [p for p in _files(tokens) if p.suffix == ".parquet" and (analysed / f"{p.stem}.json").is_file()]
     corpus_folders = (tokens, analysed, data / "analysis" / "lemmas", data / "analysis" / "corpus")

@@ -17,6 +17,7 @@ from . import failures
 from .config import MB
 from .gate import DownloadGate, gb
 from .ledger import Ledger
+from .slots import Slots
 
 log = logging.getLogger("scribeflow")
 
@@ -72,9 +73,11 @@ def extract_audio(config: dict, episode: str, video: str, audio: str) -> None:
         ledger.set_stage(episode, "extracted", audio_size_bytes=size)
 
 
-def transcribe(config: dict, episode: str, audio: str, transcript: str, video: str,
+def transcribe(config: dict, episode: str, audio: str, outputs: dict[str, str], video: str,
                language: str | None) -> None:
-    from .transcribe import load_model, transcribe_audio, write_transcript
+    """`outputs`: the rule's named outputs ({"json": ..., "srt": ...}), written by this job."""
+    from . import worker
+    from .transcribe import build_transcript, decode_options, write_transcript
 
     tc = config["transcribe"]
     cleanup = config["disk_management"]["cleanup"]
@@ -84,12 +87,16 @@ def transcribe(config: dict, episode: str, audio: str, transcript: str, video: s
         job = ledger.job(episode) or {}
         video_mb = (job.get("video_size_bytes") or 0) / MB
         gate = DownloadGate.from_config(config, ledger=ledger)
-        with gate.consumer(episode, "transcribe"):
+        # Slots cap transcriptions across processes (overlapping chunk runs), not only in this one.
+        with Slots.transcription(config).hold(episode), gate.consumer(episode, "transcribe"):
             log.info("Transcribing %s, video size: %.1f MB", episode, video_mb)
-            model = load_model(tc)
-            result = transcribe_audio(model, audio, episode, tc, language or tc["language"])
-            size = write_transcript(result, transcript, tc["formats"])
-        audio_mb = Path(audio).stat().st_size / MB
+            # The catalogue's language column wins over the config's.
+            options = decode_options(tc, language or tc["language"])
+            raw = worker.transcribe(tc, config["data_dir"], audio, options, episode)
+            result = build_transcript(raw, episode, tc, options)
+            # Before the transcript exists: from then on a concurrent run's orphan cleanup may delete the audio.
+            audio_mb = Path(audio).stat().st_size / MB
+            size = write_transcript(result, outputs)
         # Snakemake deletes the temp() audio as soon as this job ends.
         audio_deleted = cleanup["delete_audio_after_transcription"]
         ledger.set_stage(episode, "transcribed", transcript_size_bytes=size, audio_deleted=int(audio_deleted))
@@ -99,7 +106,7 @@ def transcribe(config: dict, episode: str, audio: str, transcript: str, video: s
         log.info("Freed %.1f MB (video: %.1f MB, audio: %.1f MB)", freed, video_mb if video_gone else 0,
                  audio_mb if audio_deleted else 0)
         # A fresh look at the gate: records a disk sample, and may resume downloads.
-        usage, monitor = gate.check().usage, gate.monitor
+        usage, monitor = gate.check(download=False).usage, gate.monitor
         log.info("Current disk usage: %s/%s GB (%.0f%%)", gb(usage.total - audio_mb * MB),
                  gb(monitor.hard_limit), 100 * (usage.total - audio_mb * MB) / monitor.hard_limit)
 

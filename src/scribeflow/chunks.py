@@ -1,0 +1,294 @@
+"""`scribeflow run-chunks`: the whole catalogue, one Snakemake run per chunk.
+
+One DAG over 171,881 episodes costs minutes and gigabytes just to plan; a chunk of
+2,000 plans in seconds. The driver runs the chunks (`--config chunk=K/N`) in turn:
+
+- Resumable: a chunk whose transcripts all exist is skipped without starting
+  Snakemake, so after an interruption the same command goes on where it stopped
+  (the interrupted chunk re-runs its unfinished episodes; `rerun-incomplete` and the
+  orphan cleanup at start handle its leftovers).
+- The bottleneck stays busy across chunk boundaries: once every download of the
+  running chunk has ended (its remaining work is extraction and transcription), the
+  next chunk's Snakemake starts beside it, so its downloads overlap the last
+  transcriptions. At most two chunks run at once. Both runs share one working
+  directory: Snakemake locks output files, not the directory, and two chunks have
+  no file in common. The disk budget holds across them because the download gate
+  (data_dir/gate) is shared by every process; transcriptions are capped across them
+  by the transcription slots (slots.py), since Snakemake's resources are per process.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import catalogue as sf_catalogue
+from . import config as sf_config
+from .failures import given_up
+
+REPO = Path(__file__).resolve().parents[2]
+# An episode whose download has ended, one way or the other: its chunk needs no more
+# download slots for it.
+DOWNLOAD_ENDED = frozenset({"downloaded", "extracting", "extracted", "transcribing", "transcribed",
+                            "tokenized", "analyzed", "failed"})
+
+
+@dataclass
+class Chunk:
+    k: int
+    n: int
+    ids: list[str]
+
+    @property
+    def spec(self) -> str:
+        return f"{self.k}/{self.n}"
+
+
+def plan(catalogue, chunk_size: int) -> list[Chunk]:
+    """The chunks K/N of `chunk_size` episodes or fewer, sliced as the Snakefile slices them."""
+    if chunk_size < 1:
+        raise ValueError("chunk size must be at least 1")
+    n = max(1, math.ceil(len(catalogue) / chunk_size))
+    return [Chunk(k, n, list(sf_catalogue.select_chunk(catalogue, f"{k}/{n}")["id"])) for k in range(1, n + 1)]
+
+
+def transcript_suffix(config: dict) -> str:
+    return ".json.gz" if config["transcribe"]["gzip"] else ".json"
+
+
+def existing_transcripts(transcripts: Path, suffix: str = ".json") -> set[str]:
+    """Episode ids with a transcript: one directory scan, not one stat per episode."""
+    try:
+        return {e.name[: -len(suffix)] for e in os.scandir(transcripts) if e.name.endswith(suffix)}
+    except FileNotFoundError:
+        return set()
+
+
+def missing(chunk: Chunk, done: set[str]) -> list[str]:
+    return [i for i in chunk.ids if i not in done]
+
+
+def downloads_ended(chunk: Chunk, ledger_path: Path, since: float, done: set[str]) -> bool:
+    """Whether every episode of `chunk` has a transcript or a download that ended after `since`
+    (the start of the chunk's run: a stage left by an earlier run does not count)."""
+    todo = [i for i in chunk.ids if i not in done]
+    if not todo:
+        return True
+    try:
+        db = sqlite3.connect(f"file:{ledger_path}?mode=ro", uri=True, timeout=30)
+    except sqlite3.OperationalError:
+        return False  # no ledger yet: nothing has started
+    try:
+        ended = 0
+        for start in range(0, len(todo), 500):
+            batch = todo[start:start + 500]
+            rows = db.execute(
+                f"SELECT stage, updated_at FROM jobs WHERE id IN ({','.join('?' * len(batch))})", batch
+            ).fetchall()
+            ended += sum(stage in DOWNLOAD_ENDED and (at or 0) >= since for stage, at in rows)
+        return ended == len(todo)
+    except sqlite3.OperationalError:
+        return False
+    finally:
+        db.close()
+
+
+def profile_config(directory: Path, snakemake_args: list[str]) -> list[str]:
+    """The `config:` entries of the --profile in `snakemake_args`. Snakemake replaces a
+    profile's config with a command line --config (top-level keys overwrite), and the
+    driver always passes --config chunk=K/N, so it passes the profile's entries too."""
+    names = [a.split("=", 1)[1] for a in snakemake_args if a.startswith("--profile=")]
+    names += [snakemake_args[i + 1] for i, a in enumerate(snakemake_args[:-1]) if a == "--profile"]
+    entries: list[str] = []
+    for name in names:
+        for folder in (directory / name, Path.home() / ".config" / "snakemake" / name,
+                       Path("/etc/xdg/snakemake") / name):
+            found = [f for f in (folder / "profile.yaml", folder / "config.yaml") if f.is_file()]
+            if found:
+                import yaml
+
+                value = (yaml.safe_load(found[0].read_text()) or {}).get("config") or []
+                if isinstance(value, dict):
+                    value = [f"{k}={v if isinstance(v, str) else json.dumps(v)}" for k, v in value.items()]
+                entries += [str(v) for v in value]
+                break
+    return entries
+
+
+def run_config(directory: Path, configfiles: list[str], overrides: list[str]) -> dict:
+    """The config a Snakemake run with these arguments sees: the workflow's config file,
+    updated by each --configfile, then by --config KEY=VALUE (Snakemake's own parsing)."""
+    import yaml
+    from snakemake.cli import parse_config
+    from snakemake.utils import update_config
+
+    config = yaml.safe_load((REPO / "config" / "config.yaml").read_text()) or {}
+    for name in configfiles:
+        update_config(config, yaml.safe_load((directory / name).read_text()) or {})
+    update_config(config, parse_config(overrides))
+    return sf_config.validate(config)
+
+
+@dataclass
+class Running:
+    chunk: Chunk
+    proc: subprocess.Popen
+    started: float
+    log: object = field(repr=False, default=None)
+
+
+class Driver:
+    def __init__(self, directory: Path, config: dict, chunk_size: int, snakemake_args: list[str],
+                 configfiles: list[str] = (), overrides: list[str] = (), overlap: bool = True,
+                 poll: float = 2.0, unlock: bool = False, command: list[str] | None = None, out=None):
+        self.directory = Path(directory).absolute()
+        self.config = config
+        self.chunk_size = chunk_size
+        self.overlap = overlap
+        self.poll = poll
+        self.unlock = unlock
+        self.out = out
+        data = self.directory / config["data_dir"]
+        self.transcripts = data / "transcripts"
+        self.data = data
+        self.suffix = transcript_suffix(config)
+        self.ledger = data / "jobs.db"
+        self.logs = self.directory / ".snakemake" / "scribeflow" / "chunks"
+        # The Snakemake command line without the chunk; `command` replaces the
+        # interpreter and module (the tests' stand-in for Snakemake).
+        self.base = [*(command or [sys.executable, "-m", "snakemake"]),
+                     "--snakefile", str(REPO / "Snakefile"), "--directory", str(self.directory)]
+        for name in configfiles:
+            self.base += ["--configfile", name]
+        self.overrides = list(overrides)
+        self.snakemake_args = list(snakemake_args)
+
+    def finished(self) -> set[str]:
+        """Episodes with a transcript, or given up (failures.py): nothing is left to do for them."""
+        return existing_transcripts(self.transcripts, self.suffix) | given_up(self.data)
+
+    def say(self, message: str) -> None:
+        print(f"[{time.strftime('%H:%M:%S')}] run-chunks: {message}", file=self.out or sys.stdout, flush=True)
+
+    def command(self, chunk: Chunk) -> list[str]:
+        return [*self.base, *self.snakemake_args, "--config", *self.overrides, f"chunk={chunk.spec}"]
+
+    def start(self, chunk: Chunk, todo: int) -> Running:
+        self.logs.mkdir(parents=True, exist_ok=True)
+        log_path = self.logs / f"chunk-{chunk.k:05d}-of-{chunk.n}.log"
+        log = open(log_path, "w")
+        self.say(f"chunk {chunk.spec}: {todo} of {len(chunk.ids)} episodes to do; "
+                 f"snakemake log {log_path.relative_to(self.directory)}")
+        proc = subprocess.Popen(self.command(chunk), cwd=self.directory, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+        return Running(chunk, proc, time.time(), log)
+
+    def may_start_next(self, running: list[Running]) -> bool:
+        if not running:
+            return True
+        if not self.overlap or len(running) >= 2:
+            return False
+        done = self.finished()
+        return all(downloads_ended(r.chunk, self.ledger, r.started, done) for r in running)
+
+    def reap(self, running: list[Running], failed: list[Chunk], stopping=()) -> list[Running]:
+        still = []
+        for r in running:
+            code = r.proc.poll()
+            if code is None:
+                still.append(r)
+                continue
+            r.log.close()
+            left = len(missing(r.chunk, self.finished()))
+            if code == 0 and not left:
+                self.say(f"chunk {r.chunk.spec}: done in {time.time() - r.started:.0f} s")
+                continue
+            if stopping:
+                self.say(f"chunk {r.chunk.spec}: stopped, {left} transcript(s) to go")
+                continue
+            failed.append(r.chunk)
+            hint = ""
+            if "cannot be locked" in Path(r.log.name).read_text(errors="replace"):
+                hint = " (a killed run left Snakemake's lock: add --unlock once)"
+            self.say(f"chunk {r.chunk.spec}: snakemake exited with {code}, {left} transcript(s) missing; "
+                     f"see {Path(r.log.name).relative_to(self.directory)}{hint}")
+        return still
+
+    def run(self) -> int:
+        cache = self.directory / ".snakemake" / "scribeflow"
+        catalogue_path = self.directory / self.config["catalogue"]
+        chunks = plan(sf_catalogue.load(catalogue_path, cache_dir=cache), self.chunk_size)
+        done = self.finished()
+        todo = [(c, len(missing(c, done))) for c in chunks]
+        skipped = sum(1 for _, n in todo if n == 0)
+        todo = [(c, n) for c, n in todo if n]
+        self.say(f"{len(chunks)} chunk(s) of up to {self.chunk_size} episodes; {skipped} already done"
+                 + (f"; starting at chunk {todo[0][0].spec}" if todo else ""))
+        if self.unlock and todo:
+            # After a kill -9 Snakemake's lock stays behind (README); release it once.
+            subprocess.run([*self.base, "--unlock", "--config", *self.overrides, f"chunk={todo[0][0].spec}"],
+                           cwd=self.directory, stdout=subprocess.DEVNULL, check=True)
+        running: list[Running] = []
+        failed: list[Chunk] = []
+        stopping = []
+
+        def stop(signum, frame):
+            stopping.append(signum)
+            for r in running:
+                if r.proc.poll() is None:
+                    os.killpg(r.proc.pid, signal.SIGTERM)
+
+        previous = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            for chunk, n in todo:
+                while not stopping:
+                    running = self.reap(running, failed)
+                    if self.may_start_next(running):
+                        break
+                    time.sleep(self.poll)
+                if stopping:
+                    break
+                running.append(self.start(chunk, n))
+            while running:
+                running = self.reap(running, failed, stopping)
+                if running:
+                    time.sleep(min(self.poll, 0.5) if stopping else self.poll)
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+        if stopping:
+            self.say("interrupted; run the same command again to go on where it stopped")
+            return 130
+        total = sum(len(c.ids) for c in chunks)
+        have = len(self.finished() & {i for c in chunks for i in c.ids})
+        self.say(f"{have} of {total} transcripts exist; {len(failed)} chunk(s) failed"
+                 + (f": {', '.join(c.spec for c in failed)}" if failed else ""))
+        return 1 if failed else 0
+
+
+def main(args) -> int:
+    directory = Path(args.directory).absolute()
+    snakemake_args = args.snakemake_args[1:] if args.snakemake_args[:1] == ["--"] else args.snakemake_args
+    overrides = [*profile_config(directory, snakemake_args), *args.config]
+    try:
+        config = run_config(directory, args.configfile, overrides)
+        if config.get("chunk"):
+            raise sf_config.ConfigError("chunk: run-chunks sets it; leave it null")
+    except (sf_config.ConfigError, sf_catalogue.CatalogueError, OSError, ValueError) as exc:
+        print(f"run-chunks: {exc}", file=sys.stderr)
+        return 2
+    driver = Driver(directory, config, args.chunk_size, snakemake_args, configfiles=args.configfile,
+                    overrides=overrides, overlap=not args.no_overlap, poll=args.poll, unlock=args.unlock)
+    try:
+        return driver.run()
+    except sf_catalogue.CatalogueError as exc:
+        print(f"run-chunks: {exc}", file=sys.stderr)
+        return 2

@@ -1,0 +1,122 @@
+"""Transcript formats (JSON, SRT, VTT, TXT, gzip) and the refusal of incomplete model directories."""
+
+import gzip
+import json
+import re
+import struct
+from pathlib import Path
+
+import pytest
+
+from scribeflow import config as sf_config
+from scribeflow.transcribe import (build_transcript, check_model_dir, model_mel_bins, read_transcript,
+                                   suffix, to_srt, to_txt, to_vtt, transcript_path, write_transcript)
+
+TC = {"model": "tiny.en", "device": "cpu", "compute_type": "int8", "batch_size": 0,
+      "hallucinations": {"action": "drop", "max_repeats": 4, "phrases": []}}
+
+
+def transcript(n=3):
+    raw = {"language": "ja", "language_probability": 0.98, "duration": 4000.0,
+           "segments": [{"start": 3661.5 + 7 * i, "end": 3665.0004 + 7 * i, "text": f"台詞その{i}、行くぞ。"}
+                        for i in range(n)]}
+    raw["segments"].append({"start": 3999.0, "end": 4000.0, "text": "ご視聴ありがとうございました"})
+    return build_transcript(raw, "ep1", TC, {"beam_size": 5, "language": None})
+
+
+def test_json_is_canonical_and_counts_the_guard():
+    t = transcript()
+    assert set(t) >= {"id", "language", "duration", "model", "options", "text", "segments", "hallucinations"}
+    assert t["text"] == "台詞その0、行くぞ。 台詞その1、行くぞ。 台詞その2、行くぞ。"
+    assert t["hallucinations"]["phrase"] == 1 and len(t["segments"]) == 3
+    assert t["options"]["beam_size"] == 5 and t["options"]["compute_type"] == "int8"
+
+
+def test_srt_and_vtt_timing_format():
+    t = transcript()
+    srt = to_srt(t)
+    assert srt.startswith("1\n01:01:01,500 --> 01:01:05,000\n台詞その0、行くぞ。\n\n2\n01:01:08,500 --> ")
+    assert len(re.findall(r"^\d\d:\d\d:\d\d,\d{3} --> \d\d:\d\d:\d\d,\d{3}$", srt, re.M)) == 3
+    vtt = to_vtt(t)
+    assert vtt.startswith("WEBVTT\n\n01:01:01.500 --> 01:01:05.000\n台詞その0、行くぞ。\n\n")
+    assert "," not in re.sub(r"、", "", "".join(re.findall(r"^.* --> .*$", vtt, re.M)))
+    assert to_txt(t).splitlines() == [s["text"] for s in t["segments"]]
+    # Rounding carries into the next unit; empty segments make no cue.
+    t["segments"] = [{"start": 59.9996, "end": 61.0, "text": "x"}, {"start": 62.0, "end": 63.0, "text": ""}]
+    assert to_srt(t) == "1\n00:01:00,000 --> 00:01:01,000\nx\n\n"
+
+
+def test_gzip_round_trip_is_deterministic_and_about_half_the_space(tmp_path):
+    t = transcript(n=400)
+    plain = {f: tmp_path / "plain" / f"ep1{suffix(f, False)}" for f in ("json", "srt", "vtt", "txt")}
+    packed = {f: tmp_path / "gz" / f"ep1{suffix(f, True)}" for f in ("json", "srt", "vtt", "txt")}
+    plain_size, packed_size = write_transcript(t, plain), write_transcript(t, packed)
+    assert packed["json"].name == "ep1.json.gz" and packed["srt"].name == "ep1.srt.gz"
+    assert read_transcript(packed["json"]) == read_transcript(plain["json"]) == json.loads(json.dumps(t))
+    for f in ("srt", "vtt", "txt"):
+        assert gzip.decompress(packed[f].read_bytes()) == plain[f].read_bytes()
+    assert packed_size < 0.5 * plain_size
+    first = packed["json"].read_bytes()
+    write_transcript(t, packed)
+    assert packed["json"].read_bytes() == first  # same transcript, same bytes (mtime 0)
+    assert sorted(p.name for p in (tmp_path / "gz").iterdir()) == sorted(p.name for p in packed.values())
+
+
+def test_transcript_path_follows_the_gzip_setting():
+    config = {"data_dir": "d", "transcribe": {"gzip": True}}
+    assert transcript_path(config, "ep1") == Path("d/transcripts/ep1.json.gz")
+    config["transcribe"]["gzip"] = False
+    assert transcript_path(config, "ep1", "srt") == Path("d/transcripts/ep1.srt")
+
+
+def _model_copy(tmp_path, model_path, skip=()):
+    folder = tmp_path / "model"
+    folder.mkdir()
+    for f in Path(model_path).iterdir():
+        if f.name not in skip:
+            (folder / f.name).symlink_to(f)
+    return folder
+
+
+def test_the_bundled_80_mel_model_is_accepted_without_preprocessor_config(model_path):
+    assert not (Path(model_path) / "preprocessor_config.json").exists()
+    assert model_mel_bins(Path(model_path) / "model.bin") == 80
+    check_model_dir(model_path)
+
+
+def test_a_model_dir_without_tokenizer_is_refused_naming_the_file(tmp_path, model_path):
+    folder = _model_copy(tmp_path, model_path, skip={"tokenizer.json"})
+    with pytest.raises(sf_config.ConfigError, match=r"transcribe.model: .*model lacks tokenizer.json"):
+        sf_config.load(overrides={"transcribe.model": str(folder)})
+
+
+def test_a_128_mel_model_without_preprocessor_config_is_refused(tmp_path):
+    # A model.bin index as CTranslate2 writes it, for a large-v3 shaped encoder (128 mel bins).
+    folder = tmp_path / "large-v3"
+    folder.mkdir()
+    name = b"encoder/conv1/weight\0"
+    header = struct.pack("<I", 6) + struct.pack("<H", 12) + b"WhisperSpec\0" + struct.pack("<II", 3, 1)
+    header += struct.pack("<H", len(name)) + name + struct.pack("<B3I", 3, 1280, 128, 3) + struct.pack("<BI", 4, 16)
+    (folder / "model.bin").write_bytes(header + bytes(16))
+    for f in ("config.json", "tokenizer.json"):
+        (folder / f).write_text("{}")
+    with pytest.raises(ValueError, match="lacks preprocessor_config.json and the model takes 128 mel bins"):
+        check_model_dir(str(folder))
+    (folder / "preprocessor_config.json").write_text(json.dumps({"feature_size": 128}))
+    check_model_dir(str(folder))
+    (folder / "preprocessor_config.json").write_text(json.dumps({"feature_size": 80}))
+    with pytest.raises(ValueError, match="says feature_size 80 but the model takes 128"):
+        check_model_dir(str(folder))
+
+
+def test_model_names_and_hub_ids_are_not_checked_as_directories():
+    for name in ("large-v3", "tiny.en", "Systran/faster-whisper-large-v3"):
+        check_model_dir(name)
+    with pytest.raises(ValueError, match="is not a directory"):
+        check_model_dir("./no/such/model")
+
+
+def test_silence_threshold_without_word_timestamps_is_refused():
+    with pytest.raises(sf_config.ConfigError, match="transcribe.hallucination_silence_threshold needs"):
+        sf_config.load(overrides={"transcribe.hallucination_silence_threshold": 2.0})
+    sf_config.load(overrides={"transcribe.hallucination_silence_threshold": 2.0, "transcribe.word_timestamps": True})

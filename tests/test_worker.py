@@ -1,0 +1,137 @@
+"""The transcription worker: same transcript as in-process, one model load for many
+requests, and a job that still succeeds when no worker can serve it."""
+
+import gzip
+import logging
+import re
+import socket
+import threading
+import time
+
+import pytest
+
+from conftest import leftover_temp_files, recall, run_snakemake, workflow_config, write_catalogue
+from scribeflow import worker
+from scribeflow.fixtures import SENTENCES, make_speech_video
+from scribeflow.media import extract_audio
+from scribeflow.transcribe import decode_options, read_transcript
+
+
+@pytest.fixture(scope="module")
+def wav(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("worker")
+    extract_audio(make_speech_video(SENTENCES[1], folder / "clip.mp4"), folder / "clip.wav")
+    return folder / "clip.wav"
+
+
+def settings(model_path, **worker_settings):
+    return {"model": model_path, "device": "cpu", "compute_type": "int8", "cpu_threads": 2, "num_workers": 1,
+            "beam_size": 5, "vad_filter": True, "condition_on_previous_text": False, "word_timestamps": True,
+            "hallucination_silence_threshold": None, "initial_prompt": None, "batch_size": 0,
+            "worker": {"enabled": True, "idle_timeout_seconds": 30, "start_timeout_seconds": 60, **worker_settings}}
+
+
+def ping(tc, data_dir):
+    return worker.request(tc, data_dir, {"op": "ping"}, start=False)
+
+
+def test_the_worker_transcribes_like_the_job_itself_and_loads_the_model_once(tmp_path, wav, model_path):
+    tc, data = settings(model_path), tmp_path / "data"
+    options = decode_options(tc, "en")
+    try:
+        first = worker.transcribe(tc, data, wav, options, "clip")
+        pid = ping(tc, data)["pid"]
+        second = worker.transcribe(tc, data, wav, options, "clip")
+        assert ping(tc, data) == {"pid": pid, "key": worker.worker_key(tc, data), "served": 2}
+    finally:
+        assert worker.stop(tc, data)
+    in_process = worker.transcribe({**tc, "worker": {"enabled": False}}, data, wav, options)
+    assert first == second == in_process
+    assert "hello world" in first["segments"][0]["text"].lower() and first["segments"][0]["words"]
+    log = worker.log_path(data, worker.worker_key(tc, data)).read_text()
+    assert log.count("Loaded model") == 1 and "exiting after 2 transcription(s) (asked to)" in _wait_for(log, tc, data)
+
+    # Other model settings, another worker.
+    assert worker.worker_key({**tc, "compute_type": "float32"}, data) != worker.worker_key(tc, data)
+
+
+def _wait_for(log, tc, data, seconds=10):
+    deadline = time.monotonic() + seconds
+    path = worker.log_path(data, worker.worker_key(tc, data))
+    while "exiting" not in log and time.monotonic() < deadline:
+        time.sleep(0.1)
+        log = path.read_text()
+    return log
+
+
+def test_a_job_still_succeeds_when_no_worker_can_start(tmp_path, wav, model_path, caplog):
+    tc, data = settings(model_path), tmp_path / "data"
+    options = decode_options(tc, "en")
+    # The worker cannot write its log: a file stands where its folder should be.
+    (data / "logs").mkdir(parents=True)
+    (data / "logs" / "transcribe_worker").write_text("in the way")
+    with caplog.at_level(logging.WARNING, logger="scribeflow.worker"):
+        raw = worker.transcribe(tc, data, wav, options, "clip")
+    assert "No transcription worker (cannot write the worker's log" in caplog.text
+    assert "hello world" in raw["segments"][0]["text"].lower()
+    with pytest.raises(worker.WorkerUnavailable):
+        ping(tc, data)
+
+
+def test_a_worker_that_dies_mid_request_falls_back_in_process(tmp_path, wav, model_path, caplog):
+    tc, data = settings(model_path), tmp_path / "data"
+    # Something holds the worker's address and hangs up on every request, as a worker
+    # killed (OOM, kill -9) while transcribing does.
+    squatter = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    squatter.bind(worker.address(worker.worker_key(tc, data)))
+    squatter.listen(1)
+
+    def hang_up():
+        conn, _ = squatter.accept()
+        conn.recv(65536)
+        conn.close()
+
+    thread = threading.Thread(target=hang_up, daemon=True)
+    thread.start()
+    with caplog.at_level(logging.WARNING, logger="scribeflow.worker"):
+        raw = worker.transcribe(tc, data, wav, decode_options(tc, "en"), "clip")
+    squatter.close()
+    assert "the worker closed the connection" in caplog.text
+    assert "hello world" in raw["segments"][0]["text"].lower()
+
+
+@pytest.mark.slow
+def test_the_workflow_loads_the_model_once_and_writes_gzip_transcripts(tmp_path, media_server, model_path):
+    rows = [{"id": f"ep{n:02d}", "url": media_server.url(f"ep{n:02d}.mp4"), "language": "en" if n < 3 else ""}
+            for n in range(1, 4)]
+    catalogue = write_catalogue(tmp_path / "episodes.csv", rows)
+    config = workflow_config(tmp_path, catalogue, model_path, transcribe={
+        "formats": ["srt", "vtt", "txt"], "gzip": True, "word_timestamps": True, "cpu_threads": 2})
+    run_snakemake(tmp_path, config, "--cores", "3")
+
+    transcripts = tmp_path / "data" / "transcripts"
+    assert sorted(p.name for p in transcripts.iterdir()) == sorted(
+        f"{r['id']}.{f}.gz" for r in rows for f in ("json", "srt", "vtt", "txt"))
+    for n, row in enumerate(rows):
+        t = read_transcript(transcripts / f"{row['id']}.json.gz")
+        assert t["language"] == "en" and recall(SENTENCES[n], t["text"]) >= 0.7, t["text"]
+        assert all(s["words"] and s["words"][0]["start"] >= s["start"] for s in t["segments"])
+        assert t["hallucinations"]["repetition"] == t["hallucinations"]["phrase"] == 0
+        srt = gzip.decompress((transcripts / f"{row['id']}.srt.gz").read_bytes()).decode()
+        assert re.match(r"1\n\d\d:\d\d:\d\d,\d{3} --> \d\d:\d\d:\d\d,\d{3}\n\S", srt)
+    assert leftover_temp_files(tmp_path) == []
+
+    # One model load for the three jobs, in the worker, which the run's end let go.
+    logs = tmp_path / "data" / "logs"
+    for row in rows:
+        job_log = (logs / "transcribe" / f"{row['id']}.log").read_text()
+        assert "Transcribed by the worker" in job_log and "Loaded model" not in job_log
+    (worker_log,) = (logs / "transcribe_worker").iterdir()
+    deadline = time.monotonic() + 10
+    while "exiting" not in worker_log.read_text() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    text = worker_log.read_text()
+    assert text.count("Loaded model") == 1 and "exiting after 3 transcription(s) (asked to)" in text
+
+    dry = run_snakemake(tmp_path, config, "-n", "--cores", "1")
+    assert "Nothing to be done" in dry.stdout + dry.stderr
