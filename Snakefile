@@ -27,9 +27,11 @@ include: "rules/corpus.smk"
 include: "rules/report.smk"
 
 
+# The summaries (corpus, plots) read every episode: a run without `chunk` builds them
+# (run-chunks does one at the end), not each chunk's run, since overlapping chunk runs
+# would both write them.
 rule all:
     default_target: True
     input:
         analysis_targets,
-        rules.plots.output,
-        **corpus_outputs(),
+        [] if config["chunk"] else [*rules.plots.output, *corpus_outputs().values()],
