@@ -27,9 +27,8 @@ include: "rules/corpus.smk"
 include: "rules/report.smk"
 
 
-# The summaries (corpus, plots) read every episode: a run without `chunk` builds them
-# (run-chunks does one at the end), not each chunk's run, since overlapping chunk runs
-# would both write them.
+# The summaries (corpus, plots) read every episode: a run without `chunk` builds them,
+# not each chunk's run, since overlapping chunk runs (run-chunks) would both write them.
 rule all:
     default_target: True
     input:

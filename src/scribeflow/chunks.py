@@ -222,19 +222,6 @@ class Driver:
                      f"see {Path(r.log.name).relative_to(self.directory)}{hint}")
         return still
 
-    def summarise(self) -> list[str]:
-        """One run without `chunk`: the corpus tables and plots over every episode (chunk
-        runs stop at each episode's analysis). Cheap to plan: every episode is done."""
-        log_path = self.logs / "summaries.log"
-        self.logs.mkdir(parents=True, exist_ok=True)
-        config = ["--config", *self.overrides] if self.overrides else []
-        with open(log_path, "w") as log:
-            code = subprocess.call([*self.base, *self.snakemake_args, *config], cwd=self.directory,
-                                   stdout=log, stderr=subprocess.STDOUT)
-        self.say(f"summaries (corpus, plots): {'done' if code == 0 else f'snakemake exited with {code}'}; "
-                 f"snakemake log {log_path.relative_to(self.directory)}")
-        return [] if code == 0 else ["summaries"]
-
     def run(self) -> int:
         cache = self.directory / ".snakemake" / "scribeflow"
         catalogue_path = self.directory / self.config["catalogue"]
@@ -280,12 +267,10 @@ class Driver:
         if stopping:
             self.say("interrupted; run the same command again to go on where it stopped")
             return 130
-        if not failed:
-            failed += self.summarise()
         total = sum(len(c.ids) for c in chunks)
         have = len(self.finished() & {i for c in chunks for i in c.ids})
         self.say(f"{have} of {total} transcripts exist; {len(failed)} chunk(s) failed"
-                 + (f": {', '.join(getattr(c, 'spec', c) for c in failed)}" if failed else ""))
+                 + (f": {', '.join(c.spec for c in failed)}" if failed else ""))
         return 1 if failed else 0
 
 
