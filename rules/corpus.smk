@@ -16,6 +16,8 @@ rule tokenize:
         f"{LOGS}/tokenize/{{episode}}.log",
     benchmark:
         f"{BENCHMARKS}/tokenize/{{episode}}.tsv"
+    # Below downloads (0): it frees nothing, and must not keep them from filling the budget.
+    priority: -10
     conda:
         "../environment.yml"
     params:
@@ -34,6 +36,8 @@ rule analyse_episode:
         f"{LOGS}/analyse_episode/{{episode}}.log",
     benchmark:
         f"{BENCHMARKS}/analyse_episode/{{episode}}.tsv"
+    # Below downloads (0): it frees nothing, and must not keep them from filling the budget.
+    priority: -10
     conda:
         "../environment.yml"
     script:
