@@ -6,19 +6,19 @@ rule plots:
         corpus=rules.corpus.output.coverage,
     output:
         disk=report(
-            f"{DATA}/reports/disk_usage.png",
+            f"{REPORTS}/disk_usage.png",
             caption="../report/disk_usage.rst",
             category="Run",
         ),
         throughput=report(
-            f"{DATA}/reports/throughput.png",
+            f"{REPORTS}/throughput.png",
             caption="../report/throughput.rst",
             category="Run",
         ),
     log:
-        f"{LOGS}/plots.log",
+        f"{REPORTS}/plots.log",
     benchmark:
-        f"{BENCHMARKS}/plots.tsv"
+        f"{REPORTS}/plots.benchmark.tsv"
     conda:
         "../environment.yml"
     script:
