@@ -31,10 +31,7 @@ DISK = config["disk_management"]
 CLEANUP = DISK["cleanup"]
 LOGS = f"{DATA}/logs"
 BENCHMARKS = f"{DATA}/benchmarks"
-# One folder per chunk: overlapping chunk runs (run-chunks) must not share outputs.
-REPORTS = f"{DATA}/reports" + (
-    f"/chunk-{config['chunk'].replace('/', '-of-')}" if config["chunk"] else ""
-)
+REPORTS = f"{DATA}/reports"
 
 
 wildcard_constraints:

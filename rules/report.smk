@@ -16,9 +16,9 @@ rule plots:
             category="Run",
         ),
     log:
-        f"{REPORTS}/plots.log",
+        f"{LOGS}/plots.log",
     benchmark:
-        f"{REPORTS}/plots.benchmark.tsv"
+        f"{BENCHMARKS}/plots.tsv"
     conda:
         "../environment.yml"
     script:
