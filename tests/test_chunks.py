@@ -1,7 +1,7 @@
 """The chunk driver (`scribeflow run-chunks`): planning, skipping, overlap, resume.
 
 The fast tests drive a stand-in for Snakemake (a small script that marks its chunk's
-downloads in the real ledger, then writes transcripts), so that the driver's
+downloads in the real ledger, then writes the per-episode analyses), so that the driver's
 orchestration is checked in seconds; the slow test runs the real workflow."""
 
 import json
@@ -55,7 +55,7 @@ def test_downloads_ended_counts_only_this_runs_stages_and_transcripts(tmp_path):
 
 
 FAKE_SNAKEMAKE = textwrap.dedent('''
-    """Stands in for Snakemake: marks its chunk's downloads, waits, writes the transcripts."""
+    """Stands in for Snakemake: marks its chunk's downloads, waits, writes the analyses."""
     import json, sys, time
     from pathlib import Path
     import yaml
@@ -65,12 +65,15 @@ FAKE_SNAKEMAKE = textwrap.dedent('''
     args = sys.argv[1:]
     directory = Path(args[args.index("--directory") + 1])
     config = yaml.safe_load((directory / args[args.index("--configfile") + 1]).read_text())
-    chunk = next(a.split("=", 1)[1] for a in args if a.startswith("chunk="))
-    ids = [i for i in load(directory / config["catalogue"], chunk).index]
+    chunk = next((a.split("=", 1)[1] for a in args if a.startswith("chunk=")), None)
     events = directory / "events.jsonl"
     def event(what):
         with events.open("a") as f:
             f.write(json.dumps({"chunk": chunk, "what": what, "at": time.time()}) + "\\n")
+    if chunk is None:  # the final run over the whole catalogue: the summaries
+        event("summary")
+        sys.exit(0)
+    ids = [i for i in load(directory / config["catalogue"], chunk).index]
     event("start")
     data = directory / config["data_dir"]
     with Ledger(data / "jobs.db") as ledger:
@@ -86,10 +89,10 @@ FAKE_SNAKEMAKE = textwrap.dedent('''
         if fake["until_next"] and (k == n or f'"{k + 1}/{n}", "what": "start"' in events.read_text()):
             break
         time.sleep(0.05)
-    (data / "transcripts").mkdir(parents=True, exist_ok=True)
+    (data / "analysis" / "episodes").mkdir(parents=True, exist_ok=True)
     for i in ids:
         if i != fake["fail"]:
-            (data / "transcripts" / f"{i}.json").write_text("{}")
+            (data / "analysis" / "episodes" / f"{i}.json").write_text("{}")
     event("end")
     sys.exit(1 if fake["fail"] in ids else 0)
 ''')
@@ -116,7 +119,7 @@ def events(tmp_path):
 def test_next_chunk_starts_when_the_running_one_has_no_downloads_left(tmp_path):
     d = driver(tmp_path, 7, 3, seconds=60, until_next=True)  # chunks of 2, 2 and 3 episodes
     assert d.run() == 0
-    assert len(list((tmp_path / "data" / "transcripts").glob("*.json"))) == 7
+    assert len(list((tmp_path / "data" / "analysis" / "episodes").glob("*.json"))) == 7
     ev = events(tmp_path)
     at = {(e["chunk"], e["what"]): e["at"] for e in ev}
     for k in (2, 3):
@@ -135,10 +138,12 @@ def test_without_overlap_chunks_run_one_after_another(tmp_path):
     assert d.run() == 0
     at = {(e["chunk"], e["what"]): e["at"] for e in events(tmp_path)}
     assert at[("1/2", "end")] < at[("2/2", "start")]
+    # Then one run without a chunk builds the summaries (corpus, plots), after every chunk.
+    assert at[(None, "summary")] > at[("2/2", "end")]
 
 
 def test_done_chunks_are_skipped_and_a_failed_chunk_is_reported(tmp_path, capsys):
-    transcripts = tmp_path / "data" / "transcripts"
+    transcripts = tmp_path / "data" / "analysis" / "episodes"
     transcripts.mkdir(parents=True)
     for i in range(3):  # chunk 1/2 (ep000-ep002) done by an earlier run
         (transcripts / f"ep{i:03d}.json").write_text("{}")
@@ -146,8 +151,8 @@ def test_done_chunks_are_skipped_and_a_failed_chunk_is_reported(tmp_path, capsys
     assert d.run() == 1
     assert {e["chunk"] for e in events(tmp_path)} == {"2/2"}
     out = capsys.readouterr().out
-    assert "1 already done" in out and "chunk 2/2: snakemake exited with 1, 1 transcript(s) missing" in out
-    assert "5 of 6 transcripts exist; 1 chunk(s) failed: 2/2" in out
+    assert "1 already done" in out and "chunk 2/2: snakemake exited with 1, 1 episode(s) not done" in out
+    assert "5 of 6 episodes analysed or given up; 1 chunk(s) failed: 2/2" in out
 
     # Once everything exists, nothing is started at all.
     (transcripts / "ep004.json").write_text("{}")
@@ -202,7 +207,7 @@ def test_run_chunks_transcribes_the_whole_catalogue_and_a_second_run_is_a_fast_n
     for row in rows:
         t = json.loads((tmp_path / "data" / "transcripts" / f"{row['id']}.json").read_text())
         assert t["id"] == row["id"] and t["text"].strip()
-    assert "3 of 3 transcripts exist; 0 chunk(s) failed" in proc.stdout
+    assert "3 of 3 episodes analysed or given up; 0 chunk(s) failed" in proc.stdout
     for k in (1, 2):
         assert "Finished" in (tmp_path / f".snakemake/scribeflow/chunks/chunk-0000{k}-of-2.log").read_text()
 
@@ -235,8 +240,8 @@ def test_an_interrupted_run_goes_on_where_it_stopped(tmp_path):
     assert d.run() == 130
     assert time.monotonic() - started < 20
     assert "end" not in [e["what"] for e in events(tmp_path)]  # both chunks were stopped
-    assert not (tmp_path / "data" / "transcripts").exists()
+    assert not (tmp_path / "data" / "analysis" / "episodes").exists()
 
     (tmp_path / "fake.yaml").write_text(yaml.safe_dump({"seconds": 0.1, "fail": None, "until_next": False}))
     assert d.run() == 0
-    assert len(list((tmp_path / "data" / "transcripts").glob("*.json"))) == 4
+    assert len(list((tmp_path / "data" / "analysis" / "episodes").glob("*.json"))) == 4

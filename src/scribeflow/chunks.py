@@ -172,8 +172,9 @@ class Driver:
         self.snakemake_args = list(snakemake_args)
 
     def finished(self) -> set[str]:
-        """Episodes with a transcript, or given up (failures.py): nothing is left to do for them."""
-        return existing_transcripts(self.transcripts, self.suffix) | given_up(self.data)
+        """Episodes through their last per-episode stage (the analysis: the transcript may be
+        deleted after tokenization), or given up (failures.py): nothing is left to do for them."""
+        return existing_transcripts(self.data / "analysis" / "episodes", ".json") | given_up(self.data)
 
     def say(self, message: str) -> None:
         print(f"[{time.strftime('%H:%M:%S')}] run-chunks: {message}", file=self.out or sys.stdout, flush=True)
@@ -212,13 +213,13 @@ class Driver:
                 self.say(f"chunk {r.chunk.spec}: done in {time.time() - r.started:.0f} s")
                 continue
             if stopping:
-                self.say(f"chunk {r.chunk.spec}: stopped, {left} transcript(s) to go")
+                self.say(f"chunk {r.chunk.spec}: stopped, {left} episode(s) to go")
                 continue
             failed.append(r.chunk)
             hint = ""
             if "cannot be locked" in Path(r.log.name).read_text(errors="replace"):
                 hint = " (a killed run left Snakemake's lock: add --unlock once)"
-            self.say(f"chunk {r.chunk.spec}: snakemake exited with {code}, {left} transcript(s) missing; "
+            self.say(f"chunk {r.chunk.spec}: snakemake exited with {code}, {left} episode(s) not done; "
                      f"see {Path(r.log.name).relative_to(self.directory)}{hint}")
         return still
 
@@ -269,9 +270,26 @@ class Driver:
             return 130
         total = sum(len(c.ids) for c in chunks)
         have = len(self.finished() & {i for c in chunks for i in c.ids})
-        self.say(f"{have} of {total} transcripts exist; {len(failed)} chunk(s) failed"
+        self.say(f"{have} of {total} episodes analysed or given up; {len(failed)} chunk(s) failed"
                  + (f": {', '.join(c.spec for c in failed)}" if failed else ""))
-        return 1 if failed else 0
+        if failed:
+            return 1
+        return self.summarise() if todo else 0
+
+    def summarise(self) -> int:
+        """One run without `chunk`: the summaries over the whole catalogue (corpus, plots),
+        which chunk runs leave out (overlapping runs would both write them). Every
+        episode is done by now, so it plans in seconds."""
+        self.logs.mkdir(parents=True, exist_ok=True)
+        log_path = self.logs / "summary.log"
+        self.say(f"corpus and plots over the whole catalogue; snakemake log {log_path.relative_to(self.directory)}")
+        config = ["--config", *self.overrides] if self.overrides else []
+        with open(log_path, "w") as log:
+            code = subprocess.run([*self.base, *self.snakemake_args, *config], cwd=self.directory,
+                                  stdout=log, stderr=subprocess.STDOUT).returncode
+        if code:
+            self.say(f"the summary run exited with {code}; see {log_path.relative_to(self.directory)}")
+        return 1 if code else 0
 
 
 def main(args) -> int:

@@ -161,10 +161,12 @@ class Ledger:
         """Record one disk sample, unless another process recorded one less than
         `min_interval` seconds ago with the same pause state (months of checks every few
         seconds would otherwise grow the table without adding information)."""
-        now = time.time()
         with self.transaction() as c:
+            # The time is read under the write lock: read before it, another process's
+            # later sample could make this one look like a duplicate.
+            now = time.time()
             last = c.execute("SELECT at, paused FROM disk_samples ORDER BY at DESC LIMIT 1").fetchone()
-            if last and now - last[0] < min_interval and bool(last[1]) == bool(paused):
+            if min_interval > 0 and last and now - last[0] < min_interval and bool(last[1]) == bool(paused):
                 return False
             c.execute(
                 "INSERT INTO disk_samples VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
