@@ -156,7 +156,11 @@ def run(workdir: Path, media: list[Path], model: str, hard_mb: float = 4.0, paus
                 "stall_timeout_seconds": 120, "max_concurrent_downloads": downloads,
                 "max_concurrent_transcriptions": transcriptions,
             },
-            "transcribe": {"model": model, "device": "cpu", "compute_type": "int8", "cpu_threads": 2},
+            # The case the gate exists for: a transcriber slower than the downloads. Without
+            # the model worker each job loads its own model (~2 s), which keeps tiny.en on
+            # 10 s clips slower than loopback downloads, as large-v3 on 24-min episodes is.
+            "transcribe": {"model": model, "device": "cpu", "compute_type": "int8", "cpu_threads": 2,
+                           "worker": {"enabled": False}},
         }
         configfile = workdir / "config.yaml"
         configfile.write_text(yaml.safe_dump(config))
