@@ -12,7 +12,8 @@ sys.path.insert(0, str(Path(workflow.basedir) / "src"))
 from scribeflow import catalogue as sf_catalogue
 from scribeflow import config as sf_config
 from scribeflow import failures as sf_failures
-from scribeflow.chunks import existing_transcripts, transcript_suffix
+from scribeflow.files import ids_with_suffix
+from scribeflow.transcribe import suffix as transcript_suffix
 
 validate(config, "../config/schema.yaml")
 try:
@@ -100,15 +101,15 @@ if GIVEN_UP and not (workflow.remote_exec or workflow.subprocess_exec):
 
 def transcript_outputs():
     # transcribe.gzip: every transcript file ends in .gz (.json.gz is then the target).
-    gz = ".gz" if config["transcribe"]["gzip"] else ""
+    gz = config["transcribe"]["gzip"]
     outputs = {
         "json": temp_if(
             CLEANUP["delete_transcript_after_tokenization"],
-            f"{DATA}/transcripts/{{episode}}.json{gz}",
+            f"{DATA}/transcripts/{{episode}}{transcript_suffix('json', gz)}",
         )
     }
     for fmt in config["transcribe"]["formats"]:
-        outputs[fmt] = f"{DATA}/transcripts/{{episode}}.{fmt}{gz}"
+        outputs[fmt] = f"{DATA}/transcripts/{{episode}}{transcript_suffix(fmt, gz)}"
     return outputs
 
 
@@ -124,13 +125,14 @@ def corpus_outputs():
     }
 
 
-def missing_targets(pattern, folder, suffix):
-    """The targets of `pattern` not yet in `folder`. An existing one is final and asking
-    for it costs Snakemake a chain of jobs to plan, so a resumed run plans only what is
-    left. When none is missing: one existing one, so that Snakemake says there is
-    nothing to do (an `all` without input always runs). Given-up episodes are left out.
-    """
-    done = existing_transcripts(folder, suffix)
+def missing_targets(pattern):
+    """The targets of `pattern` ("folder/{episode}suffix") not yet on disk. An existing
+    one is final and asking for it costs Snakemake a chain of jobs to plan, so a
+    resumed run plans only what is left. When none is missing: one existing one, so
+    that Snakemake says there is nothing to do (an `all` without input always runs).
+    Given-up episodes are left out."""
+    folder, suffix = str(pattern).split("{episode}")
+    done = ids_with_suffix(folder, suffix)
     todo = [e for e in CATALOGUE.index if e not in done and e not in GIVEN_UP]
     todo = todo or [e for e in CATALOGUE.index if e in done][:1]
     # Not expand(): it takes 2.6 s for 171,881 ids, this 0.03 s.
@@ -139,18 +141,14 @@ def missing_targets(pattern, folder, suffix):
 
 # Input functions: a cluster job that re-parses the Snakefile never calls them.
 def transcript_targets(wildcards=None):
-    return missing_targets(
-        transcript_outputs()["json"],
-        Path(DATA) / "transcripts",
-        transcript_suffix(config),
-    )
+    return missing_targets(transcript_outputs()["json"])
 
 
 def analysis_targets(wildcards=None):
     """The missing per-episode analyses (rules/corpus.smk). Asked for by `all` itself:
     Snakemake reruns a job whose output exists for newer inputs, never for missing
     ones, so the corpus alone would not bring in an episode new to the catalogue."""
-    return missing_targets(EPISODE_STATS, Path(DATA) / "analysis" / "episodes", ".json")
+    return missing_targets(EPISODE_STATS)
 
 
 # -- cluster ---------------------------------------------------------------------

@@ -33,6 +33,7 @@ from pathlib import Path
 from . import catalogue as sf_catalogue
 from . import config as sf_config
 from .failures import given_up
+from .files import ids_with_suffix
 
 REPO = Path(__file__).resolve().parents[2]
 # An episode whose download has ended, one way or the other: its chunk needs no more
@@ -58,18 +59,6 @@ def plan(catalogue, chunk_size: int) -> list[Chunk]:
         raise ValueError("chunk size must be at least 1")
     n = max(1, math.ceil(len(catalogue) / chunk_size))
     return [Chunk(k, n, list(sf_catalogue.select_chunk(catalogue, f"{k}/{n}")["id"])) for k in range(1, n + 1)]
-
-
-def transcript_suffix(config: dict) -> str:
-    return ".json.gz" if config["transcribe"]["gzip"] else ".json"
-
-
-def existing_transcripts(transcripts: Path, suffix: str = ".json") -> set[str]:
-    """Episode ids with a transcript: one directory scan, not one stat per episode."""
-    try:
-        return {e.name[: -len(suffix)] for e in os.scandir(transcripts) if e.name.endswith(suffix)}
-    except FileNotFoundError:
-        return set()
 
 
 def missing(chunk: Chunk, done: set[str]) -> list[str]:
@@ -157,9 +146,7 @@ class Driver:
         self.unlock = unlock
         self.out = out
         data = self.directory / config["data_dir"]
-        self.transcripts = data / "transcripts"
         self.data = data
-        self.suffix = transcript_suffix(config)
         self.ledger = data / "jobs.db"
         self.logs = self.directory / ".snakemake" / "scribeflow" / "chunks"
         # The Snakemake command line without the chunk; `command` replaces the
@@ -174,7 +161,7 @@ class Driver:
     def finished(self) -> set[str]:
         """Episodes through their last per-episode stage (the analysis: the transcript may be
         deleted after tokenization), or given up (failures.py): nothing is left to do for them."""
-        return existing_transcripts(self.data / "analysis" / "episodes", ".json") | given_up(self.data)
+        return ids_with_suffix(self.data / "analysis" / "episodes", ".json") | given_up(self.data)
 
     def say(self, message: str) -> None:
         print(f"[{time.strftime('%H:%M:%S')}] run-chunks: {message}", file=self.out or sys.stdout, flush=True)

@@ -23,7 +23,7 @@ import os
 import time
 from pathlib import Path
 
-from .files import atomic_write_text
+from .files import atomic_write_text, ids_with_suffix
 from .ledger import Ledger
 
 FAILED_DIR = "failed"
@@ -35,10 +35,7 @@ def marker_dir(data_dir: str | os.PathLike) -> Path:
 
 def given_up(data_dir: str | os.PathLike) -> set[str]:
     """Ids of the episodes the workflow skips (one directory listing, no ledger access)."""
-    try:
-        return {e.name[:-5] for e in os.scandir(marker_dir(data_dir)) if e.name.endswith(".json")}
-    except FileNotFoundError:
-        return set()
+    return ids_with_suffix(marker_dir(data_dir), ".json")
 
 
 def is_permanent(exc: BaseException) -> bool:
