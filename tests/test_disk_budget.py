@@ -9,7 +9,7 @@ import pytest
 
 from conftest import leftover_temp_files
 from scribeflow import scenario
-from scribeflow.status import DONE_STAGES
+from scribeflow.ledger import TRANSCRIBED
 
 
 class StatusProbe(threading.Thread):
@@ -69,6 +69,6 @@ def test_the_hard_limit_holds_while_downloads_pause_and_resume(tmp_path_factory,
     # `scribeflow status` answered all through the run, and saw it progress.
     assert probe.errors == []
     # Transcribed episodes go on to tokenized and analyzed: count them all.
-    done = [sum(snap["stages"][s] for s in DONE_STAGES) for snap in probe.seen]
+    done = [sum(snap["stages"][s] for s in TRANSCRIBED) for snap in probe.seen]
     assert len(done) >= 3 and done == sorted(done) and any(0 < n < len(media) for n in done), done
     assert any(snap["pauses"]["open"] for snap in probe.seen) or any(snap["pauses"]["count"] for snap in probe.seen)

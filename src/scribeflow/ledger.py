@@ -22,6 +22,10 @@ STAGES = (
     "queued", "downloading", "downloaded", "extracting", "extracted",
     "transcribing", "transcribed", "tokenized", "analyzed", "failed",
 )
+# The stages of an episode whose transcript is done.
+TRANSCRIBED = ("transcribed", "tokenized", "analyzed")
+# SQL: "stage IN (...)" for them.
+TRANSCRIBED_SQL = f"stage IN ({', '.join(repr(s) for s in TRANSCRIBED)})"
 
 SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS jobs (

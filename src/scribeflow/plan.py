@@ -23,7 +23,7 @@ from pathlib import Path
 
 from .config import GB, MB
 from .failures import given_up
-from .ledger import Ledger
+from .ledger import TRANSCRIBED_SQL, Ledger
 from .media import BYTES_PER_SECOND
 
 HOUR = 3600.0
@@ -66,7 +66,7 @@ def measured(conn) -> dict:
                    THEN audio_size_bytes / {BYTES_PER_SECOND}.0 / (extracted_at - extracting_at) END),
                AVG(video_size_bytes) / {MB}, AVG(audio_size_bytes) / {BYTES_PER_SECOND}.0,
                AVG(transcript_size_bytes) / 1000.0
-           FROM jobs WHERE transcribed_at IS NOT NULL AND stage IN ('transcribed', 'tokenized', 'analyzed')"""
+           FROM jobs WHERE transcribed_at IS NOT NULL AND {TRANSCRIBED_SQL}"""
     ).fetchone()
     keys = ("episodes", "download_mb_per_s", "transcription_speed", "extraction_speed", "video_mb",
             "duration_s", "transcript_kb")
@@ -83,7 +83,7 @@ def gather(config: dict, catalogue, options: dict) -> Inputs:
         with Ledger(db) as ledger:
             seen = measured(ledger.conn)
             done = ledger.conn.execute(
-                "SELECT COUNT(*) FROM jobs WHERE stage IN ('transcribed', 'tokenized', 'analyzed')"
+                f"SELECT COUNT(*) FROM jobs WHERE {TRANSCRIBED_SQL}"
             ).fetchone()[0]
     done += len(given_up(config["data_dir"]))  # failed for good: not to be done again
     n_measured = seen.pop("episodes", 0)

@@ -93,7 +93,6 @@ def _files(folder: Path):
         return []
 
 
-TRANSCRIBED = ("transcribed", "tokenized", "analyzed")
 
 
 def check_consistency(config: dict) -> list[str]:
@@ -102,7 +101,7 @@ def check_consistency(config: dict) -> list[str]:
     (leftover partial files, a transcript the ledger has not caught up with) are
     skipped while a job holds the gate. `scribeflow check` prints the result."""
     from .failures import marker_dir
-    from .ledger import Ledger
+    from .ledger import TRANSCRIBED, Ledger
 
     data, storage = Path(config["data_dir"]), Path(config["storage_dir"])
     videos, audio, transcripts = storage / "videos", data / "audio", data / "transcripts"

@@ -17,11 +17,10 @@ from .config import MB
 from .disk import DiskMonitor
 from .failures import given_up
 from .gate import gb
-from .ledger import STAGES, Ledger
+from .ledger import STAGES, TRANSCRIBED, TRANSCRIBED_SQL, Ledger
 from .plan import measured
 
 HOUR = 3600.0
-DONE_STAGES = ("transcribed", "tokenized", "analyzed")
 
 
 def catalogue_rows(path) -> int | None:
@@ -54,8 +53,8 @@ def measured_rates(conn, now: float) -> dict:
                    SUM(transcript_size_bytes),
                    AVG(video_deleted * COALESCE(video_size_bytes, 0)
                        + audio_deleted * COALESCE(audio_size_bytes, 0))
-            FROM jobs WHERE stage IN ({", ".join("?" * len(DONE_STAGES))})""",
-        (now - HOUR, *DONE_STAGES)).fetchone()
+            FROM jobs WHERE {TRANSCRIBED_SQL}""",
+        (now - HOUR,)).fetchone()
     def per_hour(count, end):
         span = (end or now) - first if first else 0
         return round(count / (span / HOUR), 2) if count and span > 0 else 0.0
@@ -107,7 +106,7 @@ def snapshot(config: dict, now: float | None = None) -> dict:
 
     in_ledger = sum(stages.values())
     total = max(catalogue_rows(config["catalogue"]) or 0, in_ledger)
-    done = sum(stages.get(s, 0) for s in DONE_STAGES)
+    done = sum(stages.get(s, 0) for s in TRANSCRIBED)
     remaining = max(0, total - done - len(gave_up))
     tph = rates.get("transcriptions_per_hour", {})
     # The last hour's rate when the run is live, else the whole run's.
@@ -148,7 +147,7 @@ def duration(seconds: float | None) -> str:
 
 def render(s: dict) -> str:
     d = s["disk"]
-    done = sum(s["stages"][x] for x in DONE_STAGES)
+    done = sum(s["stages"][x] for x in TRANSCRIBED)
     total = s["catalogue_episodes"] or 1
     lines = [f"Episodes: {done} of {s['catalogue_episodes']} transcribed ({100 * done / total:.1f}%)",
              "By stage:"]
