@@ -4,34 +4,20 @@ EPISODE_STATS = f"{DATA}/analysis/episodes/{{episode}}.json"
 EPISODE_LEMMAS = f"{DATA}/analysis/lemmas/{{episode}}.parquet"
 
 
-rule tokenize:
+def episode_analysis_outputs():
+    outputs = {"stats": EPISODE_STATS, "lemmas": EPISODE_LEMMAS}
+    if not CLEANUP["delete_tokens_after_analysis"]:
+        outputs["tokens"] = f"{DATA}/tokens/{{episode}}.parquet"
+    return outputs
+
+
+# Tokenize and analyse in one job: each job per episode costs Snakemake ~1.5 ms of planning
+# (README, "Scale"). Tokens are written unless delete_tokens_after_analysis.
+rule analyse_episode:
     input:
         transcript=rules.transcribe.output.json,
     output:
-        tokens=temp_if(
-            CLEANUP["delete_tokens_after_analysis"],
-            f"{DATA}/tokens/{{episode}}.parquet",
-        ),
-    log:
-        f"{LOGS}/tokenize/{{episode}}.log",
-    benchmark:
-        f"{BENCHMARKS}/tokenize/{{episode}}.tsv"
-    # Below downloads (0): it frees nothing, and must not keep them from filling the budget.
-    priority: -10
-    conda:
-        "../environment.yml"
-    params:
-        language=lambda wc: row(wc.episode, "language"),
-    script:
-        "../scripts/tokenize.py"
-
-
-rule analyse_episode:
-    input:
-        tokens=rules.tokenize.output.tokens,
-    output:
-        stats=EPISODE_STATS,
-        lemmas=EPISODE_LEMMAS,
+        **episode_analysis_outputs(),
     log:
         f"{LOGS}/analyse_episode/{{episode}}.log",
     benchmark:
@@ -40,6 +26,8 @@ rule analyse_episode:
     priority: -10
     conda:
         "../environment.yml"
+    params:
+        language=lambda wc: row(wc.episode, "language"),
     script:
         "../scripts/analyse_episode.py"
 

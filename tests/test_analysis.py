@@ -7,7 +7,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from scribeflow.analysis import analyse_episode, build_corpus, lemmas_for_coverage, read_tsv
+from scribeflow.analysis import analyse_episode, analyse_tokens, build_corpus, lemmas_for_coverage, read_tsv
 from scribeflow.tokens import tokenize_file
 
 FIXTURES = Path(__file__).parent / "data" / "transcripts"
@@ -129,3 +129,16 @@ def test_the_corpus_step_covers_every_analysed_episode_of_the_whole_catalogue(co
     coverage = read_tsv(outputs["coverage"])
     assert list(coverage["episodes"]) == [2, 1] and coverage["tokens"][0] == 18 + 14
     assert list(coverage["series"].fillna("")) == ["", "cats and weather"]
+
+
+def test_analysis_without_keeping_tokens_matches_the_one_from_the_tokens_file(corpus, tmp_path):
+    """delete_tokens_after_analysis: the tokens are analysed in memory and never written."""
+    root, stats, _ = corpus
+    for episode in SERIES:
+        table, meta = tokenize_file(FIXTURES / f"{episode}.json", None)
+        paths = tmp_path / f"{episode}.json", tmp_path / f"{episode}.parquet"
+        assert analyse_tokens(table, meta, *paths) == stats[episode]
+        assert paths[0].read_text() == (root / "episodes" / f"{episode}.json").read_text()
+        assert pq.read_table(paths[1]).equals(pq.read_table(root / "lemmas" / f"{episode}.parquet"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        f"{episode}.{ext}" for episode in SERIES for ext in ("json", "parquet"))

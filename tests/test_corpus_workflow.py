@@ -1,4 +1,4 @@
-"""The tokenize, analyse_episode and corpus rules in the real workflow.
+"""The analyse_episode (tokenize + statistics) and corpus rules in the real workflow.
 
 The first test starts from hand-written transcripts already in data_dir (as after an
 earlier run: their videos and audio are temporary and gone, so nothing is downloaded);
@@ -44,7 +44,7 @@ def corpus_counts(tmp: Path) -> Counter:
 
 
 def job_count(proc, rule: str) -> int:
-    """The rule's line in Snakemake's job stats ('tokenize   1'), 0 if absent."""
+    """The rule's line in Snakemake's job stats ('analyse_episode   1'), 0 if absent."""
     for line in (proc.stdout + proc.stderr).splitlines():
         parts = line.split()
         if len(parts) == 2 and parts[0] == rule and parts[1].isdigit():
@@ -69,9 +69,8 @@ def test_corpus_grows_without_retokenizing_and_cleanup_flags_delete(tmp_path):
     assert "delete_tokens_after_analysis" in (data / "logs/analyse_episode/en_cat.log").read_text()
     stages = sqlite3.connect(data / "jobs.db").execute("SELECT DISTINCT stage FROM jobs").fetchall()
     assert stages == [("analyzed",)]
-    for rule in ("tokenize", "analyse_episode"):
-        assert len(list((data / "logs" / rule).glob("*.log"))) == 2
-        assert len(list((data / "benchmarks" / rule).glob("*.tsv"))) == 2
+    assert len(list((data / "logs/analyse_episode").glob("*.log"))) == 2
+    assert len(list((data / "benchmarks/analyse_episode").glob("*.tsv"))) == 2
     assert (data / "benchmarks/corpus/corpus.tsv").is_file()
     assert check_consistency(validate(copy.deepcopy(config))) == []  # deleted by design, not lost
 
@@ -79,7 +78,7 @@ def test_corpus_grows_without_retokenizing_and_cleanup_flags_delete(tmp_path):
     # be: their transcripts are gone and their URLs lead nowhere); the corpus grows.
     catalogue = setup_episodes(tmp_path, list(ROWS))
     proc = run_snakemake(tmp_path, config, "--cores", "2")
-    assert job_count(proc, "tokenize") == 2 and job_count(proc, "download") == 0
+    assert job_count(proc, "analyse_episode") == 2 and job_count(proc, "download") == 0
     counts = corpus_counts(tmp_path)
     assert counts["the"] == 4 and counts["猫"] == 3 and sum(counts.values()) == 18 + 14 + 14 + 10
     coverage = read_tsv(data / "analysis/corpus/coverage.tsv")
@@ -108,7 +107,7 @@ def test_speech_to_corpus(tmp_path, media_server, model_path):
     # The catalogue grows: only the new episode is downloaded, transcribed and tokenized.
     write_catalogue(tmp_path / "episodes.csv", rows)
     proc = run_snakemake(tmp_path, config, "--cores", "2")
-    assert job_count(proc, "download") == 1 and job_count(proc, "tokenize") == 1
+    assert job_count(proc, "download") == 1 and job_count(proc, "analyse_episode") == 1
     assert (data / "tokens" / "ep01.parquet").stat().st_mtime_ns == first
     spoken = Counter()
     for n, row in enumerate(rows):

@@ -148,7 +148,7 @@ def test_faulty_episodes_fail_alone_and_are_given_up_until_retried(tmp_path, fau
         # Run 3: nothing left to try; the run succeeds and says what it skipped. Only the
         # summaries run (corpus, plots), over the episodes that made it.
         run3 = run_snakemake(tmp_path, config, "--cores", "2")
-        assert not re.search(r"^rule (download|extract_audio|transcribe|tokenize):", run3.stdout + run3.stderr, re.M)
+        assert not re.search(r"^rule (download|extract_audio|transcribe|analyse_episode):", run3.stdout + run3.stderr, re.M)
         assert "localrule plots:" in run3.stdout + run3.stderr
         assert "skipping 7 failed episode(s)" in run3.stderr
         assert "Building the corpus from 2 of 9" in (tmp_path / "data/logs/corpus/corpus.log").read_text()

@@ -71,7 +71,7 @@ def test_workflow_runs_through_slurm(tmp_path, media_server, model_path, slurm, 
     # Every job went through Slurm, with what the profile asks for.
     jobs = {j["Comment"]: j for j in slurm.jobs()}
     for ep in DURATIONS:
-        for rule in ("download", "extract_audio", "transcribe", "tokenize", "analyse_episode"):
+        for rule in ("download", "extract_audio", "transcribe", "analyse_episode"):
             job = jobs.pop(f"rule_{rule}_wildcards_{ep}")
             assert job["State"] == "COMPLETED", job
             logs = list((tmp_path / ".snakemake" / "slurm_logs" / f"rule_{rule}" / ep).glob("*.log"))

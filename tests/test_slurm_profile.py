@@ -46,7 +46,7 @@ def planned_jobs(tmp_path, **env) -> dict[tuple[str, str], SimpleNamespace]:
         threads = re.search(r"^\s+threads: (\d+)$", block, re.M)
         jobs[rule[1], episode[1]] = SimpleNamespace(name=rule[1], resources=res,
                                                     threads=int(threads[1]) if threads else 1)
-    assert {r for r, _ in jobs} == {"download", "extract_audio", "transcribe", "tokenize", "analyse_episode"}, \
+    assert {r for r, _ in jobs} == {"download", "extract_audio", "transcribe", "analyse_episode"}, \
         proc.stdout[-3000:]
     return jobs
 
@@ -75,7 +75,7 @@ def test_sbatch_requests_of_each_rule(tmp_path, monkeypatch):
         assert (job.resources.slurm_partition, job.resources.slurm_account) == ("gpu-a100", "lab42")
 
     for rule, mem, minutes in (("download", 2000, 120), ("extract_audio", 3000, 60),
-                               ("tokenize", 2000, 60), ("analyse_episode", 2000, 60)):
+                               ("analyse_episode", 2000, 60)):
         job = jobs[rule, "long"]
         options = sbatch_options(job)
         assert "--gpus" not in options and "gpu" not in job.resources, options

@@ -90,9 +90,9 @@ def test_dry_run_of_a_large_catalogue_touches_nothing(tmp_path):
     config = workflow_config(tmp_path, catalogue, "large-v3")
     proc = run_snakemake(tmp_path, config, "-n", "--cores", "8", timeout=300)
     out = proc.stdout + proc.stderr
-    for rule in ("download", "extract_audio", "transcribe", "tokenize", "analyse_episode"):
+    for rule in ("download", "extract_audio", "transcribe", "analyse_episode"):
         assert re.search(rf"^{rule}\s+1000$", out, re.M), out[-3000:]
-    assert re.search(r"^total\s+5003$", out, re.M)  # 5 jobs per episode + corpus + plots + all
+    assert re.search(r"^total\s+4003$", out, re.M)  # 4 jobs per episode + corpus + plots + all
     assert not (tmp_path / "data").exists() and not (tmp_path / "storage").exists()
 
 

@@ -76,7 +76,12 @@ def lemma_counts(table: pa.Table) -> pa.Table:
 
 
 def analyse_episode(tokens_path: str | Path, stats_path: str | Path, lemmas_path: str | Path) -> dict:
-    table, meta = read_tokens(tokens_path)
+    """From a tokens file (see analyse_tokens)."""
+    return analyse_tokens(*read_tokens(tokens_path), stats_path, lemmas_path)
+
+
+def analyse_tokens(table: pa.Table, meta: dict, stats_path: str | Path, lemmas_path: str | Path) -> dict:
+    """Write one episode's statistics (JSON) and lemma counts (Parquet); return the statistics."""
     stats = episode_stats(table, meta)
     with atomic_path(lemmas_path) as tmp:
         pq.write_table(lemma_counts(table), tmp, compression="zstd")

@@ -164,11 +164,13 @@ def read_tokens(path: str | Path) -> tuple[pa.Table, dict]:
     return table, json.loads(raw)
 
 
-def tokenize_file(transcript_path: str | Path, tokens_path: str | Path, language: str | None = None) -> pa.Table:
-    """Tokenize one transcript file. `language` (the catalogue's) wins over the transcript's."""
+def tokenize_file(transcript_path: str | Path, tokens_path: str | Path | None,
+                  language: str | None = None) -> tuple[pa.Table, dict]:
+    """Tokenize one transcript file into a table and its metadata; written to `tokens_path`
+    unless None (tokens not kept). `language` (the catalogue's) wins over the transcript's."""
     table = tokenize_transcript(read_transcript(transcript_path), language)
-    size = write_tokens(table, tokens_path)
     meta = json.loads(table.schema.metadata[METADATA_KEY])
-    log.info("Tokenized %s (%s, %s): %d tokens in %d segments, %.1f kB",
-             transcript_path, meta["language"], meta["tokenizer"], table.num_rows, meta["segments"], size / 1e3)
-    return table
+    written = f", {write_tokens(table, tokens_path) / 1e3:.1f} kB" if tokens_path else ", not kept"
+    log.info("Tokenized %s (%s, %s): %d tokens in %d segments%s",
+             transcript_path, meta["language"], meta["tokenizer"], table.num_rows, meta["segments"], written)
+    return table, meta
