@@ -58,13 +58,14 @@ def make_catalogue(path: Path, n: int) -> Path:
     return path
 
 
-def timed(cmd: list[str], cwd: Path) -> tuple[float, int, str, float]:
+def timed(cmd: list[str], cwd: Path, env: dict | None = None) -> tuple[float, int, str, float]:
     """Wall seconds, peak RSS in bytes (of the process and the children it waited for), output,
     and CPU seconds (user + system): on a busy machine, about what the wall time would be
     on a quiet one (each run here is one single-threaded Python)."""
     with tempfile.TemporaryFile("w+") as out:
         start = time.perf_counter()
-        proc = subprocess.Popen(cmd, cwd=cwd, stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(cmd, cwd=cwd, stdout=out, stderr=subprocess.STDOUT,
+                                env=None if env is None else {**os.environ, **env})
         _, status, usage = os.wait4(proc.pid, 0)
         wall = time.perf_counter() - start
         proc.returncode = os.waitstatus_to_exitcode(status)
@@ -88,10 +89,15 @@ def write_config(workdir: Path, catalogue: Path, **extra) -> None:
     (workdir / "config.yaml").write_text(yaml.safe_dump(config))
 
 
-def dry_run(workdir: Path, *args: str) -> tuple[float, int, int, float]:
-    wall, rss, out, cpu = timed(snakemake(workdir, REPO / "Snakefile", "-n", "--cores", "8", *args), workdir)
+def dry_run(workdir: Path, *args: str, listing: bool = False, env: dict | None = None,
+            snakefile: Path = REPO / "Snakefile") -> tuple[float, int, int | None, float]:
+    """The plan: `snakemake -n --quiet`, which builds the whole DAG (what a real run does
+    before its first job) and stops, as Snakemake advises for large workflows. With
+    `listing`, plain `-n`, which also prints every job (and the job count)."""
+    quiet = [] if listing else ["--quiet"]
+    wall, rss, out, cpu = timed(snakemake(workdir, snakefile, "-n", *quiet, "--cores", "8", *args), workdir, env)
     m = re.search(r"^total\s+(\d+)$", out, re.M)
-    return wall, rss, int(m.group(1)) if m else 0, cpu
+    return wall, rss, int(m.group(1)) if m else None, cpu
 
 
 def row(label: str, wall: float, rss: int, jobs: int | None = None, cpu: float | None = None,
@@ -119,6 +125,10 @@ def plan_figures(args, base: Path) -> None:
         os.utime(catalogue)  # a changed catalogue: the first chunk reads and validates it
         wall, rss, jobs, cpu = dry_run(work, "--config", f"chunk=1/{chunks}")
         row(f"chunk 1/{chunks}, catalogue cache cold", wall, rss, jobs, cpu, "target < 10 s, < 1 GB")
+        row(f"chunk 1/{chunks}, without scribeflow.speedups",
+            *dry_run(work, "--config", f"chunk=1/{chunks}", env={"SCRIBEFLOW_SPEEDUPS": "0"}))
+        row(f"chunk 1/{chunks}, plain -n (lists every job)", *dry_run(work, "--config", f"chunk=1/{chunks}",
+                                                                     listing=True))
         ks = range(1, chunks + 1) if args.all_chunks else sorted(
             {1 + (chunks - 1) * i // max(1, args.sample_chunks - 1) for i in range(args.sample_chunks)})
         walls, cpus, peak, total = [], [], 0, 0.0
@@ -135,19 +145,66 @@ def plan_figures(args, base: Path) -> None:
               f"{'took' if args.all_chunks else '~'} {total if args.all_chunks else total / len(walls) * chunks:.0f} s",
               flush=True)
 
-        # Resume: half of chunk 1's transcripts exist.
+        # Resume: half of chunk 1's episodes are done (their analysis exists), as after an
+        # interruption; then the worst case, where half are transcribed but none analysed
+        # (Snakemake then also plans, and drops, the jobs upstream of each transcript).
         from scribeflow.catalogue import load as load_catalogue
 
         ids = list(load_catalogue(catalogue, f"1/{chunks}").index)
-        transcripts = work / "data" / "transcripts"
-        transcripts.mkdir(parents=True)
-        for episode in ids[::2]:
-            (transcripts / f"{episode}.json").write_text('{"text": ""}')
+        for folder, suffix in (("analysis/episodes", ".json"), ("analysis/lemmas", ".parquet"),
+                               ("tokens", ".parquet"), ("transcripts", ".json")):
+            (work / "data" / folder).mkdir(parents=True)
+            for episode in ids[::2]:
+                (work / "data" / folder / f"{episode}{suffix}").write_text("{}")
         wall, rss, jobs, cpu = dry_run(work, "--config", f"chunk=1/{chunks}")
         row(f"chunk 1/{chunks} resumed, {len(ids[::2])} of {len(ids)} done", wall, rss, jobs, cpu, "target < 10 s")
+        for folder in ("analysis/episodes", "analysis/lemmas", "tokens"):
+            shutil.rmtree(work / "data" / folder)
+        wall, rss, jobs, cpu = dry_run(work, "--config", f"chunk=1/{chunks}")
+        row(f"  same, {len(ids[::2])} transcribed but not analysed", wall, rss, jobs, cpu, "target < 10 s")
         if n == max(args.sizes):
             job_start(work, ids[1])
         shutil.rmtree(work)
+    floor(args, base)
+
+
+FLOOR_SNAKEFILE = """\
+IDS = [f"e{i:06d}" for i in range(%d)]
+
+rule all:
+    input: [f"x/{e}.json" for e in IDS]
+
+rule r1:
+    output: "v/{e}.m"
+    shell: "touch {output}"
+
+rule r2:
+    input: "v/{e}.m"
+    output: "a/{e}.wav"
+    shell: "touch {output}"
+
+rule r3:
+    input: "a/{e}.wav"
+    output: "t/{e}.json"
+    shell: "touch {output}"
+
+rule r4:
+    input: "t/{e}.json"
+    output: "x/{e}.json"
+    shell: "touch {output}"
+"""
+
+
+def floor(args, base: Path) -> None:
+    """Snakemake's own floor on this machine: a chunk-sized plan of 4 rules per episode that
+    do nothing but `touch` (no script, log, benchmark, params or resources)."""
+    work = base / "floor"
+    work.mkdir()
+    (work / "Snakefile").write_text(FLOOR_SNAKEFILE % args.chunk_size)
+    runs = [timed([*SNAKEMAKE, "-n", "--quiet", "--cores", "8"], work) for _ in range(2)]
+    print(f"  {'for scale: Snakemake alone, 4 bare rules x ' + f'{args.chunk_size:,}':<46} "
+          f"{min(r[0] for r in runs):8.1f} s {min(r[3] for r in runs):8.1f} s {max(r[1] for r in runs) / 1e9:7.2f} GB"
+          f"           (this machine's speed: a chunk's plan cannot be faster)", flush=True)
 
 
 def job_start(work: Path, episode: str) -> None:
@@ -195,7 +252,7 @@ SETTINGS = {
 
 def overhead(args, base: Path) -> None:
     n = args.overhead_episodes
-    print(f"\nSnakemake's own time per episode ({n} episodes, 3 jobs each, steps that only touch their "
+    print(f"\nSnakemake's own time per episode ({n} episodes, 4 jobs each, steps that only touch their "
           f"outputs, --cores {args.overhead_cores}); {load()}", flush=True)
     snakefile = trivial_workflow(base / "trivial")
     for label in args.settings:

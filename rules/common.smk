@@ -12,9 +12,12 @@ sys.path.insert(0, str(Path(workflow.basedir) / "src"))
 from scribeflow import catalogue as sf_catalogue
 from scribeflow import config as sf_config
 from scribeflow import failures as sf_failures
+from scribeflow import speedups as sf_speedups
 from scribeflow.files import ids_with_suffix
 from scribeflow.transcribe import suffix as transcript_suffix
 
+# Snakemake's planning costs per job that are the same for every job of a rule.
+sf_speedups.apply()
 validate(config, "../config/schema.yaml")
 try:
     sf_config.check_rules(config)

@@ -1,0 +1,101 @@
+"""Costs Snakemake 9 pays for every job while planning, though they are the same for
+every job of a rule: paid once here. On a 2,000-episode chunk (8,000 jobs) they are
+about a third of the plan (benchmarks/plan_scale.py; README, "Scale").
+
+- `smart_open.parse_uri`, which Snakemake's source cache calls for each job's script
+  and conda environment, builds a new namedtuple class on every call (an `eval`). Its
+  result depends on the string alone and is immutable: cached.
+- The DAG's script check (`snakemake.dag.ScriptProcessor`) opens and reads a rule's
+  script through the source cache for every job. Where the rule's script path holds
+  no `{wildcard}` or `{params}`, every job of the rule names the same file: it is
+  checked for the first job of the rule only.
+- `snakemake.common.get_function_params` (`inspect.signature`) runs for every input,
+  params and resource function of every job; a function's parameters do not change.
+
+`rules/common.smk` applies them in every Snakemake process that parses the workflow.
+Where a Snakemake release moves these internals, they are left alone: planning is then
+slower, and nothing else changes. SCRIBEFLOW_SPEEDUPS=0 turns them off.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+
+_APPLIED = "_scribeflow_speedup"
+
+
+def apply() -> list[str]:
+    """Apply what this Snakemake allows; the names of those applied."""
+    if os.environ.get("SCRIBEFLOW_SPEEDUPS", "1") == "0":
+        return []
+    return [name for name, speedup in (("parse_uri", _cache_parse_uri),
+                                       ("script_check", _check_scripts_once_per_rule),
+                                       ("function_params", _cache_function_params)) if speedup()]
+
+
+def _cache_parse_uri() -> bool:
+    try:
+        from snakemake import sourcecache
+        from snakemake.deployment import conda
+    except ImportError:
+        return False
+    original = getattr(sourcecache, "parse_uri", None)
+    if original is None or getattr(conda, "parse_uri", None) is not original:
+        return False
+    if not getattr(original, _APPLIED, False):
+        cached = functools.lru_cache(maxsize=4096)(original)
+        setattr(cached, _APPLIED, True)
+        sourcecache.parse_uri = conda.parse_uri = cached
+    return True
+
+
+def _check_scripts_once_per_rule() -> bool:
+    try:
+        from snakemake.dag import ScriptProcessor
+    except ImportError:
+        return False
+    original = getattr(ScriptProcessor, "process_job", None)
+    if original is None or not hasattr(ScriptProcessor, "script_type"):
+        return False
+    if getattr(original, _APPLIED, False):
+        return True
+
+    @functools.wraps(original)
+    def process_job(self, job) -> None:
+        entry = getattr(job.rule, self.script_type, None) if getattr(job, f"is_{self.script_type}", False) else None
+        if entry is None or "{" in str(entry):
+            return original(self, job)  # nothing to check, or a path of its own per job
+        checked = self.__dict__.setdefault("_scribeflow_checked", set())
+        key = (job.rule.name, str(entry))
+        if key not in checked:
+            original(self, job)  # raises if the script is missing: the rule stays unchecked
+            checked.add(key)
+
+    setattr(process_job, _APPLIED, True)
+    ScriptProcessor.process_job = process_job
+    return True
+
+
+def _cache_function_params() -> bool:
+    try:
+        from snakemake import common, rules
+    except ImportError:
+        return False
+    original = getattr(common, "get_function_params", None)
+    if original is None or getattr(rules, "get_function_params", None) is not original:
+        return False
+    if not getattr(original, _APPLIED, False):
+        # Bounded: a bound method is a new (equal) object at each access.
+        cache = functools.lru_cache(maxsize=1024)(original)
+
+        @functools.wraps(original)
+        def get_function_params(func):
+            try:
+                return cache(func)
+            except TypeError:  # an unhashable callable
+                return original(func)
+
+        setattr(get_function_params, _APPLIED, True)
+        common.get_function_params = rules.get_function_params = get_function_params
+    return True

@@ -1,0 +1,106 @@
+"""scribeflow.speedups: Snakemake's per-job planning costs paid once, with the same plan
+and the same errors as without them (each case runs real Snakemake, with and without)."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+SNAKEFILE = f"""
+import sys
+sys.path.insert(0, {str(REPO / "src")!r})
+from scribeflow import speedups
+print("speedups:", ",".join(speedups.apply()) or "none", file=sys.stderr)
+
+IDS = config["ids"].split(",")
+
+rule all:
+    input: [f"out/{{e}}.txt" for e in IDS]
+
+rule make:
+    output: "mid/{{e}}.txt"
+    params: length=lambda wc: len(wc.e)
+    script: "scripts/make.py"
+
+rule per_id:
+    input: "mid/{{e}}.txt"
+    output: "out/{{e}}.txt"
+    script: "scripts/{{wildcards.e}}.py"
+"""
+
+SCRIPT = 'open(snakemake.output[0], "w").write(f"{snakemake.rule} {snakemake.params.get(\'length\', \'\')}\\n")\n'
+
+
+def snakemake(tmp: Path, ids: str, *args: str, speedups: bool = True) -> subprocess.CompletedProcess:
+    env = {**os.environ, "SCRIBEFLOW_SPEEDUPS": "1" if speedups else "0"}
+    return subprocess.run([sys.executable, "-m", "snakemake", "--cores", "1", "--config", f"ids={ids}", *args],
+                          cwd=tmp, capture_output=True, text=True, env=env, timeout=300)
+
+
+@pytest.fixture
+def workflow(tmp_path):
+    (tmp_path / "Snakefile").write_text(SNAKEFILE)
+    (tmp_path / "scripts").mkdir()
+    for name in ("make", "a", "b"):
+        (tmp_path / "scripts" / f"{name}.py").write_text(SCRIPT)
+    return tmp_path
+
+
+def test_all_apply_on_this_snakemake(workflow):
+    proc = snakemake(workflow, "a,b", "-n")
+    assert proc.returncode == 0, proc.stderr
+    assert "speedups: parse_uri,script_check,function_params" in proc.stderr
+    off = snakemake(workflow, "a,b", "-n", speedups=False)
+    assert "speedups: none" in off.stderr
+
+
+@pytest.mark.parametrize("speedups", [True, False])
+def test_a_missing_script_is_still_refused(workflow, speedups):
+    # Constant path: checked once per rule, still checked.
+    (workflow / "scripts" / "make.py").unlink()
+    proc = snakemake(workflow, "a,b", "-n", speedups=speedups)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and "No such file or directory" in out and "scripts/make.py" in out, out[-2000:]
+
+    # A path of its own per job: every job is still checked.
+    (workflow / "scripts" / "make.py").write_text(SCRIPT)
+    proc = snakemake(workflow, "a,b,c", "-n", speedups=speedups)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and "No such file or directory" in out and "scripts/c.py" in out, out[-2000:]
+
+
+def test_the_run_is_the_same(workflow):
+    (workflow / "scripts" / "bb.py").write_text(SCRIPT)
+    proc = snakemake(workflow, "a,bb")
+    assert proc.returncode == 0, proc.stderr
+    assert (workflow / "mid/bb.txt").read_text() == "make 2\n"
+    assert (workflow / "out/a.txt").read_text() == "per_id \n"
+    again = snakemake(workflow, "a,bb", "-n")
+    assert "Nothing to be done" in again.stdout + again.stderr
+
+
+def test_cached_functions_answer_as_the_originals():
+    from snakemake import common, sourcecache
+
+    from scribeflow import speedups
+
+    speedups.apply()
+    assert sourcecache.parse_uri("/a/b.py") == sourcecache.parse_uri.__wrapped__("/a/b.py")
+    assert sourcecache.parse_uri("https://x.org/s.py").scheme == "https"
+
+    def f(wildcards, input, attempt):
+        pass
+
+    assert list(common.get_function_params(f)) == ["wildcards", "input", "attempt"]
+
+    class Unhashable:
+        __hash__ = None
+
+        def __call__(self, wildcards):
+            pass
+
+    assert list(common.get_function_params(Unhashable())) == ["wildcards"]
