@@ -128,6 +128,19 @@ def corpus_outputs():
     }
 
 
+# Per-episode outputs the corpus is rebuilt from; the corpus step also finds those of
+# earlier runs (other chunks) by these patterns.
+EPISODE_STATS = f"{DATA}/analysis/episodes/{{episode}}.json"
+EPISODE_LEMMAS = f"{DATA}/analysis/lemmas/{{episode}}.parquet"
+
+
+def episode_analysis_outputs():
+    outputs = {"stats": EPISODE_STATS, "lemmas": EPISODE_LEMMAS}
+    if not CLEANUP["delete_tokens_after_analysis"]:
+        outputs["tokens"] = f"{DATA}/tokens/{{episode}}.parquet"
+    return outputs
+
+
 def missing_targets(pattern):
     """The targets of `pattern` ("folder/{episode}suffix") not yet on disk. An existing
     one is final and asking for it costs Snakemake a chain of jobs to plan, so a

@@ -1,16 +1,3 @@
-# Per-episode outputs the corpus is rebuilt from; the corpus step also finds those of
-# earlier runs (other chunks) by these patterns.
-EPISODE_STATS = f"{DATA}/analysis/episodes/{{episode}}.json"
-EPISODE_LEMMAS = f"{DATA}/analysis/lemmas/{{episode}}.parquet"
-
-
-def episode_analysis_outputs():
-    outputs = {"stats": EPISODE_STATS, "lemmas": EPISODE_LEMMAS}
-    if not CLEANUP["delete_tokens_after_analysis"]:
-        outputs["tokens"] = f"{DATA}/tokens/{{episode}}.parquet"
-    return outputs
-
-
 # Tokenize and analyse in one job: each job per episode costs Snakemake ~1.5 ms of planning
 # (README, "Scale"). Tokens are written unless delete_tokens_after_analysis.
 rule analyse_episode:
