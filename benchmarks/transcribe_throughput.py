@@ -7,7 +7,8 @@ What is compared, on the same 20 speech clips (espeak-ng; SENTENCES joined by 4)
   and loops over the clips (faster_whisper.decode_audio + model.transcribe);
 - the pipeline: `snakemake` on the real workflow, with the clips already downloaded
   (storage/videos/{id}.media), so it runs extract_audio + transcribe for each clip
-  (PyAV decoding, the disk gate, the ledger, the transcript files, temp() deletion).
+  (PyAV decoding, the disk gate, the ledger, the transcript files, temp() deletion);
+  its targets are the transcripts (not the corpus stages, which the loop lacks).
   Both wall times are whole processes, Python start and imports included.
 Mode `worker` is the default workflow (the model stays loaded in scribeflow.worker);
 `in-process` is the one-model-load-per-job behaviour before it (transcribe.worker.enabled
@@ -99,8 +100,10 @@ def run_pipeline(work: Path, clips: list[Path], tc: dict, cores: int, transcript
               "storage_dir": str(work / "storage"), "transcribe": tc,
               "disk_management": {"max_concurrent_transcriptions": transcriptions}}
     (work / "config.yaml").write_text(json.dumps(config))
+    # The transcripts are the targets: the loop does not tokenize, nor build a corpus.
+    targets = [str(work / "data" / "transcripts" / f"{clip.stem}.json") for clip in clips]
     cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory", str(work),
-           "--configfile", str(work / "config.yaml"), "--cores", str(cores), "--quiet", "all", *extra]
+           "--configfile", str(work / "config.yaml"), "--cores", str(cores), *extra, "--quiet", "all", "--", *targets]
     started = time.perf_counter()
     proc = subprocess.run(cmd, cwd=work, capture_output=True, text=True)
     wall = time.perf_counter() - started

@@ -190,9 +190,17 @@ onstart:
         ledger.enqueue(CATALOGUE.index)
     # Inputs of the jobs about to run are never orphans, e.g. the audio of a
     # transcription that was killed after writing its transcript.
-    needed = {f for job in workflow.dag.needrun_jobs() for f in job.input}
+    jobs = list(workflow.dag.needrun_jobs())
+    needed = {f for job in jobs for f in job.input}
     files, freed = clean_orphans(config, keep=needed)
     if files:
         print(
             f"scribeflow: removed {files} orphaned file(s) of an interrupted run, freed {freed / 1e6:.1f} MB"
         )
+    # The model loads while the first audio is extracted. Locally only: a cluster job
+    # starts the worker of its own node.
+    if workflow.local_exec and any(job.rule.name == "transcribe" for job in jobs):
+        from scribeflow import worker
+
+        if worker.prestart(config["transcribe"], DATA):
+            print("scribeflow: started the transcription worker (the model loads meanwhile)")

@@ -107,7 +107,9 @@ def test_the_workflow_loads_the_model_once_and_writes_gzip_transcripts(tmp_path,
     catalogue = write_catalogue(tmp_path / "episodes.csv", rows)
     config = workflow_config(tmp_path, catalogue, model_path, transcribe={
         "formats": ["srt", "vtt", "txt"], "gzip": True, "word_timestamps": True, "cpu_threads": 2})
-    run_snakemake(tmp_path, config, "--cores", "3")
+    proc = run_snakemake(tmp_path, config, "--cores", "3")
+    # Started by the run itself, so the model loaded while the first audio was extracted.
+    assert "scribeflow: started the transcription worker" in proc.stdout + proc.stderr
 
     transcripts = tmp_path / "data" / "transcripts"
     assert sorted(p.name for p in transcripts.iterdir()) == sorted(
@@ -126,6 +128,7 @@ def test_the_workflow_loads_the_model_once_and_writes_gzip_transcripts(tmp_path,
     for row in rows:
         job_log = (logs / "transcribe" / f"{row['id']}.log").read_text()
         assert "Transcribed by the worker" in job_log and "Loaded model" not in job_log
+        assert "Started a transcription worker" not in job_log
     (worker_log,) = (logs / "transcribe_worker").iterdir()
     deadline = time.monotonic() + 10
     while "exiting" not in worker_log.read_text() and time.monotonic() < deadline:
@@ -135,3 +138,21 @@ def test_the_workflow_loads_the_model_once_and_writes_gzip_transcripts(tmp_path,
 
     dry = run_snakemake(tmp_path, config, "-n", "--cores", "1")
     assert "Nothing to be done" in dry.stdout + dry.stderr
+
+
+def test_prestart_starts_one_worker_without_waiting_and_the_jobs_use_it(tmp_path, wav, model_path):
+    tc, data = settings(model_path), tmp_path / "data"
+    started = time.monotonic()
+    try:
+        assert worker.prestart(tc, data)
+        assert time.monotonic() - started < 1.0  # does not wait for the model
+        deadline = time.monotonic() + 30
+        while worker._connect(worker.worker_key(tc, data)) is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not worker.prestart(tc, data)  # one already runs
+        pid = ping(tc, data)["pid"]
+        worker.transcribe(tc, data, wav, decode_options(tc, "en"), "clip")
+        assert ping(tc, data) == {"pid": pid, "key": worker.worker_key(tc, data), "served": 1}
+    finally:
+        worker.stop(tc, data)
+    assert not worker.prestart({**tc, "worker": {"enabled": False}}, data)

@@ -152,10 +152,28 @@ def _connect(key: str) -> socket.socket | None:
     return sock
 
 
-def _start(tc: dict, data_dir: str | Path, key: str) -> socket.socket:
-    """Start a worker (detached: it outlives this job) and connect to it. The worker listens
-    before it loads the model, so this returns quickly; the request then waits for the load."""
-    wc = tc.get("worker", {})
+def prestart(tc: dict, data_dir: str | Path) -> bool:
+    """Start this configuration's worker now, without waiting for it: the run calls this
+    at its start, so that the model loads while the first audio is extracted rather than
+    after. False when the worker is disabled, already runs, or cannot start (the first
+    job then starts one, or loads the model itself)."""
+    if not tc.get("worker", {}).get("enabled", True):
+        return False
+    key = worker_key(tc, data_dir)
+    try:
+        sock = _connect(key)
+        if sock is not None:
+            sock.close()
+            return False
+        _spawn(tc, data_dir, key)
+    except WorkerUnavailable as exc:
+        log.warning("Could not start a transcription worker early: %s", exc)
+        return False
+    return True
+
+
+def _spawn(tc: dict, data_dir: str | Path, key: str) -> tuple[subprocess.Popen, Path]:
+    """A worker process, detached (it outlives the job or run that starts it), and its log."""
     logfile = log_path(data_dir, key)
     try:
         logfile.parent.mkdir(parents=True, exist_ok=True)
@@ -175,6 +193,14 @@ def _start(tc: dict, data_dir: str | Path, key: str) -> socket.socket:
             raise WorkerUnavailable(f"cannot start a worker: {exc}") from None
     _started.append(proc)
     log.info("Started a transcription worker (pid %d, log %s)", proc.pid, logfile)
+    return proc, logfile
+
+
+def _start(tc: dict, data_dir: str | Path, key: str) -> socket.socket:
+    """Start a worker and connect to it. The worker listens before it loads the model, so
+    this returns quickly; the request then waits for the load."""
+    wc = tc.get("worker", {})
+    proc, logfile = _spawn(tc, data_dir, key)
     deadline = time.monotonic() + wc.get("start_timeout_seconds", 120)
     while time.monotonic() < deadline:
         sock = _connect(key)
