@@ -2,6 +2,7 @@
 and the same errors as without them (each case runs real Snakemake, with and without)."""
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -21,9 +22,15 @@ IDS = config["ids"].split(",")
 rule all:
     input: [f"out/{{e}}.txt" for e in IDS]
 
+onstart:
+    specs = sorted({{(j.rule.name, str(j.conda_env_spec and j.conda_env_spec.file.get_path_or_uri(True)))
+                     for j in workflow.dag.needrun_jobs()}})
+    print("conda:", specs, file=sys.stderr)
+
 rule make:
     output: "mid/{{e}}.txt"
     params: length=lambda wc: len(wc.e)
+    conda: "env.yml"
     script: "scripts/make.py"
 
 rule per_id:
@@ -44,6 +51,7 @@ def snakemake(tmp: Path, ids: str, *args: str, speedups: bool = True) -> subproc
 @pytest.fixture
 def workflow(tmp_path):
     (tmp_path / "Snakefile").write_text(SNAKEFILE)
+    (tmp_path / "env.yml").write_text("dependencies: [python]\n")
     (tmp_path / "scripts").mkdir()
     for name in ("make", "a", "b"):
         (tmp_path / "scripts" / f"{name}.py").write_text(SCRIPT)
@@ -53,7 +61,7 @@ def workflow(tmp_path):
 def test_all_apply_on_this_snakemake(workflow):
     proc = snakemake(workflow, "a,b", "-n")
     assert proc.returncode == 0, proc.stderr
-    assert "speedups: parse_uri,script_check,function_params" in proc.stderr
+    assert "speedups: parse_uri,script_check,function_params,conda_env" in proc.stderr
     off = snakemake(workflow, "a,b", "-n", speedups=False)
     assert "speedups: none" in off.stderr
 
@@ -73,10 +81,19 @@ def test_a_missing_script_is_still_refused(workflow, speedups):
     assert proc.returncode != 0 and "No such file or directory" in out and "scripts/c.py" in out, out[-2000:]
 
 
-def test_the_run_is_the_same(workflow):
+def conda_line(proc) -> str:
+    return next(line for line in proc.stderr.splitlines() if line.startswith("conda:"))
+
+
+def test_the_run_is_the_same(workflow, tmp_path_factory):
     (workflow / "scripts" / "bb.py").write_text(SCRIPT)
+    other = tmp_path_factory.mktemp("without")
+    shutil.copytree(workflow, other, dirs_exist_ok=True)
+    without = snakemake(other, "a,bb", speedups=False)
     proc = snakemake(workflow, "a,bb")
     assert proc.returncode == 0, proc.stderr
+    assert conda_line(proc) == conda_line(without).replace(str(other), str(workflow))
+    assert "env.yml" in conda_line(proc) and "('per_id', 'None')" in conda_line(proc)
     assert (workflow / "mid/bb.txt").read_text() == "make 2\n"
     assert (workflow / "out/a.txt").read_text() == "per_id \n"
     again = snakemake(workflow, "a,bb", "-n")

@@ -1,5 +1,5 @@
 """Costs Snakemake 9 pays for every job while planning, though they are the same for
-every job of a rule: paid once here. On a 2,000-episode chunk (8,000 jobs) they are
+every job of a rule (or not needed to plan): paid once here. On a 2,000-episode chunk (8,000 jobs) they are
 about a third of the plan (benchmarks/plan_scale.py; README, "Scale").
 
 - `smart_open.parse_uri`, which Snakemake's source cache calls for each job's script
@@ -11,6 +11,10 @@ about a third of the plan (benchmarks/plan_scale.py; README, "Scale").
   checked for the first job of the rule only.
 - `snakemake.common.get_function_params` (`inspect.signature`) runs for every input,
   params and resource function of every job; a function's parameters do not change.
+
+- A job's conda environment (`Job.conda_env_spec`) evaluates all of the job's params
+  first, though a rule whose environment is a fixed file caches one answer for all its
+  jobs: that answer is used, and params are left to when the job runs.
 
 `rules/common.smk` applies them in every Snakemake process that parses the workflow.
 Where a Snakemake release moves these internals, they are left alone: planning is then
@@ -31,7 +35,8 @@ def apply() -> list[str]:
         return []
     return [name for name, speedup in (("parse_uri", _cache_parse_uri),
                                        ("script_check", _check_scripts_once_per_rule),
-                                       ("function_params", _cache_function_params)) if speedup()]
+                                       ("function_params", _cache_function_params),
+                                       ("conda_env", _conda_env_without_params)) if speedup()]
 
 
 def _cache_parse_uri() -> bool:
@@ -98,4 +103,30 @@ def _cache_function_params() -> bool:
 
         setattr(get_function_params, _APPLIED, True)
         common.get_function_params = rules.get_function_params = get_function_params
+    return True
+
+
+def _conda_env_without_params() -> bool:
+    try:
+        from snakemake import rules
+        from snakemake.jobs import Job
+    except ImportError:
+        return False
+    original = getattr(Job, "conda_env_spec", None)
+    not_cached = getattr(rules, "_NOT_CACHED", None)
+    if not isinstance(original, property) or not_cached is None:
+        return False
+    if getattr(original.fget, _APPLIED, False):
+        return True
+
+    @functools.wraps(original.fget)
+    def conda_env_spec(self):
+        if getattr(self, "_conda_env_spec", None) is None:
+            cached = getattr(self.rule, "_expanded_conda_env", not_cached)
+            if cached is not not_cached and cached is not None:
+                self._conda_env_spec = cached
+        return original.fget(self)
+
+    setattr(conda_env_spec, _APPLIED, True)
+    Job.conda_env_spec = property(conda_env_spec)
     return True
