@@ -14,7 +14,8 @@ Mode `worker` is the default workflow (the model stays loaded in scribeflow.work
 `in-process` is the one-model-load-per-job behaviour before it (transcribe.worker.enabled
 false). Same settings for all (the config's decode options; tiny.en by default).
 
-Prints the ratio pipeline / loop (target <= 1.10), the real-time factor (wall / audio),
+Loop and pipeline runs alternate --repeat times (a VM's speed drifts from minute to
+minute); prints the medians' ratio pipeline / loop (target <= 1.10), the real-time factor (wall / audio),
 episodes per hour, the mean transcribe job (from Snakemake's benchmark files) and the
 machine's load; exits 1 if a pipeline transcript differs from the loop's. Not a test:
 the figures depend on the machine. Needs espeak-ng and ffmpeg (or --media with clips
@@ -137,6 +138,7 @@ def main() -> int:
     parser.add_argument("--cores", type=int, default=os.cpu_count())
     parser.add_argument("--transcriptions", type=int, default=2, help="max_concurrent_transcriptions")
     parser.add_argument("--modes", default="worker,in-process")
+    parser.add_argument("--repeat", type=int, default=3, help="alternating loop and pipeline runs (medians)")
     parser.add_argument("--snakemake-args", default="", help="more snakemake arguments, e.g. '--scheduler greedy'")
     parser.add_argument("--loop-spec", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -166,39 +168,54 @@ def main() -> int:
         print(f"before: {load_average()}", flush=True)
 
         spec = json.dumps({"tc": tc, "options": options, "clips": [str(c) for c in clips]})
-        started = time.perf_counter()
-        proc = subprocess.run([sys.executable, __file__, "--loop-spec", spec], capture_output=True, text=True,
-                              check=True, env=thread_env(tc, os.environ))  # the threads the workflow gives the model
-        loop_wall = time.perf_counter() - started
-        expected = json.loads(proc.stdout)
-        rows = [("loop (limit)", loop_wall, None)]
-
+        modes = args.modes.split(",")
+        loop_walls, walls, jobs = [], {m: [] for m in modes}, {m: [] for m in modes}
         identical = True
-        for mode in args.modes.split(","):
-            mtc = {**tc, "worker": {**tc["worker"], "enabled": mode == "worker"}}
-            wall, data = run_pipeline(Path(tmp) / mode, clips, mtc, args.cores, args.transcriptions,
-                                      shlex.split(args.snakemake_args))
-            for clip in clips:
-                t = read_transcript(data / "transcripts" / f"{clip.stem}.json")
-                got = [[s["start"], s["end"], s["text"]] for s in t["segments"]]
-                if got != expected[clip.stem] or t["hallucinations"]["repetition"] + t["hallucinations"]["phrase"]:
-                    identical = False
-                    print(f"{mode}: {clip.stem} differs from the loop:\n  {got}\n  {expected[clip.stem]}")
-            leftovers = list((Path(tmp) / mode / "storage").glob("videos/*")) + list(data.glob("audio/*"))
-            if leftovers:
-                print(f"{mode}: temporary files left behind: {leftovers}")
-                identical = False
-            rows.append((f"pipeline, {mode}", wall, statistics.mean(job_seconds(data, "transcribe"))))
+        # Loop and pipeline alternate, `--repeat` times: a VM's speed drifts between runs.
+        for rep in range(args.repeat):
+            started = time.perf_counter()
+            proc = subprocess.run([sys.executable, __file__, "--loop-spec", spec], capture_output=True, text=True,
+                                  check=True, env=thread_env(tc, os.environ))  # the workflow's model threads
+            loop_walls.append(time.perf_counter() - started)
+            expected = json.loads(proc.stdout)
+            for mode in modes:
+                mtc = {**tc, "worker": {**tc["worker"], "enabled": mode == "worker"}}
+                wall, data = run_pipeline(Path(tmp) / mode, clips, mtc, args.cores, args.transcriptions,
+                                          shlex.split(args.snakemake_args))
+                identical &= same_as_loop(mode, clips, data, expected)
+                walls[mode].append(wall)
+                jobs[mode].append(statistics.mean(job_seconds(data, "transcribe")))
+                print(f"  run {rep + 1}: loop {loop_walls[-1]:.1f} s, pipeline ({mode}) {wall:.1f} s: "
+                      f"{wall / loop_walls[-1]:.3f}", flush=True)
         print(f"after: {load_average()}")
 
-    print(f"\n{'':<22} {'wall s':>8} {'ratio':>7} {'RTF':>7} {'episodes/h':>11} {'transcribe job s':>17}")
+    loop_wall = statistics.median(loop_walls)
+    rows = [("loop (limit)", loop_wall, None)] + [
+        (f"pipeline, {m}", statistics.median(walls[m]), statistics.median(jobs[m])) for m in modes]
+    print(f"\nmedians of {args.repeat} run(s):")
+    print(f"{'':<22} {'wall s':>8} {'ratio':>7} {'RTF':>7} {'episodes/h':>11} {'transcribe job s':>17}")
     for name, wall, job in rows:
         print(f"{name:<22} {wall:>8.1f} {wall / loop_wall:>7.3f} {wall / seconds:>7.4f} "
               f"{3600 * len(clips) / wall:>11.0f} {'' if job is None else f'{job:.2f}':>17}")
-    ratio = rows[1][1] / loop_wall if len(rows) > 1 else float("nan")
-    print(f"\n{rows[1][0] if len(rows) > 1 else 'pipeline'} / loop: {ratio:.3f} (target <= 1.10: "
+    ratio = rows[1][1] / loop_wall
+    print(f"\n{rows[1][0]} / loop: {ratio:.3f} (target <= 1.10: "
           f"{'met' if ratio <= 1.10 else 'MISSED'}); transcripts identical to the loop's: {identical}")
     return 0 if identical else 1
+
+
+def same_as_loop(mode: str, clips: list[Path], data: Path, expected: dict) -> bool:
+    same = True
+    for clip in clips:
+        t = read_transcript(data / "transcripts" / f"{clip.stem}.json")
+        got = [[s["start"], s["end"], s["text"]] for s in t["segments"]]
+        if got != expected[clip.stem] or t["hallucinations"]["repetition"] + t["hallucinations"]["phrase"]:
+            same = False
+            print(f"{mode}: {clip.stem} differs from the loop:\n  {got}\n  {expected[clip.stem]}")
+    leftovers = list((data.parent / "storage").glob("videos/*")) + list(data.glob("audio/*"))
+    if leftovers:
+        print(f"{mode}: temporary files left behind: {leftovers}")
+        same = False
+    return same
 
 
 if __name__ == "__main__":

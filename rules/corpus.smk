@@ -9,8 +9,10 @@ rule analyse_episode:
         f"{LOGS}/analyse_episode/{{episode}}.log",
     benchmark:
         f"{BENCHMARKS}/analyse_episode/{{episode}}.tsv"
-    # Below downloads (0): it frees nothing, and must not keep them from filling the budget.
-    priority: -10
+    # Above downloads (0), below extraction and transcription, which free space: a second
+    # of CPU. Below downloads, analyses would wait for a run's last download, and each of
+    # Snakemake's scheduling rounds stats the inputs of every ready job (quadratic).
+    priority: 10
     conda:
         "../environment.yml"
     params:
