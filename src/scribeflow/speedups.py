@@ -39,20 +39,27 @@ def apply() -> list[str]:
                                        ("conda_env", _conda_env_without_params)) if speedup()]
 
 
+def _replace(modules: list, name: str, wrap) -> bool:
+    """Put wrap(f) where every one of `modules` holds the same function f as `name`."""
+    found = {id(getattr(m, name, None)): getattr(m, name, None) for m in modules}
+    if len(found) != 1 or None in found.values():
+        return False
+    (original,) = found.values()
+    if not getattr(original, _APPLIED, False):
+        replacement = wrap(original)
+        setattr(replacement, _APPLIED, True)
+        for module in modules:
+            setattr(module, name, replacement)
+    return True
+
+
 def _cache_parse_uri() -> bool:
     try:
         from snakemake import sourcecache
         from snakemake.deployment import conda
     except ImportError:
         return False
-    original = getattr(sourcecache, "parse_uri", None)
-    if original is None or getattr(conda, "parse_uri", None) is not original:
-        return False
-    if not getattr(original, _APPLIED, False):
-        cached = functools.lru_cache(maxsize=4096)(original)
-        setattr(cached, _APPLIED, True)
-        sourcecache.parse_uri = conda.parse_uri = cached
-    return True
+    return _replace([sourcecache, conda], "parse_uri", functools.lru_cache(maxsize=4096))
 
 
 def _check_scripts_once_per_rule() -> bool:
@@ -87,10 +94,8 @@ def _cache_function_params() -> bool:
         from snakemake import common, rules
     except ImportError:
         return False
-    original = getattr(common, "get_function_params", None)
-    if original is None or getattr(rules, "get_function_params", None) is not original:
-        return False
-    if not getattr(original, _APPLIED, False):
+
+    def wrap(original):
         # Bounded: a bound method is a new (equal) object at each access.
         cache = functools.lru_cache(maxsize=1024)(original)
 
@@ -101,9 +106,9 @@ def _cache_function_params() -> bool:
             except TypeError:  # an unhashable callable
                 return original(func)
 
-        setattr(get_function_params, _APPLIED, True)
-        common.get_function_params = rules.get_function_params = get_function_params
-    return True
+        return get_function_params
+
+    return _replace([common, rules], "get_function_params", wrap)
 
 
 def _conda_env_without_params() -> bool:
