@@ -155,11 +155,7 @@ def missing_targets(pattern):
     return [pattern.format(episode=episode) for episode in todo]
 
 
-# Input functions: a cluster job that re-parses the Snakefile never calls them.
-def transcript_targets(wildcards=None):
-    return missing_targets(transcript_outputs()["json"])
-
-
+# An input function: a cluster job that re-parses the Snakefile never calls it.
 def analysis_targets(wildcards=None):
     """The missing per-episode analyses (rules/corpus.smk). Asked for by `all` itself:
     Snakemake reruns a job whose output exists for newer inputs, never for missing

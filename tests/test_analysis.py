@@ -7,8 +7,8 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from scribeflow.analysis import analyse_episode, analyse_tokens, build_corpus, lemmas_for_coverage, read_tsv
-from scribeflow.tokens import tokenize_file
+from scribeflow.analysis import analyse_tokens, build_corpus, lemmas_for_coverage, read_tsv
+from scribeflow.tokens import read_tokens, tokenize_file
 
 FIXTURES = Path(__file__).parent / "data" / "transcripts"
 SERIES = {"ja_weather": "nihongo", "ja_tv": "nihongo", "en_cat": "english", "en_weather": None}
@@ -23,7 +23,7 @@ def corpus(tmp_path_factory):
         tokens = root / "tokens" / f"{episode}.parquet"
         tokenize_file(FIXTURES / f"{episode}.json", tokens)
         paths = root / "episodes" / f"{episode}.json", root / "lemmas" / f"{episode}.parquet"
-        stats[episode] = analyse_episode(tokens, *paths)
+        stats[episode] = analyse_tokens(*read_tokens(tokens), *paths)
         entries.append((episode, *paths, series))
     outputs = {name: root / "corpus" / f"{name}.{'png' if name == 'plot' else 'tsv'}" for name in OUTPUTS}
     build_corpus(entries, outputs)

@@ -27,7 +27,6 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .files import atomic_path, atomic_write_text
-from .tokens import read_tokens
 
 log = logging.getLogger("scribeflow.analysis")
 
@@ -73,11 +72,6 @@ def lemma_counts(table: pa.Table) -> pa.Table:
     lemmas = sorted(totals)
     return pa.table({"lemma": lemmas, "pos": [best[x][1] for x in lemmas],
                      "count": [totals[x] for x in lemmas]}, schema=LEMMA_COUNTS)
-
-
-def analyse_episode(tokens_path: str | Path, stats_path: str | Path, lemmas_path: str | Path) -> dict:
-    """From a tokens file (see analyse_tokens)."""
-    return analyse_tokens(*read_tokens(tokens_path), stats_path, lemmas_path)
 
 
 def analyse_tokens(table: pa.Table, meta: dict, stats_path: str | Path, lemmas_path: str | Path) -> dict:

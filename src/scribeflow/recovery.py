@@ -93,8 +93,6 @@ def _files(folder: Path):
         return []
 
 
-
-
 def check_consistency(config: dict) -> list[str]:
     """What disagrees between the ledger (jobs.db), the failed markers and the files on
     disk; an empty list when all agree. Checks that need the pipeline at rest

@@ -1,6 +1,7 @@
 """Costs Snakemake 9 pays for every job while planning, though they are the same for
-every job of a rule (or not needed to plan): paid once here. On a 2,000-episode chunk (8,000 jobs) they are
-about a third of the plan (benchmarks/plan_scale.py; README, "Scale").
+every job of a rule (or not needed to plan): paid once here. On a 2,000-episode chunk
+(8,000 jobs) they are about a third of the plan (benchmarks/plan_scale.py; README,
+"Scale").
 
 - `smart_open.parse_uri`, which Snakemake's source cache calls for each job's script
   and conda environment, builds a new namedtuple class on every call (an `eval`). Its
@@ -11,7 +12,6 @@ about a third of the plan (benchmarks/plan_scale.py; README, "Scale").
   checked for the first job of the rule only.
 - `snakemake.common.get_function_params` (`inspect.signature`) runs for every input,
   params and resource function of every job; a function's parameters do not change.
-
 - A job's conda environment (`Job.conda_env_spec`) evaluates all of the job's params
   first, though a rule whose environment is a fixed file caches one answer for all its
   jobs: that answer is used, and params are left to when the job runs.

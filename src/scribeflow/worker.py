@@ -92,10 +92,14 @@ def _peer_uid(sock: socket.socket) -> int:
 # ---------------------------------------------------------------- client side
 
 
+def enabled(tc: dict) -> bool:
+    return tc.get("worker", {}).get("enabled", True)
+
+
 def transcribe(tc: dict, data_dir: str | Path, audio: str | Path, options: dict, episode: str = "") -> dict:
     """run_model()'s result for `audio`: from the worker when enabled, else (or when no worker
     can serve) from a model loaded in this process."""
-    if tc.get("worker", {}).get("enabled", True):
+    if enabled(tc):
         try:
             started = time.monotonic()
             raw = request(tc, data_dir, {"op": "transcribe", "audio": os.path.abspath(audio),
@@ -157,7 +161,7 @@ def prestart(tc: dict, data_dir: str | Path) -> bool:
     at its start, so that the model loads while the first audio is extracted rather than
     after. False when the worker is disabled, already runs, or cannot start (the first
     job then starts one, or loads the model itself)."""
-    if not tc.get("worker", {}).get("enabled", True):
+    if not enabled(tc):
         return False
     key = worker_key(tc, data_dir)
     try:
