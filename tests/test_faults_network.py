@@ -100,6 +100,25 @@ def test_a_connection_cut_mid_body_is_resumed(speech_dir, config, out):
     assert leftovers(out) == ["ep.media"]
 
 
+def test_a_stalled_body_arrives_whole_once_released(speech_dir):
+    import threading
+    import urllib.request
+
+    got = {}
+    with MediaServer(speech_dir, faults={"GET /ep03.mp4": ["stall"]}) as server:
+        def fetch():
+            with urllib.request.urlopen(server.url("ep03.mp4"), timeout=30) as response:
+                got["body"] = response.read()
+
+        reader = threading.Thread(target=fetch)
+        reader.start()
+        reader.join(1.0)
+        assert reader.is_alive() and "body" not in got  # the last 16 KiB wait for release()
+        server.release()
+        reader.join(30)
+    assert got["body"] == (speech_dir / "ep03.mp4").read_bytes()
+
+
 def test_a_connection_cut_every_time_fails_and_removes_the_partial_file(speech_dir, config, out):
     with MediaServer(speech_dir, faults={"GET /ep03.mp4": ["ok"] + ["cut", "cut", "cut", "ok"] * 3}) as server:
         with pytest.raises(DownloadFailed) as info:

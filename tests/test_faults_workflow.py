@@ -22,6 +22,7 @@ import yaml
 from conftest import REPO, leftover_temp_files, run_snakemake, workflow_config, write_catalogue
 from scribeflow import cli
 from scribeflow import config as cfg
+from scribeflow.fixtures import SENTENCES, make_speech_video
 from scribeflow.recovery import check_consistency
 from scribeflow.server import MediaServer
 
@@ -245,7 +246,12 @@ def wait_for(condition, timeout: float, what: str):
 @pytest.mark.slow
 def test_a_full_disk_during_a_download_pauses_downloads_until_space_returns(tmp_path, speech_dir, model_path):
     storage = tmp_path / "storage"
-    with small_filesystem(storage), MediaServer(speech_dir, rate_bytes_per_s=30_000) as server:
+    # ep01's download stalls near its end until released, so the disk fills while it is
+    # surely in flight; at 400 kb/s it spans several of the downloader's 64 KiB reads.
+    media = tmp_path / "media"
+    make_speech_video(SENTENCES[0], media / "ep01.mp4", video_kbps=400)
+    shutil.copy(speech_dir / "ep02.mp4", media / "ep02.mp4")
+    with small_filesystem(storage), MediaServer(media, faults={"GET /ep01.mp4": ["ok", "stall"]}) as server:
         rows = [{"id": f"ep{n:02d}", "url": server.url(f"ep{n:02d}.mp4")} for n in (1, 2)]
         catalogue = write_catalogue(tmp_path / "episodes.csv", rows)
         config = workflow_config(
@@ -260,8 +266,10 @@ def test_a_full_disk_during_a_download_pauses_downloads_until_space_returns(tmp_
         proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         try:
             videos = storage / "videos"
-            wait_for(lambda: list(videos.glob("*.part")), 60, "a download in flight")
+            wait_for(lambda: server.served("ep01.mp4", "GET") == ["ok", "stall"]
+                     and any(p.stat().st_size for p in videos.glob("ep01*.part")), 60, "ep01's download in flight")
             ballast = fill(storage)
+            server.release()
             wait_for(lambda: not list(videos.glob("*.part")), 30, "the partial file to be removed")
             state = tmp_path / "data" / "gate" / "state.json"
             wait_for(lambda: "filesystem" in json.loads(state.read_text())["reasons"], 30, "downloads to pause")

@@ -10,7 +10,9 @@ A key "/path" applies to every method; "GET /path" or "HEAD /path" to one method
 (and is used first). Kinds: a status code ("404", "503", ...; "429:5" adds
 "Retry-After: 5"); "cut"
 (headers promise the whole body, half of it is sent, then the connection closes);
-"hang" (the request is read and never answered); "html" (a web page instead of
+"hang" (the request is read and never answered); "stall" (all the body but its last
+16 KiB is sent, then the rest once the test calls `server.release()`, so a download
+is surely in flight, with data on disk, at a chosen moment); "html" (a web page instead of
 the media); "understated" (HEAD declares half the real size, GET streams the whole
 file without a Content-Length); "ok". Every request is recorded in `requests`.
 """
@@ -26,7 +28,7 @@ import threading
 from pathlib import Path
 
 _RANGE = re.compile(r"bytes=(\d+)-(\d*)$")
-FAULT_KINDS = ("ok", "cut", "hang", "html", "understated")
+FAULT_KINDS = ("ok", "cut", "hang", "stall", "html", "understated")
 HTML_PAGE = b"<!DOCTYPE html><html><head><title>Sign in</title></head><body><p>Please sign in.</p></body></html>"
 
 
@@ -38,6 +40,7 @@ class MediaHandler(http.server.BaseHTTPRequestHandler):
     requests: list  # (method, path, fault) of every request, in order
     lock: threading.Lock
     stopping: threading.Event  # set when the server stops: releases "hang" requests
+    released: threading.Event  # set by MediaServer.release(): "stall" requests send the rest
     protocol_version = "HTTP/1.1"
 
     def log_message(self, fmt, *args):  # keep test output clean
@@ -132,6 +135,13 @@ class MediaHandler(http.server.BaseHTTPRequestHandler):
         if body and fault == "cut":
             self.close_connection = True
             self._send_body(path, start, (end - start + 1) // 2)
+        elif body and fault == "stall":
+            sent = max(0, end - start + 1 - 16384)
+            self._send_body(path, start, sent)
+            self.wfile.flush()
+            while not (self.released.wait(0.1) or self.stopping.is_set()):
+                pass
+            self._send_body(path, start + sent, end - start + 1 - sent)
         elif body:
             self._send_body(path, start, end - start + 1)
 
@@ -168,11 +178,13 @@ class MediaServer:
         self.requests: list[tuple[str, str, str]] = []
         self._lock = threading.Lock()
         self._stopping = threading.Event()
+        self._released = threading.Event()
         for key, plan in (faults or {}).items():
             self.plan(key, plan)
         handler = type("Handler", (MediaHandler,), {
             "root": Path(root).resolve(), "rate_bytes_per_s": rate_bytes_per_s, "hide_length": hide_length,
-            "faults": self.faults, "requests": self.requests, "lock": self._lock, "stopping": self._stopping})
+            "faults": self.faults, "requests": self.requests, "lock": self._lock, "stopping": self._stopping,
+            "released": self._released})
         self.httpd = _QuietServer(("127.0.0.1", 0), handler)
         self.httpd.daemon_threads = True
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
@@ -195,6 +207,10 @@ class MediaServer:
             raise ValueError(f"fault plan key {key!r}: use '/path' or 'GET /path'")
         with self._lock:
             self.faults[key] = faults
+
+    def release(self) -> None:
+        """Let every "stall" request, now and later, send the rest of its body."""
+        self._released.set()
 
     def served(self, name: str, method: str | None = None) -> list[str]:
         """The faults (or "ok") that requests for /name got, in order."""
