@@ -61,7 +61,7 @@ def workflow(tmp_path):
 def test_all_apply_on_this_snakemake(workflow):
     proc = snakemake(workflow, "a,b", "-n")
     assert proc.returncode == 0, proc.stderr
-    assert "speedups: parse_uri,script_check,function_params,conda_env" in proc.stderr
+    assert "speedups: parse_uri,script_check,function_params,conda_env,directory_outputs" in proc.stderr
     off = snakemake(workflow, "a,b", "-n", speedups=False)
     assert "speedups: none" in off.stderr
 
@@ -121,3 +121,46 @@ def test_cached_functions_answer_as_the_originals():
             pass
 
     assert list(common.get_function_params(Unhashable())) == ["wildcards"]
+
+
+NESTED = """
+import sys
+sys.path.insert(0, {src!r})
+from scribeflow import speedups
+speedups.apply()
+
+rule all:
+    input: "d", "d-x/y.txt", "d.txt", {inner}
+
+rule folder:
+    output: directory("d")
+    shell: "mkdir -p {{output}}"
+
+rule file:
+    output: "{{name}}.txt"
+    wildcard_constraints: name="d-x/y|d|d/x/y"
+    shell: "mkdir -p $(dirname {{output}}) && touch {{output}}"
+"""
+
+
+@pytest.mark.parametrize("speedups", [True, False])
+@pytest.mark.parametrize("nested", [True, False])
+def test_an_output_inside_another_jobs_directory_is_still_refused(tmp_path, speedups, nested):
+    # "d-x/y.txt" and "d.txt" sort between "d" and "d/x/y.txt" as strings, not as paths.
+    inner = '"d/x/y.txt"' if nested else ""
+    (tmp_path / "Snakefile").write_text(NESTED.format(src=str(REPO / "src"), inner=inner))
+    proc = snakemake(tmp_path, "", "-n", speedups=speedups)
+    out = proc.stdout + proc.stderr
+    if nested:
+        assert proc.returncode != 0 and "is a child to another output" in out and "d/x/y.txt" in out, out[-2000:]
+    else:
+        assert proc.returncode == 0, out[-2000:]
+
+
+def test_the_directory_check_sorts_strings_as_snakemake_sorts_paths():
+    rng = __import__("random").Random(5)
+    names = ["a", "a b", "a-b", "a.b", "a0", "b", "ab", "é", "A", "a~"]
+    paths = {"/" + "/".join(rng.choice(names) for _ in range(rng.randint(1, 4))) for _ in range(3000)} | {"/"}
+    as_paths = sorted(Path(p) for p in paths)
+    as_strings = sorted("\0".join(Path(p).parts) for p in paths)
+    assert [str(p) for p in as_paths] == [str(Path(*s.split("\0"))) for s in as_strings]

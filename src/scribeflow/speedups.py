@@ -15,6 +15,10 @@ every job of a rule (or not needed to plan): paid once here. On a 2,000-episode 
 - A job's conda environment (`Job.conda_env_spec`) evaluates all of the job's params
   first, though a rule whose environment is a fixed file caches one answer for all its
   jobs: that answer is used, and params are left to when the job runs.
+- The check that no output lies inside another job's directory output
+  (`DAG.check_directory_outputs`) sorts every output as a `pathlib.Path`, whose
+  comparisons are slow: the same order and the same neighbour test on strings, in
+  which the separator sorts below every other character, as it does between parts.
 
 `rules/common.smk` applies them in every Snakemake process that parses the workflow.
 Where a Snakemake release moves these internals, they are left alone: planning is then
@@ -25,6 +29,7 @@ from __future__ import annotations
 
 import functools
 import os
+from pathlib import Path
 
 _APPLIED = "_scribeflow_speedup"
 
@@ -36,7 +41,8 @@ def apply() -> list[str]:
     return [name for name, speedup in (("parse_uri", _cache_parse_uri),
                                        ("script_check", _check_scripts_once_per_rule),
                                        ("function_params", _cache_function_params),
-                                       ("conda_env", _conda_env_without_params)) if speedup()]
+                                       ("conda_env", _conda_env_without_params),
+                                       ("directory_outputs", _check_directory_outputs_on_strings)) if speedup()]
 
 
 def _replace(modules: list, name: str, wrap) -> bool:
@@ -134,4 +140,29 @@ def _conda_env_without_params() -> bool:
 
     setattr(conda_env_spec, _APPLIED, True)
     Job.conda_env_spec = property(conda_env_spec)
+    return True
+
+
+def _check_directory_outputs_on_strings() -> bool:
+    try:
+        from snakemake.dag import DAG
+        from snakemake.exceptions import ChildIOException
+    except ImportError:
+        return False
+    original = getattr(DAG, "check_directory_outputs", None)
+    if original is None or os.sep != "/":
+        return False
+    if getattr(original, _APPLIED, False):
+        return True
+
+    @functools.wraps(original)
+    def check_directory_outputs(self) -> None:
+        # Path order compares parts; joined with NUL (in no POSIX name) strings sort alike.
+        outputs = sorted({("\0".join(Path(f).absolute().parts), job) for job in self.jobs for f in job.output})
+        for (a, job_a), (b, job_b) in zip(outputs, outputs[1:]):
+            if a != b and b.startswith(a + "\0") and job_a != job_b:
+                raise ChildIOException(parent=(Path(*a.split("\0")), job_a), child=(Path(*b.split("\0")), job_b))
+
+    setattr(check_directory_outputs, _APPLIED, True)
+    DAG.check_directory_outputs = check_directory_outputs
     return True
