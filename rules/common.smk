@@ -18,6 +18,8 @@ from scribeflow.transcribe import suffix as transcript_suffix
 
 # Snakemake's planning costs per job that are the same for every job of a rule.
 sf_speedups.apply()
+# Nested --config values arrive as strings ('500'): read them as the schema wants.
+sf_config.coerce_strings(config)
 validate(config, "../config/schema.yaml")
 try:
     sf_config.check_rules(config)

@@ -16,6 +16,7 @@ import yaml
 
 from conftest import REPO, workflow_config, write_catalogue
 from scribeflow import chunks
+from scribeflow import config as cfg
 from scribeflow.catalogue import select_chunk, validate
 from scribeflow.ledger import Ledger
 from scribeflow.slots import Slots
@@ -106,7 +107,7 @@ def driver(tmp_path, n_episodes, chunk_size, seconds=1.5, fail=None, until_next=
     (tmp_path / "fake.yaml").write_text(yaml.safe_dump({"seconds": seconds, "fail": fail, "until_next": until_next}))
     fake = tmp_path / "fake_snakemake.py"
     fake.write_text(FAKE_SNAKEMAKE)
-    loaded = chunks.run_config(tmp_path, ["run.yaml"], [])
+    loaded = cfg.for_run(["run.yaml"], [], tmp_path)
     return chunks.Driver(tmp_path, loaded, chunk_size, [], configfiles=["run.yaml"], poll=0.1,
                          command=[sys.executable, str(fake)])
 

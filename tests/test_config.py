@@ -77,3 +77,56 @@ def test_load_applies_dotted_overrides(tmp_path):
     c = cfg.load(path, {"data_dir": "/ssd", "disk_management.max_concurrent_downloads": 3})
     assert c["data_dir"] == "/ssd" and c["disk_management"]["max_concurrent_downloads"] == 3
     assert copy.deepcopy(c) == c
+
+
+def snakemake_sees(tmp_path, *args) -> dict:
+    """The config a real `snakemake` run with these arguments sees, validated."""
+    import json
+    import subprocess
+    import sys
+
+    (tmp_path / "Snakefile").write_text(
+        f'configfile: {str(cfg.SCHEMA_PATH.parent / "config.yaml")!r}\n'
+        'import json\nopen("seen.json", "w").write(json.dumps(config))\n'
+        'rule all:\n    output: "x"\n    shell: "touch {output}"\n')
+    proc = subprocess.run([sys.executable, "-m", "snakemake", "-n", "--cores", "1", *args], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return cfg.validate(json.loads((tmp_path / "seen.json").read_text()))
+
+
+def test_the_commands_read_the_config_the_run_sees(tmp_path):
+    # A partial file updates the shipped defaults; a nested --config merges into its key.
+    (tmp_path / "mine.yaml").write_text(yaml.safe_dump({"data_dir": "/ssd", "disk_management": {
+        "pause_threshold_gb": 400, "resume_threshold_gb": 350}}))
+    overrides = ["disk_management={'hard_limit_gb': 500}", "transcribe={'beam_size': 2}", "catalogue=eps.csv"]
+    ours = cfg.for_run(["mine.yaml"], overrides, tmp_path)
+    dm = ours["disk_management"]
+    assert (dm["hard_limit_gb"], dm["pause_threshold_gb"], dm["resume_threshold_gb"]) == (500, 400, 350)
+    assert ours["transcribe"]["beam_size"] == 2 and ours["transcribe"]["model"] == "large-v3"
+    assert (ours["data_dir"], ours["catalogue"]) == ("/ssd", "eps.csv")
+    assert ours == snakemake_sees(tmp_path, "--configfile", "mine.yaml", "--config", *overrides)
+
+
+def test_a_dotted_key_is_refused_with_the_way_to_write_it(tmp_path):
+    with pytest.raises(cfg.ConfigError, match=r"disk_management\.hard_limit_gb.*\{'sub_key': value\}"):
+        cfg.for_run([], ["disk_management.hard_limit_gb=500"], tmp_path)
+    with pytest.raises(cfg.ConfigError, match=r"config file .*missing\.yaml"):
+        cfg.for_run(["missing.yaml"], [], tmp_path)
+
+
+def test_a_status_command_names_a_bad_override(tmp_path, capsys):
+    from scribeflow import cli
+
+    assert cli.main(["status", "--config", "disk_management={'hard_limit_gb': -1}"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("scribeflow status: ") and "hard_limit_gb" in err
+
+
+def test_a_language_that_is_not_a_whisper_code_is_refused():
+    c = base()
+    c["transcribe"] = {**c["transcribe"], "language": "japanese"}
+    with pytest.raises(cfg.ConfigError, match=r"transcribe.language: 'japanese' is not a Whisper language code"):
+        cfg.validate(c)
+    c["transcribe"]["language"] = "ja"
+    assert cfg.validate(c)["transcribe"]["language"] == "ja"

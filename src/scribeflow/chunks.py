@@ -112,20 +112,6 @@ def profile_config(directory: Path, snakemake_args: list[str]) -> list[str]:
     return entries
 
 
-def run_config(directory: Path, configfiles: list[str], overrides: list[str]) -> dict:
-    """The config a Snakemake run with these arguments sees: the workflow's config file,
-    updated by each --configfile, then by --config KEY=VALUE (Snakemake's own parsing)."""
-    import yaml
-    from snakemake.cli import parse_config
-    from snakemake.utils import update_config
-
-    config = yaml.safe_load((REPO / "config" / "config.yaml").read_text()) or {}
-    for name in configfiles:
-        update_config(config, yaml.safe_load((directory / name).read_text()) or {})
-    update_config(config, parse_config(overrides))
-    return sf_config.validate(config)
-
-
 @dataclass
 class Running:
     chunk: Chunk
@@ -284,7 +270,7 @@ def main(args) -> int:
     snakemake_args = args.snakemake_args[1:] if args.snakemake_args[:1] == ["--"] else args.snakemake_args
     overrides = [*profile_config(directory, snakemake_args), *args.config]
     try:
-        config = run_config(directory, args.configfile, overrides)
+        config = sf_config.for_run(args.configfile, overrides, directory)
         if config.get("chunk"):
             raise sf_config.ConfigError("chunk: run-chunks sets it; leave it null")
     except (sf_config.ConfigError, sf_catalogue.CatalogueError, OSError, ValueError) as exc:

@@ -9,22 +9,18 @@ from pathlib import Path
 
 
 def add_config_options(parser: argparse.ArgumentParser) -> None:
-    """The same --configfile/--config a `snakemake` run was given, to read the same files."""
-    parser.add_argument("--configfile", default=None, help="config file (default config/config.yaml)")
+    """The same --configfile/--config a `snakemake` run was given, to read the same config."""
+    parser.add_argument("--configfile", action="append", default=[], metavar="FILE",
+                        help="as snakemake --configfile: updates config/config.yaml (repeatable)")
     parser.add_argument("--config", nargs="*", default=[], metavar="KEY=VALUE",
-                        help="overrides, e.g. data_dir=/mnt/ssd/scribeflow disk_management.hard_limit_gb=500")
+                        help="as snakemake --config, e.g. data_dir=/mnt/ssd/scribeflow "
+                             "\"disk_management={'hard_limit_gb': 500}\"")
 
 
 def load_config(args) -> dict:
-    import yaml
+    from .config import for_run
 
-    from . import config as cfg
-
-    overrides = {}
-    for item in args.config:
-        key, _, value = item.partition("=")
-        overrides[key] = yaml.safe_load(value)
-    return cfg.load(args.configfile, overrides)
+    return for_run(args.configfile, args.config)
 
 
 def cmd_status(args) -> int:
@@ -155,7 +151,7 @@ def main(argv=None) -> int:
     try:
         return args.func(args)
     except (ConfigError, CatalogueError) as exc:
-        print(exc, file=sys.stderr)
+        print(f"scribeflow {args.command}: {exc}", file=sys.stderr)
         return 2
 
 

@@ -39,11 +39,42 @@ def load_schema(path: Path = SCHEMA_PATH) -> dict:
     return yaml.safe_load(Path(path).read_text())
 
 
+_SCALARS = {"integer": lambda v: isinstance(v, int) and not isinstance(v, bool),
+            "number": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
+            "boolean": lambda v: isinstance(v, bool), "null": lambda v: v is None}
+
+
+def coerce_strings(config: dict, schema: dict | None = None) -> dict:
+    """Read strings where the schema wants numbers, booleans or null (in place).
+
+    Snakemake parses `--config "disk_management={'hard_limit_gb': 500}"` with YAML's
+    base loader, which leaves every nested value a string ('500'): the schema would
+    refuse what the user plainly meant. A string is read as YAML and kept as it was
+    unless that gives a type the schema allows."""
+    schema = schema or load_schema()
+    for key, sub in (schema.get("properties") or {}).items():
+        value = config.get(key) if isinstance(config, dict) else None
+        if isinstance(value, dict):
+            coerce_strings(value, sub)
+        elif isinstance(value, str):
+            types = sub.get("type", [])
+            types = [types] if isinstance(types, str) else types
+            if "string" not in types and any(t in _SCALARS for t in types):
+                try:
+                    read = yaml.safe_load(value)
+                except yaml.YAMLError:
+                    continue
+                if any(_SCALARS[t](read) for t in types if t in _SCALARS):
+                    config[key] = read
+    return config
+
+
 def validate(config: dict, schema: dict | None = None) -> dict:
     """Fill defaults into `config` (in place) and refuse what the schema or the rules refuse."""
     import jsonschema
 
     schema = schema or load_schema()
+    coerce_strings(config, schema)
     validator = _with_defaults(jsonschema.Draft202012Validator)(schema)
     errors = sorted(validator.iter_errors(config), key=lambda e: list(e.absolute_path))
     if errors:
@@ -59,6 +90,33 @@ def load(path: str | Path | None = None, overrides: dict | None = None) -> dict:
     config = yaml.safe_load(path.read_text()) or {}
     for key, value in (overrides or {}).items():
         _set_dotted(config, key, value)
+    return validate(config)
+
+
+def for_run(configfiles: list[str] = (), overrides: list[str] = (), directory: str | Path = ".") -> dict:
+    """The config a `snakemake` run given these --configfile FILE and --config KEY=VALUE
+    arguments sees: config/config.yaml (the Snakefile's configfile), updated by each file,
+    then by the overrides, parsed and merged by Snakemake's own functions. What the
+    `scribeflow` commands read, so that they see what the run sees."""
+    from snakemake.utils import update_config
+
+    config = yaml.safe_load((SCHEMA_PATH.parent / "config.yaml").read_text()) or {}
+    for name in configfiles:
+        path = Path(directory) / name
+        try:
+            update_config(config, yaml.safe_load(path.read_text()) or {})
+        except (OSError, yaml.YAMLError) as exc:
+            raise ConfigError(f"config file {path}: {exc}") from None
+    if overrides:
+        from snakemake.cli import parse_config  # ~1 s to import: only when needed
+
+        try:
+            update_config(config, parse_config(list(overrides)))
+        except ValueError as exc:
+            bad = [o for o in overrides if "." in o.partition("=")[0]]
+            hint = (f" ({bad[0]!r}: Snakemake takes no dotted keys; write "
+                    "KEY=\"{'sub_key': value}\", which is merged into KEY)") if bad else ""
+            raise ConfigError(f"--config {' '.join(overrides)}: {exc}{hint}") from None
     return validate(config)
 
 
@@ -110,11 +168,14 @@ def check_rules(config: dict) -> None:
 
 def check_transcribe(tc: dict) -> None:
     """The transcribe settings faster-whisper would silently misuse."""
-    from .transcribe import ModelError, check_model_dir
+    from .transcribe import LANGUAGES, ModelError, check_model_dir
 
     if tc.get("hallucination_silence_threshold") is not None and not tc.get("word_timestamps"):
         raise ConfigError("transcribe.hallucination_silence_threshold needs transcribe.word_timestamps: true "
                           "(faster-whisper ignores it otherwise)")
+    if tc.get("language") is not None and tc["language"] not in LANGUAGES:
+        raise ConfigError(f"transcribe.language: {tc['language']!r} is not a Whisper language code "
+                          "(ja, en, zh, ...); null detects the language")
     try:
         check_model_dir(tc["model"])
     except ModelError as exc:
