@@ -147,3 +147,22 @@ def test_unreadable_cache_is_replaced(tmp_path):
     pkl.write_bytes(b"not a pickle")
     assert list(load(path, cache_dir=cache).index) == ["ep1"]
     assert pkl.read_bytes() != b"not a pickle"
+
+
+def test_a_language_is_a_whisper_code_refused_by_row_before_any_download(tmp_path):
+    text = errors_of([{**GOOD, "language": "ja"}, {"id": "ep2", "url": GOOD["url"], "language": "japanese"},
+                      {"id": "ep3", "url": GOOD["url"], "language": "jp"}])
+    assert "row 2, column language: 'japanese' is not a Whisper language code" in text
+    assert "row 3, column language: 'jp'" in text and "row 1" not in text
+    path = tmp_path / "c.csv"
+    path.write_text("id,url,language\na,http://a.example/x, JA \nb,http://a.example/y,\nc,http://a.example/z,yue\n")
+    df = load(path)
+    assert [df.loc[i, "language"] for i in "abc"] == ["ja", None, "yue"]
+
+
+def test_the_language_codes_are_faster_whispers():
+    from faster_whisper.tokenizer import _LANGUAGE_CODES
+
+    from scribeflow.transcribe import LANGUAGES
+
+    assert LANGUAGES == set(_LANGUAGE_CODES)

@@ -50,8 +50,42 @@ def test_a_transient_download_failure_is_given_up_after_max_attempts(config, led
 def test_unusable_media_in_extraction_is_permanent_other_crashes_are_not(config, ledger):
     assert failures.record(config, ledger, "bad", "extract_audio", MediaError("bad.media: has no audio stream"))
     for _ in range(5):
-        assert not failures.record(config, ledger, "oom", "transcribe", MemoryError("out of memory"))
+        assert not failures.record(config, ledger, "crash", "extract_audio", MemoryError("out of memory"))
     assert failures.given_up(config["data_dir"]) == {"bad"}
+
+
+def test_a_transcription_that_keeps_failing_is_given_up_after_max_attempts(config, ledger):
+    config["transcribe"]["max_attempts"] = 3
+    ledger.set_stage("oom", "downloading")  # one download, then transcriptions that fail
+    for run in (1, 2):
+        ledger.set_stage("oom", "transcribing")
+        assert not failures.record(config, ledger, "oom", "transcribe", MemoryError("CUDA out of memory"))
+        # Ctrl-C in the middle of a transcription is not the episode's fault: never counted.
+        assert not failures.record(config, ledger, "oom", "transcribe", KeyboardInterrupt())
+    assert failures.given_up(config["data_dir"]) == set()
+    assert failures.render(failures.report(config)).endswith("oom  [will retry, 2 attempt(s)]  KeyboardInterrupt: ")
+    assert failures.record(config, ledger, "oom", "transcribe", MemoryError("CUDA out of memory"))
+    marker = json.loads((failures.marker_dir(config["data_dir"]) / "oom.json").read_text())
+    assert (marker["step"], marker["attempts"], marker["permanent"]) == ("transcribe", 3, False)
+    assert failures.retry(config, ["oom"]) == ["oom"]
+    assert ledger.job("oom")["transcribe_failures"] == 0
+
+
+def test_a_ledger_from_before_transcribe_failures_gains_the_column(tmp_path):
+    import sqlite3
+
+    db = tmp_path / "jobs.db"
+    old = sqlite3.connect(db)
+    old.execute("CREATE TABLE jobs (id TEXT PRIMARY KEY, stage TEXT NOT NULL DEFAULT 'queued', attempts INTEGER "
+                "NOT NULL DEFAULT 0, last_error TEXT, updated_at REAL, queued_at REAL, failed_at REAL)")
+    old.execute("INSERT INTO jobs (id, stage, attempts) VALUES ('ep', 'failed', 2)")
+    old.commit()
+    old.close()
+    with Ledger(db) as ledger:
+        assert ledger.job("ep")["transcribe_failures"] == 0
+        assert ledger.add_transcribe_failure("ep") == 1
+    with Ledger(db) as ledger:  # opened again: the column is there once
+        assert ledger.job("ep")["transcribe_failures"] == 1
 
 
 def test_report_and_retry(config, ledger):

@@ -84,6 +84,16 @@ def validate(df: pd.DataFrame, source: str = "catalogue") -> pd.DataFrame:
             problems.append((i, col, f"not a non-negative number: {df[col][i]!r}"))
         df[col] = values
 
+    if "language" in df.columns:
+        from .transcribe import LANGUAGES
+
+        # An empty cell leaves the config's language; a code in capitals is still the code.
+        codes = df["language"].astype("string").str.strip().str.lower().replace("", pd.NA)
+        bad = codes.notna() & ~codes.isin(LANGUAGES).fillna(False).astype(bool)
+        for i in bad[bad].index:
+            problems.append((i, "language", f"{df['language'][i]!r} is not a Whisper language code (ja, en, zh, ...)"))
+        df["language"] = codes.astype(object).where(codes.notna(), None)
+
     if problems:
         problems.sort()
         lines = [f"row {i + 1}, column {col}: {reason}" for i, col, reason in problems[:MAX_REPORTED]]

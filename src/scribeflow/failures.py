@@ -5,11 +5,13 @@ keep-going, Snakemake would simply try every missing transcript again on the nex
 run, so a 404 would be downloaded, and fail, for ever. An episode is therefore
 *given up* when its failure is permanent (HTTP 404/410, no media at the address,
 unusable media, larger than declared) or when its download has failed in
-`download.max_attempts` runs: a marker `{data_dir}/failed/{id}.json` is written, and
-the workflow's targets leave the episode out (rules/common.smk) until
-`scribeflow retry` removes the marker and resets the ledger row. Other failures
-(a transcription that crashed, a server that was down all day) are tried again by
-the next run.
+`download.max_attempts` runs, or its transcription in `transcribe.max_attempts` runs
+(a crash on one file, or a GPU out of memory every time): a marker
+`{data_dir}/failed/{id}.json` is written, and the workflow's targets leave the episode
+out (rules/common.smk) until `scribeflow retry` removes the marker and resets the
+ledger row; the next run's orphan cleanup deletes its video and audio. Until then a
+failure (a server that was down all day, a crash) is tried again by the next run. An
+interrupted job (Ctrl-C) is recorded but never counts.
 
 The marker, not the ledger, is what the workflow reads: listing one folder is cheap
 at every parse (cluster jobs parse the Snakefile again) and needs no SQLite lock.
@@ -46,14 +48,19 @@ def is_permanent(exc: BaseException) -> bool:
 
 def record(config: dict, ledger: Ledger, episode: str, step: str, exc: BaseException) -> bool:
     """Record a failure of `step` for `episode` in the ledger; give the episode up when
-    the failure is permanent or its downloads have failed max_attempts times. Returns
-    whether it was given up."""
+    the failure is permanent, or its downloads (transcriptions) have failed in
+    download.max_attempts (transcribe.max_attempts) runs. An interruption (Ctrl-C) is
+    recorded but never counts. Returns whether it was given up."""
     reason = f"{type(exc).__name__}: {exc}"[:2000]
     ledger.set_stage(episode, "failed", last_error=reason)
-    job = ledger.job(episode) or {}
-    attempts = job.get("attempts") or 0
+    if isinstance(exc, KeyboardInterrupt):
+        return False
+    attempts = (ledger.job(episode) or {}).get("attempts") or 0
     permanent = is_permanent(exc)
     final = permanent or (step == "download" and attempts >= config["download"]["max_attempts"])
+    if step == "transcribe":
+        attempts = ledger.add_transcribe_failure(episode)
+        final = final or attempts >= config["transcribe"]["max_attempts"]
     if final:
         marker = {"id": episode, "step": step, "permanent": permanent, "attempts": attempts,
                   "reason": reason, "failed_at": time.time()}
@@ -75,9 +82,12 @@ def report(config: dict) -> list[dict]:
     if (data / "jobs.db").exists():
         with Ledger(data / "jobs.db") as ledger:
             cur = ledger.conn.execute(
-                "SELECT id, attempts, last_error, failed_at FROM jobs WHERE stage = 'failed' ORDER BY id")
-            for episode, attempts, error, at in cur:
-                rows[episode] = {"id": episode, "attempts": attempts, "reason": error, "failed_at": at}
+                "SELECT id, attempts, transcribe_failures, last_error, failed_at FROM jobs "
+                "WHERE stage = 'failed' ORDER BY id")
+            for episode, attempts, transcriptions, error, at in cur:
+                # A failed transcription: the runs that failed it, not the one download before.
+                rows[episode] = {"id": episode, "attempts": transcriptions or attempts, "reason": error,
+                                 "failed_at": at}
     for episode, marker in markers.items():
         row = rows.setdefault(episode, {"id": episode, "attempts": marker.get("attempts"),
                                         "reason": marker.get("reason"), "failed_at": marker.get("failed_at")})
@@ -117,7 +127,8 @@ def retry(config: dict, ids: list[str] | None = None) -> list[str]:
         now = time.time()
         with Ledger(data / "jobs.db") as ledger, ledger.transaction() as c:
             c.executemany(
-                "UPDATE jobs SET stage = 'queued', attempts = 0, last_error = NULL, updated_at = ? WHERE id = ?",
+                "UPDATE jobs SET stage = 'queued', attempts = 0, transcribe_failures = 0, last_error = NULL, "
+                "updated_at = ? WHERE id = ?",
                 ((now, i) for i in ids))
     for episode in ids:
         (marker_dir(data) / f"{episode}.json").unlink(missing_ok=True)

@@ -40,7 +40,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     {", ".join(f"{s}_at REAL" for s in STAGES)},
     updated_at REAL,
     attempts INTEGER NOT NULL DEFAULT 0,
-    last_error TEXT
+    last_error TEXT,
+    transcribe_failures INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS jobs_stage ON jobs(stage);
 CREATE TABLE IF NOT EXISTS pause_events (
@@ -72,6 +73,15 @@ class Ledger:
         if self.conn.execute("PRAGMA journal_mode").fetchone()[0].lower() != "delete":
             self.conn.execute("PRAGMA journal_mode = DELETE")
         self.conn.executescript(f"BEGIN IMMEDIATE; {SCHEMA} COMMIT;")
+        if "transcribe_failures" not in self._columns(self.conn):
+            # A ledger from before the column; another process may add it first.
+            with self.transaction() as c:
+                if "transcribe_failures" not in self._columns(c):
+                    c.execute("ALTER TABLE jobs ADD COLUMN transcribe_failures INTEGER NOT NULL DEFAULT 0")
+
+    @staticmethod
+    def _columns(conn) -> set[str]:
+        return {row[1] for row in conn.execute("PRAGMA table_info(jobs)")}
 
     @classmethod
     def for_config(cls, config: dict) -> "Ledger":
@@ -127,6 +137,13 @@ class Ledger:
                 f"UPDATE jobs SET {', '.join(f'{k} = ?' for k in cols)}{attempts} WHERE id = ?",
                 (*cols.values(), episode),
             )
+
+    def add_transcribe_failure(self, episode: str) -> int:
+        """Count a failed transcription of `episode`; the count so far."""
+        with self.transaction() as c:
+            c.execute("UPDATE jobs SET transcribe_failures = transcribe_failures + 1 WHERE id = ?", (episode,))
+            row = c.execute("SELECT transcribe_failures FROM jobs WHERE id = ?", (episode,)).fetchone()
+        return row[0] if row else 0
 
     def update(self, episode: str, **fields) -> None:
         if not fields:

@@ -98,7 +98,8 @@ def snapshot(config: dict, now: float | None = None) -> dict:
             pauses = ledger.pause_events()
             failures = [dict(zip(("id", "attempts", "last_error"), r), given_up=r[0] in gave_up)
                         for r in ledger.conn.execute(
-                            "SELECT id, attempts, last_error FROM jobs WHERE stage = 'failed' ORDER BY id")]
+                            "SELECT id, COALESCE(NULLIF(transcribe_failures, 0), attempts), last_error FROM jobs "
+                            "WHERE stage = 'failed' ORDER BY id")]
             rates = measured_rates(ledger.conn, now)
             rates["per_job"] = measured(ledger.conn)
             growth = disk_growth(ledger.conn, now)

@@ -26,6 +26,13 @@ DECODE_KEYS = ("beam_size", "vad_filter", "condition_on_previous_text", "word_ti
                "hallucination_silence_threshold", "initial_prompt")
 # Keys that decide the loaded model (a worker serves one combination).
 LOAD_KEYS = ("model", "device", "compute_type", "cpu_threads", "num_workers")
+# Whisper's language codes (faster_whisper.tokenizer._LANGUAGE_CODES, which the tests
+# compare with): a catalogue or config value outside them is refused before any download.
+LANGUAGES = frozenset((
+    "af am ar as az ba be bg bn bo br bs ca cs cy da de el en es et eu fa fi fo fr gl gu ha haw he hi hr "
+    "ht hu hy id is it ja jw ka kk km kn ko la lb ln lo lt lv mg mi mk ml mn mr ms mt my ne nl nn no oc pa "
+    "pl ps pt ro ru sa sd si sk sl sn so sq sr su sv sw ta te tg th tk tl tr tt uk ur uz vi yi yo zh yue"
+).split())
 MODEL_FILES = ("model.bin", "config.json", "tokenizer.json")
 # What Snakemake sets to a job's thread count (snakemake/shell.py).
 THREAD_VARS = ("OMP_NUM_THREADS", "GOTO_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
