@@ -179,3 +179,24 @@ def test_orphan_cleanup_keeps_what_pending_jobs_need_and_drops_given_up_files(co
     assert files == 2
     assert needed_audio.exists() and pending_video.exists()
     assert not stale_audio.exists() and not given_up_video.exists()
+
+
+def test_a_transcription_step_that_crashes_on_its_audio_is_given_up_on_the_third_run(tmp_path, model_path):
+    """The real step, faster-whisper and ledger: an audio file it cannot decode (not the
+    media check's job: extraction wrote it) fails each run until max_attempts."""
+    from scribeflow import steps
+
+    config = cfg.validate({"data_dir": str(tmp_path / "d"), "storage_dir": str(tmp_path / "s"),
+                           "transcribe": {"model": model_path, "device": "cpu", "compute_type": "int8",
+                                          "worker": {"enabled": False}}})
+    audio = tmp_path / "d" / "audio" / "ep.wav"
+    audio.parent.mkdir(parents=True)
+    audio.write_bytes(b"RIFF" + b"\x00garbage" * 512)
+    outputs = {"json": str(tmp_path / "d" / "transcripts" / "ep.json")}
+    for run in (1, 2, 3):
+        with pytest.raises(Exception):
+            steps.transcribe(config, "ep", str(audio), outputs, str(tmp_path / "s" / "videos" / "ep.media"), None)
+        assert failures.given_up(config["data_dir"]) == ({"ep"} if run == 3 else set())
+    assert not Path(outputs["json"]).exists()
+    (row,) = failures.report(config)
+    assert (row["step"], row["attempts"], row["given_up"]) == ("transcribe", 3, True)
