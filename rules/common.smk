@@ -201,4 +201,6 @@ onstart:
         from scribeflow import worker
 
         if worker.prestart(config["transcribe"], DATA):
-            print("scribeflow: started the transcription worker (the model loads meanwhile)")
+            print(
+                "scribeflow: started the transcription worker (the model loads meanwhile)"
+            )
