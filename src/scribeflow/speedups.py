@@ -1,6 +1,6 @@
 """Costs Snakemake 9 pays for every job while planning, though they are the same for
 every job of a rule (or not needed to plan): paid once here. On a 2,000-episode chunk
-(8,000 jobs) they are about a third of the plan (benchmarks/plan_scale.py; README,
+(8,000 jobs) they are about 40 % of the plan (benchmarks/plan_scale.py; README,
 "Scale").
 
 - `smart_open.parse_uri`, which Snakemake's source cache calls for each job's script
