@@ -243,6 +243,8 @@ class _Server:
         except Exception:  # the jobs waiting get EOF and load the model themselves, with its error
             log.exception("Could not load the model")
             return 1
+        with self.lock:  # idle from now: a slow load must not use up the wait for the first job
+            self.last = time.monotonic()
         listener.settimeout(0.2)
         while True:
             try:
