@@ -88,7 +88,9 @@ def test_dry_run_of_a_large_catalogue_touches_nothing(tmp_path):
             for i in range(1000)]
     catalogue = write_catalogue(tmp_path / "episodes.csv", rows)
     config = workflow_config(tmp_path, catalogue, "large-v3")
-    proc = run_snakemake(tmp_path, config, "-n", "--cores", "8", timeout=300)
+    # A nested --config value arrives as a string ('400'); the workflow reads it as the number it is.
+    proc = run_snakemake(tmp_path, config, "-n", "--cores", "8", "--config",
+                         "disk_management={'hard_limit_gb': 400, 'max_concurrent_downloads': 3}", timeout=300)
     out = proc.stdout + proc.stderr
     for rule in ("download", "extract_audio", "transcribe", "analyse_episode"):
         assert re.search(rf"^{rule}\s+1000$", out, re.M), out[-3000:]
