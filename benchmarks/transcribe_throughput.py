@@ -63,8 +63,11 @@ def loop(spec: dict) -> None:
     """The limit: plain faster-whisper, one model, a loop (run in its own process)."""
     from faster_whisper import BatchedInferencePipeline, WhisperModel, decode_audio
 
+    from scribeflow.transcribe import resolve_device
+
     tc, options = spec["tc"], dict(spec["options"])
-    model = WhisperModel(tc["model"], device=tc["device"], compute_type=tc["compute_type"],
+    device, compute_type = resolve_device(tc["device"], tc["compute_type"])  # as the pipeline does
+    model = WhisperModel(tc["model"], device=device, compute_type=compute_type,
                          cpu_threads=tc["cpu_threads"], num_workers=tc["num_workers"])
     batch_size = options.pop("batch_size", 0)
     runner = BatchedInferencePipeline(model) if batch_size else model

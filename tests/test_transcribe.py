@@ -120,3 +120,32 @@ def test_silence_threshold_without_word_timestamps_is_refused():
     with pytest.raises(sf_config.ConfigError, match="transcribe.hallucination_silence_threshold needs"):
         sf_config.load(overrides={"transcribe.hallucination_silence_threshold": 2.0})
     sf_config.load(overrides={"transcribe.hallucination_silence_threshold": 2.0, "transcribe.word_timestamps": True})
+
+
+def test_auto_means_the_gpu_in_float16_where_there_is_one(monkeypatch):
+    # No GPU exists here: CTranslate2's two answers about it are the only thing mocked.
+    import ctranslate2
+
+    from scribeflow.transcribe import resolve_device
+
+    monkeypatch.setattr(ctranslate2, "get_cuda_device_count", lambda: 1)
+    monkeypatch.setattr(ctranslate2, "get_supported_compute_types", lambda d: {"float16", "int8_float16", "float32"})
+    assert resolve_device("auto", "auto") == ("cuda", "float16")
+    assert resolve_device("cuda", "int8_float16") == ("cuda", "int8_float16")  # a choice stays
+    assert resolve_device("cpu", "auto") == ("cpu", "auto")
+    monkeypatch.setattr(ctranslate2, "get_supported_compute_types", lambda d: {"float32", "int8"})  # e.g. Pascal
+    assert resolve_device("auto", "auto") == ("cuda", "auto")
+    monkeypatch.setattr(ctranslate2, "get_cuda_device_count", lambda: 0)
+    assert resolve_device("auto", "auto") == ("cpu", "auto")
+
+
+def test_the_transcript_records_what_ctranslate2_ran(model_path, speech_dir):
+    from faster_whisper import decode_audio
+
+    from scribeflow.transcribe import load_model, run_model
+
+    tc = sf_config.load(overrides={"transcribe.model": model_path})["transcribe"]  # device, compute_type: auto
+    raw = run_model(load_model(tc), decode_audio(str(speech_dir / "ep01.mp4")), {"beam_size": 1})
+    t = build_transcript(raw, "ep01", tc, {"beam_size": 1})
+    assert (t["options"]["device"], t["options"]["compute_type"]) == ("cpu", "int8_float32")
+    assert "quick" in t["text"].lower() and "lazy" in t["text"].lower()

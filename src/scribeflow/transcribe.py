@@ -125,6 +125,21 @@ def thread_env(tc: dict, env) -> dict:
     return env
 
 
+def resolve_device(device: str, compute_type: str) -> tuple[str, str]:
+    """`auto` made concrete: the GPU whenever CTranslate2 sees one, and there float16
+    (faster-whisper's choice for GPUs; CTranslate2's own `auto` would pick the quantized
+    int8_float16). A GPU that lacks float16 and every CPU keep CTranslate2's `auto`.
+    So a run gets the GPU and float16 even where `--config` on the command line has
+    replaced `--profile gpu`'s settings."""
+    import ctranslate2
+
+    if device == "auto":
+        device = "cuda" if ctranslate2.get_cuda_device_count() > 0 else "cpu"
+    if compute_type == "auto" and device == "cuda" and "float16" in ctranslate2.get_supported_compute_types("cuda"):
+        compute_type = "float16"
+    return device, compute_type
+
+
 def load_model(tc: dict):
     check_model_dir(tc["model"])
     # Before CTranslate2 and its MKL are loaded: they read these once.
@@ -137,9 +152,10 @@ def load_model(tc: dict):
     from faster_whisper import WhisperModel
 
     started = time.monotonic()
-    model = WhisperModel(tc["model"], device=tc["device"], compute_type=tc["compute_type"],
+    device, compute_type = resolve_device(tc["device"], tc["compute_type"])
+    model = WhisperModel(tc["model"], device=device, compute_type=compute_type,
                          cpu_threads=tc.get("cpu_threads", 0), num_workers=tc.get("num_workers", 1))
-    log.info("Loaded model %s (%s, %s) in %.1f s", tc["model"], tc["device"], tc["compute_type"],
+    log.info("Loaded model %s (%s, %s) in %.1f s", tc["model"], model.model.device, model.model.compute_type,
              time.monotonic() - started)
     return model
 
@@ -182,8 +198,10 @@ def run_model(model, audio, options: dict, should_stop=None) -> dict:
             item["words"] = [{"start": round(w.start, 3), "end": round(w.end, 3), "word": w.word,
                               "probability": round(w.probability, 4)} for w in seg.words]
         out.append(item)
+    # What CTranslate2 actually runs (int8 on a CPU is int8_float32), for the transcript's options.
     return {"language": info.language, "language_probability": round(info.language_probability, 4),
-            "duration": round(len(audio) / SAMPLE_RATE, 3), "segments": out}
+            "duration": round(len(audio) / SAMPLE_RATE, 3), "segments": out,
+            "device": model.model.device, "compute_type": model.model.compute_type}
 
 
 def build_transcript(raw: dict, episode: str, tc: dict, options: dict) -> dict:
@@ -198,8 +216,8 @@ def build_transcript(raw: dict, episode: str, tc: dict, options: dict) -> dict:
         "language_probability": raw["language_probability"],
         "duration": raw["duration"],
         "model": tc["model"],
-        "options": {**options, "device": tc["device"], "compute_type": tc["compute_type"],
-                    "batch_size": tc.get("batch_size", 0)},
+        "options": {**options, "device": raw.get("device", tc["device"]),
+                    "compute_type": raw.get("compute_type", tc["compute_type"]), "batch_size": tc.get("batch_size", 0)},
         "text": " ".join(s["text"] for s in segments if s["text"]),
         "segments": segments,
         "hallucinations": report,
