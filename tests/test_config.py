@@ -130,3 +130,27 @@ def test_a_language_that_is_not_a_whisper_code_is_refused():
         cfg.validate(c)
     c["transcribe"]["language"] = "ja"
     assert cfg.validate(c)["transcribe"]["language"] == "ja"
+
+
+@pytest.mark.parametrize("entries", [
+    ["aa=1", "bb=2.5", "cc=True", "dd=true", "ee=", "ff=x y", "gg='quoted'", "hh=[1, 2]",
+     "ii={'x': 1, 'y': {'z': 'w'}}"],
+    ["chunk=3/10", "transcribe={'model': 'large-v3', 'device': 'cuda', 'compute_type': 'float16'}"],
+    ["k1=1e3", "k2=-4", "k3=null", "k4=None", "k5=a=b", "k6=\"{'n': 2}\""],
+    ["aa={'x': 1}", "aa={'y': 2}"],
+])
+def test_overrides_are_parsed_as_snakemake_parses_them(entries):
+    from snakemake.cli import parse_config
+
+    assert cfg.parse_overrides(entries) == parse_config(entries)
+
+
+@pytest.mark.parametrize("bad", ["novalue", "1a=2", "aa.bb=1", "=x", "a=1"])
+def test_bad_overrides_are_refused_as_snakemake_refuses_them(bad):
+    from snakemake.cli import parse_config
+
+    with pytest.raises(ValueError) as ours:
+        cfg.parse_overrides([bad])
+    with pytest.raises(ValueError) as theirs:
+        parse_config([bad])
+    assert str(ours.value) == str(theirs.value)
