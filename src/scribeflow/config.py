@@ -97,8 +97,9 @@ def load(path: str | Path | None = None, overrides: dict | None = None) -> dict:
 def for_run(configfiles: list[str] = (), overrides: list[str] = (), directory: str | Path = ".") -> dict:
     """The config a `snakemake` run given these --configfile FILE and --config KEY=VALUE
     arguments sees: config/config.yaml (the Snakefile's configfile), updated by each file,
-    then by the overrides, parsed and merged by Snakemake's own functions. What the
-    `scribeflow` commands read, so that they see what the run sees."""
+    then by the overrides, parsed as Snakemake parses them and merged by its own
+    update_config. What the `scribeflow` commands read, so that they see what the run
+    sees. (`load` is for code and tests: one file, dotted overrides.)"""
     from snakemake.utils import update_config
 
     config = yaml.safe_load((SCHEMA_PATH.parent / "config.yaml").read_text()) or {}
