@@ -100,6 +100,57 @@ def test_a_worker_that_dies_mid_request_falls_back_in_process(tmp_path, wav, mod
     assert "hello world" in raw["segments"][0]["text"].lower()
 
 
+def test_a_worker_death_counts_against_the_episode_and_the_third_failure_gives_it_up(tmp_path, wav, model_path):
+    import json
+    import shutil
+
+    from scribeflow import config as cfg
+    from scribeflow import failures, steps
+    from scribeflow.ledger import Ledger
+
+    data = tmp_path / "data"
+    config = cfg.validate({"data_dir": str(data), "storage_dir": str(tmp_path / "storage"),
+                           "transcribe": settings(model_path)})
+    # Every request dies with the worker, as when one audio gets it killed for memory.
+    squatter = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    squatter.bind(worker.address(worker.worker_key(config["transcribe"], str(data))))
+    squatter.listen(8)
+
+    def hang_up():
+        while True:
+            try:
+                conn, _ = squatter.accept()
+            except OSError:
+                return
+            conn.recv(65536)
+            conn.close()
+
+    threading.Thread(target=hang_up, daemon=True).start()
+    (data / "audio").mkdir(parents=True)
+    for episode in ("first", "again"):
+        shutil.copy(wav, data / "audio" / f"{episode}.wav")
+    outputs = {e: {"json": str(data / "transcripts" / f"{e}.json")} for e in ("first", "again")}
+    video = str(tmp_path / "storage" / "videos" / "gone.media")
+    try:
+        # A first death: counted, then the job transcribes in-process.
+        steps.transcribe(config, "first", str(data / "audio" / "first.wav"), outputs["first"], video, "en")
+        assert "hello world" in read_transcript(outputs["first"]["json"])["text"].lower()
+        with Ledger.for_config(config) as ledger:
+            assert (ledger.job("first")["stage"], ledger.job("first")["transcribe_failures"]) == ("transcribed", 1)
+            ledger.set_stage("again", "transcribing")
+            for _ in range(2):  # two earlier runs died on it too
+                ledger.add_transcribe_failure("again")
+        # The third failure (max_attempts 3): given up, without a try in-process.
+        with pytest.raises(steps.TranscriptionCrashed, match="died while transcribing it, in 3 runs"):
+            steps.transcribe(config, "again", str(data / "audio" / "again.wav"), outputs["again"], video, "en")
+    finally:
+        squatter.close()
+    assert failures.given_up(str(data)) == {"again"}
+    marker = json.loads((data / "failed" / "again.json").read_text())
+    assert (marker["step"], marker["attempts"]) == ("transcribe", 3)
+    assert not (data / "transcripts" / "again.json").exists()
+
+
 @pytest.mark.slow
 def test_the_workflow_loads_the_model_once_and_writes_gzip_transcripts(tmp_path, media_server, model_path):
     rows = [{"id": f"ep{n:02d}", "url": media_server.url(f"ep{n:02d}.mp4"), "language": "en" if n < 3 else ""}

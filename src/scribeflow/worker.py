@@ -16,6 +16,8 @@ outputs atomically, so temp() deletion, the disk gate and dry-runs are unchanged
   workflow's onsuccess/onerror), or, under Slurm, with its allocation.
 - Whatever goes wrong with the worker (cannot start, dies, the model fails to load
   there), the job loads the model itself: a transcript never depends on the worker.
+  A worker that dies with the request in hand counts first as a failed transcription
+  of the episode (steps.py): a file that kills it would kill the job as well.
   A failure of the transcription itself (bad audio, unknown language) is not retried.
 """
 
@@ -45,6 +47,11 @@ _started: list[subprocess.Popen] = []  # held, so Python does not warn that they
 
 class WorkerUnavailable(RuntimeError):
     """No worker could serve the request; the caller transcribes in-process."""
+
+
+class WorkerDied(WorkerUnavailable):
+    """The worker took the request and died before it answered (killed for memory, a crash
+    inside CTranslate2, kill -9): perhaps because of this very audio."""
 
 
 class WorkerError(RuntimeError):
@@ -96,9 +103,11 @@ def enabled(tc: dict) -> bool:
     return tc.get("worker", {}).get("enabled", True)
 
 
-def transcribe(tc: dict, data_dir: str | Path, audio: str | Path, options: dict, episode: str = "") -> dict:
+def transcribe(tc: dict, data_dir: str | Path, audio: str | Path, options: dict, episode: str = "",
+               on_worker_died=None) -> dict:
     """run_model()'s result for `audio`: from the worker when enabled, else (or when no worker
-    can serve) from a model loaded in this process."""
+    can serve) from a model loaded in this process. `on_worker_died(exc)` is called first
+    when the worker died with the request in hand; it may raise to stop there."""
     if enabled(tc):
         try:
             started = time.monotonic()
@@ -107,6 +116,8 @@ def transcribe(tc: dict, data_dir: str | Path, audio: str | Path, options: dict,
             log.info("Transcribed by the worker in %.1f s", time.monotonic() - started)
             return raw
         except WorkerUnavailable as exc:
+            if isinstance(exc, WorkerDied) and on_worker_died is not None:
+                on_worker_died(exc)
             log.warning("No transcription worker (%s): loading the model in this job", exc)
     from .transcribe import load_model, run_model
 
@@ -125,9 +136,9 @@ def request(tc: dict, data_dir: str | Path, message: dict, start: bool = True) -
             sock.sendall(json.dumps(message).encode() + b"\n")
             line = sock.makefile("rb").readline()
         except OSError as exc:
-            raise WorkerUnavailable(f"connection to the worker failed: {exc}") from None
+            raise WorkerDied(f"connection to the worker failed: {exc}") from None
     if not line:
-        raise WorkerUnavailable(f"the worker closed the connection; see {log_path(data_dir, key)}")
+        raise WorkerDied(f"the worker closed the connection; see {log_path(data_dir, key)}")
     reply = json.loads(line)
     if not reply.get("ok"):
         raise WorkerError(reply.get("error", "unknown error"))
