@@ -11,7 +11,7 @@ unusable media, larger than declared) or when its download has failed in
 out (rules/common.smk) until `scribeflow retry` removes the marker and resets the
 ledger row; the next run's orphan cleanup deletes its video and audio. Until then a
 failure (a server that was down all day, a crash) is tried again by the next run. An
-interrupted job (Ctrl-C) is recorded but never counts.
+interrupted job (Ctrl-C) is recorded but never gives the episode up.
 
 The marker, not the ledger, is what the workflow reads: listing one folder is cheap
 at every parse (cluster jobs parse the Snakefile again) and needs no SQLite lock.
@@ -50,7 +50,7 @@ def record(config: dict, ledger: Ledger, episode: str, step: str, exc: BaseExcep
     """Record a failure of `step` for `episode` in the ledger; give the episode up when
     the failure is permanent, or its downloads (transcriptions) have failed in
     download.max_attempts (transcribe.max_attempts) runs. An interruption (Ctrl-C) is
-    recorded but never counts. Returns whether it was given up."""
+    recorded but never gives it up. Returns whether it was given up."""
     reason = f"{type(exc).__name__}: {exc}"[:2000]
     ledger.set_stage(episode, "failed", last_error=reason)
     if isinstance(exc, KeyboardInterrupt):
