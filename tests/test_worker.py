@@ -141,7 +141,7 @@ def test_a_worker_death_counts_against_the_episode_and_the_third_failure_gives_i
             for _ in range(2):  # two earlier runs died on it too
                 ledger.add_transcribe_failure("again")
         # The third failure (max_attempts 3): given up, without a try in-process.
-        with pytest.raises(steps.TranscriptionCrashed, match="died while transcribing it, in 3 runs"):
+        with pytest.raises(failures.TranscriptionCrashed, match="died while transcribing it, in 3 runs"):
             steps.transcribe(config, "again", str(data / "audio" / "again.wav"), outputs["again"], video, "en")
     finally:
         squatter.close()

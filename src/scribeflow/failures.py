@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 from .files import atomic_write_text, ids_with_suffix
-from .ledger import Ledger
+from .ledger import FAILED_ATTEMPTS_SQL, Ledger
 
 FAILED_DIR = "failed"
 
@@ -55,17 +55,37 @@ def record(config: dict, ledger: Ledger, episode: str, step: str, exc: BaseExcep
     ledger.set_stage(episode, "failed", last_error=reason)
     if isinstance(exc, KeyboardInterrupt):
         return False
-    attempts = (ledger.job(episode) or {}).get("attempts") or 0
-    permanent = is_permanent(exc)
-    final = permanent or (step == "download" and attempts >= config["download"]["max_attempts"])
     if step == "transcribe":
-        attempts = ledger.add_transcribe_failure(episode)
-        final = final or attempts >= config["transcribe"]["max_attempts"]
+        attempts, limit = ledger.add_transcribe_failure(episode), config["transcribe"]["max_attempts"]
+    else:
+        attempts = (ledger.job(episode) or {}).get("attempts") or 0
+        limit = config["download"]["max_attempts"] if step == "download" else None
+    permanent = is_permanent(exc)
+    final = permanent or (limit is not None and attempts >= limit)
     if final:
         marker = {"id": episode, "step": step, "permanent": permanent, "attempts": attempts,
                   "reason": reason, "failed_at": time.time()}
         atomic_write_text(marker_dir(config["data_dir"]) / f"{episode}.json", json.dumps(marker, indent=1))
     return final
+
+
+class TranscriptionCrashed(RuntimeError):
+    """The transcription worker died with this episode in hand, in too many runs."""
+
+
+def worker_died(config: dict, ledger: Ledger, episode: str, exc: Exception) -> None:
+    """The worker died with this episode in hand. A crash on one file kills the worker
+    in every run, then (most likely) the job's own try too, which no Python code outlives
+    to record: so the death is counted as a failed transcription before the job tries
+    in-process. An episode that was merely in flight beside it is counted too, and then
+    transcribed in-process, after which the count no longer matters. Raises (and the
+    job's failure then gives the episode up, in `record`) once this death would be the
+    transcribe.max_attempts-th failure, and never on a first death."""
+    failed = (ledger.job(episode) or {}).get("transcribe_failures") or 0
+    if failed >= 1 and failed + 1 >= config["transcribe"]["max_attempts"]:
+        raise TranscriptionCrashed(f"{episode}: the transcription worker died while transcribing it, "
+                                   f"in {failed + 1} runs (out of memory, or a crash on this audio): {exc}")
+    ledger.add_transcribe_failure(episode)
 
 
 def report(config: dict) -> list[dict]:
@@ -82,12 +102,9 @@ def report(config: dict) -> list[dict]:
     if (data / "jobs.db").exists():
         with Ledger(data / "jobs.db") as ledger:
             cur = ledger.conn.execute(
-                "SELECT id, attempts, transcribe_failures, last_error, failed_at FROM jobs "
-                "WHERE stage = 'failed' ORDER BY id")
-            for episode, attempts, transcriptions, error, at in cur:
-                # A failed transcription: the runs that failed it, not the one download before.
-                rows[episode] = {"id": episode, "attempts": transcriptions or attempts, "reason": error,
-                                 "failed_at": at}
+                f"SELECT id, {FAILED_ATTEMPTS_SQL}, last_error, failed_at FROM jobs WHERE stage = 'failed' ORDER BY id")
+            for episode, attempts, error, at in cur:
+                rows[episode] = {"id": episode, "attempts": attempts, "reason": error, "failed_at": at}
     for episode, marker in markers.items():
         row = rows.setdefault(episode, {"id": episode, "attempts": marker.get("attempts"),
                                         "reason": marker.get("reason"), "failed_at": marker.get("failed_at")})

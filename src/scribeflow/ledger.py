@@ -27,6 +27,10 @@ TRANSCRIBED = ("transcribed", "tokenized", "analyzed")
 # SQL: "stage IN (...)" for them.
 TRANSCRIBED_SQL = f"stage IN ({', '.join(repr(s) for s in TRANSCRIBED)})"
 
+# SQL: the attempts of a failed episode's failing step: its failed transcriptions when
+# there are any (not the one download before them), else its downloads.
+FAILED_ATTEMPTS_SQL = "COALESCE(NULLIF(transcribe_failures, 0), attempts)"
+
 SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS jobs (
     id TEXT PRIMARY KEY,

@@ -17,7 +17,7 @@ from .config import MB
 from .disk import DiskMonitor
 from .failures import given_up
 from .gate import gb
-from .ledger import STAGES, TRANSCRIBED, TRANSCRIBED_SQL, Ledger
+from .ledger import FAILED_ATTEMPTS_SQL, STAGES, TRANSCRIBED, TRANSCRIBED_SQL, Ledger
 from .plan import measured
 
 HOUR = 3600.0
@@ -98,7 +98,7 @@ def snapshot(config: dict, now: float | None = None) -> dict:
             pauses = ledger.pause_events()
             failures = [dict(zip(("id", "attempts", "last_error"), r), given_up=r[0] in gave_up)
                         for r in ledger.conn.execute(
-                            "SELECT id, COALESCE(NULLIF(transcribe_failures, 0), attempts), last_error FROM jobs "
+                            f"SELECT id, {FAILED_ATTEMPTS_SQL}, last_error FROM jobs "
                             "WHERE stage = 'failed' ORDER BY id")]
             rates = measured_rates(ledger.conn, now)
             rates["per_job"] = measured(ledger.conn)

@@ -93,7 +93,7 @@ def transcribe(config: dict, episode: str, audio: str, outputs: dict[str, str], 
             # The catalogue's language column wins over the config's.
             options = decode_options(tc, language or tc["language"])
             raw = worker.transcribe(tc, config["data_dir"], audio, options, episode,
-                                    on_worker_died=lambda exc: _worker_died(config, ledger, episode, exc))
+                                    on_worker_died=lambda exc: failures.worker_died(config, ledger, episode, exc))
             result = build_transcript(raw, episode, tc, options)
             # Before the transcript exists: from then on a concurrent run's orphan cleanup may delete the audio.
             audio_mb = Path(audio).stat().st_size / MB
@@ -110,24 +110,6 @@ def transcribe(config: dict, episode: str, audio: str, outputs: dict[str, str], 
         usage, monitor = gate.check(download=False).usage, gate.monitor
         log.info("Current disk usage: %s/%s GB (%.0f%%)", gb(usage.total - audio_mb * MB),
                  gb(monitor.hard_limit), 100 * (usage.total - audio_mb * MB) / monitor.hard_limit)
-
-
-class TranscriptionCrashed(RuntimeError):
-    pass
-
-
-def _worker_died(config: dict, ledger: Ledger, episode: str, exc: Exception) -> None:
-    """The worker died with this episode in hand. A crash on one file kills the worker
-    in every run, then (most likely) the job's own try too, which no Python code outlives
-    to record: so the death is counted as a failed transcription before the job tries
-    in-process. An episode that was merely in flight beside it is counted too, and then
-    transcribed in-process, after which the count no longer matters. Given up once
-    transcribe.max_attempts runs have failed it, and never on a first death."""
-    failed = (ledger.job(episode) or {}).get("transcribe_failures") or 0
-    if failed >= 1 and failed + 1 >= config["transcribe"]["max_attempts"]:
-        raise TranscriptionCrashed(f"{episode}: the transcription worker died while transcribing it, "
-                                   f"in {failed + 1} runs (out of memory, or a crash on this audio): {exc}")
-    ledger.add_transcribe_failure(episode)
 
 
 def analyse_episode(config: dict, episode: str, transcript: str, tokens: str | None, stats: str, lemmas: str,

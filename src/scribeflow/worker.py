@@ -17,7 +17,7 @@ outputs atomically, so temp() deletion, the disk gate and dry-runs are unchanged
 - Whatever goes wrong with the worker (cannot start, dies, the model fails to load
   there), the job loads the model itself: a transcript never depends on the worker.
   A worker that dies with the request in hand counts first as a failed transcription
-  of the episode (steps.py): a file that kills it would kill the job as well.
+  of the episode (failures.worker_died): a file that kills it would kill the job as well.
   A failure of the transcription itself (bad audio, unknown language) is not retried.
 """
 
