@@ -1,6 +1,7 @@
 """The transcription worker: same transcript as in-process, one model load for many
 requests, and a job that still succeeds when no worker can serve it."""
 
+import contextlib
 import gzip
 import logging
 import re
@@ -78,24 +79,34 @@ def test_a_job_still_succeeds_when_no_worker_can_start(tmp_path, wav, model_path
         ping(tc, data)
 
 
-def test_a_worker_that_dies_mid_request_falls_back_in_process(tmp_path, wav, model_path, caplog):
-    tc, data = settings(model_path), tmp_path / "data"
-    # Something holds the worker's address and hangs up on every request, as a worker
-    # killed (OOM, kill -9) while transcribing does.
+@contextlib.contextmanager
+def dying_worker(tc, data_dir):
+    """Something holds the worker's address and hangs up on every request, as a worker
+    killed (OOM, kill -9) while transcribing does."""
     squatter = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    squatter.bind(worker.address(worker.worker_key(tc, data)))
-    squatter.listen(1)
+    squatter.bind(worker.address(worker.worker_key(tc, data_dir)))
+    squatter.listen(8)
 
     def hang_up():
-        conn, _ = squatter.accept()
-        conn.recv(65536)
-        conn.close()
+        while True:
+            try:
+                conn, _ = squatter.accept()
+            except OSError:  # closed: the test is over
+                return
+            conn.recv(65536)
+            conn.close()
 
-    thread = threading.Thread(target=hang_up, daemon=True)
-    thread.start()
-    with caplog.at_level(logging.WARNING, logger="scribeflow.worker"):
+    threading.Thread(target=hang_up, daemon=True).start()
+    try:
+        yield
+    finally:
+        squatter.close()
+
+
+def test_a_worker_that_dies_mid_request_falls_back_in_process(tmp_path, wav, model_path, caplog):
+    tc, data = settings(model_path), tmp_path / "data"
+    with dying_worker(tc, data), caplog.at_level(logging.WARNING, logger="scribeflow.worker"):
         raw = worker.transcribe(tc, data, wav, decode_options(tc, "en"), "clip")
-    squatter.close()
     assert "the worker closed the connection" in caplog.text
     assert "hello world" in raw["segments"][0]["text"].lower()
 
@@ -111,27 +122,13 @@ def test_a_worker_death_counts_against_the_episode_and_the_third_failure_gives_i
     data = tmp_path / "data"
     config = cfg.validate({"data_dir": str(data), "storage_dir": str(tmp_path / "storage"),
                            "transcribe": settings(model_path)})
-    # Every request dies with the worker, as when one audio gets it killed for memory.
-    squatter = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    squatter.bind(worker.address(worker.worker_key(config["transcribe"], str(data))))
-    squatter.listen(8)
-
-    def hang_up():
-        while True:
-            try:
-                conn, _ = squatter.accept()
-            except OSError:
-                return
-            conn.recv(65536)
-            conn.close()
-
-    threading.Thread(target=hang_up, daemon=True).start()
     (data / "audio").mkdir(parents=True)
     for episode in ("first", "again"):
         shutil.copy(wav, data / "audio" / f"{episode}.wav")
     outputs = {e: {"json": str(data / "transcripts" / f"{e}.json")} for e in ("first", "again")}
     video = str(tmp_path / "storage" / "videos" / "gone.media")
-    try:
+    # Every request dies with the worker, as when one audio gets it killed for memory.
+    with dying_worker(config["transcribe"], str(data)):
         # A first death: counted, then the job transcribes in-process.
         steps.transcribe(config, "first", str(data / "audio" / "first.wav"), outputs["first"], video, "en")
         assert "hello world" in read_transcript(outputs["first"]["json"])["text"].lower()
@@ -143,8 +140,6 @@ def test_a_worker_death_counts_against_the_episode_and_the_third_failure_gives_i
         # The third failure (max_attempts 3): given up, without a try in-process.
         with pytest.raises(failures.TranscriptionCrashed, match="died while transcribing it, in 3 runs"):
             steps.transcribe(config, "again", str(data / "audio" / "again.wav"), outputs["again"], video, "en")
-    finally:
-        squatter.close()
     assert failures.given_up(str(data)) == {"again"}
     marker = json.loads((data / "failed" / "again.json").read_text())
     assert (marker["step"], marker["attempts"]) == ("transcribe", 3)
