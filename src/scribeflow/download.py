@@ -22,8 +22,13 @@ from __future__ import annotations
 
 import errno
 import logging
+import math
+import os
 import random
+import re
 import time
+import urllib.parse
+from dataclasses import dataclass
 from pathlib import Path
 
 from .config import MB
@@ -45,11 +50,12 @@ class DownloadFailed(RuntimeError):
     when the server said so)."""
 
     def __init__(self, message: str, permanent: bool = False, transient: bool = False,
-                 retry_after: float | None = None):
+                 retry_after: float | None = None, status: int | None = None):
         super().__init__(message)
         self.permanent = permanent
         self.transient = transient and not permanent
         self.retry_after = retry_after
+        self.status = status  # the HTTP status, when the server answered with an error
 
 
 class SizeExceeded(DownloadFailed):
@@ -120,6 +126,7 @@ def ydl_options(dl: dict, out: Path, hooks: list) -> dict:
         "buffersize": BLOCK,
         "noresizebuffer": True,
         "updatetime": False,
+        "fixup": dl.get("fixup") or "never",
     }
     optional = {
         "ratelimit": parse_rate(dl.get("rate_limit")),
@@ -129,6 +136,7 @@ def ydl_options(dl: dict, out: Path, hooks: list) -> dict:
         "proxy": dl.get("proxy"),
         "max_filesize": int(dl["max_filesize_mb"] * MB) if dl.get("max_filesize_mb") else None,
         "http_headers": {"User-Agent": dl["user_agent"]} if dl.get("user_agent") else None,
+        "sleep_interval_requests": dl.get("sleep_interval_requests") or None,
     }
     opts.update({k: v for k, v in optional.items() if v is not None})
     return opts
@@ -142,7 +150,7 @@ def backoff_seconds(dl: dict, attempt: int, retry_after: float | None = None) ->
     return min(delay, dl["max_backoff_seconds"])
 
 
-def head_size(ydl, url: str, episode: str = "") -> int | None:
+def head_size(ydl, url: str, episode: str = "", headers: dict | None = None) -> int | None:
     """Content-Length of a media URL, by a HEAD request through yt-dlp's own network
     stack (same proxy, cookies, user agent). None for web pages and unknown sizes
     (servers that refuse HEAD included). Raises DownloadFailed when the server is
@@ -152,7 +160,7 @@ def head_size(ydl, url: str, episode: str = "") -> int | None:
     from yt_dlp.networking import Request
 
     try:
-        with ydl.urlopen(Request(url, method="HEAD")) as resp:
+        with ydl.urlopen(Request(url, method="HEAD", headers=headers or {})) as resp:
             length = resp.headers.get("Content-Length")
             ctype = resp.headers.get("Content-Type", "")
             if length and length.isdigit() and not ctype.startswith("text/"):
@@ -213,7 +221,7 @@ def classify(exc: BaseException, episode: str) -> DownloadFailed:
                 return DownloadFailed(f"{episode}: HTTP {status} ({e.reason}): the episode is gone from "
                                       f"the server", permanent=True)
             return DownloadFailed(f"{episode}: HTTP {status} ({e.reason})", transient=status in TRANSIENT_STATUS
-                                  or status >= 500, retry_after=_retry_after(e.response))
+                                  or status >= 500, retry_after=_retry_after(e.response), status=status)
         if isinstance(e, OSError) and e.errno == errno.ENOSPC:
             return DiskFull(f"{episode}: the disk is full (ENOSPC) while downloading", transient=True)
         if isinstance(e, UnsupportedError):
@@ -227,11 +235,40 @@ def classify(exc: BaseException, episode: str) -> DownloadFailed:
     return DownloadFailed(message)
 
 
+# -- files a download writes -----------------------------------------------------------
+# yt-dlp writes into staging names `{id}@dl.{ext}` beside the rule's `{id}.media`
+# (an `@` cannot occur in an id, so the episode of any staging file is known): the
+# real extension lets its ffmpeg post-processors (merging, fixups) pick a muxer.
+# Besides the file itself it writes `.part`, `.ytdl`, fragment partials
+# `.part-FragN.part`, per-format files `.fN.{ext}` before a merge and `.temp.{ext}`
+# during post-processing: all start with the staging prefix. The finished file is
+# renamed to `{id}.media`.
+STAGING_MARK = "@dl."
+
+
+def staging_prefix(out: Path) -> str:
+    """The name prefix of every file yt-dlp writes for the output `out`."""
+    return Path(out).stem + STAGING_MARK
+
+
+def staging_files(out: Path) -> list[Path]:
+    """Files yt-dlp left for `out` (the staging prefix), and the older `{out}.part`/.ytdl names."""
+    out = Path(out)
+    prefix = staging_prefix(out)
+    found = [out.with_name(out.name + s) for s in PARTIAL_SUFFIXES]
+    try:
+        found += [Path(e.path) for e in os.scandir(out.parent) if e.name.startswith(prefix)]
+    except FileNotFoundError:
+        pass
+    return [p for p in found if p.is_file()]
+
+
 def remove_partials(out: Path) -> int:
-    """Delete a previous attempt's files for this output; yt-dlp would resume a stale
-    .part blindly and accept a truncated final file as "already downloaded"."""
+    """Delete a previous attempt's files for this output (the output itself, partials,
+    fragments, staging and post-processing files); yt-dlp would resume a stale .part
+    blindly and accept a truncated final file as "already downloaded"."""
     freed = 0
-    for path in [out, *(out.with_name(out.name + s) for s in PARTIAL_SUFFIXES)]:
+    for path in [Path(out), *staging_files(out)]:
         try:
             freed += path.stat().st_size
             path.unlink()
@@ -240,22 +277,205 @@ def remove_partials(out: Path) -> int:
     return freed
 
 
-def download_episode(episode: str, url: str, out: Path, config: dict, gate=None,
-                     expected_size_mb: float | None = None) -> dict:
-    """Download `url` to `out` inside the disk gate, then validate the media, retrying
-    transient faults with backoff (see the module docstring).
+# -- the declared size ------------------------------------------------------------------
+MANIFEST_EXTS = {"m3u8", "m3u", "mpd", "f4m", "ism", "isml"}
+MAX_SEGMENT_HEADS = 6  # segments whose sizes are asked for when a stream declares none
 
-    Returns {"bytes", "declared", "size_source", "duration", "seconds", "attempts"};
-    raises DownloadFailed with the reason otherwise. Nothing is left at `out` on failure.
+
+@dataclass
+class Size:
+    bytes: int
+    source: str
+    exact: bool  # the server's own figure (filesize, Content-Length), not an estimate
+
+
+def _is_manifest(url: str) -> bool:
+    path = urllib.parse.urlsplit(url or "").path.lower()
+    return path.rsplit(".", 1)[-1] in MANIFEST_EXTS if "." in path.rsplit("/", 1)[-1] else False
+
+
+def _fetch_text(ydl, url: str, headers: dict | None, episode: str) -> str:
+    from yt_dlp.networking import Request
+
+    try:
+        with ydl.urlopen(Request(url, headers=headers or {})) as resp:
+            return resp.read(4 * MB).decode("utf-8", "replace")
+    except Exception as exc:
+        raise classify(exc, episode) from exc
+
+
+def _hls_segments(ydl, fmt: dict, episode: str) -> list[tuple[str, float, int | None]]:
+    """(url, seconds, bytes when the playlist says) of every segment of an HLS media
+    playlist, the init segment (EXT-X-MAP) first with 0 seconds."""
+    url = fmt.get("url") or ""
+    text = _fetch_text(ydl, url, fmt.get("http_headers"), episode)
+    if "#EXT-X-STREAM-INF" in text:  # a master playlist: its first variant
+        variant = next((ln.strip() for ln in text.splitlines() if ln.strip() and not ln.startswith("#")), None)
+        if not variant:
+            return []
+        url = urllib.parse.urljoin(url, variant)
+        text = _fetch_text(ydl, url, fmt.get("http_headers"), episode)
+    segments, seconds, length = [], 0.0, None
+    for line in (ln.strip() for ln in text.splitlines()):
+        if line.startswith("#EXTINF:"):
+            try:
+                seconds = float(line[8:].split(",")[0])
+            except ValueError:
+                seconds = 0.0
+        elif line.startswith("#EXT-X-BYTERANGE:"):
+            length = int(line.split(":", 1)[1].split("@")[0])
+        elif line.startswith("#EXT-X-MAP:"):
+            uri = re.search(r'URI="([^"]+)"', line)
+            if uri:
+                segments.append((urllib.parse.urljoin(url, uri.group(1)), 0.0, None))
+        elif line and not line.startswith("#"):
+            segments.append((urllib.parse.urljoin(url, line), seconds, length))
+            seconds, length = 0.0, None
+    return segments
+
+
+def _dash_segments(fmt: dict) -> list[tuple[str, float, int | None]]:
+    base = fmt.get("fragment_base_url") or ""
+    segments = []
+    for frag in fmt.get("fragments") or []:
+        url = frag.get("url") or urllib.parse.urljoin(base, frag.get("path") or "")
+        segments.append((url, float(frag.get("duration") or 0), frag.get("filesize")))
+    return segments
+
+
+def _segments_size(ydl, segments, headers, episode: str) -> Size | None:
+    """The size of a fragmented stream from its segments: exact when the playlist
+    gives byte ranges or every segment is asked for (HEAD), else the fastest sampled
+    segment's bytes per second times the whole duration."""
+    if not segments:
+        return None
+    if all(n is not None for _, _, n in segments):
+        return Size(sum(n for _, _, n in segments), f"the byte ranges of {len(segments)} segments", True)
+    if len(segments) <= MAX_SEGMENT_HEADS:
+        picked = list(range(len(segments)))
+    else:  # the init segment, then evenly spread media segments
+        media = [i for i, s in enumerate(segments) if s[1] > 0]
+        step = (len(media) - 1) / (MAX_SEGMENT_HEADS - 2)
+        picked = sorted({i for i, s in enumerate(segments) if s[1] == 0}
+                        | {media[round(k * step)] for k in range(MAX_SEGMENT_HEADS - 1)})
+    sizes = {}
+    for i in picked:
+        url, _, known = segments[i]
+        sizes[i] = known if known is not None else head_size(ydl, url, episode, headers)
+        if sizes[i] is None:
+            return None
+    if len(sizes) == len(segments):
+        return Size(sum(sizes.values()), f"Content-Length of all {len(segments)} segments", True)
+    fixed = sum(sizes[i] for i in picked if segments[i][1] == 0)
+    rate = max(sizes[i] / segments[i][1] for i in picked if segments[i][1] > 0)
+    seconds = sum(s[1] for s in segments)
+    return Size(int(fixed + rate * seconds),
+                f"Content-Length of {len(picked)} of {len(segments)} segments x {seconds:.0f} s", False)
+
+
+def format_size(ydl, info: dict, fmt: dict, episode: str, probe: bool = True) -> Size | None:
+    """What one format will write, from what yt-dlp extracted: filesize, else
+    filesize_approx, else bitrate x duration, else (probe=True) the Content-Length of
+    a direct media URL or of the stream's segments. Never a manifest's own size."""
+    if fmt.get("filesize"):
+        return Size(int(fmt["filesize"]), "yt-dlp filesize", True)
+    if fmt.get("filesize_approx"):
+        return Size(int(fmt["filesize_approx"]), "yt-dlp filesize_approx", False)
+    protocol = str(fmt.get("protocol") or "")
+    segments = None
+    if protocol.startswith("http_dash_segments"):
+        segments = _dash_segments(fmt)
+    elif protocol.startswith("m3u8") and probe:
+        segments = _hls_segments(ydl, fmt, episode)
+    kbps = fmt.get("tbr") or ((fmt.get("abr") or 0) + (fmt.get("vbr") or 0))
+    seconds = max(float(info.get("duration") or 0), float(fmt.get("duration") or 0),
+                  sum(s[1] for s in segments or []))
+    if kbps and seconds:
+        return Size(int(kbps * 1000 / 8 * seconds), f"bitrate x duration ({kbps:.0f} kbit/s x {seconds:.1f} s)",
+                    False)
+    if not probe:
+        return None
+    if segments:
+        return _segments_size(ydl, segments, fmt.get("http_headers"), episode)
+    url = fmt.get("url") or ""
+    if protocol in ("http", "https") and not _is_manifest(url):
+        size = head_size(ydl, url, episode, fmt.get("http_headers"))
+        if size:
+            return Size(size, "Content-Length", True)
+    return None
+
+
+def requested_formats(info: dict) -> list[dict]:
+    """The format(s) yt-dlp chose: several when it merges (video+audio)."""
+    return list(info.get("requested_formats") or [info])
+
+
+def declare_size(ydl, info: dict, config: dict, episode: str, expected_size_mb: float | None):
+    """(media bytes, reserved bytes, source): `media` caps what the download may write,
+    `reserved` adds what post-processing copies (a merge or an ffmpeg fixup writes the
+    file once more before the parts are deleted)."""
+    dl, dm = config["download"], config["disk_management"]
+    formats = requested_formats(info)
+    sizes = []
+    for fmt in formats:
+        size = format_size(ydl, info, fmt, episode, probe=not expected_size_mb)
+        sizes.append(size)
+    known = None if any(s is None for s in sizes) else Size(
+        sum(s.bytes for s in sizes), " + ".join(s.source for s in sizes), all(s.exact for s in sizes))
+    if expected_size_mb:
+        media, source = int(expected_size_mb * MB), "catalogue expected_size_mb"
+        if known and known.exact and known.bytes > media:
+            raise SizeExceeded(f"{episode}: the server declares {known.bytes} bytes ({known.source}), more than "
+                               f"the catalogue's expected_size_mb {expected_size_mb}")
+        if known:
+            source += f" (yt-dlp: {known.bytes / MB:.1f} MB from {known.source})"
+    elif known:
+        margin = 0 if known.exact else dl.get("size_estimate_margin", 0.25)
+        media = math.ceil(known.bytes * (1 + margin))
+        source = known.source + (f" + {margin:.0%} margin" if margin else "")
+    else:
+        media, source = int(dm["default_video_size_mb"] * MB), "default_video_size_mb (yt-dlp gave no size)"
+    if dl.get("max_filesize_mb"):
+        media = min(media, int(dl["max_filesize_mb"] * MB))
+    fragmented = any(str(f.get("protocol") or "").startswith(("m3u8", "http_dash")) for f in formats)
+    copies = len(formats) > 1 or (fragmented and dl.get("fixup", "never") != "never")
+    return media, media * (2 if copies else 1), source
+
+
+def describe_format(info: dict) -> dict:
+    """What was chosen, as the ledger and the transcript record it."""
+    formats = requested_formats(info)
+    audio_only = all(f.get("vcodec") == "none" for f in formats) or (
+        len(formats) == 1 and formats[0].get("vcodec") == "none")
+    return {"format_id": str(info.get("format_id") or "+".join(str(f.get("format_id")) for f in formats)),
+            "format": info.get("format"), "ext": info.get("ext"),
+            "protocol": "+".join(str(f.get("protocol")) for f in formats), "audio_only": bool(audio_only)}
+
+
+# -- one episode --------------------------------------------------------------------------
+def download_episode(episode: str, url: str, out: Path, config: dict, gate=None,
+                     expected_size_mb: float | None = None, hosts=None) -> dict:
+    """Download `url` to `out` inside the disk gate and the host's politeness limits,
+    then validate the media, retrying transient faults with backoff (see the module
+    docstring).
+
+    Returns {"bytes", "declared", "size_source", "format_id", "format", "ext",
+    "protocol", "audio_only", "duration", "seconds", "attempts"}; raises
+    DownloadFailed with the reason otherwise. Nothing is left at `out` on failure.
     """
+    from .hosts import HostLimiter
+
     dl = config["download"]
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
+    hosts = hosts or HostLimiter.from_config(config)
     if remove_partials(out):
         log.info("Removed a previous attempt's partial files for %s", episode)
     for attempt in range(1, dl["retries"] + 2):
         try:
-            result = _attempt(episode, url, out, config, gate, expected_size_mb)
+            with hosts.slot(url, episode):
+                result = _attempt(episode, url, out, config, gate, expected_size_mb)
+            hosts.succeeded(url)
             return {**result, "attempts": attempt}
         except DownloadFailed as exc:
             freed = remove_partials(out)
@@ -267,6 +487,8 @@ def download_episode(episode: str, url: str, out: Path, config: dict, gate=None,
                     exc.args = (f"{exc} (gave up after {attempt} attempt(s))",)
                 raise
             delay = backoff_seconds(dl, attempt, exc.retry_after)
+            if exc.status == 429:  # slow the whole host down, in every process
+                delay = max(delay, hosts.slow_down(url, exc.retry_after))
             log.warning("Attempt %d of %d for %s failed: %s; retrying in %.1f s",
                         attempt, dl["retries"] + 1, episode, exc, delay)
             time.sleep(delay)
@@ -277,12 +499,15 @@ def _attempt(episode: str, url: str, out: Path, config: dict, gate, expected_siz
     import yt_dlp
 
     dl = config["download"]
-    progress = {"limit": None, "last_log": 0.0}
+    progress = {"limit": None, "last_log": 0.0, "files": {}}
 
     def hook(status):
         if status.get("status") != "downloading":
             return
-        done = status.get("downloaded_bytes") or 0
+        # downloaded_bytes is cumulative over a fragmented download's fragments, and
+        # per file: a merge downloads one file per format.
+        progress["files"][status.get("filename") or ""] = status.get("downloaded_bytes") or 0
+        done = sum(progress["files"].values())
         if progress["limit"] is not None and done > progress["limit"]:
             raise SizeExceeded(
                 f"{episode}: download grew past its declared {progress['limit']} bytes; "
@@ -297,58 +522,109 @@ def _attempt(episode: str, url: str, out: Path, config: dict, gate, expected_siz
                      (status.get("speed") or 0) / MB)
 
     opts = ydl_options(dl, out, [hook])
-    dm = config["disk_management"]
+    opts["outtmpl"] = str(out.with_name(staging_prefix(out))).replace("%", "%%") + "%(ext)s"
     started = time.monotonic()
     with yt_dlp.YoutubeDL(opts) as ydl:
-        # The catalogue's figure is an estimate; the server's Content-Length, when it
-        # gives one, is the truth, and the larger of the two is what gets reserved.
-        size = head_size(ydl, url, episode)
-        candidates = [(size, "Content-Length")] if size else []
-        if expected_size_mb:
-            candidates.append((int(expected_size_mb * MB), "catalogue expected_size_mb"))
-        declared, source = max(candidates) if candidates else (
-            int(dm["default_video_size_mb"] * MB), "default_video_size_mb")
-        if dl.get("max_filesize_mb"):
-            declared = min(declared, int(dl["max_filesize_mb"] * MB))
-        progress["limit"] = declared
-        log.info("Declared size of %s: %.1f MB (from %s)", episode, declared / MB, source)
-        paths = [out, *(out.with_name(out.name + s) for s in PARTIAL_SUFFIXES)]
+        info = _extract(ydl, url, episode)
+        media, declared, source = declare_size(ydl, info, config, episode, expected_size_mb)
+        chosen = describe_format(info)
+        progress["limit"] = media
+        log.info("Declared size of %s: %.2f MB (from %s)%s; format %s (%s%s)", episode, media / MB, source,
+                 f", {declared / MB:.2f} MB reserved with the post-processing copy" if declared > media else "",
+                 chosen["format_id"], "audio only" if chosen["audio_only"] else "with video", ", " +
+                 chosen["protocol"])
+        paths = [out, *_expected_files(ydl, info)]
         try:
             if gate is None:
-                _run(ydl, url, episode)
+                done = _run(ydl, info, episode)
             else:
                 with gate.admitted(episode, declared + BLOCK, paths):
-                    _run(ydl, url, episode)
+                    done = _run(ydl, info, episode)
+                    _finish(done, out, episode)
         except BaseException:
             remove_partials(out)
             raise
-    if not out.is_file():
-        remove_partials(out)
-        raise DownloadFailed(f"{episode}: yt-dlp finished without a file (over max_filesize?)", permanent=True)
+    if gate is None:
+        _finish(done, out, episode)
     try:
-        info = validate(out)
+        media_info = validate(out)
     except MediaError as exc:
         remove_partials(out)
         raise DownloadFailed(f"{episode}: downloaded file is unusable: {exc}", permanent=True) from exc
     seconds = time.monotonic() - started
     size = out.stat().st_size
-    log.info("Downloaded %s: %.1f MB, %.1f s of %s audio, in %.1f s", episode, size / MB,
-             info.duration, info.audio_codec, seconds)
-    return {"bytes": size, "declared": declared, "size_source": source,
-            "duration": info.duration, "seconds": seconds}
+    log.info("Downloaded %s: %.2f MB (format %s), %.1f s of %s audio, in %.1f s", episode, size / MB,
+             chosen["format_id"], media_info.duration, media_info.audio_codec, seconds)
+    return {"bytes": size, "declared": declared, "size_source": source, **chosen,
+            "duration": media_info.duration, "seconds": seconds}
 
 
-def _run(ydl, url: str, episode: str) -> None:
+def _expected_files(ydl, info: dict) -> list[Path]:
+    """The staging files yt-dlp will write for `info`, with their partials (for the
+    gate's accounting; fragment partials come and go and are not listed, so the gate's
+    view of what is left to write stays on the safe side)."""
+    final = Path(ydl.prepare_filename(info))
+    names = [final, final.with_name(f"{final.stem}.temp{final.suffix}")]
+    if len(requested_formats(info)) > 1:
+        names += [final.with_name(f"{final.stem}.f{f.get('format_id')}.{f.get('ext')}")
+                  for f in requested_formats(info)]
+    return [p for n in names for p in (n, n.with_name(n.name + ".part"), n.with_name(n.name + ".ytdl"))]
+
+
+def _finish(done: dict | None, out: Path, episode: str) -> None:
+    """Rename yt-dlp's finished file to the rule's output."""
+    path = None
+    for d in (done or {}).get("requested_downloads") or []:
+        if d.get("filepath") and Path(d["filepath"]).is_file():
+            path = Path(d["filepath"])
+    if path is None:
+        left = [p for p in staging_files(out) if not p.name.endswith(PARTIAL_SUFFIXES) and ".part-Frag" not in p.name]
+        path = left[0] if len(left) == 1 else None
+    if path is None:
+        remove_partials(out)
+        raise DownloadFailed(f"{episode}: yt-dlp finished without a file (over max_filesize?)", permanent=True)
+    os.replace(path, out)
+    for stale in staging_files(out):  # parts of a merge yt-dlp was told to keep, none normally
+        stale.unlink(missing_ok=True)
+
+
+def _raise_classified(exc: BaseException, episode: str):
+    failure = classify(exc, episode)
+    if failure.__traceback__ is not None:  # our own, raised inside yt-dlp (the size hook)
+        raise failure from None
+    raise failure from exc
+
+
+def _extract(ydl, url: str, episode: str) -> dict:
+    """yt-dlp's extraction and format choice, once (the download reuses it)."""
     from yt_dlp.utils import DownloadError
 
     try:
-        code = ydl.download([url])
+        info = ydl.extract_info(url, download=False)
     except DownloadFailed:
         raise
     except (DownloadError, OSError) as exc:
-        failure = classify(exc, episode)
-        if failure.__traceback__ is not None:  # our own, raised inside yt-dlp (the size hook)
-            raise failure from None
-        raise failure from exc
-    if code:
-        raise DownloadFailed(f"{episode}: yt-dlp reported failure (exit code {code})")
+        _raise_classified(exc, episode)
+    if info is None:
+        raise DownloadFailed(f"{episode}: yt-dlp extracted nothing at this address")
+    if info.get("_type") in ("playlist", "multi_video"):
+        entries = [e for e in info.get("entries") or [] if e]
+        if len(entries) != 1:
+            raise DownloadFailed(f"{episode}: the address holds {len(entries)} videos, not one; put each "
+                                 f"video's own address in the catalogue", permanent=True)
+        info = entries[0]
+    return info
+
+
+def _run(ydl, info: dict, episode: str) -> dict:
+    from yt_dlp.utils import DownloadError
+
+    try:
+        done = ydl.process_ie_result(info, download=True)
+    except DownloadFailed:
+        raise
+    except (DownloadError, OSError) as exc:
+        _raise_classified(exc, episode)
+    if ydl._download_retcode:
+        raise DownloadFailed(f"{episode}: yt-dlp reported failure (exit code {ydl._download_retcode})")
+    return done

@@ -7,7 +7,8 @@ the next requests get, consumed one per request, then "ok" for ever after:
     MediaServer(folder, faults={"/ep.mp4": ["503", "503", "ok"], "GET /b.mp4": ["cut"]})
 
 A key "/path" applies to every method; "GET /path" or "HEAD /path" to one method
-(and is used first). Kinds: a status code ("404", "503", ...; "429:5" adds
+(and is used first); a key ending in "*" ("/*", "GET /hls/*") to every path that
+starts with what precedes the star (exact keys are used first). Kinds: a status code ("404", "503", ...; "429:5" adds
 "Retry-After: 5"); "cut"
 (headers promise the whole body, half of it is sent, then the connection closes);
 "hang" (the request is read and never answered); "stall" (all the body but its last
@@ -15,6 +16,12 @@ A key "/path" applies to every method; "GET /path" or "HEAD /path" to one method
 is surely in flight, with data on disk, at a chosen moment); "html" (a web page instead of
 the media); "understated" (HEAD declares half the real size, GET streams the whole
 file without a Content-Length); "ok". Every request is recorded in `requests`.
+
+Streams. Files are served with the Content-Type of their extension (HLS playlists,
+DASH manifests, segments, HTML pages), so a folder made by `make_streams` (ffmpeg's
+HLS and DASH muxers, and a page with an HTML5 player) is a streaming site as yt-dlp
+meets it. `MediaServer(folder, host="127.0.0.2")` binds another loopback address:
+a second "host" with its own fault plan (all of 127.0.0.0/8 is loopback on Linux).
 """
 
 from __future__ import annotations
@@ -29,6 +36,11 @@ from pathlib import Path
 
 _RANGE = re.compile(r"bytes=(\d+)-(\d*)$")
 FAULT_KINDS = ("ok", "cut", "hang", "stall", "html", "understated")
+CONTENT_TYPES = {
+    ".mp4": "video/mp4", ".m4a": "audio/mp4", ".m3u8": "application/vnd.apple.mpegurl",
+    ".mpd": "application/dash+xml", ".ts": "video/mp2t", ".aac": "audio/aac", ".m4s": "video/iso.segment",
+    ".html": "text/html; charset=utf-8", ".webm": "video/webm",
+}
 HTML_PAGE = b"<!DOCTYPE html><html><head><title>Sign in</title></head><body><p>Please sign in.</p></body></html>"
 
 
@@ -63,7 +75,9 @@ class MediaHandler(http.server.BaseHTTPRequestHandler):
         name = self.path.split("?", 1)[0]
         with self.lock:
             fault = "ok"
-            for key in (f"{self.command} {name}", name):
+            wild = [k for k in self.faults if k.endswith("*") and k.split(" ")[-1][:-1] == name[:len(k.split(" ")[-1]) - 1]
+                    and (" " not in k or k.startswith(f"{self.command} "))]
+            for key in (f"{self.command} {name}", name, *sorted(wild, key=len, reverse=True)):
                 if self.faults.get(key):
                     fault = str(self.faults[key].pop(0))
                     break
@@ -124,7 +138,7 @@ class MediaHandler(http.server.BaseHTTPRequestHandler):
             self.send_header("Content-Range", f"bytes {start}-{end}/{size}")
         else:
             self.send_response(200)
-        self.send_header("Content-Type", "video/mp4" if path.suffix == ".mp4" else "application/octet-stream")
+        self.send_header("Content-Type", CONTENT_TYPES.get(path.suffix, "application/octet-stream"))
         if self.hide_length:
             self.close_connection = True
             self.send_header("Connection", "close")
@@ -173,7 +187,7 @@ class MediaServer:
     """`with MediaServer(folder) as server: server.url("a.mp4")` — stops on exit."""
 
     def __init__(self, root: str | os.PathLike, rate_bytes_per_s: float | None = None, hide_length: bool = False,
-                 faults: dict | None = None):
+                 faults: dict | None = None, host: str = "127.0.0.1"):
         self.faults: dict[str, list[str]] = {}
         self.requests: list[tuple[str, str, str]] = []
         self._lock = threading.Lock()
@@ -185,7 +199,9 @@ class MediaServer:
             "root": Path(root).resolve(), "rate_bytes_per_s": rate_bytes_per_s, "hide_length": hide_length,
             "faults": self.faults, "requests": self.requests, "lock": self._lock, "stopping": self._stopping,
             "released": self._released})
-        self.httpd = _QuietServer(("127.0.0.1", 0), handler)
+        if not host.startswith("127."):
+            raise ValueError(f"{host}: the test server binds loopback addresses only")
+        self.httpd = _QuietServer((host, 0), handler)
         self.httpd.daemon_threads = True
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
 
@@ -226,3 +242,59 @@ class MediaServer:
         with contextlib.suppress(Exception):
             self.httpd.shutdown()
         self.httpd.server_close()
+
+
+# -- streams made by ffmpeg, for the streaming tests and the demo ----------------------------
+STREAM_KINDS = ("hls_audio", "hls_muxed", "dash", "page")
+
+
+def _ffmpeg(*args: str, cwd: Path) -> None:
+    import subprocess
+
+    subprocess.run(["ffmpeg", "-nostdin", "-loglevel", "error", "-y", *args], cwd=cwd, check=True)
+
+
+def make_streams(src: str | os.PathLike, folder: str | os.PathLike, segment_seconds: float = 1.0) -> dict:
+    """Serve `src` (an MP4 with video and audio) the ways streaming sites do, under
+    `folder`/{kind}/{stem}/; returns {kind: path to give MediaServer.url}:
+
+    - hls_audio: an HLS master playlist whose variant takes its audio from a separate
+      audio rendition (EXT-X-MEDIA TYPE=AUDIO), as most sites do;
+    - hls_muxed: an HLS master playlist with one variant, audio and video in the same segments;
+    - dash: a DASH manifest with a video and an audio adaptation set;
+    - page: an HTML page with a <video> player: an HLS <source> (the hls_audio stream) and an MP4 one.
+    """
+    src, folder = Path(src).resolve(), Path(folder)
+    stem = src.stem
+    gop = ["-c:v", "libx264", "-preset", "ultrafast", "-g", "10", "-keyint_min", "10", "-sc_threshold", "0",
+           "-b:v", "64k", "-c:a", "aac", "-b:a", "48k", "-ac", "1"]
+    hls = ["-f", "hls", "-hls_time", str(segment_seconds), "-hls_playlist_type", "vod",
+           "-master_pl_name", "master.m3u8", "-hls_segment_filename", "s%v_%03d.ts"]
+    made = {}
+    d = folder / "hls_audio" / stem
+    d.mkdir(parents=True, exist_ok=True)
+    _ffmpeg("-i", str(src), "-map", "0:v", "-map", "0:a", *gop, *hls,
+            "-var_stream_map", "v:0,agroup:aud a:0,agroup:aud,default:yes,language:en", "v%v.m3u8", cwd=d)
+    made["hls_audio"] = f"hls_audio/{stem}/master.m3u8"
+    d = folder / "hls_muxed" / stem
+    d.mkdir(parents=True, exist_ok=True)
+    _ffmpeg("-i", str(src), "-map", "0:v", "-map", "0:a", *gop, *hls, "-var_stream_map", "v:0,a:0", "v%v.m3u8",
+            cwd=d)
+    made["hls_muxed"] = f"hls_muxed/{stem}/master.m3u8"
+    d = folder / "dash" / stem
+    d.mkdir(parents=True, exist_ok=True)
+    _ffmpeg("-i", str(src), "-map", "0:v", "-map", "0:a", *gop, "-f", "dash", "-seg_duration", str(segment_seconds),
+            "-use_template", "1", "-use_timeline", "1", "-adaptation_sets", "id=0,streams=v id=1,streams=a",
+            "manifest.mpd", cwd=d)
+    made["dash"] = f"dash/{stem}/manifest.mpd"
+    d = folder / "page" / stem
+    d.mkdir(parents=True, exist_ok=True)
+    (d / "video.mp4").write_bytes(src.read_bytes())
+    (d / "index.html").write_text(
+        "<!DOCTYPE html><html><head><title>Episode " + stem + "</title></head><body>\n"
+        "<video controls width=\"640\">\n"
+        f"  <source src=\"../../hls_audio/{stem}/master.m3u8\" type=\"application/x-mpegURL\">\n"
+        "  <source src=\"video.mp4\" type=\"video/mp4\">\n"
+        "</video>\n</body></html>\n")
+    made["page"] = f"page/{stem}/index.html"
+    return made
