@@ -184,7 +184,8 @@ onstart:
         problem = local_lock_problem(DATA)
         if problem:
             raise WorkflowError(problem)
-    with Ledger.for_config(config) as ledger:
+    # verify: a damaged ledger is found (and rebuilt from the files) before any job starts.
+    with Ledger.for_config(config, verify=True) as ledger:
         ledger.enqueue(CATALOGUE.index)
     # Inputs of the jobs about to run are never orphans, e.g. the audio of a
     # transcription that was killed after writing its transcript.

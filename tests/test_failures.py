@@ -63,7 +63,11 @@ def test_a_transcription_that_keeps_failing_is_given_up_after_max_attempts(confi
         # Ctrl-C in the middle of a transcription is not the episode's fault: never counted.
         assert not failures.record(config, ledger, "oom", "transcribe", KeyboardInterrupt())
     assert failures.given_up(config["data_dir"]) == set()
-    assert failures.render(failures.report(config)).endswith("oom  [will retry, 2 attempt(s)]  KeyboardInterrupt: ")
+    # An interruption is not a failure: the episode is back where it was, marked interrupted.
+    assert failures.render(failures.report(config)) == "No failed episodes."
+    job = ledger.job("oom")
+    assert job["stage"] == "extracted" and job["last_error"].startswith("interrupted during transcribe")
+    assert job["transcribe_failures"] == 2
     assert failures.record(config, ledger, "oom", "transcribe", MemoryError("CUDA out of memory"))
     marker = json.loads((failures.marker_dir(config["data_dir"]) / "oom.json").read_text())
     assert (marker["step"], marker["attempts"], marker["permanent"]) == ("transcribe", 3, False)

@@ -171,10 +171,30 @@ def in_flight_gb(dm: dict) -> float:
     return dm["in_flight_gb"]
 
 
+# Size defaults for a large budget; each shrinks with a small one (resolve_sizes).
+AUDIO_HEADROOM_MB = 200
+DEFAULT_VIDEO_SIZE_MB = 600
+MIN_FREE_GB = 1
+
+
+def resolve_sizes(dm: dict) -> None:
+    """Fill the size keys left null (in place) with defaults that scale with the budget,
+    so that a 4 MB hard limit runs with its three thresholds alone."""
+    margin_mb = max(0.0, (dm["hard_limit_gb"] - dm["pause_threshold_gb"]) * 1000)
+    if dm.get("audio_headroom_mb") is None:
+        dm["audio_headroom_mb"] = min(AUDIO_HEADROOM_MB, margin_mb / 4)
+    if dm.get("default_video_size_mb") is None:
+        room_mb = in_flight_gb(dm) * 1000 - dm["audio_headroom_mb"]  # what fits above the pause threshold
+        dm["default_video_size_mb"] = min(DEFAULT_VIDEO_SIZE_MB, max(room_mb, margin_mb / 4))
+    if dm.get("min_free_gb") is None:
+        dm["min_free_gb"] = min(MIN_FREE_GB, dm["hard_limit_gb"] / 100)
+
+
 def check_rules(config: dict) -> None:
     """Cross-key rules of the disk budget. Each message names the key at fault."""
     dm = config["disk_management"]
     hard, pause, resume = dm["hard_limit_gb"], dm["pause_threshold_gb"], dm["resume_threshold_gb"]
+    resolve_sizes(dm)
     if not pause < hard:
         raise ConfigError(
             f"disk_management.pause_threshold_gb ({pause}) must be below hard_limit_gb ({hard})"
@@ -191,7 +211,14 @@ def check_rules(config: dict) -> None:
     if dm["audio_headroom_mb"] * MB >= (hard - pause) * GB:
         raise ConfigError(
             f"disk_management.audio_headroom_mb ({dm['audio_headroom_mb']}) must be below "
-            f"hard_limit_gb - pause_threshold_gb ({(hard - pause) * 1000:g} MB)"
+            f"hard_limit_gb - pause_threshold_gb ({(hard - pause) * 1000:g} MB); leave it out (null) for a "
+            f"default that scales with the budget"
+        )
+    if (dm["default_video_size_mb"] + dm["audio_headroom_mb"]) * MB > hard * GB:
+        raise ConfigError(
+            f"disk_management.default_video_size_mb ({dm['default_video_size_mb']}) + audio_headroom_mb "
+            f"({dm['audio_headroom_mb']:g}) exceeds hard_limit_gb ({hard}): a download of unknown size could never "
+            f"start; leave default_video_size_mb out (null) for a default that scales with the budget"
         )
     chunk = config.get("chunk")
     if chunk is not None:

@@ -160,6 +160,15 @@ class DiskMonitor:
             result[str(root)] = st.f_bavail * st.f_frsize
         return result
 
+    @staticmethod
+    def filesystem_size(root: Path) -> int | None:
+        """Size of the filesystem that holds `root` (what a non-root writer could ever use)."""
+        try:
+            st = os.statvfs(_existing_ancestor(Path(root)))
+        except OSError:
+            return None
+        return (st.f_blocks - (st.f_bfree - st.f_bavail)) * st.f_frsize
+
     # -- decisions (stateless; the hysteresis lives in gate.DownloadGate) -----------
     def should_pause_downloads(self) -> bool:
         return self.current_usage().total >= self.pause_threshold

@@ -11,7 +11,8 @@ unusable media, larger than declared) or when its download has failed in
 out (rules/common.smk) until `scribeflow retry` removes the marker and resets the
 ledger row; the next run's orphan cleanup deletes its video and audio. Until then a
 failure (a server that was down all day, a crash) is tried again by the next run. An
-interrupted job (Ctrl-C) is recorded but never gives the episode up.
+interrupted job (Ctrl-C, SIGINT) is not a failure: the episode goes back to the stage
+it had reached, its last_error says "interrupted", and it never counts toward giving up.
 
 The marker, not the ledger, is what the workflow reads: listing one folder is cheap
 at every parse (cluster jobs parse the Snakefile again) and needs no SQLite lock.
@@ -46,15 +47,27 @@ def is_permanent(exc: BaseException) -> bool:
     return bool(getattr(exc, "permanent", False)) or isinstance(exc, MediaError)
 
 
+# The stage an episode is back at when `step` is interrupted.
+BEFORE_STEP = {"download": "queued", "extract_audio": "downloaded", "transcribe": "extracted"}
+INTERRUPTED = "interrupted"
+
+
+def interrupted(exc: BaseException) -> bool:
+    return isinstance(exc, KeyboardInterrupt)
+
+
 def record(config: dict, ledger: Ledger, episode: str, step: str, exc: BaseException) -> bool:
     """Record a failure of `step` for `episode` in the ledger; give the episode up when
     the failure is permanent, or its downloads (transcriptions) have failed in
     download.max_attempts (transcribe.max_attempts) runs. An interruption (Ctrl-C) is
-    recorded but never gives it up. Returns whether it was given up."""
+    not a failure: the episode goes back to the stage before `step`, marked
+    interrupted. Returns whether it was given up."""
+    if interrupted(exc):
+        ledger.set_stage(episode, BEFORE_STEP.get(step, "queued"),
+                         last_error=f"{INTERRUPTED} during {step} (Ctrl-C or SIGINT); the next run starts it again")
+        return False
     reason = f"{type(exc).__name__}: {exc}"[:2000]
     ledger.set_stage(episode, "failed", last_error=reason)
-    if isinstance(exc, KeyboardInterrupt):
-        return False
     if step == "transcribe":
         attempts, limit = ledger.add_transcribe_failure(episode), config["transcribe"]["max_attempts"]
     else:

@@ -56,3 +56,22 @@ def _fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def is_disk_full(exc: BaseException | None) -> bool:
+    """Whether `exc` (or an exception it wraps) says the disk is full: ENOSPC or EDQUOT
+    from a write, or SQLite's "database or disk is full"."""
+    import errno
+    import sqlite3
+
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if isinstance(exc, sqlite3.Error) and getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL:
+            return True
+        exc_info = getattr(exc, "exc_info", None)  # yt-dlp's DownloadError
+        wrapped = exc_info[1] if isinstance(exc_info, tuple) and len(exc_info) > 1 else None
+        exc = wrapped or exc.__cause__ or exc.__context__
+    return False

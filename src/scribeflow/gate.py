@@ -4,7 +4,15 @@ threshold (hysteresis), and every admission keeps the hard limit by construction
 The gate's state is one small JSON file under {data_dir}/gate/, read and written
 under an fcntl (POSIX) lock, so every download job shares it: across processes,
 across concurrent Snakemake runs on the same data, and across cluster nodes on a
-shared filesystem with POSIX locks (NFSv4, Lustre, GPFS).
+shared filesystem with POSIX locks (NFSv4, Lustre, GPFS). POSIX locks belong to the
+process, not the thread (a second thread "gets" the lock at once, and closing any
+descriptor of the file drops it), so threads of one process also take a mutex first.
+
+The state holds only the live holders (reservations and consumers) and the pause
+reasons. Unreadable state is moved aside and rebuilt: every live holder puts itself
+back at its next heartbeat, and until then no download is admitted. A state write
+that fails on a full disk admits nothing; a release that fails is retried by the
+process's next state write (and a dead process's holders are pruned anyway).
 
 Why the hard limit holds. Let usage be what the DiskMonitor measures (partial
 downloads included) and, for every admitted download, remaining = declared bytes
@@ -23,11 +31,13 @@ threshold, so the in-flight margin (hard - pause) is what downloads may add abov
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
 import json
 import logging
 import os
 import socket
+import tempfile
 import threading
 import time
 import uuid
@@ -35,13 +45,54 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .disk import DiskMonitor, DiskUsage
-from .files import allocated_bytes
+from .files import allocated_bytes, is_disk_full
 
 log = logging.getLogger("scribeflow.gate")
+
+STATE_FILE = "state.json"
+LOCK_FILE = "gate.lock"
+TABLES = ("reservations", "consumers")
 
 
 class DiskStalled(RuntimeError):
     """Downloads are paused and nothing in flight can free space."""
+
+
+class NeverFits(DiskStalled):
+    """A write larger than the budget itself: no amount of waiting admits it."""
+
+    permanent = True
+
+
+# One mutex per state file, per process: fcntl locks do not exclude the threads of one
+# process (see the module docstring). Releases whose state write failed, per state file.
+_MUTEXES: dict[str, threading.Lock] = {}
+_UNRELEASED: dict[str, set[tuple[str, str]]] = {}
+_GUARD = threading.Lock()
+
+
+def _mutex(key: str) -> threading.Lock:
+    with _GUARD:
+        return _MUTEXES.setdefault(key, threading.Lock())
+
+
+def _after_fork() -> None:
+    # A child holds none of its parent's locks, whatever the parent's threads were doing.
+    global _GUARD
+    _GUARD = threading.Lock()
+    _MUTEXES.clear()
+
+
+os.register_at_fork(after_in_child=_after_fork)
+
+
+def _valid_holder(holder, table: str) -> bool:
+    """A holder record this code can use (a damaged one is dropped like a dead one)."""
+    if not isinstance(holder, dict) or not isinstance(holder.get("pid"), int):
+        return False
+    if table == "reservations":
+        return isinstance(holder.get("bytes"), int) and isinstance(holder.get("paths"), list)
+    return True
 
 
 def gb(n: float) -> str:
@@ -97,30 +148,101 @@ class DownloadGate:
         )
 
     # -- shared state --------------------------------------------------------------
+    @property
+    def state_path(self) -> Path:
+        return self.state_dir / STATE_FILE
+
     @contextlib.contextmanager
     def _locked_state(self):
+        """The shared state, exclusive across threads, processes and hosts; written back
+        (atomically, fsynced) when the block changed it. Raises OSError(ENOSPC) when the
+        disk is too full to write it: then nothing the block did took effect."""
         self.state_dir.mkdir(parents=True, exist_ok=True)
-        with open(self.state_dir / "gate.lock", "a+") as lock:
+        key = str(self.state_path.absolute())
+        with _mutex(key), open(self.state_dir / LOCK_FILE, "a+") as lock:
             fcntl.lockf(lock, fcntl.LOCK_EX)
             try:
-                path = self.state_dir / "state.json"
-                try:
-                    state = json.loads(path.read_text())
-                except (FileNotFoundError, json.JSONDecodeError):
-                    state = {}
-                state.setdefault("paused", False)
-                state.setdefault("reasons", [])
-                state.setdefault("reservations", {})
-                state.setdefault("consumers", {})
+                state = self._read_state()
                 before = json.dumps(state, sort_keys=True)
+                unreleased = set(_UNRELEASED.get(key, ()))
+                for table, token in unreleased:
+                    state[table].pop(token, None)
                 yield state
                 after = json.dumps(state, sort_keys=True)
                 if after != before:
-                    tmp = path.with_suffix(f".{os.getpid()}.tmp")
-                    tmp.write_text(after)
-                    os.replace(tmp, path)
+                    self._write_state(after)
+                if unreleased:
+                    _UNRELEASED[key] -= unreleased
             finally:
                 fcntl.lockf(lock, fcntl.LOCK_UN)
+
+    def _read_state(self) -> dict:
+        path = self.state_path
+        try:
+            state = json.loads(path.read_bytes())
+            if not isinstance(state, dict) or not all(isinstance(state.get(t, {}), dict) for t in TABLES):
+                raise ValueError("not a gate state object")
+        except FileNotFoundError:
+            state = {}
+        except ValueError as exc:  # JSON and UTF-8 errors included
+            aside = path.with_name(f"{STATE_FILE}.corrupt-{time.strftime('%Y%m%d-%H%M%S')}")
+            with contextlib.suppress(OSError):
+                os.replace(path, aside)
+            log.warning("The gate's state %s was unreadable (%s): moved to %s and rebuilt; running jobs "
+                        "register again within %.0f s, and no download starts until then",
+                        path, exc, aside, self._beat_interval)
+            state = {"rebuilt_at": time.time()}
+        state.setdefault("reasons", [])
+        state["paused"] = bool(state["reasons"])
+        state.setdefault("paused_since", None)
+        for table in TABLES:
+            holders = state.setdefault(table, {})
+            for token in [t for t, h in holders.items() if not _valid_holder(h, table)]:
+                del holders[token]
+        return state
+
+    def _write_state(self, text: str) -> None:
+        fd, tmp = tempfile.mkstemp(prefix=".state.", suffix=".tmp", dir=self.state_dir)
+        try:
+            with os.fdopen(fd, "w") as f:
+                f.write(text)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self.state_path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+
+    def state_problem(self) -> str | None:
+        """Why the state file cannot be read, or None (`scribeflow check`; reads only)."""
+        try:
+            state = json.loads(self.state_path.read_bytes())
+            if not isinstance(state, dict) or not all(isinstance(state.get(t, {}), dict) for t in TABLES):
+                raise ValueError("not a gate state object")
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as exc:
+            return (f"{self.state_path}: unreadable ({exc}); the next download or `scribeflow check` moves it "
+                    f"aside and rebuilds it (it holds only the running jobs, which register again)")
+        return None
+
+    @property
+    def _beat_interval(self) -> float:
+        return max(self.check_interval, 1.0)
+
+    def _release(self, table: str, token: str) -> None:
+        """Drop a holder; when the disk is too full to record that, the process's next
+        state write does (never raises: the caller's own exception is the one to see)."""
+        key = str(self.state_path.absolute())
+        try:
+            with self._locked_state() as state:
+                state[table].pop(token, None)
+        except Exception as exc:
+            with _mutex(key):
+                _UNRELEASED.setdefault(key, set()).add((table, token))
+            log.warning("Could not record the end of a %s in %s (%s); the next look at the gate does",
+                        table[:-1], self.state_path, exc)
 
     def _alive(self, holder: dict) -> bool:
         if holder.get("host") == self.host:
@@ -159,7 +281,6 @@ class DownloadGate:
         self._prune(state)
         pending = sum(self._remaining(r) for r in state["reservations"].values())
         fs_available = min(m.filesystem_available().values()) - pending
-        band = m.pause_threshold - m.resume_threshold
 
         reasons = set(state["reasons"])
         # A pause holds downloads back: only a download's look opens one (an extraction's
@@ -168,10 +289,14 @@ class DownloadGate:
             reasons.add("usage")
         elif usage.total <= m.resume_threshold:
             reasons.discard("usage")
-        if fs_available < m.min_free_bytes + declared and download:
-            reasons.add("filesystem")
-        elif fs_available >= m.min_free_bytes + declared + band:
-            reasons.discard("filesystem")
+        # The filesystem pause lifts as soon as the waiting write fits with the min-free
+        # margin (no band: on a filesystem smaller than one, it would never lift). Only a
+        # download's look changes it: an extraction's declares other bytes.
+        if download:
+            if fs_available < m.min_free_bytes + declared:
+                reasons.add("filesystem")
+            else:
+                reasons.discard("filesystem")
         self._record_transition(state, sorted(reasons), usage)
 
         headroom = self.audio_headroom if download else 0
@@ -185,7 +310,11 @@ class DownloadGate:
         ) or ("" if fits else f"{gb(declared)} GB does not fit under the hard limit now")
 
         stalled = None
-        if (reasons or not fits) and not state["consumers"] and not state["reservations"]:
+        if "filesystem" in reasons and usage.temporary == 0:
+            stalled = (f"the filesystem has {gb(fs_available)} GB available, {gb(m.min_free_bytes + declared)} GB "
+                       f"needed (min_free_gb included), and the pipeline holds no video or audio it could free: "
+                       f"other files fill it; free space there")
+        elif (reasons or not fits) and not state["consumers"] and not state["reservations"]:
             stalled = (f"no download, extraction or transcription is running while {gb(usage.temporary)} GB "
                        f"of video and audio wait (a failed transcription leaves its video; if jobs wait "
                        f"for cores, give Snakemake more cores than max_concurrent_downloads)")
@@ -196,8 +325,7 @@ class DownloadGate:
                        f"other files {gb(usage.total - usage.temporary - usage.transcripts)} GB)")
         if not fits and usage.total - usage.temporary + declared + headroom > m.hard_limit:
             stalled = f"this write ({gb(declared)} GB) can never fit under the hard limit {gb(m.hard_limit)} GB"
-        if self.ledger is not None:
-            self.ledger.sample_disk(usage, paused=bool(reasons), min_interval=self.check_interval)
+        self._to_ledger("sample_disk", usage, paused=bool(reasons), min_interval=self.check_interval)
         return Decision(admitted, usage, pending, fs_available, bool(reasons), reason, stalled)
 
     def _record_transition(self, state: dict, reasons: list, usage: DiskUsage) -> None:
@@ -211,12 +339,22 @@ class DownloadGate:
                 gb(usage.total), gb(self.monitor.pause_threshold),
             ) if "usage" in reasons else log.warning(
                 "Filesystem nearly full, pausing downloads")
-            if self.ledger is not None:
-                self.ledger.start_pause(usage.total, ",".join(reasons), at=state["paused_since"])
+            self._to_ledger("start_pause", usage.total, ",".join(reasons), at=state["paused_since"])
         elif was_paused and not reasons:
             state["paused_since"] = None
-            if self.ledger is not None:
-                self.ledger.end_pause(usage.total)
+            self._to_ledger("end_pause", usage.total)
+
+    def _to_ledger(self, method: str, *args, **kwargs) -> None:
+        """Record in the ledger what the gate saw. A record lost to a full disk is only
+        history: it never fails a decision (nor waits for space under the gate's lock)."""
+        if self.ledger is None:
+            return
+        try:
+            getattr(self.ledger, method)(*args, **kwargs)
+        except Exception as exc:
+            if not is_disk_full(exc):
+                raise
+            log.warning("The ledger could not record %s: %s", method.replace("_", " "), exc)
 
     def held_paths(self) -> tuple[set[str], bool]:
         """Paths reserved by live downloads and extractions, and whether any job is live."""
@@ -229,25 +367,51 @@ class DownloadGate:
     def check(self, declared: int = 0, download: bool = True) -> Decision:
         """One look at the gate without reserving anything. download=False: a look that
         may end a pause (after a transcription freed space) but never opens one."""
-        with self._locked_state() as state:
-            return self._decide(state, declared, download)
+        decision = None
+        try:
+            with self._locked_state() as state:
+                decision = self._decide(state, declared, download)
+        except OSError as exc:
+            if decision is None or not is_disk_full(exc):
+                raise
+            log.warning("The gate could not record its look: %s", exc)
+        return decision
 
     @contextlib.contextmanager
     def admitted(self, episode: str, declared: int, paths: list[str | os.PathLike], download: bool = True):
         """Block until writing `declared` bytes into `paths` may start; hold the
         reservation until the block ends. Downloads (download=True) also wait while the
         gate is paused; audio extraction waits only for room under the hard limit.
-        Raises DiskStalled after stall_timeout when nothing in flight can free space."""
+        Raises NeverFits at once when the write is larger than the budget itself, and
+        DiskStalled after stall_timeout when nothing in flight can free space."""
+        self._check_can_ever_fit(episode, declared, download)
         token = uuid.uuid4().hex
         paths = [str(Path(p).absolute()) for p in paths]
         waiting_since = stalled_since = None
         while True:
-            with self._locked_state() as state:
-                decision = self._decide(state, declared, download)
-                if decision.admitted:
-                    state["reservations"][token] = self._holder(
-                        id=episode, bytes=declared, paths=paths, kind="download" if download else "audio")
-                    break
+            decision = None
+            try:
+                with self._locked_state() as state:
+                    decision = self._decide(state, declared, download)
+                    if decision.admitted and download and self._rebuilding(state):
+                        decision = dataclasses.replace(
+                            decision, admitted=False,
+                            reason="the gate's state was rebuilt: waiting for running jobs to register again")
+                    if decision.admitted:
+                        holder = self._holder(id=episode, bytes=declared, paths=paths,
+                                              kind="download" if download else "audio")
+                        state["reservations"][token] = holder
+                break_out = decision.admitted
+            except OSError as exc:
+                if not is_disk_full(exc) or decision is None:
+                    raise
+                # The admission could not be recorded: it did not happen.
+                decision = dataclasses.replace(
+                    decision, admitted=False, paused=True,
+                    reason=f"the disk is full: the gate cannot record an admission ({exc.strerror})")
+                break_out = False
+            if break_out:
+                break
             now = time.monotonic()
             if waiting_since is None:
                 waiting_since = now
@@ -269,13 +433,57 @@ class DownloadGate:
             time.sleep(self.check_interval)
         if download:
             self._log_admission(decision, waited=waiting_since is not None)
-        beat = _Heartbeat(self, "reservations", token, self.check_interval)
+        beat = _Heartbeat(self, "reservations", token, holder, self._beat_interval)
         try:
             yield decision
         finally:
             beat.stop()
-            with self._locked_state() as state:
-                state["reservations"].pop(token, None)
+            self._release("reservations", token)
+
+    def wait_for_space(self, exc: BaseException | None = None, need: int = 1_000_000) -> None:
+        """Block until data_dir's filesystem has min_free + `need` bytes available: a
+        ledger write that met a full disk waits here, then tries again. Raises
+        DiskStalled after stall_timeout."""
+        m = self.monitor
+        started = time.monotonic()
+        log.warning("The disk is full (%s); waiting for space on %s (a transcription in flight may free "
+                    "some; otherwise free space there)", exc, m.data_dir)
+        while m.filesystem_available()[str(m.data_dir)] < m.min_free_bytes + need:
+            waited = time.monotonic() - started
+            if waited >= self.stall_timeout:
+                raise DiskStalled(f"the disk has been full for {waited:.0f} s (the ledger cannot be written: "
+                                  f"{exc}); free space on {m.data_dir}, then rerun")
+            time.sleep(self.check_interval)
+        log.info("Space returned after %.1f s", time.monotonic() - started)
+
+    def _rebuilding(self, state: dict) -> bool:
+        """Right after a rebuild, live reservations are missing until their next beat."""
+        rebuilt = state.get("rebuilt_at")
+        if isinstance(rebuilt, (int, float)) and time.time() - rebuilt < 2.5 * self._beat_interval:
+            return True
+        state.pop("rebuilt_at", None)
+        return False
+
+    def _check_can_ever_fit(self, episode: str, declared: int, download: bool) -> None:
+        """Fail at once, without waiting or holding anything, when no amount of freed
+        space admits this write: larger than the hard limit, or than the filesystem."""
+        m = self.monitor
+        headroom = self.audio_headroom if download else 0
+        what = "download" if download else "audio"
+        if declared + headroom > m.hard_limit:
+            raise NeverFits(
+                f"{episode}: its {what} ({gb(declared)} GB declared"
+                + (f" + {gb(headroom)} GB audio headroom" if headroom else "")
+                + f") exceeds the hard limit {gb(m.hard_limit)} GB: it can never fit this budget. Raise "
+                f"disk_management.hard_limit_gb (or correct the catalogue's expected_size_mb), then "
+                f"`scribeflow retry {episode}`")
+        root = m.storage_dir if download else m.data_dir
+        total = m.filesystem_size(root)
+        if total is not None and declared + m.min_free_bytes > total:
+            raise NeverFits(
+                f"{episode}: its {what} ({gb(declared)} GB declared + min_free_gb {gb(m.min_free_bytes)} GB) is "
+                f"larger than the whole filesystem of {root} ({gb(total)} GB): it can never fit. Move "
+                f"{'storage_dir' if download else 'data_dir'} to a larger disk, then `scribeflow retry {episode}`")
 
     def _log_admission(self, d: Decision, waited: bool) -> None:
         m = self.monitor
@@ -289,34 +497,51 @@ class DownloadGate:
 
     @contextlib.contextmanager
     def consumer(self, episode: str, kind: str):
-        """Mark an extraction or transcription in flight: the work that frees space."""
-        token = uuid.uuid4().hex
-        with self._locked_state() as state:
-            state["consumers"][token] = self._holder(id=episode, kind=kind)
-        beat = _Heartbeat(self, "consumers", token, self.check_interval)
+        """Mark an extraction or transcription in flight: the work that frees space.
+        Not recording it (a full disk) only makes the gate's stall detection more eager."""
+        token, holder = uuid.uuid4().hex, self._holder(id=episode, kind=kind)
+        try:
+            with self._locked_state() as state:
+                state["consumers"][token] = holder
+        except OSError as exc:
+            if not is_disk_full(exc):
+                raise
+            log.warning("Could not record %s's %s in the gate (%s); its heartbeat tries again", episode, kind, exc)
+        beat = _Heartbeat(self, "consumers", token, holder, self._beat_interval)
         try:
             yield
         finally:
             beat.stop()
-            with self._locked_state() as state:
-                state["consumers"].pop(token, None)
+            self._release("consumers", token)
 
 
 class _Heartbeat:
-    """Refreshes a holder's beat so that other hosts can tell it is alive."""
+    """Refreshes a holder's beat so that other hosts can tell it is alive, and puts the
+    holder back when the state was rebuilt without it. Never raises: a beat lost to a
+    full disk is taken again at the next interval."""
 
-    def __init__(self, gate: DownloadGate, table: str, token: str, interval: float):
-        self.gate, self.table, self.token = gate, table, token
+    def __init__(self, gate: DownloadGate, table: str, token: str, holder: dict, interval: float):
+        self.gate, self.table, self.token, self.holder = gate, table, token, dict(holder)
         self.stopped = threading.Event()
-        self.interval = max(interval, 1.0)
-        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.interval = interval
+        self.thread = threading.Thread(target=self._run, daemon=True, name=f"gate-heartbeat-{token[:8]}")
         self.thread.start()
 
     def _run(self):
         while not self.stopped.wait(self.interval):
-            with self.gate._locked_state() as state:
-                if self.token in state[self.table]:
-                    state[self.table][self.token]["beat"] = time.time()
+            try:
+                with self.gate._locked_state() as state:
+                    if self.stopped.is_set():
+                        return
+                    holder = state[self.table].get(self.token)
+                    if holder is None:
+                        holder = state[self.table][self.token] = dict(self.holder)
+                    if holder is not None:
+                        holder["beat"] = time.time()
+            except Exception as exc:
+                log.warning("Gate heartbeat skipped: %s", exc)
 
     def stop(self):
         self.stopped.set()
+        # The release that follows must not race a beat that would put the holder back.
+        self.thread.join(timeout=60)

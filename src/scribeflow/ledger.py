@@ -7,16 +7,29 @@ the range of SQLite's WAL-reset corruption bug, and WAL also requires all writer
 on one host. SQLite's locking is not reliable over NFS: on a cluster, keep
 data_dir/jobs.db on a filesystem with working POSIX locks (README: Running on a
 Slurm cluster; a cluster run refuses mounts whose locks stay on one node).
+
+A ledger that is not a readable database (a disk fault, a copy cut short) is never
+fatal: the first process to open it moves it aside (jobs.db.corrupt-TIME) and rebuilds
+it from the files on disk (transcripts, analyses, failed markers: recovery.py), saying
+so in one line. A write that meets a full disk waits for space when the opener gave
+`on_full` (the steps do), and otherwise reports SQLite's own error.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import logging
 import os
 import socket
 import sqlite3
+import sys
 import time
 from pathlib import Path
+
+from .files import is_disk_full
+
+log = logging.getLogger("scribeflow.ledger")
 
 STAGES = (
     "queued", "downloading", "downloaded", "extracting", "extracted",
@@ -68,10 +81,51 @@ CREATE INDEX IF NOT EXISTS disk_samples_at ON disk_samples(at);
 """
 
 
+def is_corrupt(exc: BaseException) -> bool:
+    """SQLite says the file is not a database, or a damaged one."""
+    return isinstance(exc, sqlite3.DatabaseError) and getattr(exc, "sqlite_errorcode", None) in (
+        sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB)
+
+
+def probe(path: str | os.PathLike) -> str | None:
+    """Why the ledger at `path` is unreadable, or None (also when it does not exist).
+    Reads only; checks every page's structure (PRAGMA quick_check)."""
+    path = Path(path)
+    if not path.exists():
+        return None
+    try:
+        conn = sqlite3.connect(f"{path.absolute().as_uri()}?mode=ro", uri=True, timeout=30)
+        try:
+            result = conn.execute("PRAGMA quick_check(1)").fetchone()[0]
+        finally:
+            conn.close()
+    except sqlite3.DatabaseError as exc:
+        if not is_corrupt(exc):
+            raise
+        return str(exc)
+    return None if result == "ok" else f"damaged: {result}"
+
+
 class Ledger:
-    def __init__(self, path: str | os.PathLike, timeout: float = 120.0):
+    def __init__(self, path: str | os.PathLike, timeout: float = 120.0, on_full=None, verify: bool = False):
+        """`on_full(exc)`: called when a write meets a full disk; returns when the write
+        may be tried again (or raises). `verify`: check every page first (a run's start)."""
         self.path = Path(path)
+        self.on_full = on_full
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.conn = None
+        problem = probe(self.path) if verify else None
+        if problem is None:
+            try:
+                self._open(timeout)
+                return
+            except sqlite3.DatabaseError as exc:
+                if not is_corrupt(exc):
+                    raise
+                problem = str(exc)
+        self._recover(problem, timeout)
+
+    def _open(self, timeout: float) -> None:
         self.conn = sqlite3.connect(self.path, timeout=timeout, isolation_level=None)
         self.conn.execute(f"PRAGMA busy_timeout = {int(timeout * 1000)}")
         if self.conn.execute("PRAGMA journal_mode").fetchone()[0].lower() != "delete":
@@ -83,16 +137,43 @@ class Ledger:
                 if "transcribe_failures" not in self._columns(c):
                     c.execute("ALTER TABLE jobs ADD COLUMN transcribe_failures INTEGER NOT NULL DEFAULT 0")
 
+    def _recover(self, problem: str, timeout: float) -> None:
+        """Move the unreadable ledger aside and rebuild it from the files on disk; one
+        process does it while the others wait, then find the rebuilt one."""
+        from .recovery import rebuild_ledger
+
+        if self.conn is not None:
+            with contextlib.suppress(sqlite3.Error):
+                self.conn.close()
+        with open(self.path.with_name(self.path.name + ".recover.lock"), "a+") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if probe(self.path) is None:  # another process rebuilt it meanwhile
+                self._open(timeout)
+                return
+            aside = self.path.with_name(f"{self.path.name}.corrupt-{time.strftime('%Y%m%d-%H%M%S')}")
+            os.replace(self.path, aside)
+            journal = self.path.with_name(self.path.name + "-journal")
+            if journal.exists():
+                os.replace(journal, aside.with_name(aside.name + "-journal"))
+            self._open(timeout)
+            counts = rebuild_ledger(self, self.path.parent)
+        summary = ", ".join(f"{n} {stage}" for stage, n in counts.items() if n) or "no finished episode"
+        message = (f"the ledger {self.path} was unreadable ({problem}): moved it to {aside.name} and rebuilt it "
+                   f"from the files on disk ({summary}); pause history and disk samples start afresh")
+        log.warning(message)
+        print(f"scribeflow: {message}", file=sys.stderr)
+
     @staticmethod
     def _columns(conn) -> set[str]:
         return {row[1] for row in conn.execute("PRAGMA table_info(jobs)")}
 
     @classmethod
-    def for_config(cls, config: dict) -> "Ledger":
-        return cls(Path(config["data_dir"]) / "jobs.db")
+    def for_config(cls, config: dict, **kwargs) -> "Ledger":
+        return cls(Path(config["data_dir"]) / "jobs.db", **kwargs)
 
     def close(self) -> None:
-        self.conn.close()
+        if self.conn is not None:
+            self.conn.close()
 
     def __enter__(self):
         return self
@@ -106,21 +187,39 @@ class Ledger:
         self.conn.execute("BEGIN IMMEDIATE")
         try:
             yield self.conn
+            self.conn.execute("COMMIT")
         except BaseException:
-            self.conn.execute("ROLLBACK")
+            # SQLite may have rolled back already (a full disk does): then a ROLLBACK
+            # would fail and hide the real error.
+            if self.conn.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    self.conn.execute("ROLLBACK")
             raise
-        self.conn.execute("COMMIT")
+
+    def _write(self, fn):
+        """Run a write; on a full disk, wait with on_full (when given) and try again."""
+        while True:
+            try:
+                return fn()
+            except sqlite3.Error as exc:
+                if self.on_full is None or not is_disk_full(exc):
+                    raise
+                self.on_full(exc)
 
     # -- episodes ----------------------------------------------------------------
     def enqueue(self, ids) -> int:
-        now = time.time()
-        with self.transaction() as c:
-            before = c.total_changes
-            c.executemany(
-                "INSERT OR IGNORE INTO jobs (id, stage, queued_at, updated_at) VALUES (?, 'queued', ?, ?)",
-                ((i, now, now) for i in ids),
-            )
-            return c.total_changes - before
+        now, ids = time.time(), list(ids)
+
+        def write():
+            with self.transaction() as c:
+                before = c.total_changes
+                c.executemany(
+                    "INSERT OR IGNORE INTO jobs (id, stage, queued_at, updated_at) VALUES (?, 'queued', ?, ?)",
+                    ((i, now, now) for i in ids),
+                )
+                return c.total_changes - before
+
+        return self._write(write)
 
     def set_stage(self, episode: str, stage: str, **fields) -> None:
         """Record a stage transition with its timestamp and any size/flag fields."""
@@ -134,27 +233,38 @@ class Ledger:
         now = time.time()
         cols = {"stage": stage, f"{stage}_at": now, "updated_at": now, **fields}
         attempts = ", attempts = attempts + 1" if stage == "downloading" else ""
-        with self.transaction() as c:
-            c.execute("INSERT OR IGNORE INTO jobs (id, queued_at, updated_at) VALUES (?, ?, ?)",
-                      (episode, now, now))
-            c.execute(
-                f"UPDATE jobs SET {', '.join(f'{k} = ?' for k in cols)}{attempts} WHERE id = ?",
-                (*cols.values(), episode),
-            )
+
+        def write():
+            with self.transaction() as c:
+                c.execute("INSERT OR IGNORE INTO jobs (id, queued_at, updated_at) VALUES (?, ?, ?)",
+                          (episode, now, now))
+                c.execute(
+                    f"UPDATE jobs SET {', '.join(f'{k} = ?' for k in cols)}{attempts} WHERE id = ?",
+                    (*cols.values(), episode),
+                )
+
+        self._write(write)
 
     def add_transcribe_failure(self, episode: str) -> int:
         """Count a failed transcription of `episode`; the count so far."""
-        with self.transaction() as c:
-            c.execute("UPDATE jobs SET transcribe_failures = transcribe_failures + 1 WHERE id = ?", (episode,))
-            row = c.execute("SELECT transcribe_failures FROM jobs WHERE id = ?", (episode,)).fetchone()
+        def write():
+            with self.transaction() as c:
+                c.execute("UPDATE jobs SET transcribe_failures = transcribe_failures + 1 WHERE id = ?", (episode,))
+                return c.execute("SELECT transcribe_failures FROM jobs WHERE id = ?", (episode,)).fetchone()
+
+        row = self._write(write)
         return row[0] if row else 0
 
     def update(self, episode: str, **fields) -> None:
         if not fields:
             return
-        with self.transaction() as c:
-            c.execute(f"UPDATE jobs SET {', '.join(f'{k} = ?' for k in fields)} WHERE id = ?",
-                      (*fields.values(), episode))
+
+        def write():
+            with self.transaction() as c:
+                c.execute(f"UPDATE jobs SET {', '.join(f'{k} = ?' for k in fields)} WHERE id = ?",
+                          (*fields.values(), episode))
+
+        self._write(write)
 
     def job(self, episode: str) -> dict | None:
         cur = self.conn.execute("SELECT * FROM jobs WHERE id = ?", (episode,))

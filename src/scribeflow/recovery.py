@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import time
+import zlib
 from pathlib import Path
 
 from .disk import PARTIAL_SUFFIXES
@@ -42,10 +43,18 @@ def clean_orphans(config: dict, keep=()) -> tuple[int, int]:
         # Either form: the gzip setting may have changed since the transcript was written.
         return any((transcripts / f"{episode}{ext}").is_file() for ext in (".json", ".json.gz"))
 
+    # yt-dlp's files for {id}.media are {id}@dl.* (download.STAGING_MARK; not imported:
+    # download.py loads PyAV): partials, fragments, per-format and post-processing
+    # files. Those of a live download stay.
+    STAGING_MARK = "@dl."
+    downloading = {Path(p).name.split(STAGING_MARK)[0] for p in busy if STAGING_MARK in Path(p).name}
     for path in _files(videos):
         if str(path.absolute()) in busy:
             continue
-        if path.name.endswith(PARTIAL_SUFFIXES):
+        if STAGING_MARK in path.name:
+            if path.name.split(STAGING_MARK)[0] not in downloading:
+                doomed.append(path)
+        elif path.name.endswith(PARTIAL_SUFFIXES):
             doomed.append(path)
         elif path.suffix == ".media":
             episode = path.stem
@@ -86,6 +95,58 @@ def clean_orphans(config: dict, keep=()) -> tuple[int, int]:
     return len(doomed), freed
 
 
+def rebuild_ledger(ledger, data_dir: str | os.PathLike) -> dict[str, int]:
+    """Fill an empty ledger from what the files on disk prove: a transcript (or, when
+    transcripts are deleted after tokenization, tokens or an analysis) means the episode
+    got that far; a failed marker, that it failed. The run's start enqueues the rest of
+    the catalogue as queued. Returns the episodes per stage written."""
+    from .failures import marker_dir
+    from .files import ids_with_suffix
+
+    data = Path(data_dir)
+    found: dict[str, tuple[str, float, int | None]] = {}  # id -> (stage, at, transcript bytes)
+    for stage, folder, suffixes in (("transcribed", data / "transcripts", (".json", ".json.gz")),
+                                    ("tokenized", data / "tokens", (".parquet",)),
+                                    ("analyzed", data / "analysis" / "episodes", (".json",))):
+        for entry in _entries(folder):
+            name = entry.name
+            suffix = next((x for x in suffixes if name.endswith(x)), None)
+            if suffix is None or name.startswith("."):
+                continue
+            st = entry.stat()
+            size = allocated_bytes(st) if stage == "transcribed" else found.get(name[: -len(suffix)], (0, 0, None))[2]
+            found[name[: -len(suffix)]] = (stage, st.st_mtime, size)
+    failed = {}
+    for episode in ids_with_suffix(marker_dir(data), ".json"):
+        try:
+            failed[episode] = json.loads((marker_dir(data) / f"{episode}.json").read_text())
+        except (OSError, ValueError):
+            failed[episode] = {}
+    with ledger.transaction() as c:
+        for episode, (stage, at, size) in found.items():
+            c.execute(f"INSERT OR REPLACE INTO jobs (id, stage, {stage}_at, updated_at, transcript_size_bytes) "
+                      f"VALUES (?, ?, ?, ?, ?)", (episode, stage, at, at, size))
+        for episode, marker in failed.items():
+            attempts = int(marker.get("attempts") or 1)
+            column = "transcribe_failures" if marker.get("step") == "transcribe" else "attempts"
+            at = marker.get("failed_at") or time.time()
+            c.execute(f"INSERT OR REPLACE INTO jobs (id, stage, failed_at, updated_at, last_error, {column}) "
+                      f"VALUES (?, 'failed', ?, ?, ?, ?)",
+                      (episode, at, at, marker.get("reason") or "failed (marker without a reason)", attempts))
+    counts: dict[str, int] = {}
+    for stage, *_ in found.values():
+        counts[stage] = counts.get(stage, 0) + 1
+    counts["failed"] = len(failed)
+    return counts
+
+
+def _entries(folder: Path):
+    try:
+        return [e for e in os.scandir(folder) if e.is_file(follow_symlinks=False)]
+    except FileNotFoundError:
+        return []
+
+
 def _files(folder: Path):
     try:
         return [Path(e.path) for e in os.scandir(folder) if e.is_file(follow_symlinks=False)]
@@ -99,23 +160,42 @@ def check_consistency(config: dict) -> list[str]:
     (leftover partial files, a transcript the ledger has not caught up with) are
     skipped while a job holds the gate. `scribeflow check` prints the result."""
     from .failures import marker_dir
-    from .ledger import TRANSCRIBED, Ledger
+    from .ledger import TRANSCRIBED, Ledger, probe
+    from .transcribe import suffix
 
     data, storage = Path(config["data_dir"]), Path(config["storage_dir"])
     videos, audio, transcripts = storage / "videos", data / "audio", data / "transcripts"
     cleanup = config["disk_management"]["cleanup"]
-    _, running = DownloadGate.from_config(config).held_paths()
+    gzip = config["transcribe"]["gzip"]
     problems: list[str] = []
+    gate = DownloadGate.from_config(config)
+    state_problem = gate.state_problem()
+    if state_problem:
+        problems.append(state_problem)
+    _, running = gate.held_paths()
     jobs: dict[str, dict] = {}
-    if (data / "jobs.db").exists():
-        with Ledger(data / "jobs.db") as ledger:
+    db = data / "jobs.db"
+    ledger_problem = probe(db)
+    if ledger_problem:
+        problems.append(f"{db}: not a readable SQLite database ({ledger_problem}); the next run moves it aside and "
+                        f"rebuilds it from the files on disk (transcripts, analyses, failed markers); the ledger's "
+                        f"checks are skipped")
+        return problems
+    if db.exists():
+        with Ledger(db) as ledger:
             cur = ledger.conn.execute("SELECT * FROM jobs")
             names = [d[0] for d in cur.description]
             jobs = {row[0]: dict(zip(names, row)) for row in cur.fetchall()}
     markers = given_up(data)
 
+    def transcript_of(episode: str) -> Path:
+        # The configured form, or the other one when only that exists (the setting changed).
+        path = transcripts / f"{episode}{suffix('json', gzip)}"
+        other = transcripts / f"{episode}{suffix('json', not gzip)}"
+        return other if not path.exists() and other.exists() else path
+
     for episode, job in sorted(jobs.items()):
-        stage, transcript = job["stage"], transcripts / f"{episode}.json"
+        stage, transcript = job["stage"], transcript_of(episode)
         if stage in TRANSCRIBED:
             gone_by_design = stage != "transcribed" and cleanup["delete_transcript_after_tokenization"]
             problem = None if gone_by_design and not transcript.exists() else _transcript_problem(transcript, episode)
@@ -132,9 +212,10 @@ def check_consistency(config: dict) -> list[str]:
                             f"says {stage}")
     for episode in sorted(markers - set(jobs)):
         problems.append(f"{episode}: marked failed but not in the ledger")
-    for path in sorted(transcripts.glob("*.json")):
-        if path.stem not in jobs and not running:
-            problems.append(f"{path.stem}: a transcript exists but the ledger has no row for it")
+    for path in sorted([*transcripts.glob("*.json"), *transcripts.glob("*.json.gz")]):
+        episode = path.name.removesuffix(".gz").removesuffix(".json")
+        if episode not in jobs and not running:
+            problems.append(f"{episode}: a transcript exists but the ledger has no row for it")
 
     if not running:
         for path in _files(videos):
@@ -159,11 +240,13 @@ def check_consistency(config: dict) -> list[str]:
 
 def _transcript_problem(path: Path, episode: str) -> str | None:
     """Why `path` is not a complete transcript of `episode`, or None."""
+    from .transcribe import read_transcript
+
     try:
-        t = json.loads(path.read_text(encoding="utf-8"))
+        t = read_transcript(path)
     except FileNotFoundError:
         return f"{path} is missing"
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, EOFError, zlib.error) as exc:
         return f"{path} is not valid JSON ({exc})"
     if not isinstance(t, dict) or t.get("id") != episode:
         return f"{path} is not the transcript of {episode}"

@@ -32,14 +32,29 @@ def setup_logging(log_path: str | Path | None) -> None:
 
 
 @contextlib.contextmanager
+def _ledger_and_gate(config: dict):
+    """The ledger and the gate of a step: a ledger write that meets a full disk waits at
+    the gate for space (and the download that needs it pauses there), instead of failing."""
+    gate = DownloadGate.from_config(config)
+    with Ledger.for_config(config, on_full=gate.wait_for_space) as ledger:
+        gate.ledger = ledger
+        yield ledger, gate
+
+
+@contextlib.contextmanager
 def _recorded(ledger: Ledger, episode: str, config: dict | None = None, step: str = ""):
     try:
         yield
     except BaseException as exc:
-        log.error("%s failed: %s", episode, exc)
+        if failures.interrupted(exc):
+            log.warning("%s: %s interrupted; the next run starts it again", episode, step or "step")
+        else:
+            log.error("%s failed: %s", episode, exc)
+        ledger.on_full = None  # recording a failure never waits for space
         with contextlib.suppress(Exception):
             if config is None:
-                ledger.set_stage(episode, "failed", last_error=f"{type(exc).__name__}: {exc}"[:2000])
+                if not failures.interrupted(exc):
+                    ledger.set_stage(episode, "failed", last_error=f"{type(exc).__name__}: {exc}"[:2000])
             elif failures.record(config, ledger, episode, step, exc):
                 log.error("Gave %s up: later runs skip it until `scribeflow retry %s`", episode, episode)
         raise
@@ -48,9 +63,8 @@ def _recorded(ledger: Ledger, episode: str, config: dict | None = None, step: st
 def download(config: dict, episode: str, url: str, out: str, expected_size_mb: float | None) -> None:
     from .download import download_episode
 
-    with Ledger.for_config(config) as ledger, _recorded(ledger, episode, config, "download"):
+    with _ledger_and_gate(config) as (ledger, gate), _recorded(ledger, episode, config, "download"):
         ledger.set_stage(episode, "downloading")
-        gate = DownloadGate.from_config(config, ledger=ledger)
         result = download_episode(episode, url, Path(out), config, gate=gate,
                                   expected_size_mb=expected_size_mb)
         ledger.set_stage(episode, "downloaded", video_size_bytes=result["bytes"],
@@ -60,9 +74,8 @@ def download(config: dict, episode: str, url: str, out: str, expected_size_mb: f
 def extract_audio(config: dict, episode: str, video: str, audio: str) -> None:
     from .media import expected_audio_bytes, extract_audio as extract, validate
 
-    with Ledger.for_config(config) as ledger, _recorded(ledger, episode, config, "extract_audio"):
+    with _ledger_and_gate(config) as (ledger, gate), _recorded(ledger, episode, config, "extract_audio"):
         ledger.set_stage(episode, "extracting")
-        gate = DownloadGate.from_config(config, ledger=ledger)
         info = validate(video)
         # Reserve the WAV's size: the audio is written while the video still exists.
         reserve = expected_audio_bytes(max(info.duration, info.container_duration or 0))
@@ -81,12 +94,11 @@ def transcribe(config: dict, episode: str, audio: str, outputs: dict[str, str], 
 
     tc = config["transcribe"]
     cleanup = config["disk_management"]["cleanup"]
-    with Ledger.for_config(config) as ledger, _recorded(ledger, episode, config, "transcribe"):
+    with _ledger_and_gate(config) as (ledger, gate), _recorded(ledger, episode, config, "transcribe"):
         video_gone = not Path(video).exists()
         ledger.set_stage(episode, "transcribing", video_deleted=int(video_gone))
         job = ledger.job(episode) or {}
         video_mb = (job.get("video_size_bytes") or 0) / MB
-        gate = DownloadGate.from_config(config, ledger=ledger)
         # Slots cap transcriptions across processes (overlapping chunk runs), not only in this one.
         with Slots.transcription(config).hold(episode), gate.consumer(episode, "transcribe"):
             log.info("Transcribing %s, video size: %.1f MB", episode, video_mb)
@@ -119,7 +131,7 @@ def analyse_episode(config: dict, episode: str, transcript: str, tokens: str | N
     from .analysis import analyse_tokens
     from .tokens import tokenize_file
 
-    with Ledger.for_config(config) as ledger, _recorded(ledger, episode):
+    with _ledger_and_gate(config) as (ledger, _), _recorded(ledger, episode):
         table, meta = tokenize_file(transcript, tokens, language)
         ledger.set_stage(episode, "tokenized")
         cleanup = config["disk_management"]["cleanup"]
