@@ -100,3 +100,22 @@ def scribeflow(cwd: Path, *args: str) -> str:
     if proc.returncode != 0:
         raise AssertionError(f"scribeflow {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
     return proc.stdout
+
+
+# The streaming sources (issue 15): each kind made by ffmpeg from its own speech video.
+STREAM_SOURCES = {"hls_audio": "ep01", "hls_muxed": "ep02", "dash": "ep03", "page": "ep04"}
+
+
+@pytest.fixture(scope="session")
+def streams_dir(speech_dir, tmp_path_factory) -> tuple[Path, dict]:
+    """(folder, {kind: (path under folder, episode it speaks)}): an HLS master with a
+    separate audio rendition, an HLS master with muxed segments only, a DASH manifest
+    with audio and video adaptation sets, and a page with an HTML5 player; made once
+    per session."""
+    from scribeflow.server import make_streams
+
+    folder = tmp_path_factory.mktemp("streams")
+    made = {}
+    for kind, episode in STREAM_SOURCES.items():
+        made[kind] = (make_streams(speech_dir / f"{episode}.mp4", folder, kinds=[kind])[kind], episode)
+    return folder, made

@@ -390,13 +390,19 @@ def format_size(ydl, info: dict, fmt: dict, episode: str, probe: bool = True) ->
     kbps = fmt.get("tbr") or ((fmt.get("abr") or 0) + (fmt.get("vbr") or 0))
     seconds = max(float(info.get("duration") or 0), float(fmt.get("duration") or 0),
                   sum(s[1] for s in segments or []))
+    estimates = []
     if kbps and seconds:
-        return Size(int(kbps * 1000 / 8 * seconds), f"bitrate x duration ({kbps:.0f} kbit/s x {seconds:.1f} s)",
-                    False)
-    if not probe:
-        return None
-    if segments:
-        return _segments_size(ydl, segments, fmt.get("http_headers"), episode)
+        estimates.append(Size(int(kbps * 1000 / 8 * seconds),
+                              f"bitrate x duration ({kbps:.0f} kbit/s x {seconds:.1f} s)", False))
+    if probe and segments:
+        # A manifest's bitrate is nominal (container overhead, peaks): the segments'
+        # own sizes, exact or sampled, are the check; the larger estimate is declared.
+        sampled = _segments_size(ydl, segments, fmt.get("http_headers"), episode)
+        if sampled and sampled.exact:
+            return sampled
+        estimates += [sampled] if sampled else []
+    if estimates or not probe:
+        return max(estimates, key=lambda e: e.bytes, default=None)
     url = fmt.get("url") or ""
     if protocol in ("http", "https") and not _is_manifest(url):
         size = head_size(ydl, url, episode, fmt.get("http_headers"))

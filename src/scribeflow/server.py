@@ -254,7 +254,8 @@ def _ffmpeg(*args: str, cwd: Path) -> None:
     subprocess.run(["ffmpeg", "-nostdin", "-loglevel", "error", "-y", *args], cwd=cwd, check=True)
 
 
-def make_streams(src: str | os.PathLike, folder: str | os.PathLike, segment_seconds: float = 1.0) -> dict:
+def make_streams(src: str | os.PathLike, folder: str | os.PathLike, segment_seconds: float = 1.0,
+                 kinds=STREAM_KINDS) -> dict:
     """Serve `src` (an MP4 with video and audio) the ways streaming sites do, under
     `folder`/{kind}/{stem}/; returns {kind: path to give MediaServer.url}:
 
@@ -262,39 +263,40 @@ def make_streams(src: str | os.PathLike, folder: str | os.PathLike, segment_seco
       audio rendition (EXT-X-MEDIA TYPE=AUDIO), as most sites do;
     - hls_muxed: an HLS master playlist with one variant, audio and video in the same segments;
     - dash: a DASH manifest with a video and an audio adaptation set;
-    - page: an HTML page with a <video> player: an HLS <source> (the hls_audio stream) and an MP4 one.
+    - page: an HTML page with a <video> player: an HLS <source> (an hls_audio stream) and an MP4 one.
     """
     src, folder = Path(src).resolve(), Path(folder)
     stem = src.stem
-    gop = ["-c:v", "libx264", "-preset", "ultrafast", "-g", "10", "-keyint_min", "10", "-sc_threshold", "0",
-           "-b:v", "64k", "-c:a", "aac", "-b:a", "48k", "-ac", "1"]
+    encode = ["-i", str(src), "-map", "0:v", "-map", "0:a", "-c:v", "libx264", "-preset", "ultrafast",
+              "-g", "10", "-keyint_min", "10", "-sc_threshold", "0", "-b:v", "64k",
+              "-c:a", "aac", "-b:a", "48k", "-ac", "1"]
     hls = ["-f", "hls", "-hls_time", str(segment_seconds), "-hls_playlist_type", "vod",
            "-master_pl_name", "master.m3u8", "-hls_segment_filename", "s%v_%03d.ts"]
+    recipes = {
+        "hls_audio": ("master.m3u8", [*encode, *hls, "-var_stream_map",
+                                      "v:0,agroup:aud a:0,agroup:aud,default:yes,language:en", "v%v.m3u8"]),
+        "hls_muxed": ("master.m3u8", [*encode, *hls, "-var_stream_map", "v:0,a:0", "v%v.m3u8"]),
+        "dash": ("manifest.mpd", [*encode, "-f", "dash", "-seg_duration", str(segment_seconds),
+                                  "-use_template", "1", "-use_timeline", "1",
+                                  "-adaptation_sets", "id=0,streams=v id=1,streams=a", "manifest.mpd"]),
+    }
+    wanted = set(kinds) | ({"hls_audio"} if "page" in kinds else set())
     made = {}
-    d = folder / "hls_audio" / stem
-    d.mkdir(parents=True, exist_ok=True)
-    _ffmpeg("-i", str(src), "-map", "0:v", "-map", "0:a", *gop, *hls,
-            "-var_stream_map", "v:0,agroup:aud a:0,agroup:aud,default:yes,language:en", "v%v.m3u8", cwd=d)
-    made["hls_audio"] = f"hls_audio/{stem}/master.m3u8"
-    d = folder / "hls_muxed" / stem
-    d.mkdir(parents=True, exist_ok=True)
-    _ffmpeg("-i", str(src), "-map", "0:v", "-map", "0:a", *gop, *hls, "-var_stream_map", "v:0,a:0", "v%v.m3u8",
-            cwd=d)
-    made["hls_muxed"] = f"hls_muxed/{stem}/master.m3u8"
-    d = folder / "dash" / stem
-    d.mkdir(parents=True, exist_ok=True)
-    _ffmpeg("-i", str(src), "-map", "0:v", "-map", "0:a", *gop, "-f", "dash", "-seg_duration", str(segment_seconds),
-            "-use_template", "1", "-use_timeline", "1", "-adaptation_sets", "id=0,streams=v id=1,streams=a",
-            "manifest.mpd", cwd=d)
-    made["dash"] = f"dash/{stem}/manifest.mpd"
-    d = folder / "page" / stem
-    d.mkdir(parents=True, exist_ok=True)
-    (d / "video.mp4").write_bytes(src.read_bytes())
-    (d / "index.html").write_text(
-        "<!DOCTYPE html><html><head><title>Episode " + stem + "</title></head><body>\n"
-        "<video controls width=\"640\">\n"
-        f"  <source src=\"../../hls_audio/{stem}/master.m3u8\" type=\"application/x-mpegURL\">\n"
-        "  <source src=\"video.mp4\" type=\"video/mp4\">\n"
-        "</video>\n</body></html>\n")
-    made["page"] = f"page/{stem}/index.html"
+    for kind, (name, args) in recipes.items():
+        if kind in wanted:
+            d = folder / kind / stem
+            d.mkdir(parents=True, exist_ok=True)
+            _ffmpeg(*args, cwd=d)
+            made[kind] = f"{kind}/{stem}/{name}"
+    if "page" in kinds:
+        d = folder / "page" / stem
+        d.mkdir(parents=True, exist_ok=True)
+        (d / "video.mp4").write_bytes(src.read_bytes())
+        (d / "index.html").write_text(
+            f"<!DOCTYPE html><html><head><title>Episode {stem}</title></head><body>\n"
+            f'<video controls width="640">\n'
+            f'  <source src="../../hls_audio/{stem}/master.m3u8" type="application/x-mpegURL">\n'
+            f'  <source src="video.mp4" type="video/mp4">\n'
+            f"</video>\n</body></html>\n")
+        made["page"] = f"page/{stem}/index.html"
     return made

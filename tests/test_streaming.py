@@ -1,0 +1,179 @@
+"""Streaming sources (HLS, DASH, a page with a player) downloaded by real yt-dlp from a
+loopback server: sizes declared before the download, audio only, every file accounted
+for and cleaned up; and the per-host politeness shared by all processes."""
+
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from scribeflow import config as cfg
+from scribeflow.download import SizeExceeded, download_episode
+from scribeflow.gate import DownloadGate
+from scribeflow.hosts import HostLimiter
+from scribeflow.media import extract_audio, validate
+from scribeflow.recovery import clean_orphans
+from scribeflow.server import MediaServer
+
+
+@pytest.fixture
+def config(tmp_path):
+    c = cfg.validate({"data_dir": str(tmp_path / "data"), "storage_dir": str(tmp_path / "storage"),
+                      "download": {"retries": 1, "retry_backoff_seconds": 0.2}})
+    return c
+
+
+@pytest.fixture
+def videos(tmp_path):
+    return tmp_path / "storage" / "videos"
+
+
+def names(folder):
+    return sorted(p.name for p in folder.iterdir()) if folder.exists() else []
+
+
+@pytest.mark.parametrize("kind", ["hls_audio", "hls_muxed", "dash", "page"])
+def test_a_stream_is_sized_before_it_downloads_audio_only_when_offered(kind, streams_dir, config, videos, tmp_path):
+    folder, made = streams_dir
+    path, _ = made[kind]
+    out = videos / "ep.media"
+    with MediaServer(folder) as server:
+        result = download_episode("ep", server.url(path), out, config)
+    manifest = (folder / path).stat().st_size
+    # The declared size is the media's (from bitrates or segment sizes), not the
+    # manifest's few hundred bytes, nor the 600 MB default: at most a few times the file.
+    assert result["bytes"] <= result["declared"] <= 4 * result["bytes"] + 100_000, result
+    assert result["declared"] > manifest and "default" not in result["size_source"]
+    # Audio only whenever the source offers it; the muxed stream has nothing else.
+    assert result["audio_only"] is (kind != "hls_muxed"), result
+    assert result["format_id"] and result["protocol"].startswith(("m3u8", "http_dash"))
+    # The rule's output holds usable audio; nothing else is left beside it.
+    assert names(videos) == ["ep.media"]
+    assert validate(out).duration > 2
+    assert extract_audio(out, tmp_path / "ep.wav") > 2
+
+
+def test_dash_audio_through_ffmpeg_fixups_and_a_merge(streams_dir, config, videos):
+    # The DASH m4a fixup and a video+audio merge are ffmpeg post-processors: they need
+    # real extensions ("{id}.media" made them fail with "Invalid argument"), and
+    # their copy of the file is reserved.
+    folder, made = streams_dir
+    with MediaServer(folder) as server:
+        config["download"]["fixup"] = "detect_or_warn"
+        fixed = download_episode("a", server.url(made["dash"][0]), videos / "a.media", config)
+        config["download"]["format"] = "bv+ba/b"
+        merged = download_episode("b", server.url(made["dash"][0]), videos / "b.media", config)
+    assert fixed["audio_only"] and fixed["ext"] == "m4a"
+    assert not merged["audio_only"] and "+" in merged["format_id"]
+    assert merged["declared"] >= 2 * merged["bytes"] * 0.9  # the parts, then the merged copy
+    assert names(videos) == ["a.media", "b.media"]
+    assert validate(videos / "b.media").duration > 2
+
+
+def test_the_size_cap_counts_every_fragment_and_failures_leave_nothing(streams_dir, config, videos):
+    folder, made = streams_dir
+    with MediaServer(folder) as server, pytest.raises(SizeExceeded, match="past its declared 5000 bytes"):
+        # The catalogue's figure wins over yt-dlp's; a fragment is ~4 KB, the stream ~30 KB.
+        download_episode("ep", server.url(made["hls_audio"][0]), videos / "ep.media", config,
+                         expected_size_mb=0.005)
+    assert names(videos) == []
+
+
+def test_a_previous_attempts_fragments_are_removed_and_the_download_restarts(streams_dir, config, videos):
+    folder, made = streams_dir
+    videos.mkdir(parents=True)
+    stale = ["ep@dl.mp4.part", "ep@dl.mp4.part-Frag3.part", "ep@dl.mp4.ytdl", "ep@dl.temp.mp4", "ep.media.part"]
+    for name in stale:
+        (videos / name).write_bytes(b"stale" * 1000)
+    with MediaServer(folder) as server:
+        download_episode("ep", server.url(made["hls_muxed"][0]), videos / "ep.media", config)
+    assert names(videos) == ["ep.media"]
+    assert validate(videos / "ep.media").duration > 2
+
+
+def test_orphan_cleanup_removes_stale_fragments_and_keeps_a_live_downloads(config, videos):
+    videos.mkdir(parents=True)
+    for name in ["dead@dl.mp4.part", "dead@dl.mp4.part-Frag7.part", "dead@dl.f1.m4a", "dead@dl.temp.mp4",
+                 "live@dl.mp4.part", "live@dl.mp4.part-Frag2.part", "live@dl.f0.mp4.part-Frag1.part"]:
+        (videos / name).write_bytes(b"x" * 4096)
+    gate = DownloadGate.from_config(config)
+    with gate.admitted("live", 10_000, [videos / "live.media", videos / "live@dl.mp4"]):
+        files, freed = clean_orphans(config)
+    assert files == 4 and freed >= 4 * 4096
+    assert names(videos) == ["live@dl.f0.mp4.part-Frag1.part", "live@dl.mp4.part", "live@dl.mp4.part-Frag2.part"]
+    assert clean_orphans(config)[0] == 3 and names(videos) == []  # once the download is gone
+
+
+# -- politeness per host ---------------------------------------------------------------------
+HOLD = """
+import sys, time, json
+from scribeflow.hosts import HostLimiter
+limiter = HostLimiter(sys.argv[1], max_per_host=2, min_interval=0, exempt=[])
+with limiter.slot(sys.argv[2], "job"):
+    start = time.time()
+    time.sleep(0.6)
+print(json.dumps([start, time.time()]))
+"""
+
+
+def test_at_most_max_per_host_downloads_of_a_host_run_across_processes(tmp_path):
+    import json
+
+    procs = [subprocess.Popen([sys.executable, "-c", HOLD, str(tmp_path / "hosts"), url], stdout=subprocess.PIPE,
+                              text=True)
+             for url in ["http://a.example/1"] * 4 + ["http://b.example/1"]]
+    spans = [json.loads(p.communicate(timeout=60)[0]) for p in procs]
+    a, b = spans[:4], spans[4]
+    overlap = max(sum(s <= t < e for s, e in a) for t, _ in a)
+    assert overlap == 2  # two at a time, never three
+    assert b[0] - min(s for s, _ in a) < 0.5  # another host does not wait for this one's slots
+
+
+def test_starts_on_one_host_are_spaced_by_the_min_interval(tmp_path):
+    limiter = HostLimiter(tmp_path / "hosts", max_per_host=0, min_interval=0.3, exempt=[])
+    starts = []
+
+    def job(url):
+        with limiter.slot(url):
+            starts.append((url, time.monotonic()))
+
+    threads = [threading.Thread(target=job, args=("http://a.example/x",)) for _ in range(3)]
+    threads.append(threading.Thread(target=job, args=("http://b.example/x",)))
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    a = sorted(t for u, t in starts if "a.example" in u)
+    assert all(later - earlier >= 0.28 for earlier, later in zip(a, a[1:]))
+    b = next(t for u, t in starts if "b.example" in u)
+    assert b - a[0] < 0.25
+
+
+def test_a_429_slows_down_its_host_and_not_the_other(streams_dir, config, videos):
+    folder, made = streams_dir
+    config["download"].update({"exempt_hosts": [], "min_start_interval_seconds": 0, "retries": 3})
+    finished = {}
+
+    def job(name, server, path):
+        download_episode(name, server.url(path), videos / f"{name}.media", config)
+        finished[name] = time.monotonic()
+
+    with MediaServer(folder) as fine, MediaServer(folder, host="127.0.0.2", faults={"GET /*": ["429:3"]}) as busy:
+        first = threading.Thread(target=job, args=("b1", busy, made["hls_audio"][0]))
+        first.start()
+        while not busy.served(made["hls_audio"][0]):
+            time.sleep(0.01)
+        told = time.monotonic()  # 127.0.0.2 said: 429, come back in 3 s
+        others = [threading.Thread(target=job, args=("a1", fine, made["dash"][0])),
+                  threading.Thread(target=job, args=("b2", busy, made["dash"][0]))]
+        for t in others:
+            t.start()
+        for t in [first, *others]:
+            t.join(60)
+    assert finished["a1"] - told < 2.5  # the other host is not slowed
+    assert finished["b2"] - told >= 2.9 and finished["b1"] - told >= 2.9  # every download of the busy host waits
+    assert busy.served(made["dash"][0], "GET")[0] == "ok"  # b2 never asked before the backoff ended
+    assert names(videos) == ["a1.media", "b1.media", "b2.media"]
+    assert HostLimiter.from_config(config).snapshot()["127.0.0.2"]["strikes"] == 0  # reset by the successes
