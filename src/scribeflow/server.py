@@ -255,7 +255,7 @@ def _ffmpeg(*args: str, cwd: Path) -> None:
 
 
 def make_streams(src: str | os.PathLike, folder: str | os.PathLike, segment_seconds: float = 1.0,
-                 kinds=STREAM_KINDS) -> dict:
+                 kinds=STREAM_KINDS, video_kbps: int = 64) -> dict:
     """Serve `src` (an MP4 with video and audio) the ways streaming sites do, under
     `folder`/{kind}/{stem}/; returns {kind: path to give MediaServer.url}:
 
@@ -264,11 +264,14 @@ def make_streams(src: str | os.PathLike, folder: str | os.PathLike, segment_seco
     - hls_muxed: an HLS master playlist with one variant, audio and video in the same segments;
     - dash: a DASH manifest with a video and an audio adaptation set;
     - page: an HTML page with a <video> player: an HLS <source> (an hls_audio stream) and an MP4 one.
+
+    A higher `video_kbps` with longer segments makes segments bigger than yt-dlp's
+    64 KiB read, so that fragment partials (`.part-FragN.part`) stay on disk a while.
     """
     src, folder = Path(src).resolve(), Path(folder)
     stem = src.stem
     encode = ["-i", str(src), "-map", "0:v", "-map", "0:a", "-c:v", "libx264", "-preset", "ultrafast",
-              "-g", "10", "-keyint_min", "10", "-sc_threshold", "0", "-b:v", "64k",
+              "-g", "10", "-keyint_min", "10", "-sc_threshold", "0", "-b:v", f"{video_kbps}k",
               "-c:a", "aac", "-b:a", "48k", "-ac", "1"]
     hls = ["-f", "hls", "-hls_time", str(segment_seconds), "-hls_playlist_type", "vod",
            "-master_pl_name", "master.m3u8", "-hls_segment_filename", "s%v_%03d.ts"]
