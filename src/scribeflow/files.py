@@ -75,3 +75,11 @@ def is_disk_full(exc: BaseException | None) -> bool:
         wrapped = exc_info[1] if isinstance(exc_info, tuple) and len(exc_info) > 1 else None
         exc = wrapped or exc.__cause__ or exc.__context__
     return False
+
+
+def human_bytes(n: float) -> str:
+    """Bytes in decimal units, three significant digits: '300 GB', '3.9 MB', '250 kB'."""
+    for unit, size in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if abs(n) >= size:
+            return f"{n / size:.3g} {unit}"
+    return f"{n:.0f} B"

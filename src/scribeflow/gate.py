@@ -45,7 +45,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .disk import DiskMonitor, DiskUsage
-from .files import allocated_bytes, is_disk_full
+from .files import allocated_bytes, human_bytes, is_disk_full
 
 log = logging.getLogger("scribeflow.gate")
 
@@ -162,8 +162,8 @@ class DownloadGate:
         with _mutex(key), open(self.state_dir / LOCK_FILE, "a+") as lock:
             fcntl.lockf(lock, fcntl.LOCK_EX)
             try:
-                state = self._read_state()
-                before = json.dumps(state, sort_keys=True)
+                state, rebuilt = self._read_state()
+                before = None if rebuilt else json.dumps(state, sort_keys=True)
                 unreleased = set(_UNRELEASED.get(key, ()))
                 for table, token in unreleased:
                     state[table].pop(token, None)
@@ -176,8 +176,10 @@ class DownloadGate:
             finally:
                 fcntl.lockf(lock, fcntl.LOCK_UN)
 
-    def _read_state(self) -> dict:
+    def _read_state(self) -> tuple[dict, bool]:
+        """The state, and whether it was rebuilt (then it must be written back)."""
         path = self.state_path
+        rebuilt = False
         try:
             state = json.loads(path.read_bytes())
             if not isinstance(state, dict) or not all(isinstance(state.get(t, {}), dict) for t in TABLES):
@@ -191,7 +193,7 @@ class DownloadGate:
             log.warning("The gate's state %s was unreadable (%s): moved to %s and rebuilt; running jobs "
                         "register again within %.0f s, and no download starts until then",
                         path, exc, aside, self._beat_interval)
-            state = {"rebuilt_at": time.time()}
+            state, rebuilt = {"rebuilt_at": time.time()}, True
         state.setdefault("reasons", [])
         state["paused"] = bool(state["reasons"])
         state.setdefault("paused_since", None)
@@ -199,7 +201,7 @@ class DownloadGate:
             holders = state.setdefault(table, {})
             for token in [t for t, h in holders.items() if not _valid_holder(h, table)]:
                 del holders[token]
-        return state
+        return state, rebuilt
 
     def _write_state(self, text: str) -> None:
         fd, tmp = tempfile.mkstemp(prefix=".state.", suffix=".tmp", dir=self.state_dir)
@@ -472,17 +474,17 @@ class DownloadGate:
         what = "download" if download else "audio"
         if declared + headroom > m.hard_limit:
             raise NeverFits(
-                f"{episode}: its {what} ({gb(declared)} GB declared"
-                + (f" + {gb(headroom)} GB audio headroom" if headroom else "")
-                + f") exceeds the hard limit {gb(m.hard_limit)} GB: it can never fit this budget. Raise "
+                f"{episode}: its {what} ({human_bytes(declared)} declared"
+                + (f" + {human_bytes(headroom)} audio headroom" if headroom else "")
+                + f") exceeds the hard limit of {human_bytes(m.hard_limit)}: it can never fit this budget. Raise "
                 f"disk_management.hard_limit_gb (or correct the catalogue's expected_size_mb), then "
                 f"`scribeflow retry {episode}`")
         root = m.storage_dir if download else m.data_dir
         total = m.filesystem_size(root)
         if total is not None and declared + m.min_free_bytes > total:
             raise NeverFits(
-                f"{episode}: its {what} ({gb(declared)} GB declared + min_free_gb {gb(m.min_free_bytes)} GB) is "
-                f"larger than the whole filesystem of {root} ({gb(total)} GB): it can never fit. Move "
+                f"{episode}: its {what} ({human_bytes(declared)} declared + min_free_gb {human_bytes(m.min_free_bytes)})"
+                f" is larger than the whole filesystem of {root} ({human_bytes(total)}): it can never fit. Move "
                 f"{'storage_dir' if download else 'data_dir'} to a larger disk, then `scribeflow retry {episode}`")
 
     def _log_admission(self, d: Decision, waited: bool) -> None:

@@ -157,7 +157,7 @@ class Ledger:
                 os.replace(journal, aside.with_name(aside.name + "-journal"))
             self._open(timeout)
             counts = rebuild_ledger(self, self.path.parent)
-        summary = ", ".join(f"{n} {stage}" for stage, n in counts.items() if n) or "no finished episode"
+        summary = ", ".join(f"{counts[stage]} {stage}" for stage in STAGES if counts.get(stage)) or "no finished episode"
         message = (f"the ledger {self.path} was unreadable ({problem}): moved it to {aside.name} and rebuilt it "
                    f"from the files on disk ({summary}); pause history and disk samples start afresh")
         log.warning(message)
