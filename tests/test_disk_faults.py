@@ -6,6 +6,7 @@ import gzip
 import json
 import multiprocessing
 import os
+import re
 import sqlite3
 import threading
 import time
@@ -274,3 +275,45 @@ def test_size_defaults_scale_with_a_tiny_budget():
     with pytest.raises(cfg.ConfigError, match=r"default_video_size_mb \(600\)"):
         cfg.validate({"disk_management": {"hard_limit_gb": 0.004, "pause_threshold_gb": 0.003,
                                           "resume_threshold_gb": 0.002, "default_video_size_mb": 600}})
+
+
+# -- the real workflow ---------------------------------------------------------------------
+@pytest.mark.slow
+def test_a_4_mb_budget_with_damaged_state_runs_and_gives_up_what_never_fits(tmp_path, speech_dir, model_path):
+    """config.yaml's keys alone on a 4 MB budget; the ledger and the gate's state are random
+    bytes when the run starts; one episode declares 50 MB. The run rebuilds both, gives the
+    big episode up at once (permanent, sizes in the reason), transcribes the other, and the
+    disk samples never cross 4 MB."""
+    from conftest import run_snakemake, workflow_config, write_catalogue
+    from scribeflow.server import MediaServer
+
+    data = tmp_path / "data"
+    (data / "gate").mkdir(parents=True)
+    (data / "jobs.db").write_bytes(os.urandom(4096))
+    (data / "gate" / "state.json").write_bytes(os.urandom(512))
+    (data / "failed").mkdir()
+    (data / "failed" / "gone.json").write_text(json.dumps({"id": "gone", "step": "download", "permanent": True,
+                                                          "attempts": 1, "reason": "DownloadFailed: HTTP 404"}))
+    with MediaServer(speech_dir) as server:
+        rows = [{"id": "ep01", "url": server.url("ep01.mp4"), "expected_size_mb": ""},
+                {"id": "huge", "url": server.url("ep02.mp4"), "expected_size_mb": 50},
+                {"id": "gone", "url": server.url("missing.mp4"), "expected_size_mb": ""}]
+        catalogue = write_catalogue(tmp_path / "episodes.csv", rows)
+        config = workflow_config(tmp_path, catalogue, model_path, disk_management={
+            "hard_limit_gb": 0.004, "pause_threshold_gb": 0.003, "resume_threshold_gb": 0.002,
+            "check_interval_seconds": 0.2, "cache_duration_seconds": 0})
+        proc = run_snakemake(tmp_path, config, "--cores", "2", check=False)
+    out = proc.stdout + proc.stderr
+    assert out.count("scribeflow: the ledger") == 1 and "(1 failed)" in out, out[-4000:]
+    assert list(data.glob("jobs.db.corrupt-*")) and list((data / "gate").glob("state.json.corrupt-*"))
+    assert (data / "transcripts" / "ep01.json").is_file(), out[-4000:]
+    assert proc.returncode == 1  # huge failed (keep-going carried on with ep01)
+    marker = json.loads((data / "failed" / "huge.json").read_text())
+    assert marker["permanent"] and re.search(r"50(\.\d)? MB declared", marker["reason"])
+    assert "hard limit of 4 MB" in marker["reason"]
+    db = sqlite3.connect(data / "jobs.db")
+    started, failed = db.execute("SELECT downloading_at, failed_at FROM jobs WHERE id = 'huge'").fetchone()
+    assert failed - started < 5  # at once, not after stall_timeout_seconds
+    assert db.execute("SELECT stage FROM jobs WHERE id = 'gone'").fetchone() == ("failed",)
+    peak = db.execute("SELECT MAX(total_bytes) FROM disk_samples").fetchone()[0]
+    assert peak and peak <= 4_000_000
