@@ -58,7 +58,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     updated_at REAL,
     attempts INTEGER NOT NULL DEFAULT 0,
     last_error TEXT,
-    transcribe_failures INTEGER NOT NULL DEFAULT 0
+    transcribe_failures INTEGER NOT NULL DEFAULT 0,
+    source TEXT
 );
 CREATE INDEX IF NOT EXISTS jobs_stage ON jobs(stage);
 CREATE TABLE IF NOT EXISTS pause_events (
@@ -106,6 +107,10 @@ def probe(path: str | os.PathLike) -> str | None:
     return None if result == "ok" else f"damaged: {result}"
 
 
+# Columns added since the first ledgers: older files gain them when opened.
+ADDED_COLUMNS = {"transcribe_failures": "INTEGER NOT NULL DEFAULT 0", "source": "TEXT"}
+
+
 class Ledger:
     def __init__(self, path: str | os.PathLike, timeout: float = 120.0, on_full=None, verify: bool = False):
         """`on_full(exc)`: called when a write meets a full disk; returns when the write
@@ -131,11 +136,12 @@ class Ledger:
         if self.conn.execute("PRAGMA journal_mode").fetchone()[0].lower() != "delete":
             self.conn.execute("PRAGMA journal_mode = DELETE")
         self.conn.executescript(f"BEGIN IMMEDIATE; {SCHEMA} COMMIT;")
-        if "transcribe_failures" not in self._columns(self.conn):
-            # A ledger from before the column; another process may add it first.
+        if not set(ADDED_COLUMNS) <= self._columns(self.conn):
+            # A ledger from before these columns; another process may add them first.
             with self.transaction() as c:
-                if "transcribe_failures" not in self._columns(c):
-                    c.execute("ALTER TABLE jobs ADD COLUMN transcribe_failures INTEGER NOT NULL DEFAULT 0")
+                for name, definition in ADDED_COLUMNS.items():
+                    if name not in self._columns(c):
+                        c.execute(f"ALTER TABLE jobs ADD COLUMN {name} {definition}")
 
     def _recover(self, problem: str, timeout: float) -> None:
         """Move the unreadable ledger aside and rebuild it from the files on disk; one
@@ -226,7 +232,7 @@ class Ledger:
         if stage not in STAGES:
             raise ValueError(f"unknown stage {stage!r}")
         allowed = {"declared_bytes", "video_size_bytes", "audio_size_bytes", "transcript_size_bytes",
-                   "video_deleted", "audio_deleted", "last_error"}
+                   "video_deleted", "audio_deleted", "last_error", "source"}
         unknown = set(fields) - allowed
         if unknown:
             raise ValueError(f"unknown ledger fields {sorted(unknown)}")

@@ -9,6 +9,7 @@ many) also gives the episode up, so that later runs skip it (failures.py).
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import sys
 from pathlib import Path
@@ -20,6 +21,9 @@ from .ledger import Ledger
 from .slots import Slots
 
 log = logging.getLogger("scribeflow")
+
+# What a transcript records of its download (download.download_episode's result).
+SOURCE_KEYS = ("format_id", "format", "ext", "protocol", "audio_only", "size_source")
 
 
 def setup_logging(log_path: str | Path | None) -> None:
@@ -67,8 +71,11 @@ def download(config: dict, episode: str, url: str, out: str, expected_size_mb: f
         ledger.set_stage(episode, "downloading")
         result = download_episode(episode, url, Path(out), config, gate=gate,
                                   expected_size_mb=expected_size_mb)
+        # What was downloaded, for the transcript (written by another job) and the ledger.
+        source = {key: result.get(key) for key in SOURCE_KEYS}
+        source.update(bytes=result["bytes"], declared_bytes=result["declared"])
         ledger.set_stage(episode, "downloaded", video_size_bytes=result["bytes"],
-                         declared_bytes=result["declared"], video_deleted=0)
+                         declared_bytes=result["declared"], video_deleted=0, source=json.dumps(source))
 
 
 def extract_audio(config: dict, episode: str, video: str, audio: str) -> None:
@@ -107,6 +114,8 @@ def transcribe(config: dict, episode: str, audio: str, outputs: dict[str, str], 
             raw = worker.transcribe(tc, config["data_dir"], audio, options, episode,
                                     on_worker_died=lambda exc: failures.worker_died(config, ledger, episode, exc))
             result = build_transcript(raw, episode, tc, options)
+            if job.get("source"):
+                result["source"] = json.loads(job["source"])
             # Before the transcript exists: from then on a concurrent run's orphan cleanup may delete the audio.
             audio_mb = Path(audio).stat().st_size / MB
             size = write_transcript(result, outputs)
