@@ -73,6 +73,10 @@ FAKE_SNAKEMAKE = textwrap.dedent('''
             f.write(json.dumps({"chunk": chunk, "what": what, "at": time.time()}) + "\\n")
     if chunk is None:  # the final run over the whole catalogue: the summaries
         event("summary")
+        assert "corpus_only=True" in args  # it starts no episode
+        corpus = directory / config["data_dir"] / "analysis" / "corpus"
+        corpus.mkdir(parents=True, exist_ok=True)
+        (corpus / "episodes.tsv").write_text("id")
         sys.exit(0)
     ids = [i for i in load(directory / config["catalogue"], chunk).index]
     event("start")
@@ -150,14 +154,25 @@ def test_done_chunks_are_skipped_and_a_failed_chunk_is_reported(tmp_path, capsys
         (transcripts / f"ep{i:03d}.json").write_text("{}")
     d = driver(tmp_path, 6, 3, seconds=0.2, fail="ep004")
     assert d.run() == 1
-    assert {e["chunk"] for e in events(tmp_path)} == {"2/2"}
+    # The corpus is built whatever failed; the exit code says what still needs attention.
+    assert {e["chunk"] for e in events(tmp_path)} == {"2/2", None}
     out = capsys.readouterr().out
     assert "1 already done" in out and "chunk 2/2: snakemake exited with 1, 1 episode(s) not done" in out
     assert "5 of 6 episodes analysed or given up; 1 chunk(s) failed: 2/2" in out
+    assert "1 episode(s) still need attention" in out and out.rstrip().endswith("ep004")
+
+    # A given-up episode needs no attention: the run succeeds, and says so.
+    from scribeflow import failures
+    failures.marker_dir(tmp_path / "data").mkdir(parents=True)
+    (failures.marker_dir(tmp_path / "data") / "ep004.json").write_text("{}")
+    (tmp_path / "events.jsonl").unlink()
+    assert d.run() == 0
+    assert "1 episode(s) given up" in capsys.readouterr().out
+    assert not (tmp_path / "events.jsonl").exists()  # nothing left to start, the corpus is built
+    (failures.marker_dir(tmp_path / "data") / "ep004.json").unlink()
 
     # Once everything exists, nothing is started at all.
     (transcripts / "ep004.json").write_text("{}")
-    (tmp_path / "events.jsonl").unlink()
     assert d.run() == 0
     assert not (tmp_path / "events.jsonl").exists()
 
@@ -197,18 +212,23 @@ def test_transcription_slots_are_shared_across_processes(tmp_path):
 def test_run_chunks_transcribes_the_whole_catalogue_and_a_second_run_is_a_fast_no_op(tmp_path, media_server,
                                                                                       model_path):
     rows = [{"id": f"ep{n:02d}", "url": media_server.url(f"ep{n:02d}.mp4"), "language": "en"} for n in (1, 2, 3)]
-    catalogue = write_catalogue(tmp_path / "episodes.csv", rows)
+    dead = {"id": "dead", "url": media_server.url("gone.mp4"), "language": "en"}  # a 404: given up at once
+    catalogue = write_catalogue(tmp_path / "episodes.csv", [*rows, dead])
     config = workflow_config(tmp_path, catalogue, model_path)
     (tmp_path / "run.yaml").write_text(yaml.safe_dump(config))
     cmd = [sys.executable, "-m", "scribeflow.cli", "run-chunks", "--directory", str(tmp_path),
            "--configfile", "run.yaml", "--chunk-size", "2", "--poll", "1", "--", "--cores", "3"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.returncode == 0, proc.stdout + proc.stderr  # a given-up episode needs no attention
     assert "2 chunk(s) of up to 2 episodes; 0 already done" in proc.stdout
     for row in rows:
         t = json.loads((tmp_path / "data" / "transcripts" / f"{row['id']}.json").read_text())
         assert t["id"] == row["id"] and t["text"].strip()
-    assert "3 of 3 episodes analysed or given up; 0 chunk(s) failed" in proc.stdout
+    assert "4 of 4 episodes analysed or given up; 0 chunk(s) failed" in proc.stdout
+    assert "1 episode(s) given up" in proc.stdout
+    # The corpus is built although an episode failed.
+    corpus = (tmp_path / "data" / "analysis" / "corpus" / "episodes.tsv").read_text()
+    assert all(row["id"] in corpus for row in rows) and "dead" not in corpus
     for k in (1, 2):
         assert "Finished" in (tmp_path / f".snakemake/scribeflow/chunks/chunk-0000{k}-of-2.log").read_text()
 

@@ -182,8 +182,10 @@ class Driver:
                 continue
             r.log.close()
             left = len(missing(r.chunk, self.finished()))
-            if code == 0 and not left:
-                self.say(f"chunk {r.chunk.spec}: done in {time.time() - r.started:.0f} s")
+            if not left:  # every episode analysed or given up, whatever Snakemake's exit code
+                gave_up = len(given_up(self.data) & set(r.chunk.ids))
+                self.say(f"chunk {r.chunk.spec}: done in {time.time() - r.started:.0f} s"
+                         + (f", {gave_up} episode(s) given up" if gave_up else ""))
                 continue
             if stopping:
                 self.say(f"chunk {r.chunk.spec}: stopped, {left} episode(s) to go")
@@ -245,21 +247,36 @@ class Driver:
         have = len(self.finished() & {i for c in chunks for i in c.ids})
         self.say(f"{have} of {total} episodes analysed or given up; {len(failed)} chunk(s) failed"
                  + (f": {', '.join(c.spec for c in failed)}" if failed else ""))
-        if failed:
-            return 1
-        return self.summarise() if todo else 0
+        # The corpus and plots whatever failed: over what is analysed, when chunks ran now
+        # or they were never built.
+        code = self.summarise() if todo or not self.corpus_built() else 0
+        left = [i for c in chunks for i in missing(c, self.finished())]
+        if left:
+            shown = ", ".join(left[:20]) + (f" and {len(left) - 20} more" if len(left) > 20 else "")
+            self.say(f"{len(left)} episode(s) still need attention (failed, to be tried again by the next run; "
+                     f"`scribeflow failed` says why): {shown}")
+        gave_up = len(given_up(self.data) & {i for c in chunks for i in c.ids})
+        if gave_up:
+            self.say(f"{gave_up} episode(s) given up (`scribeflow failed` lists them, `scribeflow retry` "
+                     f"tries them again)")
+        return 1 if left or code else 0
+
+    def corpus_built(self) -> bool:
+        return (self.data / "analysis" / "corpus" / "episodes.tsv").is_file()
 
     def summarise(self) -> int:
         """One run without `chunk`: the summaries over the whole catalogue (corpus, plots),
-        which chunk runs leave out (overlapping runs would both write them). Every
-        episode is done by now, so it plans in seconds."""
+        which chunk runs leave out (overlapping runs would both write them). It starts
+        no episode (corpus_only: a failed one must not keep the corpus from being built)
+        and rebuilds the corpus even when its one input is older (episodes analysed by the
+        chunks are not its inputs). It plans in seconds."""
         self.logs.mkdir(parents=True, exist_ok=True)
         log_path = self.logs / "summary.log"
         self.say(f"corpus and plots over the whole catalogue; snakemake log {log_path.relative_to(self.directory)}")
-        config = ["--config", *self.overrides] if self.overrides else []
+        config = ["--config", *self.overrides, "corpus_only=True"]
         with open(log_path, "w") as log:
-            code = subprocess.run([*self.base, *self.snakemake_args, *config], cwd=self.directory,
-                                  stdout=log, stderr=subprocess.STDOUT).returncode
+            code = subprocess.run([*self.base, *self.snakemake_args, *config, "--forcerun", "corpus"],
+                                  cwd=self.directory, stdout=log, stderr=subprocess.STDOUT).returncode
         if code:
             self.say(f"the summary run exited with {code}; see {log_path.relative_to(self.directory)}")
         return 1 if code else 0
