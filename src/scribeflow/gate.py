@@ -26,6 +26,36 @@ sum. Everything else the pipeline writes shrinks usage (transcription deletes vi
 and audio) or is small and counted by the next admission (transcripts, the ledger).
 Reaching the pause threshold stops admissions until usage falls to the resume
 threshold, so the in-flight margin (hard - pause) is what downloads may add above it.
+
+What "measured fresh" costs, and why it is still exact. A look under the lock walks
+only what is bounded by the budget or by the number of runs: videos, partial
+downloads, audio, jobs.db, this folder, corpus, reports, log roll-ups. The folders
+that grow with every finished episode (transcripts, tokens, analyses, failed markers,
+per-job logs and benchmarks: disk.PER_EPISODE) are not walked under the lock; their
+bytes are
+
+    base (walked by the last reconciliation, less the episodes active then)
+    + the files at the paths of the episodes active now (a few stat() each)
+    + accounting_margin_mb
+
+(disk.py's docstring). A download that finds the record older than
+reconcile_interval_seconds reconciles first, outside this lock and under
+reconcile.lock (one process walks; the others keep the old record, which stays
+exact). Nothing written between two reconciliations can break the hard limit,
+because every byte the pipeline writes after a reconciliation at t0 is in one of:
+  * a walked folder: measured at every look, as before;
+  * a per-episode file of an episode active now (a job of it is under way, or its
+    ledger row changed at or after t0 - 10 min): stat'ed at every look;
+  * a per-episode file of an episode not active now: impossible, since every step
+    writes the ledger before its first output and within seconds after its last one,
+    so that file has not changed since t0 and is in the base (an episode active at
+    t0, left out of the base, is still active now: the condition only widens);
+  * a file no per-episode path names: an atomic write's temporary file or a job's
+    log lines before its first ledger write, bounded by the margin.
+So the accounted usage is never below the true one at any look, and the inequality
+above holds with it. A new or rebuilt ledger (or no record) makes the next look
+reconcile first; an unreadable ledger makes every look walk everything.
+reconcile_interval_seconds: 0 walks everything under the lock at every look.
 """
 
 from __future__ import annotations
@@ -358,6 +388,16 @@ class DownloadGate:
                 raise
             log.warning("The ledger could not record %s: %s", method.replace("_", " "), exc)
 
+    def _reconcile(self) -> None:
+        """The disk accounting's occasional walk of the per-episode folders, before the
+        lock (disk.py). Only downloads do it: they wait anyway, while an extraction or a
+        transcription holds a slot that the next job wants. Never fails a download: the
+        old record stays exact, only the looks get slower."""
+        try:
+            self.monitor.reconcile_if_due()
+        except Exception as exc:
+            log.warning("Could not reconcile the disk accounting: %s", exc)
+
     def held_paths(self) -> tuple[set[str], bool]:
         """Paths reserved by live downloads and extractions, and whether any job is live."""
         with self._locked_state() as state:
@@ -369,6 +409,8 @@ class DownloadGate:
     def check(self, declared: int = 0, download: bool = True) -> Decision:
         """One look at the gate without reserving anything. download=False: a look that
         may end a pause (after a transcription freed space) but never opens one."""
+        if download:
+            self._reconcile()
         decision = None
         try:
             with self._locked_state() as state:
@@ -391,6 +433,8 @@ class DownloadGate:
         paths = [str(Path(p).absolute()) for p in paths]
         waiting_since = stalled_since = None
         while True:
+            if download:
+                self._reconcile()
             decision = None
             try:
                 with self._locked_state() as state:

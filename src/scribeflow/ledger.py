@@ -30,6 +30,7 @@ from pathlib import Path
 from .files import is_disk_full
 
 log = logging.getLogger("scribeflow.ledger")
+HOUR, DAY = 3600.0, 86400.0
 
 STAGES = (
     "queued", "downloading", "downloaded", "extracting", "extracted",
@@ -62,13 +63,16 @@ CREATE TABLE IF NOT EXISTS jobs (
     source TEXT
 );
 CREATE INDEX IF NOT EXISTS jobs_stage ON jobs(stage);
+-- The disk accounting asks which rows changed lately (disk.py): an index lookup.
+CREATE INDEX IF NOT EXISTS jobs_updated ON jobs(updated_at);
 CREATE TABLE IF NOT EXISTS pause_events (
     id INTEGER PRIMARY KEY,
     started_at REAL NOT NULL,
     ended_at REAL,
     usage_bytes INTEGER NOT NULL,
     resume_usage_bytes INTEGER,
-    reason TEXT
+    reason TEXT,
+    events INTEGER NOT NULL DEFAULT 1
 );
 CREATE TABLE IF NOT EXISTS disk_samples (
     at REAL NOT NULL,
@@ -292,6 +296,45 @@ class Ledger:
         with self.transaction() as c:
             c.execute("UPDATE pause_events SET ended_at = ?, resume_usage_bytes = ? WHERE ended_at IS NULL",
                       (at or time.time(), usage_bytes))
+
+    def thin_history(self, now: float | None = None) -> dict[str, int]:
+        """Thin old disk samples and pause events so that the tables stop growing with the
+        months of a run (status, plan and plots read them whole). Samples: all of the last
+        2 days, one per hour up to 30 days, one per day before; each bucket keeps its
+        highest sample (a peak near the hard limit must still show). Pause events older
+        than 7 days: one row per day, from the day's first start, as long as that day's
+        pauses together, `events` counting them. Returns the rows deleted per table."""
+        now = now or time.time()
+        deleted = {"disk_samples": 0, "pause_events": 0}
+        if "events" not in {r[1] for r in self.conn.execute("PRAGMA table_info(pause_events)")}:
+            with self.transaction() as c:  # a ledger from before the column
+                if "events" not in {r[1] for r in c.execute("PRAGMA table_info(pause_events)")}:
+                    c.execute("ALTER TABLE pause_events ADD COLUMN events INTEGER NOT NULL DEFAULT 1")
+        with self.transaction() as c:
+            for older_than, bucket in ((2 * DAY, HOUR), (30 * DAY, DAY)):
+                cut = now - older_than
+                before = c.total_changes
+                c.execute(
+                    """DELETE FROM disk_samples WHERE at < ? AND rowid NOT IN (
+                           SELECT keep FROM (SELECT rowid AS keep, MAX(total_bytes) FROM disk_samples
+                                             WHERE at < ? GROUP BY CAST(at / ? AS INTEGER)))""",
+                    (cut, cut, bucket))
+                deleted["disk_samples"] += c.total_changes - before
+            cut = now - 7 * DAY
+            days = c.execute(
+                """SELECT CAST(started_at / ? AS INTEGER) AS day, MIN(started_at), SUM(ended_at - started_at),
+                          MAX(usage_bytes), MIN(resume_usage_bytes), SUM(events), COUNT(*),
+                          GROUP_CONCAT(DISTINCT reason)
+                   FROM pause_events WHERE ended_at IS NOT NULL AND ended_at < ?
+                   GROUP BY day HAVING COUNT(*) > 1""", (DAY, cut)).fetchall()
+            for day, start, seconds, usage, resume, events, rows, reasons in days:
+                c.execute("DELETE FROM pause_events WHERE ended_at IS NOT NULL AND ended_at < ? "
+                          "AND CAST(started_at / ? AS INTEGER) = ?", (cut, DAY, day))
+                c.execute("INSERT INTO pause_events (started_at, ended_at, usage_bytes, resume_usage_bytes, reason, "
+                          "events) VALUES (?, ?, ?, ?, ?, ?)",
+                          (start, start + seconds, usage, resume, reasons, events))
+                deleted["pause_events"] += rows - 1
+        return deleted
 
     def pause_events(self) -> list[dict]:
         cur = self.conn.execute("SELECT * FROM pause_events ORDER BY started_at")
