@@ -1,0 +1,200 @@
+"""Roll-ups of per-job logs and benchmark records: a finished episode keeps its outputs,
+not eight small files of how they were made.
+
+Snakemake writes one log ({data_dir}/logs/RULE/{id}.log) and one benchmark record
+({data_dir}/benchmarks/RULE/{id}.tsv) per job, four jobs per episode: two million
+files over the whole catalogue, which every directory listing and every walk of the
+disk accounting would pay for. `rollup` (at each run's start) moves those of finished
+episodes into two gzip files per roll-up under {data_dir}/logs/rollup/:
+
+  TIME-PID.log.gz          every log, each after a line "==> logs/RULE/ID.log <=="
+                           (zless/zgrep read it; so does `python -m scribeflow.logs ID`)
+  TIME-PID.benchmarks.tsv.gz   one TSV: rule, episode, then Snakemake's benchmark columns
+
+A finished episode is one whose analysis exists and whose analysis job has ended
+(Snakemake writes the benchmark record after the job). Logs of failed or unfinished
+episodes stay where they are, which is where Snakemake's error message and the failure
+report point. A roll-up is written (fsynced) before the files it holds are deleted; a
+crash in between leaves both, and readers take the newest copy.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import gzip
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+from .disk import EPISODE_RULES
+from .files import allocated_bytes, atomic_path
+
+log = logging.getLogger("scribeflow.logs")
+
+ROLLUP_DIR = "rollup"
+HEADER = "==> {} <=="
+
+
+def rollup_dir(data_dir: str | os.PathLike) -> Path:
+    return Path(data_dir) / "logs" / ROLLUP_DIR
+
+
+def finished(data_dir: str | os.PathLike) -> set[str]:
+    """Episodes whose jobs are all over: analysed, and the analysis job's record written."""
+    data = Path(data_dir)
+    ended = _ids(data / "benchmarks" / "analyse_episode", ".tsv")
+    return {e for e in ended if (data / "analysis" / "episodes" / f"{e}.json").is_file()} - _ids(data / "failed",
+                                                                                                  ".json")
+
+
+def rollup(data_dir: str | os.PathLike) -> tuple[int, int, int]:
+    """Move the logs and benchmark records of finished episodes into one roll-up.
+    Returns (episodes, files removed, bytes freed net of the roll-up). One process at a
+    time; another one's roll-up in progress makes this one a no-op."""
+    data = Path(data_dir)
+    done = finished(data)
+    if not done:
+        return 0, 0, 0
+    out = rollup_dir(data)
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / ".lock", "a+") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return 0, 0, 0
+        done = finished(data)  # the other roll-up may have taken some
+        logs = [(rule, e, data / "logs" / rule / f"{e}.log") for e in sorted(done) for rule in EPISODE_RULES]
+        marks = [(rule, e, data / "benchmarks" / rule / f"{e}.tsv") for e in sorted(done) for rule in EPISODE_RULES]
+        logs = [x for x in logs if x[2].is_file()]
+        marks = [x for x in marks if x[2].is_file()]
+        if not logs and not marks:
+            return 0, 0, 0
+        stem = f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
+        written = []
+        if logs:
+            target = out / f"{stem}.log.gz"
+            with atomic_path(target) as tmp, gzip.open(tmp, "wt", encoding="utf-8", errors="replace") as f:
+                os.chmod(tmp, 0o644)  # readable like the logs it holds (mkstemp makes 0600)
+                for rule, _, path in logs:
+                    f.write(HEADER.format(path.relative_to(data)) + "\n")
+                    text = path.read_text(encoding="utf-8", errors="replace")
+                    f.write(text if text.endswith("\n") or not text else text + "\n")
+            written.append(target)
+        if marks:
+            target = out / f"{stem}.benchmarks.tsv.gz"
+            with atomic_path(target) as tmp, gzip.open(tmp, "wt", encoding="utf-8") as f:
+                os.chmod(tmp, 0o644)
+                header = None
+                for rule, episode, path in marks:
+                    lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+                    if not lines:
+                        continue
+                    if header is None:
+                        header = lines[0]
+                        f.write(f"rule\tepisode\t{header}\n")
+                    for line in lines[1:]:
+                        f.write(f"{rule}\t{episode}\t{line}\n")
+            written.append(target)
+        freed = 0
+        for _, _, path in logs + marks:
+            with contextlib.suppress(FileNotFoundError):
+                freed += allocated_bytes(path.stat())
+                path.unlink()
+        freed -= sum(allocated_bytes(p.stat()) for p in written)
+        return len(done), len(logs) + len(marks), freed
+
+
+def rollup_quietly(data_dir: str | os.PathLike) -> None:
+    """The run's start: roll up, say so in one line, never fail the run (a full disk,
+    an unreadable file: the logs simply stay)."""
+    try:
+        episodes, files, freed = rollup(data_dir)
+    except Exception as exc:
+        log.warning("Could not roll up the logs of finished episodes: %s", exc)
+        print(f"scribeflow: could not roll up finished episodes' logs ({exc}); they stay as they are",
+              file=sys.stderr)
+        return
+    if files:
+        print(f"scribeflow: rolled up {files} log and benchmark file(s) of {episodes} finished episode(s) into "
+              f"{rollup_dir(data_dir)} ({freed / 1e6:.1f} MB freed)", file=sys.stderr)
+
+
+def episode_logs(data_dir: str | os.PathLike, episode: str) -> list[tuple[str, str]]:
+    """(path, text) of every log of `episode`: the files still in place, then those in
+    roll-ups (newest roll-up first; a log in several is shown once)."""
+    data = Path(data_dir)
+    found: dict[str, str] = {}
+    for rule in EPISODE_RULES:
+        path = data / "logs" / rule / f"{episode}.log"
+        if path.is_file():
+            found[str(path.relative_to(data))] = path.read_text(encoding="utf-8", errors="replace")
+    wanted = {HEADER.format(f"logs/{rule}/{episode}.log") for rule in EPISODE_RULES}
+    for archive in sorted(rollup_dir(data).glob("*.log.gz"), reverse=True):
+        current, lines = None, []
+        with gzip.open(archive, "rt", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if line.startswith("==> ") and line.rstrip("\n").endswith(" <=="):
+                    if current:
+                        found.setdefault(current, "".join(lines))
+                    header = line.rstrip("\n")
+                    current = header[4:-4] if header in wanted else None
+                    lines = []
+                elif current:
+                    lines.append(line)
+        if current:
+            found.setdefault(current, "".join(lines))
+    return sorted(found.items())
+
+
+def benchmarks(data_dir: str | os.PathLike) -> list[dict]:
+    """Every benchmark record, rolled up or not: {"rule", "episode", Snakemake's columns}."""
+    data = Path(data_dir)
+    rows: dict[tuple[str, str], dict] = {}
+    for archive in sorted(rollup_dir(data).glob("*.benchmarks.tsv.gz")):
+        with gzip.open(archive, "rt", encoding="utf-8") as f:
+            header = f.readline().rstrip("\n").split("\t")
+            for line in f:
+                row = dict(zip(header, line.rstrip("\n").split("\t")))
+                rows[(row["rule"], row["episode"])] = row
+    for rule in EPISODE_RULES:
+        for path in sorted((data / "benchmarks" / rule).glob("*.tsv")):
+            lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+            if len(lines) > 1:
+                row = {"rule": rule, "episode": path.stem, **dict(zip(lines[0].split("\t"), lines[1].split("\t")))}
+                rows[(rule, path.stem)] = row
+    return list(rows.values())
+
+
+def _ids(folder: Path, suffix: str) -> set[str]:
+    try:
+        return {e.name[: -len(suffix)] for e in os.scandir(folder)
+                if e.name.endswith(suffix) and not e.name.startswith(".")}
+    except FileNotFoundError:
+        return set()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """python -m scribeflow.logs [--data-dir DIR] ID ...: print an episode's logs."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m scribeflow.logs", description=main.__doc__)
+    parser.add_argument("--data-dir", default="data")
+    parser.add_argument("ids", nargs="+")
+    args = parser.parse_args(argv)
+    missing = 0
+    for episode in args.ids:
+        found = episode_logs(args.data_dir, episode)
+        if not found:
+            print(f"{episode}: no logs in {args.data_dir}", file=sys.stderr)
+            missing += 1
+        for path, text in found:
+            print(HEADER.format(path))
+            print(text, end="" if text.endswith("\n") else "\n")
+    return 1 if missing else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
