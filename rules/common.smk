@@ -56,10 +56,7 @@ def register_default_resource(name, value):
 # keeps --jobs only for remote executors (locally it becomes --cores).
 _slots = workflow.nodes if workflow.nodes is not None else workflow.cores
 _slots = _slots if isinstance(_slots, int) else 1
-register_default_resource(
-    "download_slots",
-    max(1, min(DISK["max_concurrent_downloads"], _slots - 1)),
-)
+register_default_resource("download_slots", sf_config.download_slots(DISK, _slots))
 register_default_resource("transcription_slots", DISK["max_concurrent_transcriptions"])
 # Snakemake gives a resource back when a job ends, not when its temp() output is
 # deleted, so disk_gb caps only the bytes of downloads in flight: the margin

@@ -80,7 +80,7 @@ def test_status_command_on_a_fresh_data_dir(tmp_path):
 def seed_inputs(**kw):
     values = dict(episodes=171_881, remaining=171_881, video_mb=500, duration_s=24 * 60, transcript_kb=50,
                   download_mb_per_s=10, transcription_speed=2, extraction_speed=300, download_slots=5,
-                  extraction_slots=2, sources={})
+                  extraction_slots=2, transcription_slots=8, sources={})
     return Inputs(**{**values, **kw})
 
 
@@ -109,7 +109,9 @@ def test_plan_reads_the_catalogue_and_the_ledger(tmp_path):
     assert i["sources"]["transcription_speed"] == "measured on 4 episode(s)"
     assert i["video_mb"] == pytest.approx(100) and i["duration_s"] == pytest.approx(AUDIO_S)
     one, four = p["scenarios"]
-    assert one["capacity_per_hour"]["transcribe"] == 60 and four["capacity_per_hour"]["transcribe"] == 240
+    # max_concurrent_transcriptions (2) caps the GPUs a run uses: the plan says so.
+    assert one["capacity_per_hour"]["transcribe"] == 60 and four["capacity_per_hour"]["transcribe"] == 120
+    assert "only 2 of 4 GPUs" in " ".join(four["warnings"])
     assert one["eta_hours"] == pytest.approx(5 / min(one["capacity_per_hour"].values()), abs=0.05)
     # Options win over measurements.
     given = plan(config, catalogue, [1], {"transcription_speed": 1.0})["inputs"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -153,6 +154,11 @@ def main(argv=None) -> int:
     except (ConfigError, CatalogueError) as exc:
         print(f"scribeflow {args.command}: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        # `scribeflow status | head -5`: the reader has what it wanted. Point stdout at
+        # /dev/null so that the interpreter's final flush does not fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 def cmd_run_chunks(args) -> int:

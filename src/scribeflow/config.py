@@ -164,6 +164,12 @@ def _set_dotted(config: dict, dotted: str, value: Any) -> None:
     node[leaf] = value
 
 
+def download_slots(dm: dict, slots: int) -> int:
+    """Downloads a run may hold at once: max_concurrent_downloads, and always one job slot
+    (core, or cluster job) left for the extraction and transcription that free space."""
+    return max(1, min(dm["max_concurrent_downloads"], slots - 1))
+
+
 def in_flight_gb(dm: dict) -> float:
     """The bytes (in GB) downloads in flight may add above the pause threshold."""
     if dm.get("in_flight_gb") is None:

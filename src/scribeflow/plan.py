@@ -21,7 +21,7 @@ import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from .config import GB, MB
+from .config import GB, MB, download_slots, in_flight_gb
 from .failures import given_up
 from .ledger import TRANSCRIBED_SQL, Ledger
 from .media import BYTES_PER_SECOND
@@ -51,6 +51,7 @@ class Inputs:
     extraction_speed: float  # x real time, one job
     download_slots: int
     extraction_slots: int
+    transcription_slots: int  # max_concurrent_transcriptions: a cap over all GPUs of one run
     sources: dict
 
 
@@ -111,13 +112,18 @@ def gather(config: dict, catalogue, options: dict) -> Inputs:
     duration, src = column_mean("duration_s", values["duration_s"])
     sources["duration_s"] = src or sources["duration_s"]
     cores = options.get("cores") or os.cpu_count() or 1
+    # The slots the run really gets: one job slot left for the work that frees space, and
+    # Snakemake's disk_gb units (whole GB, at least one per download).
+    downloads = min(download_slots(dm, cores), max(1, int(in_flight_gb(dm))) // max(1, -(-int(video_mb) // 1000)))
+    sources["download_slots"] = (f"min(max_concurrent_downloads {dm['max_concurrent_downloads']}, {cores} cores - 1, "
+                                 f"disk_gb units)")
     return Inputs(
         episodes=len(catalogue), remaining=max(0, len(catalogue) - done), video_mb=video_mb,
         duration_s=duration, transcript_kb=values["transcript_kb"],
         download_mb_per_s=values["download_mb_per_s"], transcription_speed=values["transcription_speed"],
         extraction_speed=values["extraction_speed"],
-        download_slots=dm["max_concurrent_downloads"],
-        extraction_slots=max(1, cores - dm["max_concurrent_downloads"]), sources=sources,
+        download_slots=max(1, downloads), extraction_slots=max(1, cores - max(1, downloads)),
+        transcription_slots=dm["max_concurrent_transcriptions"], sources=sources,
     )
 
 
@@ -127,17 +133,25 @@ def estimate(config: dict, inp: Inputs, gpus: int) -> dict:
     hard, pause, resume = (dm[k] * GB for k in ("hard_limit_gb", "pause_threshold_gb", "resume_threshold_gb"))
     video = inp.video_mb * MB
     audio = inp.duration_s * BYTES_PER_SECOND
+    workers = min(gpus, inp.transcription_slots)
     capacity = {
         "download": inp.download_slots * inp.download_mb_per_s * MB / video * HOUR,
         "extract_audio": inp.extraction_slots * inp.extraction_speed * HOUR / inp.duration_s,
-        "transcribe": gpus * inp.transcription_speed * HOUR / inp.duration_s,
+        "transcribe": workers * inp.transcription_speed * HOUR / inp.duration_s,
     }
     bottleneck = min(capacity, key=capacity.get)
     rate = capacity[bottleneck]
     # Permanent outputs grow through the run; take their mean over it.
     permanent_end = inp.episodes * inp.transcript_kb * 1000
     permanent_mean = (inp.episodes - inp.remaining / 2) * inp.transcript_kb * 1000
-    if bottleneck == "download":
+    remaining_bytes = inp.remaining * (video + audio)
+    if permanent_end + remaining_bytes < pause:
+        # Everything left fits below the pause threshold: downloads never pause.
+        in_flight = inp.remaining
+        usage = permanent_mean + remaining_bytes / 2
+        behaviour = (f"everything left ({remaining_bytes / GB:.3g} GB of video and audio) fits below the "
+                     f"pause threshold: downloads never pause")
+    elif bottleneck == "download":
         # Videos are consumed as they land: downloads in progress (half done on average)
         # plus the episodes being extracted or transcribed.
         processing = min(gpus, inp.download_slots)
@@ -146,7 +160,7 @@ def estimate(config: dict, inp: Inputs, gpus: int) -> dict:
         behaviour = "downloads are the bottleneck: the disk stays well below the pause threshold"
     else:
         usage = (pause + resume) / 2
-        in_flight = max(0.0, (usage - permanent_mean) / video)
+        in_flight = min(inp.remaining, max(0.0, (usage - permanent_mean) / video))
         behaviour = (f"{bottleneck} is the bottleneck: downloads run ahead and pause, usage saws between "
                      f"the resume and pause thresholds")
     hours = inp.remaining / rate if rate else float("inf")
@@ -154,6 +168,9 @@ def estimate(config: dict, inp: Inputs, gpus: int) -> dict:
     if permanent_end > resume:
         warnings.append(f"the permanent outputs alone ({permanent_end / GB:.0f} GB) would pass the resume "
                         f"threshold: downloads would stall before the end")
+    if workers < gpus:
+        warnings.append(f"max_concurrent_transcriptions ({inp.transcription_slots}) lets only {workers} of "
+                        f"{gpus} GPUs work: raise it to use them all")
     if video + audio > hard - pause:
         warnings.append(f"one episode ({(video + audio) / GB:.2f} GB of video and audio) is larger than the "
                         f"margin above the pause threshold ({(hard - pause) / GB:.0f} GB)")
@@ -162,11 +179,11 @@ def estimate(config: dict, inp: Inputs, gpus: int) -> dict:
         "capacity_per_hour": {k: round(v, 2) for k, v in capacity.items()},
         "bottleneck": bottleneck,
         "episodes_per_hour": round(rate, 2),
-        "steady_state_disk_gb": round(usage / GB, 1),
+        "steady_state_disk_gb": round(usage / GB, 3),
         "episodes_in_flight": round(in_flight),
         "behaviour": behaviour,
         "permanent_outputs_at_end_gb": round(permanent_end / GB, 2),
-        "eta_hours": round(hours, 1),
+        "eta_hours": round(hours, 3),
         "eta_days": round(hours / 24, 1),
         "warnings": warnings,
     }
@@ -175,6 +192,14 @@ def estimate(config: dict, inp: Inputs, gpus: int) -> dict:
 def plan(config: dict, catalogue, gpus: list[int], options: dict) -> dict:
     inp = gather(config, catalogue, options)
     return {"inputs": asdict(inp), "scenarios": [estimate(config, inp, g) for g in gpus]}
+
+
+def duration(seconds: float) -> str:
+    """'7 min', '5 h 12 min', '716 d 3 h'."""
+    minutes = max(1, round(seconds / 60))
+    days, rest = divmod(minutes, 24 * 60)
+    hours, minutes = divmod(rest, 60)
+    return f"{days} d {hours} h" if days else f"{hours} h {minutes} min" if hours else f"{minutes} min"
 
 
 def render(p: dict) -> str:
@@ -186,7 +211,7 @@ def render(p: dict) -> str:
         f"{i['duration_s'] / 60:.1f} min [{src['duration_s']}], "
         f"{i['transcript_kb']:.0f} KB transcript [{src['transcript_kb']}]",
         f"Per job: download {i['download_mb_per_s']:g} MB/s [{src['download_mb_per_s']}] x "
-        f"{i['download_slots']} slots; transcription {i['transcription_speed']:g}x real time "
+        f"{i['download_slots']} slots [{src['download_slots']}]; transcription {i['transcription_speed']:g}x real time "
         f"[{src['transcription_speed']}]; extraction {i['extraction_speed']:g}x real time "
         f"[{src['extraction_speed']}] x {i['extraction_slots']} cores",
         "",
@@ -195,9 +220,9 @@ def render(p: dict) -> str:
     ]
     for s in p["scenarios"]:
         c = s["capacity_per_hour"]
-        eta = f"{s['eta_days']:g} days" if s["eta_hours"] >= 48 else f"{s['eta_hours']:g} h"
+        eta = duration(s["eta_hours"] * HOUR) if s["eta_hours"] != float("inf") else "never"
         lines.append(f"{s['gpus']:>4}  {c['download']:>10.1f}  {c['extract_audio']:>9.1f}  "
-                     f"{c['transcribe']:>12.1f}  {s['bottleneck']:<13}{s['steady_state_disk_gb']:>8.1f}  "
+                     f"{c['transcribe']:>12.1f}  {s['bottleneck']:<13}{s['steady_state_disk_gb']:>8.3g}  "
                      f"{s['episodes_in_flight']:>9}  {eta:>12}")
     seen = set()
     for s in p["scenarios"]:

@@ -124,9 +124,10 @@ def transcribe(config: dict, episode: str, audio: str, outputs: dict[str, str], 
         ledger.set_stage(episode, "transcribed", transcript_size_bytes=size, audio_deleted=int(audio_deleted))
         log.info("Transcription complete (%.1f s of audio, %d segments), deleting video and audio",
                  result["duration"], len(result["segments"]))
-        freed = (video_mb if video_gone else 0) + (audio_mb if audio_deleted else 0)
-        log.info("Freed %.1f MB (video: %.1f MB, audio: %.1f MB)", freed, video_mb if video_gone else 0,
-                 audio_mb if audio_deleted else 0)
+        # What this step frees is its audio: the video went when its audio was extracted.
+        freed = audio_mb if audio_deleted else 0
+        log.info("Freed %.1f MB (audio; the video, %.1f MB, %s)", freed, video_mb,
+                 "was freed when its audio was extracted" if video_gone else "is kept")
         # A fresh look at the gate: records a disk sample, and may resume downloads.
         usage, monitor = gate.check(download=False).usage, gate.monitor
         log.info("Current disk usage: %s/%s GB (%.0f%%)", gb(usage.total - audio_mb * MB),
