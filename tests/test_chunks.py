@@ -137,10 +137,15 @@ def test_next_chunk_starts_when_the_running_one_has_no_downloads_left(tmp_path):
         assert live <= 2
 
 
-def test_without_overlap_chunks_run_one_after_another(tmp_path):
-    d = driver(tmp_path, 4, 2, seconds=0.3)
+def test_without_overlap_chunks_run_one_after_another(tmp_path, capsys):
+    d = driver(tmp_path, 4, 2, seconds=0.6)
     d.overlap = False
+    d.progress_every = 0.2
     assert d.run() == 0
+    # A compact progress line while a chunk runs: the chunk, the catalogue, the failures.
+    progress = [line for line in capsys.readouterr().out.splitlines() if "| catalogue" in line]
+    assert progress and "chunk 1/2: 0 of 2 done | catalogue 0 of 4 (0.0%)" in progress[0]
+    assert progress[-1].endswith("failed 0 (0 given up)")
     at = {(e["chunk"], e["what"]): e["at"] for e in events(tmp_path)}
     assert at[("1/2", "end")] < at[("2/2", "start")]
     # Then one run without a chunk builds the summaries (corpus, plots), after every chunk.

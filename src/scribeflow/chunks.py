@@ -123,7 +123,8 @@ class Running:
 class Driver:
     def __init__(self, directory: Path, config: dict, chunk_size: int, snakemake_args: list[str],
                  configfiles: list[str] = (), overrides: list[str] = (), overlap: bool = True,
-                 poll: float = 2.0, unlock: bool = False, command: list[str] | None = None, out=None):
+                 poll: float = 2.0, unlock: bool = False, command: list[str] | None = None, out=None,
+                 progress_every: float = 60.0):
         self.directory = Path(directory).absolute()
         self.config = config
         self.chunk_size = chunk_size
@@ -131,6 +132,9 @@ class Driver:
         self.poll = poll
         self.unlock = unlock
         self.out = out
+        self.progress_every = progress_every
+        self.catalogue_ids: set[str] = set()
+        self.started = time.time()
         data = self.directory / config["data_dir"]
         self.data = data
         self.ledger = data / "jobs.db"
@@ -148,6 +152,39 @@ class Driver:
         """Episodes through their last per-episode stage (the analysis: the transcript may be
         deleted after tokenization), or given up (failures.py): nothing is left to do for them."""
         return ids_with_suffix(self.data / "analysis" / "episodes", ".json") | given_up(self.data)
+
+    def progress(self, running: list[Running]) -> str:
+        """One compact line: the running chunks, the catalogue, the rate since the driver
+        started, the disk against its limits, failures."""
+        from .gate import gb
+
+        done = self.finished()
+        parts = [f"chunk {r.chunk.spec}: {len(set(r.chunk.ids) & done)} of {len(r.chunk.ids)} done" for r in running]
+        total = len(self.catalogue_ids) or 1
+        have = len(done & self.catalogue_ids)
+        parts.append(f"catalogue {have:,} of {len(self.catalogue_ids):,} ({100 * have / total:.1f}%)")
+        elapsed = time.time() - self.started
+        try:
+            db = sqlite3.connect(f"file:{self.ledger}?mode=ro", uri=True, timeout=5)
+            try:
+                window = min(elapsed, 3600.0)
+                recent = db.execute("SELECT COUNT(*) FROM jobs WHERE transcribed_at >= ?",
+                                    (time.time() - window,)).fetchone()[0]
+                failed = db.execute("SELECT COUNT(*) FROM jobs WHERE stage = 'failed'").fetchone()[0]
+                sample = db.execute("SELECT total_bytes, paused FROM disk_samples ORDER BY at DESC LIMIT 1").fetchone()
+            finally:
+                db.close()
+        except sqlite3.Error:
+            recent, failed, sample = 0, 0, None
+        if window := min(elapsed, 3600.0):
+            parts.append(f"{recent * 3600 / window:.1f} transcribed/h over the last {window / 60:.0f} min")
+        dm = self.config["disk_management"]
+        if sample:
+            parts.append(f"disk {gb(sample[0])} of {dm['hard_limit_gb']:g} GB (pause {dm['pause_threshold_gb']:g}, "
+                         f"resume {dm['resume_threshold_gb']:g})" + (", downloads paused" if sample[1] else ""))
+        gave_up = len(given_up(self.data) & self.catalogue_ids)
+        parts.append(f"failed {failed} ({gave_up} given up)")
+        return " | ".join(parts)
 
     def say(self, message: str) -> None:
         print(f"[{time.strftime('%H:%M:%S')}] run-chunks: {message}", file=self.out or sys.stdout, flush=True)
@@ -202,6 +239,7 @@ class Driver:
         cache = self.directory / ".snakemake" / "scribeflow"
         catalogue_path = self.directory / self.config["catalogue"]
         chunks = plan(sf_catalogue.load(catalogue_path, cache_dir=cache), self.chunk_size)
+        self.catalogue_ids = {i for c in chunks for i in c.ids}
         done = self.finished()
         todo = [(c, len(missing(c, done))) for c in chunks]
         skipped = sum(1 for _, n in todo if n == 0)
@@ -223,20 +261,29 @@ class Driver:
                     os.killpg(r.proc.pid, signal.SIGTERM)
 
         previous = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
+        last_progress = time.monotonic()
+
+        def wait(seconds: float) -> None:
+            nonlocal last_progress
+            time.sleep(seconds)
+            if running and not stopping and time.monotonic() - last_progress >= self.progress_every:
+                last_progress = time.monotonic()
+                self.say(self.progress(running))
+
         try:
             for chunk, n in todo:
                 while not stopping:
                     running = self.reap(running, failed)
                     if self.may_start_next(running):
                         break
-                    time.sleep(self.poll)
+                    wait(self.poll)
                 if stopping:
                     break
                 running.append(self.start(chunk, n))
             while running:
                 running = self.reap(running, failed, stopping)
                 if running:
-                    time.sleep(min(self.poll, 0.5) if stopping else self.poll)
+                    wait(min(self.poll, 0.5) if stopping else self.poll)
         finally:
             for s, handler in previous.items():
                 signal.signal(s, handler)
@@ -294,7 +341,8 @@ def main(args) -> int:
         print(f"run-chunks: {exc}", file=sys.stderr)
         return 2
     driver = Driver(directory, config, args.chunk_size, snakemake_args, configfiles=args.configfile,
-                    overrides=overrides, overlap=not args.no_overlap, poll=args.poll, unlock=args.unlock)
+                    overrides=overrides, overlap=not args.no_overlap, poll=args.poll, unlock=args.unlock,
+                    progress_every=args.progress_seconds)
     try:
         return driver.run()
     except sf_catalogue.CatalogueError as exc:

@@ -182,6 +182,8 @@ def add_run_chunks(sub) -> None:
     p.add_argument("--no-overlap", action="store_true", help="start a chunk only when the previous one ended")
     p.add_argument("--unlock", action="store_true", help="release a lock left by a killed run first")
     p.add_argument("--poll", type=float, default=5.0, help="seconds between progress checks (default 5)")
+    p.add_argument("--progress-seconds", type=float, default=60.0,
+                   help="seconds between progress lines while a chunk runs (default 60)")
     p.add_argument("snakemake_args", nargs=argparse.REMAINDER, help="-- then snakemake arguments")
     p.set_defaults(func=cmd_run_chunks)
 
