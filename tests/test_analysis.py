@@ -1,9 +1,11 @@
 """Per-episode statistics and the corpus tables, on hand-written Japanese and English
 transcripts, checked against known counts and an independent count of the tokens."""
 
+import json
 from collections import Counter
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
@@ -58,8 +60,9 @@ def test_corpus_frequency_matches_an_independent_count(corpus):
     assert total == 18 + 14 + 14 + 10
 
     freq = read_tsv(outputs["frequency"])
-    assert dict(zip(freq["lemma"], freq["count"])) == counts
-    assert dict(zip(freq["lemma"], freq["document_frequency"])) == documents
+    # Counted by UniDic's lemma (lemma_unidic beside the written form the lemma column shows).
+    assert dict(zip(freq["lemma_unidic"], freq["count"])) == counts
+    assert dict(zip(freq["lemma_unidic"], freq["document_frequency"])) == documents
     assert list(freq["rank"]) == list(range(1, len(counts) + 1))
     assert list(freq["count"]) == sorted(counts.values(), reverse=True)
     # Across languages: 猫 in both Japanese episodes, the/cat in both English ones.
@@ -68,7 +71,7 @@ def test_corpus_frequency_matches_an_independent_count(corpus):
     assert (row.at["the", "count"], row.at["the", "document_frequency"]) == (4, 2)
     assert row.at["た", "count"] == 4  # 走っていた, 食べた, 見ました, 面白かった
     running = 0
-    for lemma, coverage in zip(freq["lemma"], freq["cumulative_coverage"]):
+    for lemma, coverage in zip(freq["lemma_unidic"], freq["cumulative_coverage"]):
         running += counts[lemma]
         assert coverage == pytest.approx(running / total, abs=1e-6)
 
@@ -90,7 +93,7 @@ def test_series_tables_match_an_independent_count(corpus):
         episodes = [e for e, s in SERIES.items() if s == name]
         counts = Counter(x for lemmas in lemmas_of(root, episodes).values() for x in lemmas)
         part = series_freq[series_freq["series"] == name]
-        assert dict(zip(part["lemma"], part["count"])) == counts
+        assert dict(zip(part["lemma_unidic"], part["count"])) == counts
         row = cov[(cov["scope"] == "series") & (cov["series"] == name)].iloc[0]
         assert (row["episodes"], row["tokens"]) == (len(episodes), sum(counts.values()))
     episodes = read_tsv(outputs["episodes"]).set_index("id")
@@ -142,3 +145,60 @@ def test_analysis_without_keeping_tokens_matches_the_one_from_the_tokens_file(co
         assert pq.read_table(paths[1]).equals(pq.read_table(root / "lemmas" / f"{episode}.parquet"))
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
         f"{episode}.{ext}" for episode in SERIES for ext in ("json", "parquet"))
+
+
+# とても, この, いる, いい: UniDic's lemmas are 迚も, 此の, 居る, 良い; a reader knows the first.
+LEMMA_TEXT = ["この ほんは とても おもしろい。", "ねこが にわに いる。いい てんき。", "いぬも いる。この いぬは とても いい。"]
+
+
+def _lemma_corpus(tmp_path, lemma):
+    from scribeflow.tokens import tokenize_transcript
+
+    entries = []
+    for n, text in enumerate(LEMMA_TEXT):
+        t = {"id": f"e{n}", "language": "ja", "duration": 60.0, "segments": [{"start": 0.0, "end": 5.0, "text": text}]}
+        table = tokenize_transcript(t)
+        meta = json.loads(table.schema.metadata[b"scribeflow"])
+        paths = tmp_path / f"e{n}.json", tmp_path / f"e{n}.parquet"
+        analyse_tokens(table, meta, *paths)
+        entries.append((f"e{n}", *paths, "s"))
+    outputs = {name: tmp_path / lemma / name for name in OUTPUTS}
+    build_corpus(entries, outputs, lemma=lemma)
+    return read_tsv(outputs["frequency"]), read_tsv(outputs["series_frequency"])
+
+
+def test_the_corpus_shows_lemmas_as_written_or_as_unidic_writes_them(tmp_path):
+    freq, series = _lemma_corpus(tmp_path, "written")
+    assert list(freq.columns[:3]) == ["rank", "lemma", "lemma_unidic"]
+    shown = dict(zip(freq["lemma_unidic"], freq["lemma"]))
+    assert {k: shown[k] for k in ("迚も", "此の", "居る", "良い")} == {
+        "迚も": "とても", "此の": "この", "居る": "いる", "良い": "いい"}
+    counts = dict(zip(freq["lemma"], freq["count"]))
+    assert (counts["とても"], counts["この"], counts["いる"], counts["いい"]) == (2, 2, 2, 2)
+    assert list(series.columns[:4]) == ["series", "rank", "lemma", "lemma_unidic"]
+    assert dict(zip(series["lemma"], series["count"]))["とても"] == 2
+
+    unidic, _ = _lemma_corpus(tmp_path, "unidic")
+    assert list(unidic.columns[:3]) == ["rank", "lemma", "lemma_written"]
+    assert dict(zip(unidic["lemma"], unidic["lemma_written"]))["迚も"] == "とても"
+    # Same words, same counts, same order: only the column shown as lemma differs.
+    assert list(unidic["lemma"]) == list(freq["lemma_unidic"]) and list(unidic["count"]) == list(freq["count"])
+    with pytest.raises(ValueError, match="analysis.lemma"):
+        build_corpus([], {name: tmp_path / name for name in OUTPUTS}, lemma="orth")
+
+
+def test_the_written_form_is_the_spelling_used_most(tmp_path):
+    """居る written いる twice and 居る once: the table shows いる; lemma counts made before
+    the written form existed (no `written` column) count under UniDic's lemma."""
+    from scribeflow.analysis import aggregate_counts, frequency_table
+
+    new = tmp_path / "new.parquet"
+    pq.write_table(pa.table({"lemma": ["居る"], "pos": ["動詞"], "count": [2], "written": ["いる"]}), new)
+    kanji = tmp_path / "kanji.parquet"
+    pq.write_table(pa.table({"lemma": ["居る"], "pos": ["動詞"], "count": [1], "written": ["居る"]}), kanji)
+    old = tmp_path / "old.parquet"
+    pq.write_table(pa.table({"lemma": ["猫"], "pos": ["名詞"], "count": [3]}), old)
+    freq = frequency_table(aggregate_counts([(new, None), (kanji, None), (old, None)]).to_pandas())
+    rows = {r["lemma_unidic"]: r for r in freq.to_dict("records")}
+    assert (rows["居る"]["lemma"], rows["居る"]["count"], rows["居る"]["document_frequency"]) == ("いる", 3, 2)
+    assert (rows["猫"]["lemma"], rows["猫"]["count"]) == ("猫", 3)

