@@ -178,3 +178,35 @@ def test_a_429_slows_down_its_host_and_not_the_other(streams_dir, config, videos
     assert busy.served(made["dash"][0], "GET")[0] == "ok"  # b2 never asked before the backoff ended
     assert names(videos) == ["a1.media", "b1.media", "b2.media"]
     assert HostLimiter.from_config(config).snapshot()["127.0.0.2"]["strikes"] == 0  # reset by the successes
+
+
+# -- the order of the size sources, on what yt-dlp extracted (no network) ---------------------
+from scribeflow.download import declare_size, format_size  # noqa: E402
+
+
+def test_size_sources_in_order_and_a_manifest_is_never_asked_for_its_size():
+    info = {"duration": 100}
+    assert format_size(None, info, {"filesize": 10, "filesize_approx": 20, "tbr": 8}).bytes == 10
+    approx = format_size(None, info, {"filesize_approx": 20, "tbr": 8})
+    assert (approx.bytes, approx.exact) == (20, False)
+    assert format_size(None, info, {"tbr": 8}).bytes == 100_000  # 8 kbit/s x 100 s
+    # No size and a manifest URL: nothing is asked of the network (ydl=None would fail).
+    assert format_size(None, {}, {"protocol": "https", "url": "https://x.example/a/master.m3u8?t=1"}) is None
+    assert format_size(None, {}, {"protocol": "https", "url": "https://x.example/a.mpd"}) is None
+
+
+def test_declared_size_catalogue_first_then_yt_dlp_with_a_margin_and_merges_reserve_a_copy():
+    config = cfg.validate({})
+    audio = {"format_id": "a", "protocol": "https", "filesize_approx": 1_000_000, "vcodec": "none"}
+    video = {"format_id": "v", "protocol": "https", "filesize": 3_000_000}
+    media, reserved, source = declare_size(None, {**audio}, config, "ep", expected_size_mb=None)
+    assert media == reserved == 1_250_000 and "filesize_approx + 25% margin" in source
+    media, reserved, source = declare_size(None, {**audio}, config, "ep", expected_size_mb=2)
+    assert media == 2_000_000 and source.startswith("catalogue expected_size_mb")
+    media, reserved, _ = declare_size(None, {"requested_formats": [video, audio]}, config, "ep", None)
+    assert media == 3_000_000 + 1_250_000 and reserved == 2 * media
+    with pytest.raises(SizeExceeded, match="more than the catalogue"):  # the server knows better: fail before
+        declare_size(None, {**video}, config, "ep", expected_size_mb=1)
+    media, _, source = declare_size(None, {"protocol": "https", "url": "https://x.example/a.m3u8"}, config, "ep",
+                                    None)
+    assert media == config["disk_management"]["default_video_size_mb"] * 1_000_000 and "default" in source

@@ -373,7 +373,7 @@ def _segments_size(ydl, segments, headers, episode: str) -> Size | None:
                 f"Content-Length of {len(picked)} of {len(segments)} segments x {seconds:.0f} s", False)
 
 
-def format_size(ydl, info: dict, fmt: dict, episode: str, probe: bool = True) -> Size | None:
+def format_size(ydl, info: dict, fmt: dict, episode: str = "", probe: bool = True) -> Size | None:
     """What one format will write, from what yt-dlp extracted: filesize, else
     filesize_approx, else bitrate x duration, else (probe=True) the Content-Length of
     a direct media URL or of the stream's segments. Never a manifest's own size."""
@@ -426,8 +426,12 @@ def declare_size(ydl, info: dict, config: dict, episode: str, expected_size_mb: 
     for fmt in formats:
         size = format_size(ydl, info, fmt, episode, probe=not expected_size_mb)
         sizes.append(size)
+    margin = dl.get("size_estimate_margin", 0.25)
+    # An estimate gets the margin; an exact figure does not.
     known = None if any(s is None for s in sizes) else Size(
-        sum(s.bytes for s in sizes), " + ".join(s.source for s in sizes), all(s.exact for s in sizes))
+        sum(s.bytes if s.exact else math.ceil(s.bytes * (1 + margin)) for s in sizes),
+        " + ".join(s.source + ("" if s.exact or not margin else f" + {margin:.0%} margin") for s in sizes),
+        all(s.exact for s in sizes))
     if expected_size_mb:
         media, source = int(expected_size_mb * MB), "catalogue expected_size_mb"
         if known and known.exact and known.bytes > media:
@@ -436,9 +440,7 @@ def declare_size(ydl, info: dict, config: dict, episode: str, expected_size_mb: 
         if known:
             source += f" (yt-dlp: {known.bytes / MB:.1f} MB from {known.source})"
     elif known:
-        margin = 0 if known.exact else dl.get("size_estimate_margin", 0.25)
-        media = math.ceil(known.bytes * (1 + margin))
-        source = known.source + (f" + {margin:.0%} margin" if margin else "")
+        media, source = known.bytes, known.source
     else:
         media, source = int(dm["default_video_size_mb"] * MB), "default_video_size_mb (yt-dlp gave no size)"
     if dl.get("max_filesize_mb"):
@@ -451,8 +453,7 @@ def declare_size(ydl, info: dict, config: dict, episode: str, expected_size_mb: 
 def describe_format(info: dict) -> dict:
     """What was chosen, as the ledger and the transcript record it."""
     formats = requested_formats(info)
-    audio_only = all(f.get("vcodec") == "none" for f in formats) or (
-        len(formats) == 1 and formats[0].get("vcodec") == "none")
+    audio_only = all(f.get("vcodec") == "none" for f in formats)  # None: unknown, so not audio only
     return {"format_id": str(info.get("format_id") or "+".join(str(f.get("format_id")) for f in formats)),
             "format": info.get("format"), "ext": info.get("ext"),
             "protocol": "+".join(str(f.get("protocol")) for f in formats), "audio_only": bool(audio_only)}

@@ -70,7 +70,7 @@ class HostLimiter:
                    max_backoff=dl.get("max_backoff_seconds", 300.0))
 
     def limited(self, host: str) -> bool:
-        return bool(host) and host not in self.exempt and (self.max_per_host > 0 or self.min_interval > 0)
+        return bool(host) and host not in self.exempt
 
     # -- shared state ----------------------------------------------------------------
     @contextlib.contextmanager
