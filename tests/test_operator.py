@@ -34,3 +34,63 @@ def test_plan_sizes_a_small_catalogue_with_the_slots_the_run_gets(tmp_path):
     # 30 episodes at 30x real time on one GPU: about 24 minutes, not "0 h".
     assert " 0 h" not in text and "24 min" in text
     assert "only 2 of 4 GPUs" in text
+
+
+def _ledger_with_samples(path, usage_bytes):
+    import time
+
+    from scribeflow.ledger import Ledger
+
+    ledger = Ledger(path)
+    t0 = time.time() - 3600
+    with ledger.transaction() as c:
+        for i, used in enumerate(usage_bytes):
+            c.execute("INSERT INTO disk_samples VALUES (?, ?, 0, 0, 0, 0, 0, 0, 'h')", (t0 + 30 * i, used))
+        for i in range(20):
+            at = t0 + 150 * i
+            c.execute("INSERT INTO jobs (id, stage, downloaded_at, extracted_at, transcribed_at) "
+                      "VALUES (?, 'transcribed', ?, ?, ?)", (f"e{i}", at, at + 30, at + 90))
+    return ledger
+
+
+def test_plots_follow_the_data_and_show_the_limits_when_in_range(tmp_path):
+    import matplotlib.pyplot as plt
+
+    from scribeflow import plots
+
+    limits = cfg.validate({})["disk_management"]  # 300 / 280 / 250 GB
+    pilot = _ledger_with_samples(tmp_path / "pilot.db", [int(2e9 + i * 1e7) for i in range(100)])
+    fig = plots.disk_usage_figure(pilot, limits)
+    ax = fig.axes[0]
+    assert ax.get_ylabel() == "disk usage (GB)" and 2.9 < ax.get_ylim()[1] < 4  # not a 0-300 GB axis
+    assert "above this range: hard limit 300 GB" in ax.get_title()
+    assert not [line for line in ax.get_lines() if "limit" in str(line.get_label())]
+    plt.close(fig)
+
+    full = _ledger_with_samples(tmp_path / "full.db", [int(2.6e11 + (i % 20) * 1e9) for i in range(100)])
+    fig = plots.disk_usage_figure(full, limits)
+    labels = [str(line.get_label()) for line in fig.axes[0].get_lines()]
+    assert any(label.startswith("hard limit (300 GB)") for label in labels)
+    assert any(label.startswith("resume downloads (250 GB)") for label in labels)
+    plt.close(fig)
+
+    fig = plots.throughput_figure(pilot)
+    assert [ax.get_title(loc="left").split(":")[0] for ax in fig.axes] == [
+        "downloads", "audio extractions", "transcriptions"]  # one panel each, nothing overlaps
+    plt.close(fig)
+
+
+def test_japanese_text_has_glyphs_in_plots():
+    import warnings
+
+    import matplotlib.pyplot as plt
+
+    from scribeflow import plots  # noqa: F401  (sets the fonts)
+
+    fig, ax = plt.subplots()
+    ax.set_title("アニメ 日本語のシリーズ")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        fig.canvas.draw()
+    plt.close(fig)
+    assert not [w for w in caught if "missing from font" in str(w.message)]

@@ -18,6 +18,19 @@ import matplotlib.pyplot as plt  # noqa: E402
 from .config import GB  # noqa: E402
 from .ledger import Ledger  # noqa: E402
 
+
+def use_fonts() -> None:
+    """Latin text in DejaVu Sans, Japanese (series titles, lemmas) in IPAex Gothic, which
+    matplotlib-fontja ships: DejaVu has no kana or kanji (they would print as boxes)."""
+    try:
+        import matplotlib_fontja  # noqa: F401  (registers IPAexGothic with matplotlib)
+    except ImportError:
+        return
+    matplotlib.rcParams["font.family"] = ["DejaVu Sans", "IPAexGothic"]
+
+
+use_fonts()
+
 MAX_POINTS = 5000  # months of 30 s samples, thinned to what a figure can show
 STAGE_TIMES = {"downloads": "downloaded_at", "audio extractions": "extracted_at",
                "transcriptions": "transcribed_at"}
@@ -27,17 +40,33 @@ def _times(values) -> list:
     return [dt.datetime.fromtimestamp(v) for v in values]
 
 
-def _unit(limits: dict) -> tuple[float, str]:
-    return (GB, "GB") if limits["hard_limit_gb"] >= 1 else (1e6, "MB")
+def _unit(top_bytes: float) -> tuple[float, str]:
+    for scale, unit in ((GB, "GB"), (1e6, "MB"), (1e3, "kB")):
+        if top_bytes >= scale:
+            return scale, unit
+    return 1.0, "bytes"
 
 
 def disk_usage(ledger: Ledger, limits: dict, out: str | Path) -> Path:
-    """Disk usage over time, the three thresholds as lines, pause periods shaded."""
+    return _save(disk_usage_figure(ledger, limits), out)
+
+
+def disk_usage_figure(ledger: Ledger, limits: dict):
+    """Disk usage over time, pause periods shaded; the axis follows the data, and the
+    three thresholds are drawn when they are in its range (a pilot run of a few GB
+    under a 300 GB budget is not a flat line at 0)."""
     samples = ledger.disk_samples()
     step = max(1, len(samples) // MAX_POINTS)
     # Thinning keeps each bucket's highest sample: a peak near the hard limit must show.
     thinned = [max(samples[i:i + step], key=lambda s: s[1]) for i in range(0, len(samples), step)]
-    scale, unit = _unit(limits)
+    peak = max((s[1] for s in samples), default=0)
+    lines = [(limits[key] * GB, label, colour) for key, label, colour in (
+        ("hard_limit_gb", "hard limit", "tab:red"),
+        ("pause_threshold_gb", "pause downloads", "tab:orange"),
+        ("resume_threshold_gb", "resume downloads", "tab:green"))]
+    # The limits come into view once usage reaches half the resume threshold.
+    top = lines[0][0] * 1.08 if peak >= lines[2][0] / 2 else max(peak * 1.25, 1.0)
+    scale, unit = _unit(top)
     fig, ax = plt.subplots(figsize=(10, 4.5), layout="constrained")
     if thinned:
         ax.plot(_times(s[0] for s in thinned), [s[1] / scale for s in thinned], lw=1, color="tab:blue",
@@ -46,11 +75,12 @@ def disk_usage(ledger: Ledger, limits: dict, out: str | Path) -> Path:
         first, last = samples[0][0], samples[-1][0]
         pad = max(60.0, (last - first) * 0.02)
         ax.set_xlim(*_times((first - pad, last + pad)))
-    for key, label, colour in (("hard_limit_gb", "hard limit", "tab:red"),
-                               ("pause_threshold_gb", "pause downloads", "tab:orange"),
-                               ("resume_threshold_gb", "resume downloads", "tab:green")):
-        value = limits[key] * GB / scale
-        ax.axhline(value, color=colour, ls="--", lw=1, label=f"{label} ({value:g} {unit})")
+    hidden = []
+    for value, label, colour in lines:
+        if value <= top:
+            ax.axhline(value / scale, color=colour, ls="--", lw=1, label=f"{label} ({value / scale:g} {unit})")
+        else:
+            hidden.append(f"{label} {value / GB:g} GB")
     pauses = ledger.pause_events()
     end = samples[-1][0] if samples else None
     for n, p in enumerate(pauses):
@@ -58,35 +88,55 @@ def disk_usage(ledger: Ledger, limits: dict, out: str | Path) -> Path:
         ax.axvspan(*_times((p["started_at"], stop)), color="tab:orange", alpha=0.15, lw=0,
                    label="downloads paused" if n == 0 else None)
     ax.set_ylabel(f"disk usage ({unit})")
-    ax.set_ylim(0, limits["hard_limit_gb"] * GB / scale * 1.08)
-    ax.set_title(f"Disk usage: {len(samples)} samples, {len(pauses)} download pause(s)")
+    ax.set_ylim(0, top / scale)
+    title = f"Disk usage: peak {peak / scale:.3g} {unit}, {len(samples)} samples, {len(pauses)} download pause(s)"
+    if hidden:
+        title += f"\n(above this range: {', '.join(hidden)})"
+    ax.set_title(title)
     _time_axis(ax)
     ax.legend(loc="lower right", fontsize="small")
-    return _save(fig, out)
+    return fig
 
 
-def throughput(ledger: Ledger, out: str | Path, bins: int = 48) -> Path:
-    """Episodes finishing each stage per hour, in `bins` equal time bins over the run."""
+def throughput(ledger: Ledger, out: str | Path) -> Path:
+    return _save(throughput_figure(ledger), out)
+
+
+def throughput_figure(ledger: Ledger):
+    """Episodes finishing each stage per hour: one panel per stage (lines that share an
+    axis hide each other), the counts per time bin as bars, and a moving average over a
+    sixth of the run as a line."""
     series = {name: [r[0] for r in ledger.conn.execute(
         f"SELECT {col} FROM jobs WHERE {col} IS NOT NULL ORDER BY {col}")] for name, col in STAGE_TIMES.items()}
     stamps = [t for ts in series.values() for t in ts]
-    fig, ax = plt.subplots(figsize=(10, 4.5), layout="constrained")
+    fig, axes = plt.subplots(len(series), 1, figsize=(10, 6), sharex=True, layout="constrained")
     if stamps:
         start, stop = min(stamps), max(stamps)
-        width = max((stop - start) / bins, 1.0)
-        edges = [start + k * width for k in range(bins + 1)]
-        for name, ts in series.items():
-            counts = [0] * bins
+        # About four episodes a bin at the busiest stage, 6 to 48 bins, at least a minute each.
+        bins = min(48, max(6, max(len(ts) for ts in series.values()) // 4))
+        width = max((stop - start) / bins, 60.0)
+        n_bins = max(1, int((stop - start) // width) + 1)
+        edges = [start + k * width for k in range(n_bins + 1)]
+        window = max(1, n_bins // 6)
+        for ax, (name, ts), colour in zip(axes, series.items(), ("tab:blue", "tab:purple", "tab:green")):
+            counts = [0] * n_bins
             for t in ts:
-                counts[min(bins - 1, int((t - start) / width))] += 1
-            ax.step(_times(edges[:-1]), [c * 3600 / width for c in counts], where="post",
-                    label=f"{name} ({len(ts)})")
-    ax.set_ylabel("episodes per hour")
-    ax.set_title("Stage throughput")
-    _time_axis(ax)
-    if stamps:
-        ax.legend(loc="upper left", fontsize="small")
-    return _save(fig, out)
+                counts[min(n_bins - 1, int((t - start) / width))] += 1
+            rates = [c * 3600 / width for c in counts]
+            smooth = [sum(rates[max(0, i - window + 1):i + 1]) / len(rates[max(0, i - window + 1):i + 1])
+                      for i in range(n_bins)]
+            centres = _times(e + width / 2 for e in edges[:-1])
+            ax.bar(centres, rates, width=width / 86400 * 0.9, color=colour, alpha=0.25)
+            ax.plot(centres, smooth, color=colour, lw=2)
+            ax.set_ylabel("per hour")
+            ax.set_title(f"{name}: {len(ts)}, {len(ts) * 3600 / max(stop - start, width):.3g}/h over the run",
+                         fontsize="medium", loc="left")
+            ax.set_ylim(0, max(rates) * 1.15 or 1)
+    else:
+        axes[0].set_title("Stage throughput: nothing finished yet")
+    for ax in axes:
+        _time_axis(ax)
+    return fig
 
 
 def _time_axis(ax) -> None:
