@@ -204,7 +204,10 @@ class DiskMonitor:
         if record is None:
             # First look at this data_dir (or a damaged record): the one walk that cannot
             # be avoided; it is small then.
-            self.reconcile()
+            try:
+                self.reconcile(only_if_due=True)
+            except OSError as exc:  # a read-only or full data_dir: walk everything instead
+                log.warning("Could not record the disk accounting (%s): walking every folder", exc)
             record = self._record()
         active = self._active(record["scanned_at"]) if record else None
         if active is None:  # the ledger cannot be read: walk everything (exact)
@@ -293,9 +296,9 @@ class DiskMonitor:
         outside the gate's lock: it walks every per-episode folder."""
         if not self.reconcile_due():
             return False
-        return self.reconcile(wait=False)
+        return self.reconcile(wait=False, only_if_due=True)
 
-    def reconcile(self, wait: bool = True) -> bool:
+    def reconcile(self, wait: bool = True, only_if_due: bool = False) -> bool:
         """Walk the per-episode folders and record their bytes, less those of the episodes
         active now, with the walk's start time. One process at a time (a lock beside the
         record): with `wait`, wait for another one's walk and use it. Also thins the
@@ -306,7 +309,7 @@ class DiskMonitor:
                 fcntl.flock(lock, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
             except BlockingIOError:
                 return False
-            if not self.reconcile_due():  # another process has just done it
+            if (only_if_due or not wait) and not self.reconcile_due():  # another process has just done it
                 return False
             started = time.monotonic()
             identity = self._ledger_identity()

@@ -3,7 +3,10 @@ what failed, and when it will be done.
 
 Everything comes from a few aggregate queries on jobs.db, so it answers in well
 under a second on a 171,881-episode ledger and can run beside a live workflow (it
-only reads; readers never block the writers for long in the rollback journal).
+only reads; readers never block the writers for long in the rollback journal). Disk
+usage comes from the disk accounting (disk.py): the temporary folders are walked, the
+folders that grow with every finished episode are not, so it costs the same in month
+four as on day one.
 """
 
 from __future__ import annotations
@@ -104,6 +107,8 @@ def snapshot(config: dict, now: float | None = None) -> dict:
             rates["per_job"] = measured(ledger.conn)
             growth = disk_growth(ledger.conn, now)
     paused_s = sum((p["ended_at"] or now) - p["started_at"] for p in pauses)
+    # Old pauses are kept one row per day (Ledger.thin_history); `events` counts them.
+    pause_count = sum(p.get("events") or 1 for p in pauses)
 
     in_ledger = sum(stages.values())
     total = max(catalogue_rows(config["catalogue"]) or 0, in_ledger)
@@ -126,7 +131,7 @@ def snapshot(config: dict, now: float | None = None) -> dict:
             "percent_of_hard_limit": round(breakdown.percentage, 2),
             "filesystem_available": breakdown.filesystem_available,
         },
-        "pauses": {"count": len(pauses), "total_seconds": round(paused_s, 1),
+        "pauses": {"count": pause_count, "total_seconds": round(paused_s, 1),
                    "open": any(p["ended_at"] is None for p in pauses)},
         "rates": rates,
         "disk_growth": growth,
@@ -160,6 +165,8 @@ def render(s: dict) -> str:
     for key in ("videos", "partial", "audio", "transcripts", "tokens", "analysis", "cache", "db", "logs", "other"):
         if d[key]:
             lines.append(f"  {key:<13}{gb(d[key]):>9} GB")
+    if d.get("margin"):
+        lines.append(f"  {'margin':<13}{gb(d['margin']):>9} GB  (accounting_margin_mb: writes not yet attributed)")
     p = s["pauses"]
     lines.append(f"Download pauses: {p['count']} ({duration(p['total_seconds'])} in all)"
                  + (", paused now" if p["open"] else ""))
