@@ -94,3 +94,102 @@ def test_japanese_text_has_glyphs_in_plots():
         fig.canvas.draw()
     plt.close(fig)
     assert not [w for w in caught if "missing from font" in str(w.message)]
+
+
+def _a_run(tmp_path):
+    """A data_dir as a run leaves it: 5 episodes in the catalogue, 2 transcribed, one
+    downloading, one given up, downloads paused now."""
+    import json
+    import time
+
+    from scribeflow import failures
+    from scribeflow.disk import DiskUsage
+    from scribeflow.ledger import Ledger
+
+    rows = [{"id": f"ep{n}", "url": f"https://example.org/{n}"} for n in range(4)]
+    rows.append({"id": "dead", "url": "https://example.org/dead"})
+    path = write_catalogue(tmp_path / "episodes.csv", rows)
+    data = tmp_path / "data"
+    config = cfg.validate({"catalogue": str(path), "data_dir": str(data), "storage_dir": str(data)})
+    with Ledger(data / "jobs.db") as ledger:
+        ledger.enqueue([r["id"] for r in rows])
+        for episode in ("ep0", "ep1"):
+            ledger.set_stage(episode, "downloading")
+            ledger.set_stage(episode, "transcribing")
+            ledger.set_stage(episode, "transcribed")
+        ledger.set_stage("ep2", "downloading")
+        ledger.set_stage("dead", "failed", last_error="DownloadFailed: dead: HTTP 404 (Not Found)")
+        ledger.sample_disk(DiskUsage(videos=int(2e9), transcripts=int(1e6)), paused=True)
+        ledger.start_pause(int(281e9), "usage", at=time.time() - 60)
+    failures.marker_dir(data).mkdir(parents=True)
+    (failures.marker_dir(data) / "dead.json").write_text(json.dumps({"id": "dead", "permanent": True}))
+    (tmp_path / "run.yaml").write_text(f"catalogue: {path}\ndata_dir: {data}\nstorage_dir: {data}\n")
+    return config, data
+
+
+def test_metrics_in_prometheus_format(tmp_path):
+    from prometheus_client.parser import text_string_to_metric_families
+
+    _a_run(tmp_path)
+    out = subprocess.run([sys.executable, "-m", "scribeflow.cli", "metrics", "--configfile", "run.yaml"],
+                         cwd=tmp_path, capture_output=True, text=True, timeout=120, check=True).stdout
+    values = {(s.name, tuple(sorted(s.labels.items()))): s.value
+              for family in text_string_to_metric_families(out) for s in family.samples}
+    assert values[("scribeflow_episodes", (("stage", "transcribed"),))] == 2
+    assert values[("scribeflow_episodes", (("stage", "downloading"),))] == 1
+    assert values[("scribeflow_catalogue_episodes", ())] == 5
+    assert values[("scribeflow_disk_limit_bytes", (("limit", "hard_limit"),))] == 300e9
+    assert values[("scribeflow_failed_episodes", (("given_up", "true"),))] == 1
+    assert values[("scribeflow_downloads_paused", ())] == 1
+    assert ("scribeflow_disk_bytes", (("kind", "transcripts"),)) in values
+    # For node_exporter's textfile collector.
+    subprocess.run([sys.executable, "-m", "scribeflow.cli", "metrics", "--configfile", "run.yaml",
+                    "--textfile", "scribeflow.prom"], cwd=tmp_path, timeout=120, check=True)
+    assert "scribeflow_remaining_episodes 2.0" in (tmp_path / "scribeflow.prom").read_text()
+
+
+def _chromium():
+    import shutil
+
+    return shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+
+
+def _dump_dom(url: str) -> str:
+    """The page as a real headless browser renders it, once its script has run."""
+    proc = subprocess.run([_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                           "--virtual-time-budget=8000", "--dump-dom", url],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return proc.stdout
+
+
+def test_the_dashboard_in_a_headless_browser(tmp_path):
+    import re
+
+    import pytest
+
+    if not _chromium():
+        pytest.skip("needs a headless browser (Debian: apt-get install chromium)")
+    _, data = _a_run(tmp_path)
+    proc = subprocess.Popen([sys.executable, "-m", "scribeflow.cli", "dashboard", "--configfile", "run.yaml",
+                             "--port", "0", "--refresh", "1"], cwd=tmp_path, stdout=subprocess.PIPE, text=True)
+    try:
+        url = re.search(r"http://127\.0\.0\.1:\d+/", proc.stdout.readline()).group(0)
+        page = _dump_dom(url)
+        assert "2 of 5 episodes transcribed (40.0%)" in page  # written by the page's script
+        assert re.search(r'id="disk-text"[^>]*>[\d.]+ [kMG]?B of 300 GB', page)
+        assert 'id="gauge-used"' in page and "downloads paused" in page
+        assert "dead" in page and "HTTP 404" in page and "1 failed</span> (1 given up" in page
+        assert "2 episodes left" in page and "1 pause(s)" in page
+        # While the run goes: the next look shows the new figures.
+        from scribeflow.ledger import Ledger
+
+        with Ledger(data / "jobs.db") as ledger:
+            ledger.set_stage("ep2", "transcribed")
+        import time
+
+        time.sleep(1.2)
+        assert "3 of 5 episodes transcribed (60.0%)" in _dump_dom(url)
+    finally:
+        proc.terminate()
+        proc.wait(10)

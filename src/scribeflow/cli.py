@@ -1,4 +1,5 @@
-"""The `scribeflow` command: demo, status, plan, plots, run-chunks, failed, retry, check."""
+"""The `scribeflow` command: demo, status, plan, plots, metrics, dashboard, run-chunks, failed,
+retry, check."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import argparse
 import json
 import os
 import sys
+import time
 from pathlib import Path
 
 
@@ -55,6 +57,60 @@ def cmd_plots(args) -> int:
     draw_all(config, disk, rate)
     print(f"{disk}\n{rate}")
     return 0
+
+
+def cmd_metrics(args) -> int:
+    from . import metrics
+
+    config = load_config(args)
+    if args.serve is None and not args.textfile:
+        sys.stdout.write(metrics.text(config))
+        return 0
+    if args.serve is not None:
+        server, _ = metrics.serve(config, args.serve, args.address)
+        print(f"serving Prometheus metrics on http://{args.address}:{server.server_port}/metrics", flush=True)
+    try:
+        while True:
+            if args.textfile:
+                metrics.write_textfile(config, args.textfile)
+                if args.serve is None and not args.every:
+                    return 0
+            time.sleep(args.every or 3600)
+    except KeyboardInterrupt:
+        return 0
+
+
+def cmd_dashboard(args) -> int:
+    from .dashboard import server
+
+    httpd = server(load_config(args), args.port, args.address, args.refresh)
+    print(f"scribeflow dashboard on http://{args.address}:{httpd.server_port}/ (Ctrl-C stops it)", flush=True)
+    try:
+        httpd.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        httpd.server_close()
+    return 0
+
+
+def add_operator_commands(sub) -> None:
+    metrics = sub.add_parser("metrics", help="the run's figures in Prometheus' text format",
+                             description="Without options: print them. --textfile: write them for "
+                             "node_exporter's textfile collector (with --every, again and again). --serve: "
+                             "an endpoint /metrics.")
+    add_config_options(metrics)
+    metrics.add_argument("--textfile", help="write to this file (atomically)")
+    metrics.add_argument("--every", type=float, default=None, help="with --textfile: rewrite every N seconds")
+    metrics.add_argument("--serve", type=int, default=None, metavar="PORT", help="serve /metrics on this port")
+    metrics.add_argument("--address", default="127.0.0.1", help="address to serve on (default 127.0.0.1)")
+    metrics.set_defaults(func=cmd_metrics)
+    dash = sub.add_parser("dashboard", help="a live status page on 127.0.0.1")
+    add_config_options(dash)
+    dash.add_argument("--port", type=int, default=8787, help="port (default 8787; 0: any free port)")
+    dash.add_argument("--address", default="127.0.0.1", help="address (default 127.0.0.1: this machine only)")
+    dash.add_argument("--refresh", type=float, default=10.0, help="seconds between the page's updates (default 10)")
+    dash.set_defaults(func=cmd_dashboard)
 
 
 # -- failed episodes (see failures.py) ---------------------------------------------
@@ -139,6 +195,7 @@ def main(argv=None) -> int:
     plots.add_argument("--out", type=Path, default=None, help="folder (default {data_dir}/reports)")
     plots.set_defaults(func=cmd_plots)
     add_failure_commands(sub)
+    add_operator_commands(sub)
     add_run_chunks(sub)
     args = parser.parse_args(argv)
 
