@@ -367,7 +367,11 @@ def _segments_size(ydl, segments, headers, episode: str) -> Size | None:
     if len(sizes) == len(segments):
         return Size(sum(sizes.values()), f"Content-Length of all {len(segments)} segments", True)
     fixed = sum(sizes[i] for i in picked if segments[i][1] == 0)
-    rate = max(sizes[i] / segments[i][1] for i in picked if segments[i][1] > 0)
+    # The fastest sampled segment sets the rate (bitrates vary), but not a stub: a
+    # final segment of a fraction of a second is mostly container headers.
+    timed = [i for i in picked if segments[i][1] > 0]
+    longest = max(segments[i][1] for i in timed)
+    rate = max(sizes[i] / segments[i][1] for i in timed if segments[i][1] >= longest / 2)
     seconds = sum(s[1] for s in segments)
     return Size(int(fixed + rate * seconds),
                 f"Content-Length of {len(picked)} of {len(segments)} segments x {seconds:.0f} s", False)
