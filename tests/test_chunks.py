@@ -234,8 +234,11 @@ def test_run_chunks_transcribes_the_whole_catalogue_and_a_second_run_is_a_fast_n
     # The corpus is built although an episode failed.
     corpus = (tmp_path / "data" / "analysis" / "corpus" / "episodes.tsv").read_text()
     assert all(row["id"] in corpus for row in rows) and "dead" not in corpus
-    for k in (1, 2):
-        assert "Finished" in (tmp_path / f".snakemake/scribeflow/chunks/chunk-0000{k}-of-2.log").read_text()
+    logs = [(tmp_path / f".snakemake/scribeflow/chunks/chunk-0000{k}-of-2.log").read_text() for k in (1, 2)]
+    assert "Finished: 9/9 jobs (100%)" in logs[0]
+    assert "FAILED download dead; log:" in logs[1]  # at once, with the file that says why
+    # A compact console (scribeflow's logger), not Snakemake's ~20 lines per job.
+    assert all(len(log.splitlines()) < 30 for log in logs), logs
 
     started = time.monotonic()
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=120)

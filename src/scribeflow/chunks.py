@@ -147,6 +147,10 @@ class Driver:
             self.base += ["--configfile", name]
         self.overrides = list(overrides)
         self.snakemake_args = list(snakemake_args)
+        # The chunk logs get a compact console (a progress line a minute, failures at once),
+        # not Snakemake's ~20 lines per job, unless the user chose a logger.
+        if not any(a == "--logger" or a.startswith("--logger=") for a in self.snakemake_args):
+            self.snakemake_args += ["--logger", "scribeflow"]
 
     def finished(self) -> set[str]:
         """Episodes through their last per-episode stage (the analysis: the transcript may be

@@ -27,12 +27,26 @@ SOURCE_KEYS = ("format_id", "format", "ext", "protocol", "audio_only", "size_sou
 
 
 def setup_logging(log_path: str | Path | None) -> None:
-    handlers = [logging.StreamHandler(sys.stderr)]
+    """A job's log: everything in its log file; on the console (shared by every job of
+    the run) only warnings and errors, and a failure as one line that points to the
+    file, not a traceback. Without a log file (the worker), everything goes to stderr."""
+    console = logging.StreamHandler(sys.stderr)
+    handlers: list[logging.Handler] = [console]
     if log_path:
         Path(log_path).parent.mkdir(parents=True, exist_ok=True)
         handlers.append(logging.FileHandler(log_path, mode="w"))
+        console.setLevel(logging.WARNING)
+
+        def excepthook(kind, exc, tb):
+            log.error("Traceback of the failure", exc_info=(kind, exc, tb))
+            print(f"scribeflow: {kind.__name__}: {exc} (traceback in {log_path})", file=sys.stderr)
+
+        sys.excepthook = excepthook
     logging.basicConfig(level=logging.INFO, handlers=handlers, force=True,
                         format="%(asctime)s %(levelname)-5s %(name)s: %(message)s")
+    # The traceback is for the file only.
+    console.addFilter(lambda record: record.exc_info is None or record.levelno < logging.ERROR
+                      or not record.getMessage().startswith("Traceback of the failure"))
 
 
 @contextlib.contextmanager
