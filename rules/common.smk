@@ -197,10 +197,12 @@ onstart:
         print(
             f"scribeflow: removed {files} orphaned file(s) of an interrupted run, freed {freed / 1e6:.1f} MB"
         )
-    # Finished episodes' per-job logs and benchmark records, into one roll-up (scribeflow.logs).
-    from scribeflow.logs import rollup_quietly
+    # Finished episodes' per-job logs and benchmark records, into one roll-up (scribeflow.logs),
+    # in a process of its own: the start does not wait for it.
+    from scribeflow.logs import rollup_dir, start_rollup
 
-    rollup_quietly(DATA)
+    if start_rollup(DATA):
+        print(f"scribeflow: rolling up the logs of finished episodes into {rollup_dir(DATA)}")
     # The model loads while the first audio is extracted. Locally only: a cluster job
     # starts the worker of its own node.
     if workflow.local_exec and any(job.rule.name == "transcribe" for job in jobs):

@@ -20,14 +20,16 @@ Two ways to measure (disk_management.reconcile_interval_seconds):
 
 An episode is *active* since a reconciliation that started at t0 when its ledger row is
 in a stage between queued and analyzed (a job of it may be under way or pending:
-downloading ... tokenized), or its row changed at or after t0 - ACTIVE_SLACK. Why that
+downloading ... tokenized), or its row changed at or after t0 - ACTIVE_SLACK and it has
+started once (a row the run's start has just enqueued is not active). Why that
 covers every byte written to a per-episode folder since t0 (gate.py's docstring turns
 this into the hard limit's guarantee):
   * Every per-episode file is written by a job of its episode (the steps), and every
     step records a stage in the ledger before its first output and after its last one
-    (steps.py): a queued episode writes nothing, and an analyzed or failed one stops
-    writing within ACTIVE_SLACK of its last ledger write (what follows is the step's
-    last log lines and Snakemake's benchmark record, seconds later).
+    (steps.py): a never-started episode writes nothing, and an analyzed, failed or
+    interrupted (back to queued) one stops writing within ACTIVE_SLACK of its last
+    ledger write (what follows is the step's last log lines and Snakemake's benchmark
+    record, seconds later).
   * Hence a file at an episode's path that changed after t0 belongs to an episode
     active now, and is stat'ed now; a file of an episode that is not active now has not
     changed since t0 and is in the recorded base, which left out exactly the episodes
@@ -387,8 +389,11 @@ class DiskMonitor:
             if conn is None:
                 return set()  # no ledger yet: no step has run
             stages = ", ".join(f"'{s}'" for s in ACTIVE_STAGES)
+            # A row queued and never started (a run's start enqueues its whole chunk) has
+            # written nothing; one put back to queued (an interrupted download) has.
             rows = conn.execute(f"SELECT id FROM jobs WHERE stage IN ({stages}) "
-                                f"UNION SELECT id FROM jobs WHERE updated_at >= ?", (since - ACTIVE_SLACK,))
+                                f"UNION SELECT id FROM jobs WHERE updated_at >= ? "
+                                f"AND NOT (stage = 'queued' AND downloading_at IS NULL)", (since - ACTIVE_SLACK,))
             return {r[0] for r in rows}
         except sqlite3.Error as exc:
             if self._db:

@@ -108,8 +108,8 @@ def rollup(data_dir: str | os.PathLike) -> tuple[int, int, int]:
 
 
 def rollup_quietly(data_dir: str | os.PathLike) -> None:
-    """The run's start: roll up, say so in one line, never fail the run (a full disk,
-    an unreadable file: the logs simply stay)."""
+    """Roll up, say so in one line, never fail (a full disk, an unreadable file: the
+    logs simply stay)."""
     try:
         episodes, files, freed = rollup(data_dir)
     except Exception as exc:
@@ -120,6 +120,26 @@ def rollup_quietly(data_dir: str | os.PathLike) -> None:
     if files:
         print(f"scribeflow: rolled up {files} log and benchmark file(s) of {episodes} finished episode(s) into "
               f"{rollup_dir(data_dir)} ({freed / 1e6:.1f} MB freed)", file=sys.stderr)
+
+
+def start_rollup(data_dir: str | os.PathLike) -> int:
+    """The run's start: roll up the previous chunk's logs in a process of its own, beside
+    the first jobs (16,000 files take seconds the start should not wait for). Its output
+    goes to logs/rollup/rollup.log. Returns the finished episodes with files to roll up."""
+    import subprocess
+
+    data = Path(data_dir)
+    count = len(finished(data))
+    if not count:
+        return 0
+    out = rollup_dir(data)
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / "rollup.log", "a") as sink:
+        subprocess.Popen([sys.executable, "-m", "scribeflow.logs", "--rollup", "--data-dir", str(data)],
+                         stdin=subprocess.DEVNULL, stdout=sink, stderr=sink, start_new_session=True,
+                         env={**os.environ, "PYTHONPATH": os.pathsep.join(
+                             [str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH", "")])})
+    return count
 
 
 def episode_logs(data_dir: str | os.PathLike, episode: str) -> list[tuple[str, str]]:
@@ -177,13 +197,21 @@ def _ids(folder: Path, suffix: str) -> set[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """python -m scribeflow.logs [--data-dir DIR] ID ...: print an episode's logs."""
+    """python -m scribeflow.logs [--data-dir DIR] ID ...: print an episode's logs.
+    --rollup: roll up the logs of finished episodes now."""
     import argparse
 
     parser = argparse.ArgumentParser(prog="python -m scribeflow.logs", description=main.__doc__)
     parser.add_argument("--data-dir", default="data")
-    parser.add_argument("ids", nargs="+")
+    parser.add_argument("--rollup", action="store_true")
+    parser.add_argument("ids", nargs="*")
     args = parser.parse_args(argv)
+    if args.rollup:
+        print(time.strftime("%Y-%m-%d %H:%M:%S"), end=" ", flush=True)
+        rollup_quietly(args.data_dir)
+        sys.stderr.flush()
+        print(flush=True)
+        return 0
     missing = 0
     for episode in args.ids:
         found = episode_logs(args.data_dir, episode)
