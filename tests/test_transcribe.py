@@ -149,3 +149,58 @@ def test_the_transcript_records_what_ctranslate2_ran(model_path, speech_dir):
     t = build_transcript(raw, "ep01", tc, {"beam_size": 1})
     assert (t["options"]["device"], t["options"]["compute_type"]) == ("cpu", "int8_float32")
     assert "quick" in t["text"].lower() and "lazy" in t["text"].lower()
+
+
+def test_profile_gpu_decodes_batched_in_float16_two_at_once():
+    """What `snakemake --profile gpu` runs with, parsed as Snakemake parses the profile's
+    --config (nested values arrive as strings: '16')."""
+    import yaml
+
+    from scribeflow.transcribe import decode_options
+
+    entries = yaml.safe_load((Path(__file__).parents[1] / "profiles" / "gpu" / "config.yaml").read_text())["config"]
+    tc = sf_config.for_run(overrides=entries)["transcribe"]
+    assert (tc["device"], tc["compute_type"], tc["num_workers"]) == ("cuda", "float16", 2)
+    options = decode_options(tc, None)
+    assert options["batch_size"] == 16 and options["language_windows"] == 7
+    assert decode_options(tc, "ja")["language"] == "ja" and "language_windows" not in decode_options(tc, "ja")
+    # Without the profile (or with its line replaced by a --config of one's own): auto.
+    assert decode_options(sf_config.load()["transcribe"], "ja")["batch_size"] == "auto"
+    with pytest.raises(sf_config.ConfigError, match="batch_size"):
+        sf_config.load(overrides={"transcribe.batch_size": "many"})
+
+
+class _ReportsCuda:
+    """A real CPU model that says it runs on "cuda": the only thing of a GPU that
+    run_model() looks at to choose batch_size auto. No GPU here; all else is real."""
+
+    def __init__(self, model):
+        self._model = model
+        self.model = type("Inner", (), {"device": "cuda", "__getattr__": lambda s, n: getattr(model.model, n)})()
+
+    def __getattr__(self, name):
+        return getattr(self._model, name)
+
+
+def test_batch_size_auto_batches_on_a_gpu_and_decodes_sequentially_on_a_cpu(model_path, speech_dir):
+    from faster_whisper import decode_audio
+
+    from scribeflow.transcribe import GPU_BATCH_SIZE, decode_options, load_model, run_model
+
+    tc = sf_config.load(overrides={"transcribe.model": model_path, "transcribe.device": "cpu",
+                                   "transcribe.compute_type": "int8"})["transcribe"]
+    options = {**decode_options(tc, "en"), "beam_size": 1}
+    model = load_model(tc)
+    audio = decode_audio(str(speech_dir / "ep01.mp4"))
+    on_cpu = run_model(model, audio, options)
+    on_gpu = run_model(_ReportsCuda(model), audio, options)
+    assert (on_cpu["batch_size"], on_gpu["batch_size"]) == (0, GPU_BATCH_SIZE)
+    t = build_transcript(on_gpu, "ep01", tc, options)
+    assert t["options"]["batch_size"] == GPU_BATCH_SIZE and t["options"]["device"] == "cuda"
+    assert t["language_detection"] == {"method": "given"}
+    for raw in (on_cpu, on_gpu):
+        text = " ".join(s["text"] for s in raw["segments"]).lower()
+        assert "quick" in text and "lazy" in text
+    # An English-only model needs no vote.
+    detected = run_model(model, audio, {**options, "language": None, "language_windows": 7})
+    assert detected["language"] == "en" and detected["language_detection"]["method"] == "english-only model"

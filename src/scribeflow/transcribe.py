@@ -161,17 +161,25 @@ def load_model(tc: dict):
 
 
 def decode_options(tc: dict, language: str | None) -> dict:
-    """faster-whisper transcribe() options; batch_size > 0 selects BatchedInferencePipeline;
+    """faster-whisper transcribe() options; batch_size > 0 selects BatchedInferencePipeline
+    ("auto": GPU_BATCH_SIZE on a GPU, sequential on a CPU, decided where the model is loaded);
     `language_windows` (when the language is not given) how many windows vote on it."""
     options = {k: tc[k] for k in DECODE_KEYS if k in tc}
     options["language"] = language
-    if tc.get("batch_size"):
-        options["batch_size"] = tc["batch_size"]
+    batch_size = tc.get("batch_size", 0)
+    batch_size = batch_size if batch_size in ("auto", None) or isinstance(batch_size, int) else int(batch_size)
+    if batch_size:
+        options["batch_size"] = batch_size
     windows = tc.get("language_detection", {}).get("windows", LANGUAGE_WINDOWS)
     if language is None and windows:
         options["language_windows"] = windows
     return options
 
+
+# batch_size "auto" on a GPU: 30-s windows decoded at once. A dense 24-min episode is ~48
+# windows after VAD: 16 makes 3 full batches; 32 would leave the second half empty-padded.
+# To be confirmed on the GPU with benchmarks/episode_throughput.py --batch-sizes 8,16,24,32.
+GPU_BATCH_SIZE = 16
 
 # Windows that vote on an episode's language: an anime episode opens with a song (often
 # with lyrics in English or sung too fast to tell) and may close with one; 7 windows spread
@@ -244,6 +252,8 @@ def run_model(model, audio, options: dict, should_stop=None) -> dict:
         audio = read_wav(audio)
     options = dict(options)
     batch_size = options.pop("batch_size", 0)
+    if batch_size == "auto":
+        batch_size = GPU_BATCH_SIZE if model.model.device == "cuda" else 0
     windows = options.pop("language_windows", 0)
     detection = {"method": "given"} if options.get("language") else None
     if options.get("language") is None and windows:
@@ -271,7 +281,7 @@ def run_model(model, audio, options: dict, should_stop=None) -> dict:
     return {"language": info.language, "language_probability": round(probability, 4),
             "language_detection": detection,
             "duration": round(len(audio) / SAMPLE_RATE, 3), "segments": out,
-            "device": model.model.device, "compute_type": model.model.compute_type}
+            "device": model.model.device, "compute_type": model.model.compute_type, "batch_size": batch_size}
 
 
 def build_transcript(raw: dict, episode: str, tc: dict, options: dict) -> dict:
@@ -289,7 +299,7 @@ def build_transcript(raw: dict, episode: str, tc: dict, options: dict) -> dict:
         "duration": raw["duration"],
         "model": tc["model"],
         "options": {**options, "device": raw.get("device", tc["device"]),
-                    "compute_type": raw.get("compute_type", tc["compute_type"]), "batch_size": tc.get("batch_size", 0)},
+                    "compute_type": raw.get("compute_type", tc["compute_type"]), "batch_size": raw.get("batch_size", tc.get("batch_size", 0))},
         "text": " ".join(s["text"] for s in segments if s["text"]),
         "segments": segments,
         "hallucinations": report,
