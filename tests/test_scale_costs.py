@@ -285,3 +285,18 @@ def test_logs_of_finished_episodes_are_rolled_up(tmp_path):
     archive = next(logs.rollup_dir(data).glob("*.log.gz"))
     assert f"==> logs/download/{done[0]}.log <==" in gzip.open(archive, "rt").read()  # zless reads it
     assert logs.rollup(data) == (0, 0, 0)
+
+
+def test_active_episodes_are_the_started_and_recent_ones(tmp_path):
+    data = tmp_path / "data"
+    finished_episodes(data, 3)
+    monitor = accounted(data)
+    monitor.reconcile()
+    since = monitor._record()["scanned_at"]
+    with Ledger(data / "jobs.db") as ledger:
+        ledger.enqueue([f"next{i}" for i in range(50)])  # a run's start: nothing written yet
+        ledger.set_stage("running", "downloading")
+        ledger.set_stage("stopped", "downloading")
+        ledger.set_stage("stopped", "queued", last_error="interrupted")  # Ctrl-C: its log was written
+        ledger.set_stage("ep000000", "failed", last_error="x")  # a failure just now
+    assert monitor._active(since) == {"running", "stopped", "ep000000"}

@@ -79,10 +79,9 @@ def clean_orphans(config: dict, keep=()) -> tuple[int, int]:
         doomed += [p for p in _files(tokens) if p.suffix == ".parquet" and (analysed / f"{p.stem}.json").is_file()]
     corpus_folders = (tokens, analysed, data / "analysis" / "lemmas", data / "analysis" / "corpus")
     for folder in (videos, audio, transcripts, *corpus_folders):
-        for path in _files(folder):
-            if path.name.startswith(".") and path.name.endswith(".tmp"):
-                if not anyone_busy or now - path.stat().st_mtime > STALE_TMP_SECONDS:
-                    doomed.append(path)
+        for path in _temp_files(folder):
+            if not anyone_busy or now - path.stat().st_mtime > STALE_TMP_SECONDS:
+                doomed.append(path)
 
     freed = 0
     for path in doomed:
@@ -143,6 +142,17 @@ def rebuild_ledger(ledger, data_dir: str | os.PathLike) -> dict[str, int]:
 def _entries(folder: Path):
     try:
         return [e for e in os.scandir(folder) if e.is_file(follow_symlinks=False)]
+    except FileNotFoundError:
+        return []
+
+
+def _temp_files(folder: Path) -> list[Path]:
+    """Atomic writes' temporary files (files.atomic_path: .NAME.XXXX.tmp) in `folder`. The
+    names are filtered before anything else: the per-episode folders hold one entry per
+    finished episode, and this runs at every run's start."""
+    try:
+        return [Path(e.path) for e in os.scandir(folder)
+                if e.name.startswith(".") and e.name.endswith(".tmp") and e.is_file(follow_symlinks=False)]
     except FileNotFoundError:
         return []
 
