@@ -20,7 +20,7 @@ from scribeflow.disk import DiskMonitor
 from scribeflow.gate import DownloadGate, NeverFits
 from scribeflow.ledger import Ledger
 from scribeflow.recovery import check_consistency
-from test_faults_workflow import fill, small_filesystem, wait_for
+from test_faults_workflow import fill, small_filesystem
 
 KB, MB = 1024, 1_000_000
 
