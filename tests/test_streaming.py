@@ -210,3 +210,31 @@ def test_declared_size_catalogue_first_then_yt_dlp_with_a_margin_and_merges_rese
     media, _, source = declare_size(None, {"protocol": "https", "url": "https://x.example/a.m3u8"}, config, "ep",
                                     None)
     assert media == config["disk_management"]["default_video_size_mb"] * 1_000_000 and "default" in source
+
+
+def test_a_429_on_a_fragment_that_yt_dlp_retries_itself_still_slows_the_host(streams_dir, config, videos):
+    folder, made = streams_dir
+    path = made["dash"][0]
+    fragment = f"/{path.rsplit('/', 1)[0]}/chunk-stream1-00002.m4s"
+    config["download"].update({"exempt_hosts": [], "min_start_interval_seconds": 0})
+    with MediaServer(folder, faults={f"GET {fragment}": ["429"]}) as server:
+        started = time.time()
+        download_episode("ep", server.url(path), videos / "ep.media", config)
+        assert server.served(fragment.lstrip("/"), "GET")[:2] == ["429", "ok"]
+    # yt-dlp retried the fragment on its own; every process now knows the host said 429.
+    assert HostLimiter.from_config(config).snapshot()["127.0.0.1"]["backoff_until"] > started
+    assert names(videos) == ["ep.media"]
+
+
+def test_a_slot_held_by_a_dead_process_is_given_back(tmp_path):
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True).stdout.strip()
+    limiter = HostLimiter(tmp_path / "hosts", max_per_host=1, min_interval=0, exempt=[])
+    with limiter._state() as state:  # as a download killed with -9 leaves it
+        limiter._entry(state, "a.example")["holders"]["t"] = {"pid": int(dead), "machine": limiter.machine,
+                                                               "beat": time.time()}
+    started = time.monotonic()
+    with limiter.slot("https://a.example/ep.m3u8"):
+        assert time.monotonic() - started < 0.5
+        assert len(limiter.snapshot()["a.example"]["holders"]) == 1
+    assert limiter.snapshot()["a.example"]["holders"] == {}

@@ -87,23 +87,41 @@ def parse_rate(value) -> int | None:
 
 
 class _YdlLog:
-    """Routes yt-dlp's messages into the rule's log instead of the terminal."""
+    """Routes yt-dlp's messages into the rule's log instead of the terminal.
+
+    `on_rate_limited` is called when yt-dlp meets an HTTP 429 that it retries itself
+    (a fragment, the media GET): it says so only in a warning."""
+
+    RATE_LIMITED = re.compile(r"HTTP Error 429\b")
+
+    def __init__(self, on_rate_limited=None):
+        self.on_rate_limited = on_rate_limited
+
+    def _check(self, msg):
+        # The downloaders' "Got error: HTTP Error 429 ... Retrying" arrives as debug
+        # (to_screen with a logger); an extraction's 429 is an error that the retry
+        # loop in download_episode meets itself.
+        if self.on_rate_limited and self.RATE_LIMITED.search(msg):
+            self.on_rate_limited()
 
     def debug(self, msg):
         if not msg.startswith("[debug] "):
             log.debug(msg)
+            self._check(msg)
 
     def info(self, msg):
         log.info(msg)
+        self._check(msg)
 
     def warning(self, msg):
         log.warning(msg)
+        self._check(msg)
 
     def error(self, msg):
         log.error(msg)
 
 
-def ydl_options(dl: dict, out: Path, hooks: list) -> dict:
+def ydl_options(dl: dict, out: Path, hooks: list, on_rate_limited=None) -> dict:
     """yt-dlp options from the `download` config section."""
     opts = {
         "format": dl["format"],
@@ -119,7 +137,7 @@ def ydl_options(dl: dict, out: Path, hooks: list) -> dict:
         "noplaylist": True,
         "quiet": True,
         "noprogress": True,
-        "logger": _YdlLog(),
+        "logger": _YdlLog(on_rate_limited),
         "progress_hooks": hooks,
         "continuedl": True,  # within this call's retries: resume a cut connection
         "overwrites": True,
@@ -485,7 +503,8 @@ def download_episode(episode: str, url: str, out: Path, config: dict, gate=None,
     for attempt in range(1, dl["retries"] + 2):
         try:
             with hosts.slot(url, episode):
-                result = _attempt(episode, url, out, config, gate, expected_size_mb)
+                result = _attempt(episode, url, out, config, gate, expected_size_mb,
+                                  on_rate_limited=lambda: hosts.slow_down(url))
             hosts.succeeded(url)
             return {**result, "attempts": attempt}
         except DownloadFailed as exc:
@@ -506,7 +525,8 @@ def download_episode(episode: str, url: str, out: Path, config: dict, gate=None,
     raise AssertionError("unreachable")
 
 
-def _attempt(episode: str, url: str, out: Path, config: dict, gate, expected_size_mb) -> dict:
+def _attempt(episode: str, url: str, out: Path, config: dict, gate, expected_size_mb,
+             on_rate_limited=None) -> dict:
     import yt_dlp
 
     dl = config["download"]
@@ -532,7 +552,7 @@ def _attempt(episode: str, url: str, out: Path, config: dict, gate, expected_siz
             log.info("Downloading %s: %.1f MB (%s), %.2f MB/s", episode, done / MB, pct,
                      (status.get("speed") or 0) / MB)
 
-    opts = ydl_options(dl, out, [hook])
+    opts = ydl_options(dl, out, [hook], on_rate_limited)
     opts["outtmpl"] = str(out.with_name(staging_prefix(out))).replace("%", "%%") + "%(ext)s"
     started = time.monotonic()
     with yt_dlp.YoutubeDL(opts) as ydl:
