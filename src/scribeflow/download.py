@@ -1,11 +1,20 @@
-"""Downloading one episode with yt-dlp's Python API, inside the disk gate.
+"""Downloading one episode with yt-dlp's Python API, inside the disk gate and the
+per-host politeness limits (hosts.py).
 
 No shell is ever involved: the catalogue's URL goes to yt-dlp as a Python string.
 
+An attempt: take a slot of the URL's host; let yt-dlp extract the address and choose
+the format(s) once (a direct file, an HLS or DASH manifest, a page with a player; audio
+only when offered); declare the size of what it chose (see declare_size: never a
+manifest's own size); wait for the gate to admit that size; download with the same
+extraction into staging names `{id}@dl.{ext}`, stopped if it writes more than it
+declared; rename the result to the rule's `{id}.media`; validate it with PyAV.
+
 Faults. yt-dlp retries errors of its download phase (`retries`), but not those of
 its extraction phase (a 503 on the first request fails at once), so every attempt
-(HEAD, gate, extraction, download, validation) runs inside our own retry loop with
-exponential backoff. Errors are classified:
+(extraction, sizing, gate, download, validation) runs inside our own retry loop with
+exponential backoff. A 429 also backs the host off for every process. Errors are
+classified:
 - permanent (retrying cannot help): HTTP 404 and 410, a URL with no media (a web
   page), a file that is not usable media (garbage, truncated, no audio stream), a
   file larger than its declared size. The episode fails at once.
