@@ -10,7 +10,7 @@ import time
 import pytest
 
 from scribeflow import config as cfg
-from scribeflow.download import SizeExceeded, download_episode
+from scribeflow.download import DownloadFailed, SizeExceeded, download_episode
 from scribeflow.gate import DownloadGate
 from scribeflow.hosts import HostLimiter
 from scribeflow.media import extract_audio, validate
@@ -238,3 +238,15 @@ def test_a_slot_held_by_a_dead_process_is_given_back(tmp_path):
         assert time.monotonic() - started < 0.5
         assert len(limiter.snapshot()["a.example"]["holders"]) == 1
     assert limiter.snapshot()["a.example"]["holders"] == {}
+
+
+def test_a_page_with_several_videos_is_refused_for_good(streams_dir, config, videos):
+    folder, made = streams_dir
+    page = folder / "two" / "index.html"
+    page.parent.mkdir(exist_ok=True)
+    page.write_text(f'<!DOCTYPE html><html><head><title>Two</title></head><body>'
+                    f'<video><source src="../{made["hls_audio"][0]}" type="application/x-mpegURL"></video>'
+                    f'<video><source src="../{made["dash"][0]}" type="application/dash+xml"></video></body></html>')
+    with MediaServer(folder) as server, pytest.raises(DownloadFailed, match="holds 2 videos") as info:
+        download_episode("ep", server.url("two/index.html"), videos / "ep.media", config)
+    assert info.value.permanent and names(videos) == []
