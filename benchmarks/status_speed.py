@@ -6,6 +6,10 @@ transcribed, a few hundred failed, some in flight), a disk sample every 30 s for
 the real command (a fresh process each time, as an operator would) and prints its
 wall time. Target: under 2 s.
 
+It lays down no files beside the ledger: benchmarks/full_scale.py measures status (and
+the gate, check, a run's start and a chunk's plan) with the files of N finished
+episodes in data_dir as well.
+
     .venv/bin/python benchmarks/status_speed.py [--episodes 171881] [--runs 3]
 """
 
