@@ -1,5 +1,5 @@
 # Tokenize and analyse in one job: each job per episode costs Snakemake ~1.5 ms of planning
-# (README, "Scale"). Tokens are written unless delete_tokens_after_analysis.
+# (docs/benchmarks.md). Tokens are written unless delete_tokens_after_analysis.
 rule analyse_episode:
     input:
         transcript=rules.transcribe.output.json,

@@ -3,7 +3,7 @@
 One DAG over 171,881 episodes costs minutes and gigabytes just to plan; a chunk of
 2,000 plans in seconds. The driver runs the chunks (`--config chunk=K/N`) in turn:
 
-- Resumable: a chunk whose transcripts all exist is skipped without starting
+- Resumable: a chunk whose episodes are all analysed or given up is skipped without starting
   Snakemake, so after an interruption the same command goes on where it stopped
   (the interrupted chunk re-runs its unfinished episodes; `rerun-incomplete` and the
   orphan cleanup at start handle its leftovers).
@@ -251,7 +251,7 @@ class Driver:
         self.say(f"{len(chunks)} chunk(s) of up to {self.chunk_size} episodes; {skipped} already done"
                  + (f"; starting at chunk {todo[0][0].spec}" if todo else ""))
         if self.unlock and todo:
-            # After a kill -9 Snakemake's lock stays behind (README); release it once.
+            # After a kill -9 Snakemake's lock stays behind (docs/failures.md); release it once.
             subprocess.run([*self.base, "--unlock", "--config", *self.overrides, f"chunk={todo[0][0].spec}"],
                            cwd=self.directory, stdout=subprocess.DEVNULL, check=True)
         running: list[Running] = []

@@ -229,7 +229,7 @@ def add_run_chunks(sub) -> None:
         "run-chunks",
         help="run the whole catalogue chunk by chunk, resumably",
         description="Run Snakemake once per chunk of the catalogue (--config chunk=K/N), skipping chunks "
-        "whose transcripts all exist; the next chunk starts while the last one's transcriptions run. "
+        "whose episodes are all analysed or given up; the next chunk starts while the last one's transcriptions run. "
         "Arguments after -- go to every snakemake run, e.g. -- --profile gpu --cores 8.",
     )
     p.add_argument("--chunk-size", type=int, default=2000, help="episodes per chunk (default 2000)")

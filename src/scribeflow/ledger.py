@@ -5,8 +5,8 @@ read-then-write goes through BEGIN IMMEDIATE. The journal mode is the rollback
 journal (DELETE), not WAL: the SQLite linked by Python 3.11 here (3.40) is inside
 the range of SQLite's WAL-reset corruption bug, and WAL also requires all writers
 on one host. SQLite's locking is not reliable over NFS: on a cluster, keep
-data_dir/jobs.db on a filesystem with working POSIX locks (README: Running on a
-Slurm cluster; a cluster run refuses mounts whose locks stay on one node).
+data_dir/jobs.db on a filesystem with working POSIX locks (docs/cluster.md; a cluster
+run refuses mounts whose locks stay on one node).
 
 A ledger that is not a readable database (a disk fault, a copy cut short) is never
 fatal: the first process to open it moves it aside (jobs.db.corrupt-TIME) and rebuilds

@@ -1,6 +1,6 @@
 """`scribeflow plan`: what a run of the catalogue will look like, before it starts.
 
-The seed design's estimate, done properly. Each stage has a capacity in episodes
+An estimate of the whole run. Each stage has a capacity in episodes
 per hour; the smallest is the bottleneck and sets the throughput and the ETA. The
 disk then behaves in one of two ways:
 
@@ -29,13 +29,13 @@ from .media import BYTES_PER_SECOND
 HOUR = 3600.0
 # Defaults when nothing is measured yet.
 ASSUMED = {
-    "download_mb_per_s": (10.0, "seed design: 10 MB/s per download"),
+    "download_mb_per_s": (10.0, "10 MB/s per download"),
     # faster-whisper's published benchmark: large-v3, fp16, beam 5, 13 min of audio in 52 s
     # on an RTX 2080 Ti; one transcription job per GPU.
     "transcription_speed": (15.0, "faster-whisper benchmark: large-v3 fp16 beam 5, ~15x real time per GPU"),
     "extraction_speed": (300.0, "PyAV decode + resample to 16 kHz mono, ~300x real time per core"),
     "duration_s": (24 * 60.0, "a 24-minute episode"),
-    "transcript_kb": (50.0, "seed design: 50 KB per transcript"),
+    "transcript_kb": (50.0, "50 KB per transcript"),
 }
 
 

@@ -1,7 +1,7 @@
 """Costs Snakemake 9 pays for every job while planning, though they are the same for
 every job of a rule (or not needed to plan): paid once here. On a 2,000-episode chunk
-(8,000 jobs) they are about 40 % of the plan (benchmarks/plan_scale.py; README,
-"Scale").
+(8,000 jobs) they are about 40 % of the plan (benchmarks/plan_scale.py;
+docs/benchmarks.md).
 
 - `smart_open.parse_uri`, which Snakemake's source cache calls for each job's script
   and conda environment, builds a new namedtuple class on every call (an `eval`). Its

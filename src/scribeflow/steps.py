@@ -151,7 +151,7 @@ def transcribe(config: dict, episode: str, audio: str, outputs: dict[str, str], 
 def analyse_episode(config: dict, episode: str, transcript: str, tokens: str | None, stats: str, lemmas: str,
                     language: str | None) -> None:
     """Tokenize a transcript and analyse the tokens, in one job: a job less per episode
-    is ~1.5 ms less of Snakemake's planning per episode (README, "Scale")."""
+    is ~1.5 ms less of Snakemake's planning per episode (docs/benchmarks.md)."""
     from .analysis import analyse_tokens
     from .tokens import tokenize_file
 
