@@ -193,3 +193,14 @@ def test_the_dashboard_in_a_headless_browser(tmp_path):
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+def test_logs_of_an_episode(tmp_path):
+    log = tmp_path / "data" / "logs" / "download" / "ep7.log"
+    log.parent.mkdir(parents=True)
+    log.write_text("Declared size of ep7: 12.3 MB (from Content-Length)\n")
+    cmd = [sys.executable, "-m", "scribeflow.cli", "logs", "ep7", "--config", f"data_dir={tmp_path / 'data'}"]
+    out = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and "==> logs/download/ep7.log <==" in out.stdout and "12.3 MB" in out.stdout
+    missing = subprocess.run([*cmd[:4], "nope", *cmd[5:]], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert missing.returncode == 1 and "no log of nope" in missing.stderr

@@ -94,7 +94,26 @@ def cmd_dashboard(args) -> int:
     return 0
 
 
+def cmd_logs(args) -> int:
+    from .logs import episode_logs
+
+    data = load_config(args)["data_dir"]
+    found = 0
+    for episode in args.ids:
+        for path, text in episode_logs(data, episode):
+            found += 1
+            print(f"==> {path} <==\n{text.rstrip()}\n")
+    if not found:
+        print(f"scribeflow logs: no log of {', '.join(args.ids)} under {data}/logs", file=sys.stderr)
+        return 1
+    return 0
+
+
 def add_operator_commands(sub) -> None:
+    logs = sub.add_parser("logs", help="an episode's job logs, in place or rolled up")
+    logs.add_argument("ids", nargs="+", metavar="ID")
+    add_config_options(logs)
+    logs.set_defaults(func=cmd_logs)
     metrics = sub.add_parser("metrics", help="the run's figures in Prometheus' text format",
                              description="Without options: print them. --textfile: write them for "
                              "node_exporter's textfile collector (with --every, again and again). --serve: "

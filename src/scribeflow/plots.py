@@ -89,7 +89,9 @@ def disk_usage_figure(ledger: Ledger, limits: dict):
                    label="downloads paused" if n == 0 else None)
     ax.set_ylabel(f"disk usage ({unit})")
     ax.set_ylim(0, top / scale)
-    title = f"Disk usage: peak {peak / scale:.3g} {unit}, {len(samples)} samples, {len(pauses)} download pause(s)"
+    # Old pauses are merged into one row a day, which says how many it holds.
+    n_pauses = sum(p.get("events") or 1 for p in pauses)
+    title = f"Disk usage: peak {peak / scale:.3g} {unit}, {len(samples)} samples, {n_pauses} download pause(s)"
     if hidden:
         title += f"\n(above this range: {', '.join(hidden)})"
     ax.set_title(title)

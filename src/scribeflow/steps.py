@@ -182,7 +182,7 @@ def corpus(config: dict, stats_pattern: str, lemmas_pattern: str, outputs: dict)
             series = catalogue.at[episode, "series"] if has_series else None
             entries.append((episode, stats, lemmas, _series_name(series)))
     log.info("Building the corpus from %d of %d catalogue episodes", len(entries), len(catalogue))
-    build_corpus(entries, outputs)
+    build_corpus(entries, outputs, lemma=config.get("analysis", {}).get("lemma", "written"))
 
 
 def _series_name(value) -> str | None:
