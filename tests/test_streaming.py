@@ -146,7 +146,8 @@ def test_starts_on_one_host_are_spaced_by_the_min_interval(tmp_path):
     for t in threads:
         t.join()
     a = sorted(t for u, t in starts if "a.example" in u)
-    assert all(later - earlier >= 0.28 for earlier, later in zip(a, a[1:]))
+    # (Measured after the slot is granted, so a busy machine blurs each gap a little.)
+    assert all(later - earlier >= 0.2 for earlier, later in zip(a, a[1:])) and a[-1] - a[0] >= 0.55, a
     b = next(t for u, t in starts if "b.example" in u)
     assert b - a[0] < 0.25
 
