@@ -202,7 +202,9 @@ onstart:
     from scribeflow.logs import rollup_dir, start_rollup
 
     if start_rollup(DATA):
-        print(f"scribeflow: rolling up the logs of finished episodes into {rollup_dir(DATA)}")
+        print(
+            f"scribeflow: rolling up the logs of finished episodes into {rollup_dir(DATA)}"
+        )
     # The model loads while the first audio is extracted. Locally only: a cluster job
     # starts the worker of its own node.
     if workflow.local_exec and any(job.rule.name == "transcribe" for job in jobs):

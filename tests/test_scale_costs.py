@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from scribeflow import disk, gate as gate_module, logs
+from scribeflow import disk, logs
 from scribeflow.disk import DiskMonitor, PER_EPISODE
 from scribeflow.gate import DownloadGate
 from scribeflow.ledger import Ledger
