@@ -300,3 +300,23 @@ def test_active_episodes_are_the_started_and_recent_ones(tmp_path):
         ledger.set_stage("stopped", "queued", last_error="interrupted")  # Ctrl-C: its log was written
         ledger.set_stage("ep000000", "failed", last_error="x")  # a failure just now
     assert monitor._active(since) == {"running", "stopped", "ep000000"}
+
+
+def test_an_episode_transcribed_long_ago_is_active_once_its_analysis_starts(tmp_path):
+    """A resumed run (or a rebuilt ledger) may hold 100,000 rows transcribed long ago:
+    each costs one stat of its analysis log, until that job starts."""
+    data = tmp_path / "data"
+    finished_episodes(data, 2)
+    with Ledger(data / "jobs.db") as ledger:
+        ledger.set_stage("old", "transcribed")
+        ledger.update("old", updated_at=time.time() - 86400)
+    write(data / "transcripts" / "old.json", 50 * KB)
+    monitor = accounted(data)
+    monitor.reconcile()
+    since = monitor._record()["scanned_at"]
+    assert "old" not in monitor._active(since)
+    assert monitor.current_usage(fresh=True).total - MARGIN == walked(data).total
+    write(data / "logs" / "analyse_episode" / "old.log", 0)  # the analysis job starts
+    write(data / "tokens" / "old.parquet", 80 * KB)  # and writes its tokens before the ledger
+    assert "old" in monitor._active(since)
+    assert monitor.current_usage(fresh=True).total - MARGIN >= walked(data).total

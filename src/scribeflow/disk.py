@@ -21,12 +21,17 @@ Two ways to measure (disk_management.reconcile_interval_seconds):
 An episode is *active* since a reconciliation that started at t0 when its ledger row is
 in a stage between queued and analyzed (a job of it may be under way or pending:
 downloading ... tokenized), or its row changed at or after t0 - ACTIVE_SLACK and it has
-started once (a row the run's start has just enqueued is not active). Why that
+started once (a row the run's start has just enqueued is not active). One exception
+keeps the set small: a row transcribed (or tokenized) before t0 - ACTIVE_SLACK is active
+only once its analysis job has started, which that job's log (logs/analyse_episode/
+{id}.log, created or truncated first thing) tells by its mtime. Why that
 covers every byte written to a per-episode folder since t0 (gate.py's docstring turns
 this into the hard limit's guarantee):
   * Every per-episode file is written by a job of its episode (the steps), and every
     step records a stage in the ledger before its first output and after its last one
-    (steps.py): a never-started episode writes nothing, and an analyzed, failed or
+    (steps.py) -- except the analysis, whose row is transcribed until it has written its
+    tokens, and whose start its log's mtime shows -- : a never-started episode writes
+    nothing, and an analyzed, failed or
     interrupted (back to queued) one stops writing within ACTIVE_SLACK of its last
     ledger write (what follows is the step's last log lines and Snakemake's benchmark
     record, seconds later).
@@ -91,6 +96,7 @@ PER_EPISODE = {
 # analyzed or failed).
 ACTIVE_STAGES = ("downloading", "downloaded", "extracting", "extracted", "transcribing", "transcribed",
                  "tokenized")
+AWAITING_ANALYSIS = ("transcribed", "tokenized")
 # A step's last bytes (its final log lines, Snakemake's benchmark record) follow its last
 # ledger write by seconds; ten minutes is a wide bound.
 ACTIVE_SLACK = 600.0
@@ -391,10 +397,10 @@ class DiskMonitor:
             stages = ", ".join(f"'{s}'" for s in ACTIVE_STAGES)
             # A row queued and never started (a run's start enqueues its whole chunk) has
             # written nothing; one put back to queued (an interrupted download) has.
-            rows = conn.execute(f"SELECT id FROM jobs WHERE stage IN ({stages}) "
-                                f"UNION SELECT id FROM jobs WHERE updated_at >= ? "
-                                f"AND NOT (stage = 'queued' AND downloading_at IS NULL)", (since - ACTIVE_SLACK,))
-            return {r[0] for r in rows}
+            cut = since - ACTIVE_SLACK
+            rows = conn.execute(f"SELECT id, stage, updated_at FROM jobs WHERE stage IN ({stages}) "
+                                f"UNION SELECT id, stage, updated_at FROM jobs WHERE updated_at >= ? "
+                                f"AND NOT (stage = 'queued' AND downloading_at IS NULL)", (cut,)).fetchall()
         except sqlite3.Error as exc:
             if self._db:
                 with contextlib.suppress(sqlite3.Error):
@@ -402,6 +408,22 @@ class DiskMonitor:
                 self._db = None
             log.warning("Could not read the ledger's active episodes (%s)", exc)
             return None
+        active = set()
+        tripwire = str(self.data_dir / "logs" / "analyse_episode") + os.sep
+        for episode, stage, updated in rows:
+            if stage in AWAITING_ANALYSIS and (updated or 0) < cut:
+                # Transcribed long ago and idle since (a resumed run, a rebuilt or old ledger:
+                # there may be 100,000 of them). Its analysis job writes its tokens before its
+                # first ledger write, but its log first of all: the job truncates or creates
+                # it at its start. Idle until that log is fresh: one stat, not twenty.
+                try:
+                    if os.stat(tripwire + episode + ".log").st_mtime < cut:
+                        continue
+                except FileNotFoundError:
+                    continue
+            active.add(episode)
+        return active
+
 
     def _thin_ledger(self) -> None:
         """Old disk samples and pause events, thinned (ledger.py): status, plan and plots
