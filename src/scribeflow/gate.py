@@ -44,12 +44,14 @@ reconcile.lock (one process walks; the others keep the old record, which stays
 exact). Nothing written between two reconciliations can break the hard limit,
 because every byte the pipeline writes after a reconciliation at t0 is in one of:
   * a walked folder: measured at every look, as before;
-  * a per-episode file of an episode active now (a job of it is under way, or its
-    ledger row changed at or after t0 - 10 min): stat'ed at every look;
-  * a per-episode file of an episode not active now: impossible, since every step
-    writes the ledger before its first output and within seconds after its last one,
-    so that file has not changed since t0 and is in the base (an episode active at
-    t0, left out of the base, is still active now: the condition only widens);
+  * a per-episode file of an episode active now (its row in a stage between queued
+    and analyzed, or changed at or after t0 - 10 min; a row idle in transcribed since
+    before that, once its analysis job's log is fresh): stat'ed at every look;
+  * a per-episode file of an episode not active now: impossible if it changed since
+    t0, since every step writes the ledger before its first output (the analysis
+    starts from a transcribed row and writes its log first) and seconds before its
+    last one; so it is as the walk saw it, and in the base (an episode active at t0,
+    left out of the base, is still active now: the conditions only widen);
   * a file no per-episode path names: an atomic write's temporary file or a job's
     log lines before its first ledger write, bounded by the margin.
 So the accounted usage is never below the true one at any look, and the inequality
