@@ -25,18 +25,15 @@ rule transcribe:
 # The transcription worker (scribeflow.worker) keeps the model loaded between jobs; let
 # it go when the run ends rather than after its idle timeout (it holds GPU memory).
 # Snakemake keeps one onsuccess and one onerror handler: the run's ends, for every rule.
-# The log roll-up also runs here: onstart does not run when nothing is left to do.
+# (The log roll-up runs at the next run's start, so a run's logs stay where Snakemake
+# and `scribeflow failed` point until then.)
 onsuccess:
     from scribeflow import worker
-    from scribeflow.logs import start_rollup
 
     worker.stop(config["transcribe"], config["data_dir"])
-    start_rollup(config["data_dir"])
 
 
 onerror:
     from scribeflow import worker
-    from scribeflow.logs import start_rollup
 
     worker.stop(config["transcribe"], config["data_dir"])
-    start_rollup(config["data_dir"])
