@@ -4,7 +4,6 @@ import shutil
 import subprocess
 
 import pytest
-import yaml
 
 from scribeflow import config as cfg
 from scribeflow.download import DownloadFailed, SizeExceeded, download_episode, parse_rate, ydl_options
