@@ -145,9 +145,11 @@ class Sampler:
 
     def __enter__(self):
         if self.gpu:
+            # The GPU the runs use: the first of CUDA_VISIBLE_DEVICES (an index or a UUID), else 0.
+            device = (os.environ.get("CUDA_VISIBLE_DEVICES") or "0").split(",")[0]
             self._smi = subprocess.Popen(
-                ["nvidia-smi", "--query-gpu=utilization.gpu,memory.used", "--format=csv,noheader,nounits",
-                 "-lms", "200"], stdout=subprocess.PIPE, text=True)
+                ["nvidia-smi", "-i", device, "--query-gpu=utilization.gpu,memory.used",
+                 "--format=csv,noheader,nounits", "-lms", "200"], stdout=subprocess.PIPE, text=True)
             threading.Thread(target=self._read_smi, daemon=True).start()
         threading.Thread(target=self._sample_rss, daemon=True).start()
         return self
@@ -162,7 +164,7 @@ class Sampler:
     def _read_smi(self):
         for line in self._smi.stdout:
             try:
-                util, mem = (float(x) for x in line.split(",")[:2])  # first GPU's line
+                util, mem = (float(x) for x in line.split(",")[:2])
             except ValueError:
                 continue
             self.util.append((time.time(), util))
@@ -401,6 +403,12 @@ def main() -> int:
               f"{rtf:>7.4f} {fmt(s['gpu_busy'], '.0%'):>8} {fmt(s['gpu_busy_window'], '.0%'):>7} "
               f"{fmt(s['gpu_peak_mb'], '.0f'):>7} "
               f"{fmt(s['host_peak_mb'], '.0f'):>8} {fmt(ratio, '.3f'):>7} {fmt(job, '.1f'):>7} {days:>14.1f}")
+    for label, run, wall, seconds, n, s, ratio, job in rows:
+        if run.startswith("pipeline"):
+            busy = s["gpu_busy_window"]
+            print(f"{label}, {run}: pipeline / limit {ratio:.3f} (target <= 1.05: {'met' if ratio <= 1.05 else 'MISSED'})"
+                  + ("" if busy is None else f"; GPU busy while audio waits {busy:.0%} (target >= 90 %: "
+                                             f"{'met' if busy >= 0.9 else 'MISSED'})"))
     print("\nep/h: 24-minute episodes per hour at this speed; GPU busy: over the whole run; waiting: while "
           "extracted audio waited (first extraction to last transcript); catalogue days: 171,881 such episodes "
           "on one device at this real-time factor. Targets: pipeline / limit <= 1.05; GPU busy while audio "
