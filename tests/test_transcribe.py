@@ -204,3 +204,21 @@ def test_batch_size_auto_batches_on_a_gpu_and_decodes_sequentially_on_a_cpu(mode
     # An English-only model needs no vote.
     detected = run_model(model, audio, {**options, "language": None, "language_windows": 7})
     assert detected["language"] == "en" and detected["language_detection"]["method"] == "english-only model"
+
+
+def test_batched_decoding_without_vad_cuts_long_audio_in_30_s_windows(model_path, speech_dir):
+    """faster-whisper's batched pipeline refuses audio over 30 s without VAD ("No clip
+    timestamps found"); vad_filter: false with batch_size > 0 must still transcribe."""
+    import numpy as np
+    from faster_whisper import decode_audio
+
+    from scribeflow.transcribe import load_model, run_model
+
+    tc = sf_config.load(overrides={"transcribe.model": model_path, "transcribe.device": "cpu",
+                                   "transcribe.compute_type": "int8"})["transcribe"]
+    clip = decode_audio(str(speech_dir / "ep01.mp4"))
+    pause = np.zeros(16_000 * 8, np.float32)
+    audio = np.concatenate([clip, pause] * (-(-45 * 16_000 // (len(clip) + len(pause)))))  # >= 45 s
+    raw = run_model(load_model(tc), audio, {"language": "en", "beam_size": 1, "vad_filter": False, "batch_size": 4})
+    assert raw["batch_size"] == 4 and raw["segments"][-1]["end"] > 30
+    assert "quick" in " ".join(s["text"] for s in raw["segments"]).lower()

@@ -262,6 +262,11 @@ def run_model(model, audio, options: dict, should_stop=None) -> dict:
     if batch_size:
         from faster_whisper import BatchedInferencePipeline
 
+        if not options.get("vad_filter", True) and len(audio) > WINDOW_SECONDS * SAMPLE_RATE:
+            # Without VAD the batched pipeline refuses audio over 30 s unless told where to cut.
+            step = WINDOW_SECONDS
+            options["clip_timestamps"] = [{"start": t, "end": min(t + step, len(audio) / SAMPLE_RATE)}
+                                          for t in range(0, -(-len(audio) // SAMPLE_RATE), step)]
         segments, info = BatchedInferencePipeline(model).transcribe(audio, batch_size=batch_size, **options)
     else:
         segments, info = model.transcribe(audio, **options)
