@@ -176,9 +176,9 @@ def decode_options(tc: dict, language: str | None) -> dict:
     return options
 
 
-# batch_size "auto" on a GPU: 30-s windows decoded at once. A dense 24-min episode is ~48
-# windows after VAD: 16 makes 3 full batches; 32 would leave the second half empty-padded.
-# To be confirmed on the GPU with benchmarks/episode_throughput.py --batch-sizes 8,16,24,32.
+# batch_size "auto" on a GPU: 30-s windows decoded at once (a dense 24-min episode is ~53
+# after VAD; two episodes at once put up to 32 in flight). Not measured on a GPU yet:
+# benchmarks/episode_throughput.py --batch-sizes 8,16,32 (docs/transcription.md).
 GPU_BATCH_SIZE = 16
 
 # Windows that vote on an episode's language: an anime episode opens with a song (often
