@@ -3,6 +3,7 @@ the finished episodes, the accounting they use instead is never below the truth,
 the ledger's history stays bounded. Structural assertions, no timing."""
 
 import gzip
+import json
 import os
 import time
 
@@ -320,3 +321,33 @@ def test_an_episode_transcribed_long_ago_is_active_once_its_analysis_starts(tmp_
     write(data / "tokens" / "old.parquet", 80 * KB)  # and writes its tokens before the ledger
     assert "old" in monitor._active(since)
     assert monitor.current_usage(fresh=True).total - MARGIN >= walked(data).total
+
+
+@pytest.mark.slow
+def test_a_finished_chunk_keeps_four_files_per_episode_through_the_real_workflow(tmp_path, media_server,
+                                                                                 model_path):
+    """Two chunks through the real workflow: the second run's start rolls up the first
+    chunk's logs and benchmark records; each finished episode keeps its transcript, tokens
+    and two analyses (default config), and its logs stay readable."""
+    from conftest import run_snakemake, scribeflow, workflow_config, write_catalogue
+
+    rows = [{"id": f"ep{n:02d}", "url": media_server.url(f"ep{n:02d}.mp4"), "language": "en"} for n in range(1, 5)]
+    catalogue = write_catalogue(tmp_path / "episodes.csv", rows)
+    config = workflow_config(tmp_path, catalogue, model_path)
+    data = tmp_path / "data"
+    run_snakemake(tmp_path, {**config, "chunk": "1/2"}, "--cores", "2")
+    assert len(list((data / "logs" / "transcribe").glob("*.log"))) == 2
+    proc = run_snakemake(tmp_path, {**config, "chunk": "2/2"}, "--cores", "2")
+    assert "rolling up the logs of finished episodes" in proc.stdout + proc.stderr
+    deadline = time.monotonic() + 60
+    while logs.finished(data) - {"ep03", "ep04"} and time.monotonic() < deadline:
+        time.sleep(0.2)
+    for episode in ("ep01", "ep02"):
+        kept = sorted(str(p.relative_to(data)) for p in data.rglob(f"{episode}.*"))
+        assert kept == [f"analysis/episodes/{episode}.json", f"analysis/lemmas/{episode}.parquet",
+                        f"tokens/{episode}.parquet", f"transcripts/{episode}.json"]
+        found = dict(logs.episode_logs(data, episode))
+        assert "Freed" in found[f"logs/transcribe/{episode}.log"] and len(found) == 4
+    assert {b["episode"] for b in logs.benchmarks(data)} >= {"ep01", "ep02"}
+    assert json.loads((data / "gate" / disk.ACCOUNTING_FILE).read_text())["files"] > 0
+    scribeflow(tmp_path, "check", "--configfile", str(tmp_path / "config.yaml"))
