@@ -351,3 +351,14 @@ def test_a_finished_chunk_keeps_four_files_per_episode_through_the_real_workflow
     assert {b["episode"] for b in logs.benchmarks(data)} >= {"ep01", "ep02"}
     assert json.loads((data / "gate" / disk.ACCOUNTING_FILE).read_text())["files"] > 0
     scribeflow(tmp_path, "check", "--configfile", str(tmp_path / "config.yaml"))
+
+
+def test_a_damaged_record_is_walked_again(tmp_path):
+    data = tmp_path / "data"
+    finished_episodes(data, 3)
+    monitor = accounted(data)
+    monitor.reconcile()
+    for damage in (b"{not json", b'{"scanned_at": 1, "base": {"bogus": 5}}', b"[]"):
+        monitor.accounting_path.write_bytes(damage)
+        assert monitor.reconcile_due()
+        assert monitor.current_usage(fresh=True).total - MARGIN == walked(data).total

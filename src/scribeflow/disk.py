@@ -283,9 +283,11 @@ class DiskMonitor:
         """The last reconciliation's record, or None when there is none usable."""
         try:
             record = json.loads(self.accounting_path.read_bytes())
+            names = {f.name for f in fields(DiskUsage)}
             if not (isinstance(record, dict) and isinstance(record.get("scanned_at"), (int, float))
-                    and isinstance(record.get("base"), dict)):
-                return None
+                    and isinstance(record.get("base"), dict)
+                    and all(k in names and isinstance(v, int) for k, v in record["base"].items())):
+                return None  # damaged: the next look reconciles
         except (OSError, ValueError):
             return None
         if record.get("ledger") != self._ledger_identity():
