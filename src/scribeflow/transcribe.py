@@ -195,7 +195,7 @@ def vote_language(model, audio, windows: int = LANGUAGE_WINDOWS) -> dict:
     faster-whisper's own detection (1.2.1) reads the start of the audio (after VAD when
     batched) and stops at the first window that passes 0.5: an opening song decides. Here
     each window keeps only what Silero VAD calls speech (run on the window alone: a VAD pass
-    over a whole 24-min episode costs ~6 s of CPU), a window with under 5 s of speech
+    over a whole 24-min episode costs 4-6 s of CPU), a window with under 5 s of speech
     abstains, and the language with most votes wins (ties: the higher summed probability).
     The windows go through the encoder as one batch.
     Returns {"language", "probability" (its mean over the voting windows), "method": "vote",
@@ -256,7 +256,7 @@ def run_model(model, audio, options: dict, should_stop=None) -> dict:
         batch_size = GPU_BATCH_SIZE if model.model.device == "cuda" else 0
     windows = options.pop("language_windows", 0)
     detection = {"method": "given"} if options.get("language") else None
-    if options.get("language") is None and windows:
+    if options.get("language") is None and windows and len(audio) >= SAMPLE_RATE:  # under 1 s: faster-whisper's
         detection = vote_language(model, audio, windows)
         options["language"] = detection["language"]
     if batch_size:
