@@ -202,3 +202,17 @@ def test_the_written_form_is_the_spelling_used_most(tmp_path):
     rows = {r["lemma_unidic"]: r for r in freq.to_dict("records")}
     assert (rows["居る"]["lemma"], rows["居る"]["count"], rows["居る"]["document_frequency"]) == ("いる", 3, 2)
     assert (rows["猫"]["lemma"], rows["猫"]["count"]) == ("猫", 3)
+
+
+def test_analysis_lemma_in_the_config_reaches_the_corpus_step(corpus, tmp_path):
+    from scribeflow import steps
+
+    root, _, _ = corpus
+    catalogue = tmp_path / "episodes.csv"
+    catalogue.write_text("id,url\nja_weather,https://e.org/1\n")
+    for form, shown, other in (("unidic", "居る", "lemma_written"), ("written", "いる", "lemma_unidic")):
+        outputs = {name: tmp_path / form / name for name in OUTPUTS}
+        steps.corpus({"catalogue": str(catalogue), "analysis": {"lemma": form}}, str(root / "episodes/{episode}.json"),
+                     str(root / "lemmas/{episode}.parquet"), outputs)
+        freq = read_tsv(outputs["frequency"])
+        assert other in freq.columns and shown in set(freq["lemma"])  # 走っていた: the い of いる
