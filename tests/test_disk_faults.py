@@ -318,3 +318,16 @@ def test_a_4_mb_budget_with_damaged_state_runs_and_gives_up_what_never_fits(tmp_
     assert db.execute("SELECT stage FROM jobs WHERE id = 'gone'").fetchone() == ("failed",)
     peak = db.execute("SELECT MAX(total_bytes) FROM disk_samples").fetchone()[0]
     assert peak and peak <= 4_000_000
+
+
+def test_unreadable_host_state_is_rebuilt(tmp_path):
+    from scribeflow.hosts import HostLimiter
+
+    limiter = HostLimiter(tmp_path / "hosts", max_per_host=1, min_interval=0)
+    with limiter.slot("https://video.example/ep1"):
+        pass
+    (tmp_path / "hosts" / "state.json").write_bytes(os.urandom(200) + b"\xff")
+    with limiter.slot("https://video.example/ep2"):  # no UnicodeDecodeError
+        assert limiter.snapshot()["video.example"]["holders"]
+    assert list((tmp_path / "hosts").glob("state.json.corrupt-*"))
+    assert not list((tmp_path / "hosts").glob("*.tmp"))

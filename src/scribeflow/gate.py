@@ -64,12 +64,9 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import fcntl
-import json
 import logging
 import os
 import socket
-import tempfile
 import threading
 import time
 import uuid
@@ -78,6 +75,7 @@ from pathlib import Path
 
 from .disk import DiskMonitor, DiskUsage
 from .files import allocated_bytes, human_bytes, is_disk_full
+from .statefile import StateFile, alive
 
 log = logging.getLogger("scribeflow.gate")
 
@@ -96,26 +94,12 @@ class NeverFits(DiskStalled):
     permanent = True
 
 
-# One mutex per state file, per process: fcntl locks do not exclude the threads of one
-# process (see the module docstring). Releases whose state write failed, per state file.
-_MUTEXES: dict[str, threading.Lock] = {}
+# Releases whose state write failed, per state file; applied by the process's next write.
 _UNRELEASED: dict[str, set[tuple[str, str]]] = {}
-_GUARD = threading.Lock()
 
 
-def _mutex(key: str) -> threading.Lock:
-    with _GUARD:
-        return _MUTEXES.setdefault(key, threading.Lock())
-
-
-def _after_fork() -> None:
-    # A child holds none of its parent's locks, whatever the parent's threads were doing.
-    global _GUARD
-    _GUARD = threading.Lock()
-    _MUTEXES.clear()
-
-
-os.register_at_fork(after_in_child=_after_fork)
+def _valid_state(state: dict) -> bool:
+    return all(isinstance(state.get(t, {}), dict) for t in TABLES)
 
 
 def _valid_holder(holder, table: str) -> bool:
@@ -163,6 +147,7 @@ class DownloadGate:
         # A holder on another host is presumed dead after missing this many beats.
         self.heartbeat_timeout = heartbeat_timeout or max(3 * check_interval, 60.0)
         self.host = socket.gethostname()
+        self._file = StateFile(self.state_dir, STATE_FILE, LOCK_FILE)
         # Room downloads leave free under the hard limit so that an extraction can always
         # start: audio is written before its video is deleted.
         self.audio_headroom = int(audio_headroom)
@@ -182,84 +167,38 @@ class DownloadGate:
     # -- shared state --------------------------------------------------------------
     @property
     def state_path(self) -> Path:
-        return self.state_dir / STATE_FILE
+        return self._file.path
 
     @contextlib.contextmanager
     def _locked_state(self):
-        """The shared state, exclusive across threads, processes and hosts; written back
-        (atomically, fsynced) when the block changed it. Raises OSError(ENOSPC) when the
-        disk is too full to write it: then nothing the block did took effect."""
-        self.state_dir.mkdir(parents=True, exist_ok=True)
-        key = str(self.state_path.absolute())
-        with _mutex(key), open(self.state_dir / LOCK_FILE, "a+") as lock:
-            fcntl.lockf(lock, fcntl.LOCK_EX)
-            try:
-                state, rebuilt = self._read_state()
-                before = None if rebuilt else json.dumps(state, sort_keys=True)
-                unreleased = set(_UNRELEASED.get(key, ()))
-                for table, token in unreleased:
-                    state[table].pop(token, None)
-                yield state
-                after = json.dumps(state, sort_keys=True)
-                if after != before:
-                    self._write_state(after)
-                if unreleased:
-                    _UNRELEASED[key] -= unreleased
-            finally:
-                fcntl.lockf(lock, fcntl.LOCK_UN)
-
-    def _read_state(self) -> tuple[dict, bool]:
-        """The state, and whether it was rebuilt (then it must be written back)."""
-        path = self.state_path
-        rebuilt = False
-        try:
-            state = json.loads(path.read_bytes())
-            if not isinstance(state, dict) or not all(isinstance(state.get(t, {}), dict) for t in TABLES):
-                raise ValueError("not a gate state object")
-        except FileNotFoundError:
-            state = {}
-        except ValueError as exc:  # JSON and UTF-8 errors included
-            aside = path.with_name(f"{STATE_FILE}.corrupt-{time.strftime('%Y%m%d-%H%M%S')}")
-            with contextlib.suppress(OSError):
-                os.replace(path, aside)
-            log.warning("The gate's state %s was unreadable (%s): moved to %s and rebuilt; running jobs "
-                        "register again within %.0f s, and no download starts until then",
-                        path, exc, aside, self._beat_interval)
-            state, rebuilt = {"rebuilt_at": time.time()}, True
-        state.setdefault("reasons", [])
-        state["paused"] = bool(state["reasons"])
-        state.setdefault("paused_since", None)
-        for table in TABLES:
-            holders = state.setdefault(table, {})
-            for token in [t for t, h in holders.items() if not _valid_holder(h, table)]:
-                del holders[token]
-        return state, rebuilt
-
-    def _write_state(self, text: str) -> None:
-        fd, tmp = tempfile.mkstemp(prefix=".state.", suffix=".tmp", dir=self.state_dir)
-        try:
-            with os.fdopen(fd, "w") as f:
-                f.write(text)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.state_path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
+        """The shared state (statefile.py: exclusive across threads, processes and hosts,
+        written atomically). Raises OSError(ENOSPC) when the disk is too full to write
+        it: then nothing the block did took effect."""
+        with self._file.locked(_valid_state) as (state, rebuilt):
+            if rebuilt:
+                state["rebuilt_at"] = time.time()
+                log.warning("The gate's state was rebuilt; running jobs register again within %.0f s, and "
+                            "no download starts until then", self._beat_interval)
+            state.setdefault("reasons", [])
+            state["paused"] = bool(state["reasons"])
+            state.setdefault("paused_since", None)
+            for table in TABLES:
+                holders = state.setdefault(table, {})
+                for token in [t for t, h in holders.items() if not _valid_holder(h, table)]:
+                    del holders[token]
+            unreleased = set(_UNRELEASED.get(self._file.key, ()))
+            for table, token in unreleased:
+                state[table].pop(token, None)
+            yield state
+        if unreleased:
+            with self._file.mutex():
+                _UNRELEASED[self._file.key] -= unreleased
 
     def state_problem(self) -> str | None:
         """Why the state file cannot be read, or None (`scribeflow check`; reads only)."""
-        try:
-            state = json.loads(self.state_path.read_bytes())
-            if not isinstance(state, dict) or not all(isinstance(state.get(t, {}), dict) for t in TABLES):
-                raise ValueError("not a gate state object")
-        except FileNotFoundError:
-            return None
-        except (OSError, ValueError) as exc:
-            return (f"{self.state_path}: unreadable ({exc}); the next download or `scribeflow check` moves it "
-                    f"aside and rebuilds it (it holds only the running jobs, which register again)")
-        return None
+        problem = self._file.problem(_valid_state)
+        return problem and (f"{problem}; the next download or `scribeflow check` moves it aside and rebuilds "
+                            f"it (it holds only the running jobs, which register again)")
 
     @property
     def _beat_interval(self) -> float:
@@ -268,26 +207,17 @@ class DownloadGate:
     def _release(self, table: str, token: str) -> None:
         """Drop a holder; when the disk is too full to record that, the process's next
         state write does (never raises: the caller's own exception is the one to see)."""
-        key = str(self.state_path.absolute())
         try:
             with self._locked_state() as state:
                 state[table].pop(token, None)
         except Exception as exc:
-            with _mutex(key):
-                _UNRELEASED.setdefault(key, set()).add((table, token))
+            with self._file.mutex():
+                _UNRELEASED.setdefault(self._file.key, set()).add((table, token))
             log.warning("Could not record the end of a %s in %s (%s); the next look at the gate does",
                         table[:-1], self.state_path, exc)
 
     def _alive(self, holder: dict) -> bool:
-        if holder.get("host") == self.host:
-            try:
-                os.kill(holder["pid"], 0)
-                return True
-            except ProcessLookupError:
-                return False
-            except PermissionError:
-                return True
-        return time.time() - holder.get("beat", 0) < self.heartbeat_timeout
+        return alive(holder, self.host, self.heartbeat_timeout)
 
     def _prune(self, state: dict) -> None:
         for table in ("reservations", "consumers"):

@@ -13,8 +13,7 @@ its extraction to the end of its download:
 
 Hosts in `download.exempt_hosts` (the loopback addresses by default: your own
 server) are not limited. The state is one JSON file under {data_dir}/hosts/, read
-and written under an exclusive lock: fcntl.flock on a descriptor opened per use
-(so threads of one process exclude each other too), plus a threading.Lock. A holder
+and written under an exclusive lock (statefile.py, as the gate's). A holder
 whose process died (same machine) or whose heartbeat stopped (another machine) is
 dropped.
 """
@@ -22,7 +21,6 @@ dropped.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import logging
 import os
@@ -33,9 +31,10 @@ import uuid
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from .statefile import StateFile, alive
+
 log = logging.getLogger("scribeflow.hosts")
 
-_THREAD_LOCK = threading.Lock()
 BEAT_SECONDS = 30.0
 POLL_SECONDS = 0.5
 
@@ -75,33 +74,13 @@ class HostLimiter:
     # -- shared state ----------------------------------------------------------------
     @contextlib.contextmanager
     def _state(self):
-        self.state_dir.mkdir(parents=True, exist_ok=True)
-        with _THREAD_LOCK, open(self.state_dir / "hosts.lock", "a+") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            path = self.state_dir / "state.json"
-            try:
-                state = json.loads(path.read_text())
-            except (FileNotFoundError, json.JSONDecodeError):
-                state = {}
-            before = json.dumps(state, sort_keys=True)
+        """The shared state, exclusive across threads, processes and hosts (statefile.py)."""
+        with StateFile(self.state_dir, "state.json", "hosts.lock").locked() as (state, _):
             self._prune(state)
             yield state
-            after = json.dumps(state, sort_keys=True)
-            if after != before:
-                tmp = path.with_name(f"state.{os.getpid()}.{threading.get_ident()}.tmp")
-                tmp.write_text(after)
-                os.replace(tmp, path)
 
     def _alive(self, holder: dict) -> bool:
-        if holder.get("machine") == self.machine:
-            try:
-                os.kill(holder["pid"], 0)
-                return True
-            except ProcessLookupError:
-                return False
-            except PermissionError:
-                return True
-        return time.time() - holder.get("beat", 0) < self.heartbeat_timeout
+        return alive(holder, self.machine, self.heartbeat_timeout, host_key="machine")
 
     def _prune(self, state: dict) -> None:
         for host, entry in list(state.items()):
