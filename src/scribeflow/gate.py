@@ -343,15 +343,26 @@ class DownloadGate:
         may end a pause (after a transcription freed space) but never opens one."""
         if download:
             self._reconcile()
+        decision, error = self._look(declared, download)
+        if error:
+            log.warning("The gate could not record its look: %s", error)
+        return decision
+
+    def _look(self, declared: int, download: bool, then=None) -> tuple[Decision, OSError | None]:
+        """One decision under the lock; `then(state, decision)` may act on it (admit) and
+        returns the decision. A full disk that keeps the state from being written is
+        returned as the error, with the decision, which then took no effect."""
         decision = None
         try:
             with self._locked_state() as state:
                 decision = self._decide(state, declared, download)
+                if then is not None:
+                    decision = then(state, decision)
         except OSError as exc:
             if decision is None or not is_disk_full(exc):
                 raise
-            log.warning("The gate could not record its look: %s", exc)
-        return decision
+            return decision, exc
+        return decision, None
 
     @contextlib.contextmanager
     def admitted(self, episode: str, declared: int, paths: list[str | os.PathLike], download: bool = True):
@@ -364,31 +375,29 @@ class DownloadGate:
         token = uuid.uuid4().hex
         paths = [str(Path(p).absolute()) for p in paths]
         waiting_since = stalled_since = None
+        holder = None
+
+        def admit(state: dict, decision: Decision) -> Decision:
+            nonlocal holder
+            if decision.admitted and download and self._rebuilding(state):
+                decision = dataclasses.replace(
+                    decision, admitted=False,
+                    reason="the gate's state was rebuilt: waiting for running jobs to register again")
+            if decision.admitted:
+                holder = self._holder(id=episode, bytes=declared, paths=paths,
+                                      kind="download" if download else "audio")
+                state["reservations"][token] = holder
+            return decision
+
         while True:
             if download:
                 self._reconcile()
-            decision = None
-            try:
-                with self._locked_state() as state:
-                    decision = self._decide(state, declared, download)
-                    if decision.admitted and download and self._rebuilding(state):
-                        decision = dataclasses.replace(
-                            decision, admitted=False,
-                            reason="the gate's state was rebuilt: waiting for running jobs to register again")
-                    if decision.admitted:
-                        holder = self._holder(id=episode, bytes=declared, paths=paths,
-                                              kind="download" if download else "audio")
-                        state["reservations"][token] = holder
-                break_out = decision.admitted
-            except OSError as exc:
-                if not is_disk_full(exc) or decision is None:
-                    raise
-                # The admission could not be recorded: it did not happen.
+            decision, error = self._look(declared, download, admit)
+            if error:  # the admission could not be recorded: it did not happen
                 decision = dataclasses.replace(
                     decision, admitted=False, paused=True,
-                    reason=f"the disk is full: the gate cannot record an admission ({exc.strerror})")
-                break_out = False
-            if break_out:
+                    reason=f"the disk is full: the gate cannot record an admission ({error.strerror})")
+            if decision.admitted:
                 break
             now = time.monotonic()
             if waiting_since is None:
