@@ -188,6 +188,7 @@ onstart:
     # verify: a damaged ledger is found (and rebuilt from the files) before any job starts.
     with Ledger.for_config(config, verify=True) as ledger:
         ledger.enqueue(CATALOGUE.index)
+        ledger.start_run()
     # Inputs of the jobs about to run are never orphans, e.g. the audio of a
     # transcription that was killed after writing its transcript.
     jobs = list(workflow.dag.needrun_jobs())

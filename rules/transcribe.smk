@@ -29,11 +29,15 @@ rule transcribe:
 # and `scribeflow failed` point until then.)
 onsuccess:
     from scribeflow import worker
+    from scribeflow.ledger import end_run
 
     worker.stop(config["transcribe"], config["data_dir"])
+    end_run(config)
 
 
 onerror:
     from scribeflow import worker
+    from scribeflow.ledger import end_run
 
     worker.stop(config["transcribe"], config["data_dir"])
+    end_run(config)

@@ -204,3 +204,83 @@ def test_logs_of_an_episode(tmp_path):
     assert out.returncode == 0 and "==> logs/download/ep7.log <==" in out.stdout and "12.3 MB" in out.stdout
     missing = subprocess.run([*cmd[:4], "nope", *cmd[5:]], cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert missing.returncode == 1 and "no log of nope" in missing.stderr
+
+
+def _steady_ledger(tmp_path, now, run_minutes, per_hour, remaining, history=200):
+    """A catalogue whose earlier run transcribed `history` episodes two days ago at 10/h,
+    and whose current run started `run_minutes` ago and transcribes `per_hour`."""
+    from scribeflow.ledger import Ledger
+
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    done_now = int(run_minutes * per_hour / 60)
+    total = history + done_now + remaining
+    path = write_catalogue(tmp_path / "episodes.csv",
+                           [{"id": f"e{i}", "url": f"https://example.org/{i}"} for i in range(total)])
+    data = tmp_path / "data"
+    config = cfg.validate({"catalogue": str(path), "data_dir": str(data), "storage_dir": str(data)})
+    old = now - 2 * 86400
+    with Ledger(data / "jobs.db") as ledger, ledger.transaction() as c:
+        c.execute("INSERT INTO runs (started_at, ended_at) VALUES (?, ?)", (old - history * 360, old))
+        c.execute("INSERT INTO runs (started_at) VALUES (?)", (now - run_minutes * 60,))
+        finished = [old - 360 * k for k in range(history)]
+        finished += [now - run_minutes * 60 + 3600 / per_hour * (k + 1) for k in range(done_now)]
+        for i, at in enumerate(finished):
+            c.execute("INSERT INTO jobs (id, stage, downloading_at, downloaded_at, transcribed_at) "
+                      "VALUES (?, 'transcribed', ?, ?, ?)", (f"e{i}", at - 300, at - 200, at))
+    return config
+
+
+def test_the_eta_after_a_restart_is_within_a_quarter_of_the_truth(tmp_path):
+    import time
+
+    from scribeflow.status import snapshot
+
+    now = time.time()
+    # Ten minutes into a steady run at 30/h, 300 left: the truth is 10 h.
+    eta = snapshot(_steady_ledger(tmp_path / "a", now, 10, 30, 300), now=now)["eta"]
+    assert abs(eta["seconds"] - 10 * 3600) <= 0.25 * 10 * 3600, eta
+    assert eta["basis"] == "this run's 10 min"
+    # Twelve minutes into a run at 50/h with 6 left: minutes, not hours.
+    eta = snapshot(_steady_ledger(tmp_path / "b", now, 12, 50, 6), now=now)["eta"]
+    assert abs(eta["seconds"] - 6 / 50 * 3600) <= 0.25 * 6 / 50 * 3600, eta
+    # Three hours into a run: the last hour.
+    eta = snapshot(_steady_ledger(tmp_path / "c", now, 180, 20, 40), now=now)["eta"]
+    assert eta["basis"] == "last hour" and abs(eta["seconds"] - 2 * 3600) <= 0.25 * 2 * 3600, eta
+
+
+def test_status_says_whether_a_run_is_alive(tmp_path, monkeypatch):
+    import json
+    import os
+    import socket
+
+    from scribeflow.ledger import Ledger
+    from scribeflow.status import render, snapshot
+
+    monkeypatch.chdir(tmp_path)
+    data = tmp_path / "data"
+    config = cfg.validate({"catalogue": str(write_catalogue(tmp_path / "e.csv", [{"id": "a", "url": "https://e.org/a"}])),
+                           "data_dir": str(data), "storage_dir": str(data)})
+    with Ledger(data / "jobs.db") as ledger, ledger.transaction() as c:
+        c.execute("INSERT INTO jobs (id, stage, downloading_at, updated_at) VALUES ('a', 'downloading', 1, 1)")
+    gate = data / "gate"
+    gate.mkdir()
+
+    def holder(pid):
+        (gate / "state.json").write_text(json.dumps({"reasons": [], "consumers": {}, "reservations": {
+            "t": {"pid": pid, "host": socket.gethostname(), "beat": 0, "id": "a", "bytes": 1, "paths": [],
+                  "kind": "download"}}}))
+
+    holder(os.getpid())  # a live download
+    s = snapshot(config)
+    assert s["run"]["alive"] and "Run: alive (jobs in flight: 1 download)" in render(s)
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    holder(dead.pid)  # killed with the episode in hand, Snakemake's lock left behind
+    (tmp_path / ".snakemake" / "locks").mkdir(parents=True)
+    (tmp_path / ".snakemake" / "locks" / "0.input.lock").write_text("x")
+    text = render(snapshot(config))
+    assert "Run: not running (no job in flight" in text and "snakemake --unlock" in text
+    assert "1 episode(s) were in flight when it stopped" in text
+    # Sizes in units a person reads, not 2.87e-05 GB.
+    assert "e-0" not in text and "Disk: " in text and " of 300 GB" in text

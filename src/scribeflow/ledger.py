@@ -74,6 +74,13 @@ CREATE TABLE IF NOT EXISTS pause_events (
     reason TEXT,
     events INTEGER NOT NULL DEFAULT 1
 );
+CREATE TABLE IF NOT EXISTS runs (
+    id INTEGER PRIMARY KEY,
+    started_at REAL NOT NULL,
+    ended_at REAL,
+    host TEXT,
+    pid INTEGER
+);
 CREATE TABLE IF NOT EXISTS disk_samples (
     at REAL NOT NULL,
     total_bytes INTEGER NOT NULL,
@@ -84,6 +91,15 @@ CREATE TABLE IF NOT EXISTS disk_samples (
 );
 CREATE INDEX IF NOT EXISTS disk_samples_at ON disk_samples(at);
 """
+
+
+def end_run(config: dict) -> None:
+    """The run's end (onsuccess, onerror): recorded when the ledger can take it."""
+    try:
+        with Ledger.for_config(config) as ledger:
+            ledger.end_run()
+    except sqlite3.Error as exc:
+        log.warning("Could not record the run's end: %s", exc)
 
 
 def is_corrupt(exc: BaseException) -> bool:
@@ -285,6 +301,17 @@ class Ledger:
         return dict(self.conn.execute("SELECT stage, COUNT(*) FROM jobs GROUP BY stage"))
 
     # -- pauses and disk samples -------------------------------------------------
+    # -- runs: when each Snakemake run started and ended (status measures rates from there) --
+    def start_run(self, at: float | None = None) -> None:
+        with self.transaction() as c:
+            c.execute("INSERT INTO runs (started_at, host, pid) VALUES (?, ?, ?)",
+                      (at or time.time(), socket.gethostname(), os.getpid()))
+
+    def end_run(self, at: float | None = None) -> None:
+        with self.transaction() as c:
+            c.execute("UPDATE runs SET ended_at = ? WHERE host = ? AND pid = ? AND ended_at IS NULL",
+                      (at or time.time(), socket.gethostname(), os.getpid()))
+
     def start_pause(self, usage_bytes: int, reason: str, at: float | None = None) -> None:
         with self.transaction() as c:
             open_ = c.execute("SELECT 1 FROM pause_events WHERE ended_at IS NULL").fetchone()

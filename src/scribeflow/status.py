@@ -19,7 +19,7 @@ from pathlib import Path
 from .config import MB
 from .disk import DiskMonitor
 from .failures import given_up
-from .gate import gb
+from .files import human_bytes
 from .ledger import FAILED_ATTEMPTS_SQL, STAGES, TRANSCRIBED, TRANSCRIBED_SQL, Ledger
 from .plan import measured
 
@@ -71,6 +71,84 @@ def measured_rates(conn, now: float) -> dict:
     }
 
 
+STAGE_DONE = {"downloads": "downloaded_at", "extractions": "extracted_at", "transcriptions": "transcribed_at"}
+
+
+def window_rates(conn, now: float) -> dict:
+    """Episodes through each stage per hour over the last hour, or since the earliest
+    run that is still going (or ended within the hour) when that is later: a window never
+    longer than the run's data, so that a run two minutes old is not measured over an
+    hour it was not running."""
+    import sqlite3
+
+    try:
+        run_start = conn.execute("SELECT MIN(started_at) FROM runs WHERE ended_at IS NULL OR ended_at >= ?",
+                                 (now - HOUR,)).fetchone()[0]
+    except sqlite3.OperationalError:  # a ledger read before the table existed
+        run_start = None
+    start = max(now - HOUR, run_start or 0)
+    window = max(now - start, 60.0)
+    counts = conn.execute(
+        "SELECT " + ", ".join(f"COUNT(CASE WHEN {c} >= ? THEN 1 END)" for c in STAGE_DONE.values()) + " FROM jobs",
+        (start,) * len(STAGE_DONE)).fetchone()
+    basis = "last hour" if start == now - HOUR else f"this run's {window / 60:.0f} min"
+    return {"window_seconds": round(window), "started_at": start, "basis": basis,
+            "per_hour": {name: round(n * HOUR / window, 2) for name, n in zip(STAGE_DONE, counts)}}
+
+
+def bottleneck(stages: dict, paused: bool) -> str:
+    """The stage the work waits for: transcription while downloads are paused for space,
+    else the stage with the longest queue in front of it, else the downloads."""
+    if paused:
+        return "transcription (downloads are paused until it frees space)"
+    queues = {"transcription": stages.get("extracted", 0), "audio extraction": stages.get("downloaded", 0)}
+    stage, waiting = max(queues.items(), key=lambda kv: kv[1])
+    if waiting >= 2:
+        return f"{stage} ({waiting} episodes wait for it)"
+    return "downloads (the later stages keep up)"
+
+
+def run_state(config: dict, stages: dict, last_update: float | None, now: float) -> dict:
+    """Whether a run is alive: the gate's live holders (a download, extraction or
+    transcription in flight, by process id or heartbeat), Snakemake's lock in the
+    working directory, and when the ledger last changed. Reads only."""
+    import json
+    import socket
+
+    from .statefile import alive
+
+    holders = []
+    state_file = Path(config["data_dir"]) / "gate" / "state.json"
+    try:
+        state = json.loads(state_file.read_bytes())
+        host = socket.gethostname()
+        for table in ("reservations", "consumers"):
+            for holder in (state.get(table) or {}).values():
+                if isinstance(holder, dict) and isinstance(holder.get("pid"), int) and alive(holder, host, 90.0):
+                    holders.append(holder.get("kind") or table[:-1])
+    except (OSError, ValueError, AttributeError):
+        pass
+    locks = Path(".snakemake") / "locks"
+    locked = locks.is_dir() and any(locks.iterdir())
+    recent = last_update is not None and now - last_update < 120
+    in_flight = sum(stages.get(x, 0) for x in ("downloading", "extracting", "transcribing"))
+    if holders:
+        counts = Counter(holders)
+        detail = "jobs in flight: " + ", ".join(f"{n} {kind}" for kind, n in sorted(counts.items()))
+        is_alive = True
+    elif recent:
+        detail, is_alive = "the ledger changed in the last 2 minutes", True
+    else:
+        is_alive = False
+        detail = "no job in flight"
+        if locked:
+            detail += ("; Snakemake's lock is left in .snakemake/locks (a killed run: `snakemake --unlock`, "
+                       "then run again)")
+        if in_flight:
+            detail += f"; {in_flight} episode(s) were in flight when it stopped: the next run starts them again"
+    return {"alive": is_alive, "detail": detail, "holders": len(holders), "snakemake_lock": locked}
+
+
 def disk_growth(conn, now: float) -> dict:
     """Trend of the measured disk usage in MB per hour (least-squares slope, so that the
     pause/resume sawtooth does not swing it): over the last hour and over the whole run."""
@@ -93,7 +171,7 @@ def snapshot(config: dict, now: float | None = None) -> dict:
     monitor = DiskMonitor.from_config(config)
     breakdown = monitor.get_breakdown()
     db = Path(config["data_dir"]) / "jobs.db"
-    stages, pauses, failures, rates, growth = {}, [], [], {}, {}
+    stages, pauses, failures, rates, growth, window, last_update = {}, [], [], {}, {}, {}, None
     gave_up = given_up(config["data_dir"])  # failed episodes the workflow no longer tries
     if db.exists():
         with Ledger(db) as ledger:
@@ -106,6 +184,8 @@ def snapshot(config: dict, now: float | None = None) -> dict:
             rates = measured_rates(ledger.conn, now)
             rates["per_job"] = measured(ledger.conn)
             growth = disk_growth(ledger.conn, now)
+            window = window_rates(ledger.conn, now)
+            last_update = ledger.conn.execute("SELECT MAX(updated_at) FROM jobs").fetchone()[0]
     paused_s = sum((p["ended_at"] or now) - p["started_at"] for p in pauses)
     # Old pauses are kept one row per day (Ledger.thin_history); `events` counts them.
     pause_count = sum(p.get("events") or 1 for p in pauses)
@@ -115,9 +195,14 @@ def snapshot(config: dict, now: float | None = None) -> dict:
     done = sum(stages.get(s, 0) for s in TRANSCRIBED)
     remaining = max(0, total - done - len(gave_up))
     tph = rates.get("transcriptions_per_hour", {})
-    # The last hour's rate when the run is live, else the whole run's.
-    rate, basis = (tph["last_hour"], "last hour") if tph.get("last_hour") else (tph.get("overall", 0), "overall")
+    # The current run's rate over a window never longer than the run (at most an hour);
+    # when nothing runs, the whole history's.
+    if window.get("per_hour", {}).get("transcriptions"):
+        rate, basis = window["per_hour"]["transcriptions"], window["basis"]
+    else:
+        rate, basis = tph.get("overall", 0), "overall"
     eta_s = remaining / rate * HOUR if rate and remaining else (0.0 if not remaining else None)
+    paused_now = any(p["ended_at"] is None for p in pauses)
     return {
         "at": now,
         "catalogue_episodes": total,
@@ -131,9 +216,10 @@ def snapshot(config: dict, now: float | None = None) -> dict:
             "percent_of_hard_limit": round(breakdown.percentage, 2),
             "filesystem_available": breakdown.filesystem_available,
         },
-        "pauses": {"count": pause_count, "total_seconds": round(paused_s, 1),
-                   "open": any(p["ended_at"] is None for p in pauses)},
-        "rates": rates,
+        "pauses": {"count": pause_count, "total_seconds": round(paused_s, 1), "open": paused_now},
+        "rates": {**rates, "window": window},
+        "bottleneck": bottleneck(stages, paused_now),
+        "run": run_state(config, stages, last_update, now),
         "disk_growth": growth,
         "eta": {"remaining_episodes": remaining, "seconds": round(eta_s) if eta_s is not None else None,
                 "at": dt.datetime.fromtimestamp(now + eta_s).isoformat(timespec="minutes")
@@ -155,23 +241,31 @@ def render(s: dict) -> str:
     d = s["disk"]
     done = sum(s["stages"][x] for x in TRANSCRIBED)
     total = s["catalogue_episodes"] or 1
+    run = s.get("run") or {}
     lines = [f"Episodes: {done} of {s['catalogue_episodes']} transcribed ({100 * done / total:.1f}%)",
+             f"Run: {'alive' if run.get('alive') else 'not running'} ({run.get('detail', 'unknown')})",
              "By stage:"]
     lines += [f"  {stage:<13}{n:>9}" for stage, n in s["stages"].items() if n]
     if s["not_started"]:
         lines.append(f"  {'not started':<13}{s['not_started']:>9}")
-    lines.append(f"Disk: {gb(d['total'])}/{gb(d['hard_limit'])} GB ({d['percent_of_hard_limit']:.0f}%); "
-                 f"pause at {gb(d['pause_threshold'])} GB, resume at {gb(d['resume_threshold'])} GB")
+    lines.append(f"Disk: {human_bytes(d['total'])} of {human_bytes(d['hard_limit'])} "
+                 f"({d['percent_of_hard_limit']:.2g}%); pause at {human_bytes(d['pause_threshold'])}, "
+                 f"resume at {human_bytes(d['resume_threshold'])}")
     for key in ("videos", "partial", "audio", "transcripts", "tokens", "analysis", "cache", "db", "logs", "other"):
         if d[key]:
-            lines.append(f"  {key:<13}{gb(d[key]):>9} GB")
+            lines.append(f"  {key:<13}{human_bytes(d[key]):>10}")
     if d.get("margin"):
-        lines.append(f"  {'margin':<13}{gb(d['margin']):>9} GB  (accounting_margin_mb: writes not yet attributed)")
+        lines.append(f"  {'margin':<13}{human_bytes(d['margin']):>10}  (accounting_margin_mb: writes not yet "
+                     f"attributed)")
     p = s["pauses"]
     lines.append(f"Download pauses: {p['count']} ({duration(p['total_seconds'])} in all)"
                  + (", paused now" if p["open"] else ""))
     r, g, e = s["rates"], s["disk_growth"], s["eta"]
-    if r:
+    w = r.get("window") or {}
+    if any(w.get("per_hour", {}).values()):
+        lines.append(f"Rates ({w['basis']}): " + ", ".join(f"{n:g} {name}/h" for name, n in w["per_hour"].items())
+                     + f"; bottleneck: {s.get('bottleneck')}")
+    if r.get("downloads_per_hour"):
         lines += [
             f"Downloads per hour: {r['downloads_per_hour']['last_hour']:g} last hour, "
             f"{r['downloads_per_hour']['overall']:g} overall",
