@@ -331,3 +331,33 @@ def test_unreadable_host_state_is_rebuilt(tmp_path):
         assert limiter.snapshot()["video.example"]["holders"]
     assert list((tmp_path / "hosts").glob("state.json.corrupt-*"))
     assert not list((tmp_path / "hosts").glob("*.tmp"))
+
+
+def test_check_reads_only_the_transcripts_written_since_its_last_clean_run(tmp_path):
+    import json as _json
+
+    data = tmp_path / "data"
+    config = cfg.validate({"data_dir": str(data), "storage_dir": str(data)})
+    good = {"language": "en", "duration": 1.0, "model": "m", "options": {}, "text": "hi", "segments": []}
+    with Ledger(data / "jobs.db") as ledger:
+        for episode in ("a", "b", "c"):
+            path = data / "transcripts" / f"{episode}.json"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(_json.dumps({"id": episode, **good}))
+            os.utime(path, (time.time() - 3600, time.time() - 3600))
+            ledger.set_stage(episode, "transcribed")
+    state = data / "check.json"
+    assert check_consistency(config) == [] and _json.loads(state.read_text())["parsed"] == 3
+    assert check_consistency(config) == [] and _json.loads(state.read_text())["parsed"] == 0  # nothing new
+    (data / "transcripts" / "d.json").write_text("{not json")  # a new, broken one
+    with Ledger(data / "jobs.db") as ledger:
+        ledger.set_stage("d", "transcribed")
+    assert "d: ledger says transcribed but" in " ".join(check_consistency(config))
+    # A disk fault that rewrites an old file without touching its mtime: --full finds it.
+    old = data / "transcripts" / "a.json"
+    stamp = old.stat().st_mtime
+    old.write_text("garbage")
+    os.utime(old, (stamp, stamp))
+    (data / "transcripts" / "d.json").write_text(_json.dumps({"id": "d", **good}))
+    assert check_consistency(config) == []
+    assert "a: ledger says transcribed but" in " ".join(check_consistency(config, full=True))

@@ -160,7 +160,7 @@ def cmd_retry(args) -> int:
 def cmd_check(args) -> int:
     from .recovery import check_consistency
 
-    problems = check_consistency(load_config(args))
+    problems = check_consistency(load_config(args), full=args.full)
     if args.json:
         print(json.dumps(problems, indent=1))
     else:
@@ -178,6 +178,8 @@ def add_failure_commands(sub) -> None:
     retry.set_defaults(func=cmd_retry)
     check = sub.add_parser("check", help="check that the ledger agrees with the files on disk")
     check.add_argument("--json", action="store_true")
+    check.add_argument("--full", action="store_true",
+                       help="read every transcript, not only those written since the last clean check")
     check.set_defaults(func=cmd_check)
     for parser in (failed, retry, check):
         add_config_options(parser)

@@ -8,6 +8,7 @@ concurrent run still holds (gate reservations) are left alone.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -17,7 +18,7 @@ from pathlib import Path
 
 from .disk import PARTIAL_SUFFIXES
 from .failures import given_up
-from .files import allocated_bytes
+from .files import allocated_bytes, atomic_write_text
 from .gate import DownloadGate
 
 log = logging.getLogger("scribeflow.recovery")
@@ -164,11 +165,18 @@ def _files(folder: Path):
         return []
 
 
-def check_consistency(config: dict) -> list[str]:
+CHECK_STATE = "check.json"  # in data_dir: when the transcripts were last all found valid
+
+
+def check_consistency(config: dict, full: bool = False) -> list[str]:
     """What disagrees between the ledger (jobs.db), the failed markers and the files on
     disk; an empty list when all agree. Checks that need the pipeline at rest
     (leftover partial files, a transcript the ledger has not caught up with) are
-    skipped while a job holds the gate. `scribeflow check` prints the result."""
+    skipped while a job holds the gate. `scribeflow check` prints the result.
+
+    Every transcript is found (one listing of the folder), but only those written since
+    the last check that found them all valid are read and parsed, unless `full`: a
+    month-four check costs what the month's new transcripts cost, not the catalogue's."""
     from .failures import marker_dir
     from .ledger import TRANSCRIBED, Ledger, probe
     from .transcribe import suffix
@@ -197,35 +205,60 @@ def check_consistency(config: dict) -> list[str]:
             names = [d[0] for d in cur.description]
             jobs = {row[0]: dict(zip(names, row)) for row in cur.fetchall()}
     markers = given_up(data)
-
-    def transcript_of(episode: str) -> Path:
-        # The configured form, or the other one when only that exists (the setting changed).
-        path = transcripts / f"{episode}{suffix('json', gzip)}"
-        other = transcripts / f"{episode}{suffix('json', not gzip)}"
-        return other if not path.exists() and other.exists() else path
+    started = time.time()
+    state_path = data / CHECK_STATE
+    try:
+        since = None if full else float(json.loads(state_path.read_text())["valid_until"])
+    except (OSError, ValueError, KeyError, TypeError):
+        since = None
+    # One listing each: {id: (path, mtime)} of the transcripts, and the videos and audio present.
+    present: dict[str, tuple[Path, float]] = {}
+    for entry in _entries(transcripts):
+        name = entry.name
+        if name.startswith(".") or not name.endswith((".json", ".json.gz")):
+            continue
+        episode = name.removesuffix(".gz").removesuffix(".json")
+        # The configured form wins when both exist (the gzip setting changed).
+        if episode not in present or name.endswith(suffix("json", gzip)):
+            present[episode] = (Path(entry.path), entry.stat().st_mtime)
+    video_ids = {e.name.removesuffix(".media") for e in _entries(videos) if e.name.endswith(".media")}
+    audio_ids = {e.name.removesuffix(".wav") for e in _entries(audio) if e.name.endswith(".wav")}
+    parsed = transcript_problems = 0
 
     for episode, job in sorted(jobs.items()):
-        stage, transcript = job["stage"], transcript_of(episode)
+        stage = job["stage"]
+        transcript, mtime = present.get(episode, (transcripts / f"{episode}{suffix('json', gzip)}", None))
         if stage in TRANSCRIBED:
             gone_by_design = stage != "transcribed" and cleanup["delete_transcript_after_tokenization"]
-            problem = None if gone_by_design and not transcript.exists() else _transcript_problem(transcript, episode)
+            if mtime is None:
+                problem = None if gone_by_design else f"{transcript} is missing"
+            elif since is None or mtime >= since:
+                parsed += 1
+                problem = _transcript_problem(transcript, episode)
+            else:
+                problem = None  # valid at the last check, and not written since
             if problem:
+                transcript_problems += 1
                 problems.append(f"{episode}: ledger says {stage} but {problem}")
-            if job["video_deleted"] and (videos / f"{episode}.media").exists():
+            if job["video_deleted"] and episode in video_ids:
                 problems.append(f"{episode}: ledger says the video was deleted but it is on disk")
-            if job["audio_deleted"] and (audio / f"{episode}.wav").exists():
+            if job["audio_deleted"] and episode in audio_ids:
                 problems.append(f"{episode}: ledger says the audio was deleted but it is on disk")
-        elif transcript.exists() and not running:
+        elif mtime is not None and not running:
             problems.append(f"{episode}: a transcript exists but the ledger says {stage}")
         if episode in markers and stage != "failed":
             problems.append(f"{episode}: marked failed ({marker_dir(data) / episode}.json) but the ledger "
                             f"says {stage}")
     for episode in sorted(markers - set(jobs)):
         problems.append(f"{episode}: marked failed but not in the ledger")
-    for path in sorted([*transcripts.glob("*.json"), *transcripts.glob("*.json.gz")]):
-        episode = path.name.removesuffix(".gz").removesuffix(".json")
+    for episode in sorted(present):
         if episode not in jobs and not running:
             problems.append(f"{episode}: a transcript exists but the ledger has no row for it")
+    if not transcript_problems:
+        # From now on a transcript older than this start was valid; the slack covers
+        # coarse mtimes and a write finishing while this check ran.
+        with contextlib.suppress(OSError):
+            atomic_write_text(state_path, json.dumps({"valid_until": started - 60, "parsed": parsed}))
 
     if not running:
         for path in _files(videos):
