@@ -267,6 +267,8 @@ def plan(root: Path) -> tuple[float, float, int | None]:
 
 
 def measure(n: int, base: Path, runs: int, keep: bool) -> dict:
+    if base:
+        Path(base).mkdir(parents=True, exist_ok=True)
     root = Path(tempfile.mkdtemp(prefix=f"full-scale-{n}-", dir=base))
     print(f"\n== {n:,} finished episodes ({root}); load average {os.getloadavg()[0]:.2f}", flush=True)
     figures = {"episodes": n}

@@ -47,6 +47,9 @@ def test_the_worker_transcribes_like_the_job_itself_and_loads_the_model_once(tmp
     finally:
         assert worker.stop(tc, data)
     in_process = worker.transcribe({**tc, "worker": {"enabled": False}}, data, wav, options)
+    # Each says how much memory the process that transcribed held (for sizing machines).
+    memories = [r.pop("memory") for r in (first, second, in_process)]
+    assert all(m["peak_rss_bytes"] >= m["rss_bytes"] > 50 * 2**20 and m["gpu_bytes"] is None for m in memories)
     assert first == second == in_process
     assert "hello world" in first["segments"][0]["text"].lower() and first["segments"][0]["words"]
     log = worker.log_path(data, worker.worker_key(tc, data)).read_text()

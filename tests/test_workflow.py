@@ -44,6 +44,9 @@ def test_catalogue_to_transcripts(tmp_path, media_server, model_path):
     rows_db = db.execute("SELECT stage, video_deleted, audio_deleted, attempts, video_size_bytes FROM jobs").fetchall()
     assert len(rows_db) == 6
     assert all(r[:4] == ("analyzed", 1, 1, 1) and r[4] > 10_000 for r in rows_db)
+    # The memory of the process that transcribed each episode, for sizing (no GPU here).
+    memory = db.execute("SELECT worker_rss_bytes, worker_gpu_bytes FROM jobs").fetchall()
+    assert all(rss > 50 * 2**20 and gpu is None for rss, gpu in memory)
 
     # Every rule has its log and benchmark.
     for rule in ("download", "extract_audio", "transcribe"):
@@ -58,6 +61,7 @@ def test_catalogue_to_transcripts(tmp_path, media_server, model_path):
     # The operator's view of the finished run, from the same config.
     cli = ["--configfile", str(tmp_path / "config.yaml")]
     snap = json.loads(scribeflow(tmp_path, "status", "--json", *cli))
+    assert snap["transcription_memory"]["peak_rss_bytes"] > 50 * 2**20
     assert snap["stages"]["analyzed"] == 6 and snap["catalogue_episodes"] == 6  # transcribed, then corpus
     assert snap["eta"]["remaining_episodes"] == 0 and snap["eta"]["seconds"] == 0
     rates = snap["rates"]

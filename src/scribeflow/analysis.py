@@ -266,11 +266,11 @@ def _log_sample(cumulative, points: int = 2000):
 
 
 def plot_coverage(curves: dict, coverage, path: str | Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from .plots import use_fonts  # Agg, and a font with kana and kanji for series names
+
+    use_fonts()
     fig, ax = plt.subplots(figsize=(8, 5), dpi=100)
     series_rows = coverage[coverage["scope"] == "series"].sort_values("tokens", ascending=False)
     for name in series_rows["series"].head(MAX_SERIES_PLOTTED):
@@ -283,8 +283,9 @@ def plot_coverage(curves: dict, coverage, path: str | Path) -> None:
         n = corpus[f"lemmas_{t}"]
         if n == n and n is not None:  # not NaN: the corpus has tokens
             ax.plot([n], [t], "o", color="black", markersize=4)
-            ax.annotate(f"{t} %: {int(n):,} lemmas", (n, t), textcoords="offset points", xytext=(-6, 3),
-                        ha="right", fontsize=8)
+            # Below the line near the top: above it, a 98 % label would leave the axes.
+            ax.annotate(f"{t} %: {int(n):,} lemmas", (n, t), textcoords="offset points",
+                        xytext=(-6, -11 if t >= 90 else 3), ha="right", fontsize=8)
     ax.set_xscale("log")
     ax.set_xlabel("lemmas, most frequent first (log scale)")
     ax.set_ylabel("tokens covered (%)")

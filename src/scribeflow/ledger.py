@@ -60,7 +60,9 @@ CREATE TABLE IF NOT EXISTS jobs (
     attempts INTEGER NOT NULL DEFAULT 0,
     last_error TEXT,
     transcribe_failures INTEGER NOT NULL DEFAULT 0,
-    source TEXT
+    source TEXT,
+    worker_rss_bytes INTEGER,
+    worker_gpu_bytes INTEGER
 );
 CREATE INDEX IF NOT EXISTS jobs_stage ON jobs(stage);
 -- The disk accounting asks which rows changed lately (disk.py): an index lookup.
@@ -128,7 +130,8 @@ def probe(path: str | os.PathLike) -> str | None:
 
 
 # Columns added since the first ledgers: older files gain them when opened.
-ADDED_COLUMNS = {"transcribe_failures": "INTEGER NOT NULL DEFAULT 0", "source": "TEXT"}
+ADDED_COLUMNS = {"transcribe_failures": "INTEGER NOT NULL DEFAULT 0", "source": "TEXT",
+                 "worker_rss_bytes": "INTEGER", "worker_gpu_bytes": "INTEGER"}
 
 
 class Ledger:
@@ -252,7 +255,8 @@ class Ledger:
         if stage not in STAGES:
             raise ValueError(f"unknown stage {stage!r}")
         allowed = {"declared_bytes", "video_size_bytes", "audio_size_bytes", "transcript_size_bytes",
-                   "video_deleted", "audio_deleted", "last_error", "source"}
+                   "video_deleted", "audio_deleted", "last_error", "source", "worker_rss_bytes",
+                   "worker_gpu_bytes"}
         unknown = set(fields) - allowed
         if unknown:
             raise ValueError(f"unknown ledger fields {sorted(unknown)}")

@@ -171,7 +171,7 @@ def snapshot(config: dict, now: float | None = None) -> dict:
     monitor = DiskMonitor.from_config(config)
     breakdown = monitor.get_breakdown()
     db = Path(config["data_dir"]) / "jobs.db"
-    stages, pauses, failures, rates, growth, window, last_update = {}, [], [], {}, {}, {}, None
+    stages, pauses, failures, rates, growth, window, last_update, memory = {}, [], [], {}, {}, {}, None, {}
     gave_up = given_up(config["data_dir"])  # failed episodes the workflow no longer tries
     if db.exists():
         with Ledger(db) as ledger:
@@ -186,6 +186,8 @@ def snapshot(config: dict, now: float | None = None) -> dict:
             growth = disk_growth(ledger.conn, now)
             window = window_rates(ledger.conn, now)
             last_update = ledger.conn.execute("SELECT MAX(updated_at) FROM jobs").fetchone()[0]
+            rss, gpu = ledger.conn.execute("SELECT MAX(worker_rss_bytes), MAX(worker_gpu_bytes) FROM jobs").fetchone()
+            memory = {"peak_rss_bytes": rss, "gpu_bytes": gpu}
     paused_s = sum((p["ended_at"] or now) - p["started_at"] for p in pauses)
     # Old pauses are kept one row per day (Ledger.thin_history); `events` counts them.
     pause_count = sum(p.get("events") or 1 for p in pauses)
@@ -220,6 +222,7 @@ def snapshot(config: dict, now: float | None = None) -> dict:
         "rates": {**rates, "window": window},
         "bottleneck": bottleneck(stages, paused_now),
         "run": run_state(config, stages, last_update, now),
+        "transcription_memory": memory,
         "disk_growth": growth,
         "eta": {"remaining_episodes": remaining, "seconds": round(eta_s) if eta_s is not None else None,
                 "at": dt.datetime.fromtimestamp(now + eta_s).isoformat(timespec="minutes")
@@ -276,6 +279,11 @@ def render(s: dict) -> str:
             + (f"; disk usage changed {g['last_hour_mb_per_hour']:+g} MB/h over the last hour"
                if g.get("last_hour_mb_per_hour") is not None else ""),
         ]
+    m = s.get("transcription_memory") or {}
+    if m.get("peak_rss_bytes"):
+        lines.append(f"Transcription memory: up to {human_bytes(m['peak_rss_bytes'])} resident"
+                     + (f", {human_bytes(m['gpu_bytes'])} of GPU memory" if m.get("gpu_bytes") else "")
+                     + f" (Slurm: mem_mb of at least {int(m['peak_rss_bytes'] * 1.25 / 2**20)} for transcribe)")
     lines.append(f"ETA: {e['remaining_episodes']} episodes left, "
                  + (f"done in {duration(e['seconds'])} ({e['at']}) at {e['rate_per_hour']:g}/h ({e['basis']})"
                     if e["seconds"] else "done" if e["seconds"] == 0 else "no rate measured yet"))

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from . import failures
 from .config import MB
+from .files import human_bytes
 from .gate import DownloadGate, gb
 from .ledger import Ledger
 from .slots import Slots
@@ -135,7 +136,13 @@ def transcribe(config: dict, episode: str, audio: str, outputs: dict[str, str], 
             size = write_transcript(result, outputs)
         # Snakemake deletes the temp() audio as soon as this job ends.
         audio_deleted = cleanup["delete_audio_after_transcription"]
-        ledger.set_stage(episode, "transcribed", transcript_size_bytes=size, audio_deleted=int(audio_deleted))
+        # The memory of the process that transcribed (the worker, or this job): for sizing.
+        memory = raw.get("memory") or {}
+        ledger.set_stage(episode, "transcribed", transcript_size_bytes=size, audio_deleted=int(audio_deleted),
+                         worker_rss_bytes=memory.get("peak_rss_bytes"), worker_gpu_bytes=memory.get("gpu_bytes"))
+        if memory:
+            log.info("Transcription memory: %s resident at peak%s", human_bytes(memory.get("peak_rss_bytes") or 0),
+                     f", {human_bytes(memory['gpu_bytes'])} of GPU memory" if memory.get("gpu_bytes") else "")
         log.info("Transcription complete (%.1f s of audio, %d segments), deleting video and audio",
                  result["duration"], len(result["segments"]))
         # What this step frees is its audio: the video went when its audio was extracted.

@@ -242,10 +242,14 @@ class Cancelled(RuntimeError):
     pass
 
 
-def run_model(model, audio, options: dict, should_stop=None) -> dict:
+PROGRESS_SECONDS = 30.0  # a long transcription says where it is this often
+
+
+def run_model(model, audio, options: dict, should_stop=None, label: str = "") -> dict:
     """Transcribe `audio` (a WAV path or float32 samples) into a plain, JSON-able dict:
     {"language", "language_probability", "duration", "segments": [{start, end, text[, words]}]}.
-    `should_stop()`, asked after each segment, abandons the work (its job went away)."""
+    `should_stop()`, asked after each segment, abandons the work (its job went away).
+    Every PROGRESS_SECONDS the log says how far into the audio it is (`label`: the episode)."""
     if isinstance(audio, (str, Path)):
         from .media import read_wav
 
@@ -271,9 +275,14 @@ def run_model(model, audio, options: dict, should_stop=None) -> dict:
     else:
         segments, info = model.transcribe(audio, **options)
     out = []
+    total, last_said = len(audio) / SAMPLE_RATE, time.monotonic()
     for seg in segments:  # a generator: decoding happens here
         if should_stop is not None and should_stop():
             raise Cancelled("the job went away")
+        if time.monotonic() - last_said >= PROGRESS_SECONDS:
+            last_said = time.monotonic()
+            log.info("%s: transcribed %.0f s of %.0f s (%.0f%%)", label or "transcription", seg.end, total,
+                     100 * seg.end / total if total else 100)
         item = {"start": round(seg.start, 3), "end": round(seg.end, 3), "text": seg.text.strip()}
         if seg.words is not None:
             item["words"] = [{"start": round(w.start, 3), "end": round(w.end, 3), "word": w.word,

@@ -121,7 +121,32 @@ def transcribe(tc: dict, data_dir: str | Path, audio: str | Path, options: dict,
             log.warning("No transcription worker (%s): loading the model in this job", exc)
     from .transcribe import load_model, run_model
 
-    return run_model(load_model(tc), audio, options)
+    result = run_model(load_model(tc), audio, options, label=episode)
+    result["memory"] = process_memory()
+    return result
+
+
+def process_memory() -> dict:
+    """The memory of the process that transcribed: resident now, its peak, and on a GPU
+    the device memory nvidia-smi counts for it (None without one). What a transcription
+    needs, for sizing a machine or Slurm's mem_mb."""
+    import resource
+    import shutil
+    import subprocess
+
+    import psutil
+
+    gpu = None
+    if shutil.which("nvidia-smi"):
+        try:
+            out = subprocess.run(["nvidia-smi", "--query-compute-apps=pid,used_memory", "--format=csv,noheader,nounits"],
+                                 capture_output=True, text=True, timeout=10).stdout
+            gpu = sum(int(mib) * 2**20 for pid, mib in (line.split(",") for line in out.splitlines() if "," in line)
+                      if int(pid) == os.getpid()) or None
+        except (OSError, ValueError, subprocess.SubprocessError):
+            gpu = None
+    return {"rss_bytes": psutil.Process().memory_info().rss,
+            "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "gpu_bytes": gpu}
 
 
 def request(tc: dict, data_dir: str | Path, message: dict, start: bool = True) -> dict:
@@ -307,7 +332,8 @@ class _Server:
         started = time.monotonic()
         try:
             result = run_model(self.model, message["audio"], message["options"],
-                               should_stop=lambda: _hung_up(conn))
+                               should_stop=lambda: _hung_up(conn), label=message.get("episode", ""))
+            result["memory"] = process_memory()
         except Exception as exc:  # reported to the job, which fails with it
             log.exception("%s failed", message.get("episode"))
             return {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
