@@ -139,7 +139,10 @@ def run(workdir: Path, media: list[Path], model: str, hard_mb: float = 4.0, paus
         cores: int = 6, timeout: float = 900) -> Result:
     """Run the real workflow on `media` under a tiny disk budget and sample it."""
     workdir.mkdir(parents=True, exist_ok=True)
-    with MediaServer(media[0].parent) as server:
+    # Each download lasts about a second (a few hundred KB at 400 kB/s), as on a real
+    # network: on loopback it would take milliseconds, and downloads admitted together
+    # would rarely be seen in flight together by the sampler.
+    with MediaServer(media[0].parent, rate_bytes_per_s=400_000) as server:
         catalogue = workdir / "episodes.csv"
         with catalogue.open("w", newline="") as f:
             w = csv.writer(f)
