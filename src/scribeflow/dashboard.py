@@ -16,6 +16,8 @@ import threading
 import time
 from pathlib import Path
 
+from .ledger import thin_peaks
+
 HISTORY_SECONDS = 24 * 3600
 HISTORY_POINTS = 300
 
@@ -36,8 +38,7 @@ def history(config: dict, now: float | None = None) -> dict:
                              "WHERE transcribed_at >= ? GROUP BY 1 ORDER BY 1", (since,)).fetchall()
     finally:
         conn.close()
-    step = max(1, len(samples) // HISTORY_POINTS)
-    disk = [max(samples[i:i + step], key=lambda s: s[1]) for i in range(0, len(samples), step)]
+    disk = thin_peaks(samples, HISTORY_POINTS)
     return {"disk": [[round(at), used] for at, used in disk],
             "transcriptions_per_hour": [[hour * 3600, n] for hour, n in hours]}
 

@@ -29,6 +29,7 @@ classified:
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import math
@@ -628,23 +629,26 @@ def _finish(done: dict | None, out: Path, episode: str) -> None:
         stale.unlink(missing_ok=True)
 
 
-def _raise_classified(exc: BaseException, episode: str):
-    failure = classify(exc, episode)
-    if failure.__traceback__ is not None:  # our own, raised inside yt-dlp (the size hook)
-        raise failure from None
-    raise failure from exc
+@contextlib.contextmanager
+def _ytdlp_errors(episode: str):
+    """yt-dlp's errors as DownloadFailed, classified; ours (the size hook's) as they are."""
+    from yt_dlp.utils import DownloadError
+
+    try:
+        yield
+    except DownloadFailed:
+        raise
+    except (DownloadError, OSError) as exc:
+        failure = classify(exc, episode)
+        if failure.__traceback__ is not None:  # our own, raised inside yt-dlp (the size hook)
+            raise failure from None
+        raise failure from exc
 
 
 def _extract(ydl, url: str, episode: str) -> dict:
     """yt-dlp's extraction and format choice, once (the download reuses it)."""
-    from yt_dlp.utils import DownloadError
-
-    try:
+    with _ytdlp_errors(episode):
         info = ydl.extract_info(url, download=False)
-    except DownloadFailed:
-        raise
-    except (DownloadError, OSError) as exc:
-        _raise_classified(exc, episode)
     if info is None:
         raise DownloadFailed(f"{episode}: yt-dlp extracted nothing at this address")
     if info.get("_type") in ("playlist", "multi_video"):
@@ -657,14 +661,8 @@ def _extract(ydl, url: str, episode: str) -> dict:
 
 
 def _run(ydl, info: dict, episode: str) -> dict:
-    from yt_dlp.utils import DownloadError
-
-    try:
+    with _ytdlp_errors(episode):
         done = ydl.process_ie_result(info, download=True)
-    except DownloadFailed:
-        raise
-    except (DownloadError, OSError) as exc:
-        _raise_classified(exc, episode)
     if ydl._download_retcode:
         raise DownloadFailed(f"{episode}: yt-dlp reported failure (exit code {ydl._download_retcode})")
     return done

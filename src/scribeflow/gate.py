@@ -64,6 +64,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import logging
 import os
 import socket
@@ -329,6 +330,18 @@ class DownloadGate:
             self.monitor.reconcile_if_due()
         except Exception as exc:
             log.warning("Could not reconcile the disk accounting: %s", exc)
+
+    def live_holders(self) -> list[dict]:
+        """The holders (downloads, extractions, transcriptions) whose process lives, read
+        without the lock and without changing anything (`scribeflow status`)."""
+        try:
+            state = json.loads(self.state_path.read_bytes())
+        except (OSError, ValueError):
+            return []
+        if not isinstance(state, dict) or not _valid_state(state):
+            return []
+        return [h for table in TABLES for h in (state.get(table) or {}).values()
+                if _valid_holder(h, table) and self._alive(h)]
 
     def held_paths(self) -> tuple[set[str], bool]:
         """Paths reserved by live downloads and extractions, and whether any job is live."""

@@ -95,6 +95,13 @@ CREATE INDEX IF NOT EXISTS disk_samples_at ON disk_samples(at);
 """
 
 
+def thin_peaks(samples: list, max_points: int) -> list:
+    """Disk samples (at, bytes, ...) thinned to about `max_points`, keeping each bucket's
+    highest: a peak near the hard limit must still show in a plot or on the dashboard."""
+    step = max(1, len(samples) // max_points)
+    return [max(samples[i:i + step], key=lambda s: s[1]) for i in range(0, len(samples), step)]
+
+
 def end_run(config: dict) -> None:
     """The run's end (onsuccess, onerror): recorded when the ledger can take it."""
     try:

@@ -194,15 +194,8 @@ def plan(config: dict, catalogue, gpus: list[int], options: dict) -> dict:
     return {"inputs": asdict(inp), "scenarios": [estimate(config, inp, g) for g in gpus]}
 
 
-def duration(seconds: float) -> str:
-    """'7 min', '5 h 12 min', '716 d 3 h'."""
-    minutes = max(1, round(seconds / 60))
-    days, rest = divmod(minutes, 24 * 60)
-    hours, minutes = divmod(rest, 60)
-    return f"{days} d {hours} h" if days else f"{hours} h {minutes} min" if hours else f"{minutes} min"
-
-
 def render(p: dict) -> str:
+    from .status import duration  # here: status imports this module
     i = p["inputs"]
     src = i["sources"]
     lines = [

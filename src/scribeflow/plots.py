@@ -16,7 +16,7 @@ import matplotlib.dates as mdates  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
 
 from .config import GB  # noqa: E402
-from .ledger import Ledger  # noqa: E402
+from .ledger import Ledger, thin_peaks  # noqa: E402
 
 
 def use_fonts() -> None:
@@ -56,9 +56,7 @@ def disk_usage_figure(ledger: Ledger, limits: dict):
     three thresholds are drawn when they are in its range (a pilot run of a few GB
     under a 300 GB budget is not a flat line at 0)."""
     samples = ledger.disk_samples()
-    step = max(1, len(samples) // MAX_POINTS)
-    # Thinning keeps each bucket's highest sample: a peak near the hard limit must show.
-    thinned = [max(samples[i:i + step], key=lambda s: s[1]) for i in range(0, len(samples), step)]
+    thinned = thin_peaks(samples, MAX_POINTS)
     peak = max((s[1] for s in samples), default=0)
     lines = [(limits[key] * GB, label, colour) for key, label, colour in (
         ("hard_limit_gb", "hard limit", "tab:red"),

@@ -159,10 +159,7 @@ def _temp_files(folder: Path) -> list[Path]:
 
 
 def _files(folder: Path):
-    try:
-        return [Path(e.path) for e in os.scandir(folder) if e.is_file(follow_symlinks=False)]
-    except FileNotFoundError:
-        return []
+    return [Path(e.path) for e in _entries(folder)]
 
 
 CHECK_STATE = "check.json"  # in data_dir: when the transcripts were last all found valid

@@ -108,26 +108,14 @@ def bottleneck(stages: dict, paused: bool) -> str:
     return "downloads (the later stages keep up)"
 
 
-def run_state(config: dict, stages: dict, last_update: float | None, now: float) -> dict:
+def run_state(config: dict, monitor: DiskMonitor, stages: dict, last_update: float | None, now: float) -> dict:
     """Whether a run is alive: the gate's live holders (a download, extraction or
     transcription in flight, by process id or heartbeat), Snakemake's lock in the
     working directory, and when the ledger last changed. Reads only."""
-    import json
-    import socket
+    from .gate import DownloadGate
 
-    from .statefile import alive
-
-    holders = []
-    state_file = Path(config["data_dir"]) / "gate" / "state.json"
-    try:
-        state = json.loads(state_file.read_bytes())
-        host = socket.gethostname()
-        for table in ("reservations", "consumers"):
-            for holder in (state.get(table) or {}).values():
-                if isinstance(holder, dict) and isinstance(holder.get("pid"), int) and alive(holder, host, 90.0):
-                    holders.append(holder.get("kind") or table[:-1])
-    except (OSError, ValueError, AttributeError):
-        pass
+    gate = DownloadGate(monitor, Path(config["data_dir"]) / "gate")  # the default heartbeat timeout
+    holders = [h.get("kind", "job") for h in gate.live_holders()]
     locks = Path(".snakemake") / "locks"
     locked = locks.is_dir() and any(locks.iterdir())
     recent = last_update is not None and now - last_update < 120
@@ -221,7 +209,7 @@ def snapshot(config: dict, now: float | None = None) -> dict:
         "pauses": {"count": pause_count, "total_seconds": round(paused_s, 1), "open": paused_now},
         "rates": {**rates, "window": window},
         "bottleneck": bottleneck(stages, paused_now),
-        "run": run_state(config, stages, last_update, now),
+        "run": run_state(config, monitor, stages, last_update, now),
         "transcription_memory": memory,
         "disk_growth": growth,
         "eta": {"remaining_episodes": remaining, "seconds": round(eta_s) if eta_s is not None else None,

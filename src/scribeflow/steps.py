@@ -37,17 +37,15 @@ def setup_logging(log_path: str | Path | None) -> None:
         Path(log_path).parent.mkdir(parents=True, exist_ok=True)
         handlers.append(logging.FileHandler(log_path, mode="w"))
         console.setLevel(logging.WARNING)
+        console.addFilter(lambda record: not getattr(record, "file_only", False))
 
         def excepthook(kind, exc, tb):
-            log.error("Traceback of the failure", exc_info=(kind, exc, tb))
+            log.error("Traceback of the failure", exc_info=(kind, exc, tb), extra={"file_only": True})
             print(f"scribeflow: {kind.__name__}: {exc} (traceback in {log_path})", file=sys.stderr)
 
         sys.excepthook = excepthook
     logging.basicConfig(level=logging.INFO, handlers=handlers, force=True,
                         format="%(asctime)s %(levelname)-5s %(name)s: %(message)s")
-    # The traceback is for the file only.
-    console.addFilter(lambda record: record.exc_info is None or record.levelno < logging.ERROR
-                      or not record.getMessage().startswith("Traceback of the failure"))
 
 
 @contextlib.contextmanager
