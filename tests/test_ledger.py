@@ -1,8 +1,11 @@
 """The jobs ledger under many writer processes at once, as in a real run."""
 
+import ast
 import multiprocessing as mp
+import re
 import sqlite3
 
+from conftest import REPO
 from scribeflow.disk import DiskUsage
 from scribeflow.ledger import Ledger
 
@@ -55,3 +58,39 @@ def test_disk_samples_are_thinned_but_pause_changes_always_recorded(tmp_path):
         assert not ledger.sample_disk(DiskUsage(videos=2), paused=False, min_interval=60)
         assert ledger.sample_disk(DiskUsage(videos=3), paused=True, min_interval=60)
         assert [s[1:] for s in ledger.disk_samples()] == [(1, 0), (3, 1)]
+
+
+# SQL statements as they appear in string literals (upper case: prose says "select").
+SQL = re.compile(r"\bSELECT\b[\s\S]+\bFROM\b|\bINSERT\b[\s\S]*\bINTO\b|\bUPDATE\s+\w+\s+SET\b|\bDELETE\s+FROM\b"
+                 r"|\bPRAGMA\b|\bCREATE\s+(TABLE|INDEX)\b|\bBEGIN\s+IMMEDIATE\b")
+# files.is_disk_full tells SQLite's "disk full" apart from other errors: it reads an error
+# code, it does not open a database.
+SQLITE_ALLOWED = {"ledger.py", "files.py"}
+
+
+def _python_sources():
+    for folder in ("src/scribeflow", "scripts"):
+        yield from sorted((REPO / folder).rglob("*.py"))
+
+
+def _strings(tree: ast.AST):
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Constant) and isinstance(node.value, str):
+            yield node.value
+        elif isinstance(node, ast.JoinedStr):
+            yield "".join(v.value if isinstance(v, ast.Constant) else "{}" for v in node.values)
+
+
+def test_only_the_ledger_module_speaks_sql():
+    """Every statement on jobs.db lives in ledger.py; the other modules call its methods."""
+    offenders = []
+    for path in _python_sources():
+        tree = ast.parse(path.read_text(), filename=str(path))
+        imported = {alias.name.split(".")[0] for node in ast.walk(tree)
+                    if isinstance(node, (ast.Import, ast.ImportFrom))
+                    for alias in (node.names if isinstance(node, ast.Import) else [ast.alias(node.module or "")])}
+        if "sqlite3" in imported and path.name not in SQLITE_ALLOWED:
+            offenders.append(f"{path.relative_to(REPO)} imports sqlite3")
+        if path.name != "ledger.py":
+            offenders += [f"{path.relative_to(REPO)}: {s.strip()[:60]!r}" for s in _strings(tree) if SQL.search(s)]
+    assert not offenders, "SQL outside ledger.py:\n" + "\n".join(offenders)

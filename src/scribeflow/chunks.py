@@ -23,7 +23,6 @@ import json
 import math
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
@@ -34,12 +33,9 @@ from . import catalogue as sf_catalogue
 from . import config as sf_config
 from .failures import given_up
 from .files import ids_with_suffix
+from .ledger import DOWNLOAD_ENDED, Error, LedgerReader
 
 REPO = Path(__file__).resolve().parents[2]
-# An episode whose download has ended, one way or the other: its chunk needs no more
-# download slots for it.
-DOWNLOAD_ENDED = frozenset({"downloaded", "extracting", "extracted", "transcribing", "transcribed",
-                            "tokenized", "analyzed", "failed"})
 
 
 @dataclass
@@ -72,22 +68,13 @@ def downloads_ended(chunk: Chunk, ledger_path: Path, since: float, done: set[str
     if not todo:
         return True
     try:
-        db = sqlite3.connect(f"file:{ledger_path}?mode=ro", uri=True, timeout=30)
-    except sqlite3.OperationalError:
+        with LedgerReader(ledger_path) as ledger:
+            rows = ledger.stages_of(todo)
+    except Error:
         return False  # no ledger yet: nothing has started
-    try:
-        ended = 0
-        for start in range(0, len(todo), 500):
-            batch = todo[start:start + 500]
-            rows = db.execute(
-                f"SELECT stage, updated_at FROM jobs WHERE id IN ({','.join('?' * len(batch))})", batch
-            ).fetchall()
-            ended += sum(stage in DOWNLOAD_ENDED and (at or 0) >= since for stage, at in rows)
-        return ended == len(todo)
-    except sqlite3.OperationalError:
-        return False
-    finally:
-        db.close()
+    # A download that ended, one way or the other: the chunk needs no more download slots for it.
+    ended = sum(stage in DOWNLOAD_ENDED and (at or 0) >= since for stage, at in rows)
+    return ended == len(todo)
 
 
 def profile_config(directory: Path, snakemake_args: list[str]) -> list[str]:
@@ -169,16 +156,12 @@ class Driver:
         parts.append(f"catalogue {have:,} of {len(self.catalogue_ids):,} ({100 * have / total:.1f}%)")
         elapsed = time.time() - self.started
         try:
-            db = sqlite3.connect(f"file:{self.ledger}?mode=ro", uri=True, timeout=5)
-            try:
+            with LedgerReader(self.ledger, timeout=5) as ledger:
                 window = min(elapsed, 3600.0)
-                recent = db.execute("SELECT COUNT(*) FROM jobs WHERE transcribed_at >= ?",
-                                    (time.time() - window,)).fetchone()[0]
-                failed = db.execute("SELECT COUNT(*) FROM jobs WHERE stage = 'failed'").fetchone()[0]
-                sample = db.execute("SELECT total_bytes, paused FROM disk_samples ORDER BY at DESC LIMIT 1").fetchone()
-            finally:
-                db.close()
-        except sqlite3.Error:
+                recent = ledger.transcribed_since(time.time() - window)
+                failed = ledger.failed_count()
+                sample = ledger.last_sample()
+        except Error:
             recent, failed, sample = 0, 0, None
         if window := min(elapsed, 3600.0):
             parts.append(f"{recent * 3600 / window:.1f} transcribed/h over the last {window / 60:.0f} min")

@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import http.server
 import json
-import sqlite3
 import threading
 import time
 from pathlib import Path
 
-from .ledger import thin_peaks
+from .ledger import LedgerReader, thin_peaks
 
 HISTORY_SECONDS = 24 * 3600
 HISTORY_POINTS = 300
@@ -30,14 +29,9 @@ def history(config: dict, now: float | None = None) -> dict:
     db = Path(config["data_dir"]) / "jobs.db"
     if not db.exists():
         return {"disk": [], "transcriptions_per_hour": []}
-    conn = sqlite3.connect(f"{db.absolute().as_uri()}?mode=ro", uri=True, timeout=30)
-    try:
-        samples = conn.execute("SELECT at, total_bytes FROM disk_samples WHERE at >= ? ORDER BY at",
-                               (since,)).fetchall()
-        hours = conn.execute("SELECT CAST(transcribed_at / 3600 AS INTEGER), COUNT(*) FROM jobs "
-                             "WHERE transcribed_at >= ? GROUP BY 1 ORDER BY 1", (since,)).fetchall()
-    finally:
-        conn.close()
+    with LedgerReader(db) as ledger:
+        samples = [(at, used) for at, used, _ in ledger.disk_samples(since)]
+        hours = ledger.transcriptions_per_hour(since)
     disk = thin_peaks(samples, HISTORY_POINTS)
     return {"disk": [[round(at), used] for at, used in disk],
             "transcriptions_per_hour": [[hour * 3600, n] for hour, n in hours]}

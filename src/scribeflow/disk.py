@@ -54,12 +54,12 @@ import fcntl
 import json
 import logging
 import os
-import sqlite3
 import tempfile
 import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
+from . import ledger as sf_ledger
 from .files import allocated_bytes
 
 log = logging.getLogger("scribeflow.disk")
@@ -171,7 +171,7 @@ class DiskMonitor:
         self.margin_bytes = int(margin_bytes) if self.reconcile_interval else 0
         self.state_dir = Path(state_dir).absolute() if state_dir else self.data_dir / "gate"
         self._cached: tuple[float, DiskUsage] | None = None
-        self._db: tuple[tuple, sqlite3.Connection] | None = None
+        self._db: tuple[tuple, sf_ledger.LedgerReader] | None = None
         self._accounted = {self.data_dir / rel: spec for rel, spec in PER_EPISODE.items()}
 
     @classmethod
@@ -378,34 +378,29 @@ class DiskMonitor:
             totals[category] = totals.get(category, 0) + total
         return totals
 
-    def _connection(self) -> sqlite3.Connection | None:
+    def _reader(self) -> sf_ledger.LedgerReader | None:
         identity = self._ledger_identity()
         if identity is None:
             return None
         if self._db and self._db[0] == (tuple(identity), os.getpid()):
             return self._db[1]
-        conn = sqlite3.connect(f"{(self.data_dir / 'jobs.db').as_uri()}?mode=ro", uri=True, timeout=30,
-                               check_same_thread=False)  # used under the gate's mutex, from any thread
-        self._db = ((tuple(identity), os.getpid()), conn)
-        return conn
+        # Used under the gate's mutex, from any thread.
+        reader = sf_ledger.LedgerReader(self.data_dir / "jobs.db", check_same_thread=False)
+        self._db = ((tuple(identity), os.getpid()), reader)
+        return reader
 
     def _active(self, since: float) -> set[str] | None:
         """Ids of the episodes active since a reconciliation at `since` (module docstring);
         None when the ledger cannot be read. Two index lookups: flat in the episodes done."""
         try:
-            conn = self._connection()
-            if conn is None:
+            reader = self._reader()
+            if reader is None:
                 return set()  # no ledger yet: no step has run
-            stages = ", ".join(f"'{s}'" for s in ACTIVE_STAGES)
-            # A row queued and never started (a run's start enqueues its whole chunk) has
-            # written nothing; one put back to queued (an interrupted download) has.
             cut = since - ACTIVE_SLACK
-            rows = conn.execute(f"SELECT id, stage, updated_at FROM jobs WHERE stage IN ({stages}) "
-                                f"UNION SELECT id, stage, updated_at FROM jobs WHERE updated_at >= ? "
-                                f"AND NOT (stage = 'queued' AND downloading_at IS NULL)", (cut,)).fetchall()
-        except sqlite3.Error as exc:
+            rows = reader.active_rows(ACTIVE_STAGES, cut)
+        except sf_ledger.Error as exc:
             if self._db:
-                with contextlib.suppress(sqlite3.Error):
+                with contextlib.suppress(sf_ledger.Error):
                     self._db[1].close()
                 self._db = None
             log.warning("Could not read the ledger's active episodes (%s)", exc)

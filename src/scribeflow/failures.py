@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 from .files import atomic_write_text, ids_with_suffix
-from .ledger import FAILED_ATTEMPTS_SQL, Ledger
+from .ledger import Ledger
 
 FAILED_DIR = "failed"
 
@@ -114,9 +114,7 @@ def report(config: dict) -> list[dict]:
     rows = {}
     if (data / "jobs.db").exists():
         with Ledger(data / "jobs.db") as ledger:
-            cur = ledger.conn.execute(
-                f"SELECT id, {FAILED_ATTEMPTS_SQL}, last_error, failed_at FROM jobs WHERE stage = 'failed' ORDER BY id")
-            for episode, attempts, error, at in cur:
+            for episode, attempts, error, at in ledger.failed():
                 rows[episode] = {"id": episode, "attempts": attempts, "reason": error, "failed_at": at}
     for episode, marker in markers.items():
         row = rows.setdefault(episode, {"id": episode, "attempts": marker.get("attempts"),
@@ -154,12 +152,8 @@ def retry(config: dict, ids: list[str] | None = None) -> list[str]:
     if unknown:
         raise ValueError(f"not failed episodes: {', '.join(unknown)} (see `scribeflow failed`)")
     if ids and (data / "jobs.db").exists():
-        now = time.time()
-        with Ledger(data / "jobs.db") as ledger, ledger.transaction() as c:
-            c.executemany(
-                "UPDATE jobs SET stage = 'queued', attempts = 0, transcribe_failures = 0, last_error = NULL, "
-                "updated_at = ? WHERE id = ?",
-                ((now, i) for i in ids))
+        with Ledger(data / "jobs.db") as ledger:
+            ledger.requeue(ids)
     for episode in ids:
         (marker_dir(data) / f"{episode}.json").unlink(missing_ok=True)
     return list(ids)

@@ -40,6 +40,10 @@ STAGES = (
 TRANSCRIBED = ("transcribed", "tokenized", "analyzed")
 # SQL: "stage IN (...)" for them.
 TRANSCRIBED_SQL = f"stage IN ({', '.join(repr(s) for s in TRANSCRIBED)})"
+# An episode whose download has ended, one way or the other: every stage from downloaded on.
+DOWNLOAD_ENDED = frozenset(STAGES[STAGES.index("downloaded"):])
+# What a failed query raises: callers catch it without knowing the database.
+Error = sqlite3.Error
 
 # SQL: the attempts of a failed episode's failing step: its failed transcriptions when
 # there are any (not the one download before them), else its downloads.
@@ -141,7 +145,190 @@ ADDED_COLUMNS = {"transcribe_failures": "INTEGER NOT NULL DEFAULT 0", "source": 
                  "worker_rss_bytes": "INTEGER", "worker_gpu_bytes": "INTEGER"}
 
 
-class Ledger:
+STAGE_TIME_COLUMNS = frozenset(f"{s}_at" for s in STAGES)
+
+
+def _stage_time(column: str) -> str:
+    """A column that holds when episodes reached a stage: the only names a query takes."""
+    if column not in STAGE_TIME_COLUMNS:
+        raise ValueError(f"not a stage time column: {column!r}")
+    return column
+
+
+class _Queries:
+    """What the ledger answers; shared by the writer (Ledger) and LedgerReader."""
+
+    conn: sqlite3.Connection
+
+    def job(self, episode: str) -> dict | None:
+        cur = self.conn.execute("SELECT * FROM jobs WHERE id = ?", (episode,))
+        row = cur.fetchone()
+        return dict(zip([d[0] for d in cur.description], row)) if row else None
+
+    def jobs(self) -> dict[str, dict]:
+        """Every row, by id."""
+        cur = self.conn.execute("SELECT * FROM jobs")
+        names = [d[0] for d in cur.description]
+        return {row[0]: dict(zip(names, row)) for row in cur.fetchall()}
+
+    def stage_counts(self) -> dict[str, int]:
+        return dict(self.conn.execute("SELECT stage, COUNT(*) FROM jobs GROUP BY stage"))
+
+    def stages_of(self, ids: list[str]) -> list[tuple]:
+        """(stage, updated_at) of those of `ids` that have a row."""
+        rows = []
+        for start in range(0, len(ids), 500):  # SQLite's limit on bound parameters
+            batch = ids[start:start + 500]
+            rows += self.conn.execute(
+                f"SELECT stage, updated_at FROM jobs WHERE id IN ({','.join('?' * len(batch))})", batch
+            ).fetchall()
+        return rows
+
+    def active_rows(self, stages, changed_since: float) -> list[tuple]:
+        """(id, stage, updated_at) of the rows in one of `stages`, or changed at or after
+        `changed_since` once started (a row queued and never started has written nothing;
+        one put back to queued, an interrupted download, has). Two index lookups."""
+        listed = ", ".join(repr(s) for s in stages if s in STAGES)
+        return self.conn.execute(f"SELECT id, stage, updated_at FROM jobs WHERE stage IN ({listed}) "
+                                 f"UNION SELECT id, stage, updated_at FROM jobs WHERE updated_at >= ? "
+                                 f"AND NOT (stage = 'queued' AND downloading_at IS NULL)",
+                                 (changed_since,)).fetchall()
+
+    def failed(self) -> list[tuple]:
+        """(id, attempts, last_error, failed_at) of the failed episodes, by id; attempts are
+        those of the failing step (FAILED_ATTEMPTS_SQL)."""
+        return self.conn.execute(f"SELECT id, {FAILED_ATTEMPTS_SQL}, last_error, failed_at FROM jobs "
+                                 "WHERE stage = 'failed' ORDER BY id").fetchall()
+
+    def failed_count(self) -> int:
+        return self.conn.execute("SELECT COUNT(*) FROM jobs WHERE stage = 'failed'").fetchone()[0]
+
+    def transcribed_count(self) -> int:
+        return self.conn.execute(f"SELECT COUNT(*) FROM jobs WHERE {TRANSCRIBED_SQL}").fetchone()[0]
+
+    def transcribed_since(self, since: float) -> int:
+        return self.conn.execute("SELECT COUNT(*) FROM jobs WHERE transcribed_at >= ?", (since,)).fetchone()[0]
+
+    def last_update(self) -> float | None:
+        return self.conn.execute("SELECT MAX(updated_at) FROM jobs").fetchone()[0]
+
+    def peak_memory(self) -> tuple:
+        """(largest resident peak, largest GPU memory) of the processes that transcribed."""
+        return self.conn.execute("SELECT MAX(worker_rss_bytes), MAX(worker_gpu_bytes) FROM jobs").fetchone()
+
+    def stage_times(self, column: str) -> list[float]:
+        """When episodes reached a stage (`column`: e.g. transcribed_at), in time order."""
+        column = _stage_time(column)
+        return [r[0] for r in self.conn.execute(
+            f"SELECT {column} FROM jobs WHERE {column} IS NOT NULL ORDER BY {column}")]
+
+    def reached_since(self, columns, since: float) -> tuple:
+        """How many episodes reached each stage (`columns`: stage time columns) at or after `since`."""
+        columns = [_stage_time(c) for c in columns]
+        return self.conn.execute(
+            "SELECT " + ", ".join(f"COUNT(CASE WHEN {c} >= ? THEN 1 END)" for c in columns) + " FROM jobs",
+            (since,) * len(columns)).fetchone()
+
+    def throughput(self, since: float) -> dict:
+        """The totals status measures rates from: the first download's start, the last
+        download and transcription, downloads and transcriptions in all and at or after
+        `since`, the transcripts' bytes and the mean bytes freed per transcription."""
+        q = self.conn.execute
+        first, last_dl, last_tr = q(
+            "SELECT MIN(downloading_at), MAX(downloaded_at), MAX(transcribed_at) FROM jobs").fetchone()
+        downloads, downloads_since = q(
+            "SELECT COUNT(downloaded_at), COUNT(CASE WHEN downloaded_at >= ? THEN 1 END) FROM jobs",
+            (since,)).fetchone()
+        done, done_since, transcript_bytes, freed_avg = q(
+            f"""SELECT COUNT(transcribed_at), COUNT(CASE WHEN transcribed_at >= ? THEN 1 END),
+                       SUM(transcript_size_bytes),
+                       AVG(video_deleted * COALESCE(video_size_bytes, 0)
+                           + audio_deleted * COALESCE(audio_size_bytes, 0))
+                FROM jobs WHERE {TRANSCRIBED_SQL}""",
+            (since,)).fetchone()
+        return {"first": first, "last_download": last_dl, "last_transcription": last_tr,
+                "downloads": downloads, "downloads_since": downloads_since, "transcribed": done,
+                "transcribed_since": done_since, "transcript_bytes": transcript_bytes, "freed_avg": freed_avg}
+
+    def job_averages(self, audio_bytes_per_second: float) -> tuple:
+        """Over the transcribed episodes: their count, the mean download speed (bytes/s),
+        transcription and extraction speed (x real time; audio seconds from its bytes),
+        video bytes, audio seconds and transcript bytes."""
+        return self.conn.execute(
+            f"""SELECT COUNT(*),
+                   AVG(CASE WHEN downloaded_at > downloading_at
+                       THEN video_size_bytes / (downloaded_at - downloading_at) END),
+                   AVG(CASE WHEN transcribed_at > transcribing_at
+                       THEN audio_size_bytes / :bps / (transcribed_at - transcribing_at) END),
+                   AVG(CASE WHEN extracted_at > extracting_at
+                       THEN audio_size_bytes / :bps / (extracted_at - extracting_at) END),
+                   AVG(video_size_bytes), AVG(audio_size_bytes) / :bps,
+                   AVG(transcript_size_bytes)
+               FROM jobs WHERE transcribed_at IS NOT NULL AND {TRANSCRIBED_SQL}""",
+            {"bps": float(audio_bytes_per_second)}).fetchone()
+
+    def run_start(self, ended_since: float) -> float | None:
+        """The start of the earliest run still going or ended at or after `ended_since`."""
+        try:
+            return self.conn.execute("SELECT MIN(started_at) FROM runs WHERE ended_at IS NULL OR ended_at >= ?",
+                                     (ended_since,)).fetchone()[0]
+        except sqlite3.OperationalError:  # a ledger read before the table existed
+            return None
+
+    # -- pauses and disk samples -------------------------------------------------
+    def pause_events(self) -> list[dict]:
+        cur = self.conn.execute("SELECT * FROM pause_events ORDER BY started_at")
+        names = [d[0] for d in cur.description]
+        return [dict(zip(names, r)) for r in cur.fetchall()]
+
+    def disk_samples(self, since: float | None = None) -> list[tuple]:
+        """(at, total_bytes, paused) in time order."""
+        return self.conn.execute(
+            "SELECT at, total_bytes, paused FROM disk_samples WHERE at >= ? ORDER BY at", (since or 0,)
+        ).fetchall()
+
+    def last_sample(self) -> tuple | None:
+        """(total_bytes, paused) of the latest disk sample."""
+        return self.conn.execute("SELECT total_bytes, paused FROM disk_samples ORDER BY at DESC LIMIT 1").fetchone()
+
+    def first_sample_at(self) -> float | None:
+        return self.conn.execute("SELECT MIN(at) FROM disk_samples").fetchone()[0]
+
+    def usage_sums(self, since: float) -> tuple:
+        """(n, sum x, sum y, sum x², sum xy) of the disk samples at or after `since`, x in
+        hours from `since` (centred there so that the sums stay small enough for doubles),
+        y in MB: a least-squares slope's sums."""
+        return self.conn.execute(
+            """SELECT COUNT(*), SUM(x), SUM(y), SUM(x * x), SUM(x * y) FROM
+               (SELECT (at - ?) / 3600.0 AS x, total_bytes / 1e6 AS y FROM disk_samples WHERE at >= ?)""",
+            (since, since)).fetchone()
+
+    def transcriptions_per_hour(self, since: float) -> list[tuple]:
+        """(hour since the epoch, episodes transcribed in it) from `since` on."""
+        return self.conn.execute("SELECT CAST(transcribed_at / 3600 AS INTEGER), COUNT(*) FROM jobs "
+                                 "WHERE transcribed_at >= ? GROUP BY 1 ORDER BY 1", (since,)).fetchall()
+
+
+class LedgerReader(_Queries):
+    """A read-only connection: never creates, migrates or rebuilds the file, and can be
+    opened beside a live run. Raises Error when the file is missing or unreadable."""
+
+    def __init__(self, path: str | os.PathLike, timeout: float = 30.0, check_same_thread: bool = True):
+        self.path = Path(path)
+        self.conn = sqlite3.connect(f"{self.path.absolute().as_uri()}?mode=ro", uri=True, timeout=timeout,
+                                    check_same_thread=check_same_thread)
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+class Ledger(_Queries):
     def __init__(self, path: str | os.PathLike, timeout: float = 120.0, on_full=None, verify: bool = False):
         """`on_full(exc)`: called when a write meets a full disk; returns when the write
         may be tried again (or raises). `verify`: check every page first (a run's start)."""
@@ -303,15 +490,29 @@ class Ledger:
 
         self._write(write)
 
-    def job(self, episode: str) -> dict | None:
-        cur = self.conn.execute("SELECT * FROM jobs WHERE id = ?", (episode,))
-        row = cur.fetchone()
-        return dict(zip([d[0] for d in cur.description], row)) if row else None
+    def requeue(self, ids) -> None:
+        """Make episodes eligible again: queued, no attempts, no error."""
+        now = time.time()
+        with self.transaction() as c:
+            c.executemany(
+                "UPDATE jobs SET stage = 'queued', attempts = 0, transcribe_failures = 0, last_error = NULL, "
+                "updated_at = ? WHERE id = ?",
+                ((now, i) for i in ids))
 
-    def stage_counts(self) -> dict[str, int]:
-        return dict(self.conn.execute("SELECT stage, COUNT(*) FROM jobs GROUP BY stage"))
+    def restore(self, reached: dict, failed: dict) -> None:
+        """Rows rebuilt from the files: `reached` {id: (stage, at, transcript bytes)},
+        `failed` {id: (at, reason, step, attempts)}; step "transcribe" counts the attempts
+        as failed transcriptions."""
+        with self.transaction() as c:
+            for episode, (stage, at, size) in reached.items():
+                column = _stage_time(f"{stage}_at")
+                c.execute(f"INSERT OR REPLACE INTO jobs (id, stage, {column}, updated_at, transcript_size_bytes) "
+                          f"VALUES (?, ?, ?, ?, ?)", (episode, stage, at, at, size))
+            for episode, (at, reason, step, attempts) in failed.items():
+                column = "transcribe_failures" if step == "transcribe" else "attempts"
+                c.execute(f"INSERT OR REPLACE INTO jobs (id, stage, failed_at, updated_at, last_error, {column}) "
+                          f"VALUES (?, 'failed', ?, ?, ?, ?)", (episode, at, at, reason, attempts))
 
-    # -- pauses and disk samples -------------------------------------------------
     # -- runs: when each Snakemake run started and ended (status measures rates from there) --
     def start_run(self, at: float | None = None) -> None:
         with self.transaction() as c:
@@ -374,11 +575,6 @@ class Ledger:
                 deleted["pause_events"] += rows - 1
         return deleted
 
-    def pause_events(self) -> list[dict]:
-        cur = self.conn.execute("SELECT * FROM pause_events ORDER BY started_at")
-        names = [d[0] for d in cur.description]
-        return [dict(zip(names, r)) for r in cur.fetchall()]
-
     def sample_disk(self, usage, paused: bool, min_interval: float = 0.0) -> bool:
         """Record one disk sample, unless another process recorded one less than
         `min_interval` seconds ago with the same pause state (months of checks every few
@@ -396,9 +592,3 @@ class Ledger:
                  usage.total - usage.temporary - usage.transcripts, int(paused), socket.gethostname()),
             )
         return True
-
-    def disk_samples(self, since: float | None = None) -> list[tuple]:
-        """(at, total_bytes, paused) in time order."""
-        return self.conn.execute(
-            "SELECT at, total_bytes, paused FROM disk_samples WHERE at >= ? ORDER BY at", (since or 0,)
-        ).fetchall()

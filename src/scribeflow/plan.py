@@ -23,10 +23,9 @@ from pathlib import Path
 
 from .config import GB, MB, download_slots, in_flight_gb
 from .failures import given_up
-from .ledger import TRANSCRIBED_SQL, Ledger
+from .ledger import HOUR, Ledger
 from .media import BYTES_PER_SECOND
 
-HOUR = 3600.0
 # Defaults when nothing is measured yet.
 ASSUMED = {
     "download_mb_per_s": (10.0, "10 MB/s per download"),
@@ -55,20 +54,11 @@ class Inputs:
     sources: dict
 
 
-def measured(conn) -> dict:
+def measured(ledger: Ledger) -> dict:
     """Per-job speeds and sizes from finished episodes in the ledger."""
-    row = conn.execute(
-        f"""SELECT COUNT(*),
-               AVG(CASE WHEN downloaded_at > downloading_at
-                   THEN video_size_bytes / (downloaded_at - downloading_at) END) / {MB},
-               AVG(CASE WHEN transcribed_at > transcribing_at
-                   THEN audio_size_bytes / {BYTES_PER_SECOND}.0 / (transcribed_at - transcribing_at) END),
-               AVG(CASE WHEN extracted_at > extracting_at
-                   THEN audio_size_bytes / {BYTES_PER_SECOND}.0 / (extracted_at - extracting_at) END),
-               AVG(video_size_bytes) / {MB}, AVG(audio_size_bytes) / {BYTES_PER_SECOND}.0,
-               AVG(transcript_size_bytes) / 1000.0
-           FROM jobs WHERE transcribed_at IS NOT NULL AND {TRANSCRIBED_SQL}"""
-    ).fetchone()
+    n, download_bps, transcription, extraction, video, duration, transcript = ledger.job_averages(BYTES_PER_SECOND)
+    row = (n, download_bps and download_bps / MB, transcription, extraction, video and video / MB, duration,
+           transcript and transcript / 1000.0)
     keys = ("episodes", "download_mb_per_s", "transcription_speed", "extraction_speed", "video_mb",
             "duration_s", "transcript_kb")
     return {k: v for k, v in zip(keys, row) if v}
@@ -82,10 +72,8 @@ def gather(config: dict, catalogue, options: dict) -> Inputs:
     done = 0
     if db.exists():
         with Ledger(db) as ledger:
-            seen = measured(ledger.conn)
-            done = ledger.conn.execute(
-                f"SELECT COUNT(*) FROM jobs WHERE {TRANSCRIBED_SQL}"
-            ).fetchone()[0]
+            seen = measured(ledger)
+            done = ledger.transcribed_count()
     done += len(given_up(config["data_dir"]))  # failed for good: not to be done again
     n_measured = seen.pop("episodes", 0)
     sources, values = {}, {}

@@ -106,8 +106,7 @@ def throughput_figure(ledger: Ledger):
     """Episodes finishing each stage per hour: one panel per stage (lines that share an
     axis hide each other), the counts per time bin as bars, and a moving average over a
     sixth of the run as a line."""
-    series = {name: [r[0] for r in ledger.conn.execute(
-        f"SELECT {col} FROM jobs WHERE {col} IS NOT NULL ORDER BY {col}")] for name, col in STAGE_TIMES.items()}
+    series = {name: ledger.stage_times(col) for name, col in STAGE_TIMES.items()}
     stamps = [t for ts in series.values() for t in ts]
     fig, axes = plt.subplots(len(series), 1, figsize=(10, 6), sharex=True, layout="constrained")
     if stamps:

@@ -122,17 +122,10 @@ def rebuild_ledger(ledger, data_dir: str | os.PathLike) -> dict[str, int]:
             failed[episode] = json.loads((marker_dir(data) / f"{episode}.json").read_text())
         except (OSError, ValueError):
             failed[episode] = {}
-    with ledger.transaction() as c:
-        for episode, (stage, at, size) in found.items():
-            c.execute(f"INSERT OR REPLACE INTO jobs (id, stage, {stage}_at, updated_at, transcript_size_bytes) "
-                      f"VALUES (?, ?, ?, ?, ?)", (episode, stage, at, at, size))
-        for episode, marker in failed.items():
-            attempts = int(marker.get("attempts") or 1)
-            column = "transcribe_failures" if marker.get("step") == "transcribe" else "attempts"
-            at = marker.get("failed_at") or time.time()
-            c.execute(f"INSERT OR REPLACE INTO jobs (id, stage, failed_at, updated_at, last_error, {column}) "
-                      f"VALUES (?, 'failed', ?, ?, ?, ?)",
-                      (episode, at, at, marker.get("reason") or "failed (marker without a reason)", attempts))
+    ledger.restore(found, {episode: (marker.get("failed_at") or time.time(),
+                                     marker.get("reason") or "failed (marker without a reason)",
+                                     marker.get("step"), int(marker.get("attempts") or 1))
+                           for episode, marker in failed.items()})
     counts: dict[str, int] = {}
     for stage, *_ in found.values():
         counts[stage] = counts.get(stage, 0) + 1
@@ -198,9 +191,7 @@ def check_consistency(config: dict, full: bool = False) -> list[str]:
         return problems
     if db.exists():
         with Ledger(db) as ledger:
-            cur = ledger.conn.execute("SELECT * FROM jobs")
-            names = [d[0] for d in cur.description]
-            jobs = {row[0]: dict(zip(names, row)) for row in cur.fetchall()}
+            jobs = ledger.jobs()
     markers = given_up(data)
     started = time.time()
     state_path = data / CHECK_STATE

@@ -20,10 +20,8 @@ from .config import MB
 from .disk import DiskMonitor
 from .failures import given_up
 from .files import human_bytes
-from .ledger import FAILED_ATTEMPTS_SQL, STAGES, TRANSCRIBED, TRANSCRIBED_SQL, Ledger
+from .ledger import HOUR, STAGES, TRANSCRIBED, Ledger
 from .plan import measured
-
-HOUR = 3600.0
 
 
 def catalogue_rows(path) -> int | None:
@@ -43,54 +41,37 @@ def catalogue_rows(path) -> int | None:
         return None
 
 
-def measured_rates(conn, now: float) -> dict:
+def measured_rates(ledger: Ledger, now: float) -> dict:
     """Throughput and speeds measured from the jobs table."""
-    q = conn.execute
-    first, last_dl, last_tr = q(
-        "SELECT MIN(downloading_at), MAX(downloaded_at), MAX(transcribed_at) FROM jobs").fetchone()
-    downloads, downloads_hour = q(
-        "SELECT COUNT(downloaded_at), COUNT(CASE WHEN downloaded_at >= ? THEN 1 END) FROM jobs",
-        (now - HOUR,)).fetchone()
-    done, done_hour, transcript_bytes, freed_avg = q(
-        f"""SELECT COUNT(transcribed_at), COUNT(CASE WHEN transcribed_at >= ? THEN 1 END),
-                   SUM(transcript_size_bytes),
-                   AVG(video_deleted * COALESCE(video_size_bytes, 0)
-                       + audio_deleted * COALESCE(audio_size_bytes, 0))
-            FROM jobs WHERE {TRANSCRIBED_SQL}""",
-        (now - HOUR,)).fetchone()
+    t = ledger.throughput(now - HOUR)
+    first = t["first"]
+
     def per_hour(count, end):
         span = (end or now) - first if first else 0
         return round(count / (span / HOUR), 2) if count and span > 0 else 0.0
 
     return {
-        "downloads_per_hour": {"last_hour": float(downloads_hour), "overall": per_hour(downloads, last_dl)},
-        "transcriptions_per_hour": {"last_hour": float(done_hour), "overall": per_hour(done, last_tr)},
-        "avg_mb_freed_per_transcription": round((freed_avg or 0) / MB, 3),
-        "permanent_growth_mb_per_hour": round(per_hour(transcript_bytes or 0, last_tr) / MB, 4),
-        "transcribed": done,
+        "downloads_per_hour": {"last_hour": float(t["downloads_since"]),
+                               "overall": per_hour(t["downloads"], t["last_download"])},
+        "transcriptions_per_hour": {"last_hour": float(t["transcribed_since"]),
+                                    "overall": per_hour(t["transcribed"], t["last_transcription"])},
+        "avg_mb_freed_per_transcription": round((t["freed_avg"] or 0) / MB, 3),
+        "permanent_growth_mb_per_hour": round(per_hour(t["transcript_bytes"] or 0, t["last_transcription"]) / MB, 4),
+        "transcribed": t["transcribed"],
     }
 
 
 STAGE_DONE = {"downloads": "downloaded_at", "extractions": "extracted_at", "transcriptions": "transcribed_at"}
 
 
-def window_rates(conn, now: float) -> dict:
+def window_rates(ledger: Ledger, now: float) -> dict:
     """Episodes through each stage per hour over the last hour, or since the earliest
     run that is still going (or ended within the hour) when that is later: a window never
     longer than the run's data, so that a run two minutes old is not measured over an
     hour it was not running."""
-    import sqlite3
-
-    try:
-        run_start = conn.execute("SELECT MIN(started_at) FROM runs WHERE ended_at IS NULL OR ended_at >= ?",
-                                 (now - HOUR,)).fetchone()[0]
-    except sqlite3.OperationalError:  # a ledger read before the table existed
-        run_start = None
-    start = max(now - HOUR, run_start or 0)
+    start = max(now - HOUR, ledger.run_start(now - HOUR) or 0)
     window = max(now - start, 60.0)
-    counts = conn.execute(
-        "SELECT " + ", ".join(f"COUNT(CASE WHEN {c} >= ? THEN 1 END)" for c in STAGE_DONE.values()) + " FROM jobs",
-        (start,) * len(STAGE_DONE)).fetchone()
+    counts = ledger.reached_since(STAGE_DONE.values(), start)
     basis = "last hour" if start == now - HOUR else f"this run's {window / 60:.0f} min"
     return {"window_seconds": round(window), "started_at": start, "basis": basis,
             "per_hour": {name: round(n * HOUR / window, 2) for name, n in zip(STAGE_DONE, counts)}}
@@ -137,19 +118,15 @@ def run_state(config: dict, monitor: DiskMonitor, stages: dict, last_update: flo
     return {"alive": is_alive, "detail": detail, "holders": len(holders), "snakemake_lock": locked}
 
 
-def disk_growth(conn, now: float) -> dict:
+def disk_growth(ledger: Ledger, now: float) -> dict:
     """Trend of the measured disk usage in MB per hour (least-squares slope, so that the
     pause/resume sawtooth does not swing it): over the last hour and over the whole run."""
     def slope(since: float):
-        # Centred on `since` so that the sums stay small enough for doubles.
-        n, sx, sy, sxx, sxy = conn.execute(
-            """SELECT COUNT(*), SUM(x), SUM(y), SUM(x * x), SUM(x * y) FROM
-               (SELECT (at - ?) / 3600.0 AS x, total_bytes / 1e6 AS y FROM disk_samples WHERE at >= ?)""",
-            (since, since)).fetchone()
+        n, sx, sy, sxx, sxy = ledger.usage_sums(since)
         den = n * sxx - sx * sx if n and n > 1 else 0
         return round((n * sxy - sx * sy) / den, 3) if den > 1e-12 else None
 
-    first = conn.execute("SELECT MIN(at) FROM disk_samples").fetchone()[0]
+    first = ledger.first_sample_at()
     return {"last_hour_mb_per_hour": slope(now - HOUR),
             "overall_mb_per_hour": slope(first) if first is not None else None}
 
@@ -165,16 +142,14 @@ def snapshot(config: dict, now: float | None = None) -> dict:
         with Ledger(db) as ledger:
             stages = ledger.stage_counts()
             pauses = ledger.pause_events()
-            failures = [dict(zip(("id", "attempts", "last_error"), r), given_up=r[0] in gave_up)
-                        for r in ledger.conn.execute(
-                            f"SELECT id, {FAILED_ATTEMPTS_SQL}, last_error FROM jobs "
-                            "WHERE stage = 'failed' ORDER BY id")]
-            rates = measured_rates(ledger.conn, now)
-            rates["per_job"] = measured(ledger.conn)
-            growth = disk_growth(ledger.conn, now)
-            window = window_rates(ledger.conn, now)
-            last_update = ledger.conn.execute("SELECT MAX(updated_at) FROM jobs").fetchone()[0]
-            rss, gpu = ledger.conn.execute("SELECT MAX(worker_rss_bytes), MAX(worker_gpu_bytes) FROM jobs").fetchone()
+            failures = [dict(zip(("id", "attempts", "last_error"), r[:3]), given_up=r[0] in gave_up)
+                        for r in ledger.failed()]
+            rates = measured_rates(ledger, now)
+            rates["per_job"] = measured(ledger)
+            growth = disk_growth(ledger, now)
+            window = window_rates(ledger, now)
+            last_update = ledger.last_update()
+            rss, gpu = ledger.peak_memory()
             memory = {"peak_rss_bytes": rss, "gpu_bytes": gpu}
     paused_s = sum((p["ended_at"] or now) - p["started_at"] for p in pauses)
     # Old pauses are kept one row per day (Ledger.thin_history); `events` counts them.
