@@ -194,3 +194,26 @@ def test_several_processes_share_one_gate_and_never_cross_the_hard_limit(tmp_pat
     assert all(p.exitcode == 0 for p in procs)
     assert peak <= HARD, f"peak {peak} > hard {HARD}"
     assert peak >= RESUME  # the budget was actually used
+
+
+def test_status_and_the_gate_share_one_pause_rule_and_one_stored_state(tmp_path):
+    """Between the thresholds a pause holds: the breakdown `scribeflow status` shows asks
+    the gate's rule with the gate's reasons, so both say the same; the state stores only
+    the reasons."""
+    import json
+
+    from scribeflow.gate import is_paused
+
+    data = tmp_path / "data"
+    gate = make_gate(data)
+    video = write(data / "videos" / "big.media", 800 * KB)
+    assert gate.check().paused
+    write(video, 700 * KB)  # below pause, above resume
+    assert gate.check().paused and gate.pause_reasons() == ["usage"]
+    assert not gate.monitor.get_breakdown(paused_for=gate.pause_reasons()).can_download
+    assert gate.monitor.get_breakdown().can_download  # no pause to hold: below the pause threshold
+    state = json.loads(gate.state_path.read_text())
+    assert "paused" not in state and is_paused(state)
+    write(video, 560 * KB)
+    assert not gate.check().paused and gate.pause_reasons() == []
+    assert gate.monitor.get_breakdown(paused_for=gate.pause_reasons()).can_download

@@ -459,7 +459,28 @@ class DiskMonitor:
             return None
         return (st.f_blocks - (st.f_bfree - st.f_bavail)) * st.f_frsize
 
-    # -- decisions (stateless; the hysteresis lives in gate.DownloadGate) -----------
+    # -- decisions (stateless: gate.DownloadGate keeps the pause reasons) -----------
+    def pause_reasons(self, before, usage_total: int, fs_available: int, declared: int = 0,
+                      download: bool = True) -> list[str]:
+        """The pause rule: why downloads are paused after a look, given why they were
+        before it (`before`). "usage" opens at the pause threshold and lifts at the resume
+        threshold (hysteresis); only a download's look opens it (an extraction's look after
+        the last download would open a pause that nothing ever closes). "filesystem" lifts
+        as soon as the waiting write (`declared`) fits `fs_available` with the min-free
+        margin (no band: on a filesystem smaller than one, it would never lift); only a
+        download's look changes it, since an extraction's declares other bytes."""
+        reasons = set(before)
+        if usage_total >= self.pause_threshold and download:
+            reasons.add("usage")
+        elif usage_total <= self.resume_threshold:
+            reasons.discard("usage")
+        if download:
+            if fs_available < self.min_free_bytes + declared:
+                reasons.add("filesystem")
+            else:
+                reasons.discard("filesystem")
+        return sorted(reasons)
+
     def should_pause_downloads(self) -> bool:
         return self.current_usage().total >= self.pause_threshold
 
@@ -469,7 +490,9 @@ class DiskMonitor:
     def filesystem_low(self, extra_bytes: int = 0) -> bool:
         return min(self.filesystem_available().values()) < self.min_free_bytes + extra_bytes
 
-    def get_breakdown(self) -> SpaceBreakdown:
+    def get_breakdown(self, paused_for=()) -> SpaceBreakdown:
+        """Usage against the limits; `can_download` by the pause rule, from the reasons the
+        gate holds now (`paused_for`: between the two thresholds, a pause holds)."""
         usage = self.current_usage()
         fs = self.filesystem_available()
         available = max(0, min(self.hard_limit - usage.total, min(fs.values()) - self.min_free_bytes))
@@ -478,7 +501,7 @@ class DiskMonitor:
             percentage=100.0 * usage.total / self.hard_limit,
             available_bytes=available,
             filesystem_available=fs,
-            can_download=usage.total < self.pause_threshold and not self.filesystem_low(),
+            can_download=not self.pause_reasons(paused_for, usage.total, min(fs.values())),
         )
 
 

@@ -118,6 +118,11 @@ def gb(n: float) -> str:
     return f"{value:.0f}" if value >= 10 else f"{value:.3g}"
 
 
+def is_paused(state: dict) -> bool:
+    """Whether the gate's state pauses downloads: it stores only why (its reasons)."""
+    return bool(state.get("reasons"))
+
+
 @dataclass
 class Decision:
     admitted: bool
@@ -181,7 +186,7 @@ class DownloadGate:
                 log.warning("The gate's state was rebuilt; running jobs register again within %.0f s, and "
                             "no download starts until then", self._beat_interval)
             state.setdefault("reasons", [])
-            state["paused"] = bool(state["reasons"])
+            state.pop("paused", None)  # derived from the reasons (is_paused); older files stored it
             state.setdefault("paused_since", None)
             for table in TABLES:
                 holders = state.setdefault(table, {})
@@ -241,39 +246,41 @@ class DownloadGate:
 
     # -- the decision --------------------------------------------------------------
     def _decide(self, state: dict, declared: int, download: bool = True) -> Decision:
-        m = self.monitor
-        usage = m.current_usage(fresh=True)
-        self._prune(state)
-        pending = sum(self._remaining(r) for r in state["reservations"].values())
-        fs_available = min(m.filesystem_available().values()) - pending
-
-        reasons = set(state["reasons"])
-        # A pause holds downloads back: only a download's look opens one (an extraction's
-        # look after the last download would open a pause that nothing ever closes).
-        if usage.total >= m.pause_threshold and download:
-            reasons.add("usage")
-        elif usage.total <= m.resume_threshold:
-            reasons.discard("usage")
-        # The filesystem pause lifts as soon as the waiting write fits with the min-free
-        # margin (no band: on a filesystem smaller than one, it would never lift). Only a
-        # download's look changes it: an extraction's declares other bytes.
-        if download:
-            if fs_available < m.min_free_bytes + declared:
-                reasons.add("filesystem")
-            else:
-                reasons.discard("filesystem")
-        self._record_transition(state, sorted(reasons), usage)
-
+        """One look: measure, update the pause (the monitor's rule), admit or not, say why
+        and whether waiting can help, and sample the disk into the ledger."""
+        usage, pending, fs_available = self._measure(state)
+        reasons = self.monitor.pause_reasons(state["reasons"], usage.total, fs_available, declared, download)
+        self._record_transition(state, reasons, usage)
         headroom = self.audio_headroom if download else 0
-        fits = usage.total + pending + declared + headroom <= m.hard_limit
+        fits = usage.total + pending + declared + headroom <= self.monitor.hard_limit
         # Extraction ignores the pause (it is how space gets freed) but not the hard limit.
         admitted = fits and (not reasons or not download)
-        reason = ", ".join(
+        reason = self._why_waiting(reasons, fits, usage, fs_available, declared)
+        stalled = self._stalled(state, reasons, fits, usage, fs_available, declared, headroom)
+        self._to_ledger("sample_disk", usage, paused=bool(reasons), min_interval=self.check_interval)
+        return Decision(admitted, usage, pending, fs_available, bool(reasons), reason, stalled)
+
+    def _measure(self, state: dict) -> tuple[DiskUsage, int, int]:
+        """Usage measured fresh, the bytes live admitted downloads may still write (dead
+        holders pruned first), and the filesystem's available bytes less those."""
+        usage = self.monitor.current_usage(fresh=True)
+        self._prune(state)
+        pending = sum(self._remaining(r) for r in state["reservations"].values())
+        return usage, pending, min(self.monitor.filesystem_available().values()) - pending
+
+    def _why_waiting(self, reasons: list, fits: bool, usage: DiskUsage, fs_available: int, declared: int) -> str:
+        """The pause's reasons in words, or why the write does not fit; "" when admitted."""
+        m = self.monitor
+        return ", ".join(
             {"usage": f"usage {gb(usage.total)} GB reached the pause threshold {gb(m.pause_threshold)} GB",
              "filesystem": f"filesystem has {gb(fs_available)} GB available, below "
-                           f"{gb(m.min_free_bytes + declared)} GB needed"}[r] for r in sorted(reasons)
+                           f"{gb(m.min_free_bytes + declared)} GB needed"}[r] for r in reasons
         ) or ("" if fits else f"{gb(declared)} GB does not fit under the hard limit now")
 
+    def _stalled(self, state: dict, reasons: list, fits: bool, usage: DiskUsage, fs_available: int,
+                 declared: int, headroom: int) -> str | None:
+        """Why nothing in flight can free the space this write waits for, when that is so."""
+        m = self.monitor
         stalled = None
         if "filesystem" in reasons and usage.temporary == 0:
             stalled = (f"the filesystem has {gb(fs_available)} GB available, {gb(m.min_free_bytes + declared)} GB "
@@ -290,13 +297,11 @@ class DownloadGate:
                        f"other files {gb(usage.total - usage.temporary - usage.transcripts)} GB)")
         if not fits and usage.total - usage.temporary + declared + headroom > m.hard_limit:
             stalled = f"this write ({gb(declared)} GB) can never fit under the hard limit {gb(m.hard_limit)} GB"
-        self._to_ledger("sample_disk", usage, paused=bool(reasons), min_interval=self.check_interval)
-        return Decision(admitted, usage, pending, fs_available, bool(reasons), reason, stalled)
+        return stalled
 
     def _record_transition(self, state: dict, reasons: list, usage: DiskUsage) -> None:
-        was_paused = bool(state["reasons"])
+        was_paused = is_paused(state)
         state["reasons"] = reasons
-        state["paused"] = bool(reasons)
         if reasons and not was_paused:
             state["paused_since"] = time.time()
             log.warning(
@@ -331,17 +336,25 @@ class DownloadGate:
         except Exception as exc:
             log.warning("Could not reconcile the disk accounting: %s", exc)
 
-    def live_holders(self) -> list[dict]:
-        """The holders (downloads, extractions, transcriptions) whose process lives, read
-        without the lock and without changing anything (`scribeflow status`)."""
+    def _peek(self) -> dict:
+        """The state as it is on disk, read without the lock and without changing anything
+        (`scribeflow status`); {} when unreadable."""
         try:
             state = json.loads(self.state_path.read_bytes())
         except (OSError, ValueError):
-            return []
-        if not isinstance(state, dict) or not _valid_state(state):
-            return []
+            return {}
+        return state if isinstance(state, dict) and _valid_state(state) else {}
+
+    def live_holders(self) -> list[dict]:
+        """The holders (downloads, extractions, transcriptions) whose process lives."""
+        state = self._peek()
         return [h for table in TABLES for h in (state.get(table) or {}).values()
                 if _valid_holder(h, table) and self._alive(h)]
+
+    def pause_reasons(self) -> list[str]:
+        """Why downloads are paused now (empty: they are not), read without the lock."""
+        reasons = self._peek().get("reasons")
+        return [r for r in reasons if isinstance(r, str)] if isinstance(reasons, list) else []
 
     def held_paths(self) -> tuple[set[str], bool]:
         """Paths reserved by live downloads and extractions, and whether any job is live."""

@@ -23,6 +23,7 @@ import yaml
 from .config import MB
 from .disk import DiskMonitor
 from .fixtures import SENTENCES, make_speech_video
+from .gate import is_paused
 from .server import MediaServer
 
 REPO = Path(__file__).resolve().parents[2]
@@ -129,7 +130,7 @@ class Sampler(threading.Thread):
                 t=time.time(), total=usage.total, temporary=usage.temporary, videos_waiting=waiting,
                 transcribing=self._transcribing(),
                 downloads=sum(1 for r in state.get("reservations", {}).values() if r.get("kind") == "download"),
-                paused=bool(state.get("paused")),
+                paused=is_paused(state),
             ))
             self.stopped.wait(self.interval)
 

@@ -20,6 +20,7 @@ from .config import MB
 from .disk import DiskMonitor
 from .failures import given_up
 from .files import human_bytes
+from .gate import DownloadGate
 from .ledger import HOUR, STAGES, TRANSCRIBED, Ledger
 from .plan import measured
 
@@ -89,13 +90,10 @@ def bottleneck(stages: dict, paused: bool) -> str:
     return "downloads (the later stages keep up)"
 
 
-def run_state(config: dict, monitor: DiskMonitor, stages: dict, last_update: float | None, now: float) -> dict:
+def run_state(gate: DownloadGate, stages: dict, last_update: float | None, now: float) -> dict:
     """Whether a run is alive: the gate's live holders (a download, extraction or
     transcription in flight, by process id or heartbeat), Snakemake's lock in the
     working directory, and when the ledger last changed. Reads only."""
-    from .gate import DownloadGate
-
-    gate = DownloadGate(monitor, Path(config["data_dir"]) / "gate")  # the default heartbeat timeout
     holders = [h.get("kind", "job") for h in gate.live_holders()]
     locks = Path(".snakemake") / "locks"
     locked = locks.is_dir() and any(locks.iterdir())
@@ -134,7 +132,9 @@ def disk_growth(ledger: Ledger, now: float) -> dict:
 def snapshot(config: dict, now: float | None = None) -> dict:
     now = now or time.time()
     monitor = DiskMonitor.from_config(config)
-    breakdown = monitor.get_breakdown()
+    gate = DownloadGate(monitor, Path(config["data_dir"]) / "gate")  # the default heartbeat timeout
+    # Whether downloads may start: the gate's rule, from the gate's own pause.
+    breakdown = monitor.get_breakdown(paused_for=gate.pause_reasons())
     db = Path(config["data_dir"]) / "jobs.db"
     stages, pauses, failures, rates, growth, window, last_update, memory = {}, [], [], {}, {}, {}, None, {}
     gave_up = given_up(config["data_dir"])  # failed episodes the workflow no longer tries
@@ -180,11 +180,12 @@ def snapshot(config: dict, now: float | None = None) -> dict:
             "resume_threshold": monitor.resume_threshold,
             "percent_of_hard_limit": round(breakdown.percentage, 2),
             "filesystem_available": breakdown.filesystem_available,
+            "can_download": breakdown.can_download,
         },
         "pauses": {"count": pause_count, "total_seconds": round(paused_s, 1), "open": paused_now},
         "rates": {**rates, "window": window},
         "bottleneck": bottleneck(stages, paused_now),
-        "run": run_state(config, monitor, stages, last_update, now),
+        "run": run_state(gate, stages, last_update, now),
         "transcription_memory": memory,
         "disk_growth": growth,
         "eta": {"remaining_episodes": remaining, "seconds": round(eta_s) if eta_s is not None else None,
