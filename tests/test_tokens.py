@@ -7,9 +7,8 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from scribeflow.tokens import (
-    SCHEMA, TokenizeError, read_tokens, read_transcript, tokenize_file, tokenize_transcript,
-)
+from scribeflow.tokens import SCHEMA, TokenizeError, read_tokens, tokenize_file, tokenize_transcript
+from scribeflow.transcribe import read_transcript
 
 FIXTURES = Path(__file__).parent / "data" / "transcripts"
 

@@ -133,13 +133,19 @@ def _url_reason(value: str) -> str:
     return f"url {value[:80]!r} is not a valid http(s) address"
 
 
+def parse_chunk(chunk: str) -> tuple[int, int]:
+    """"K/N" as (K, N); a ValueError unless both are integers and 1 <= K <= N."""
+    k, n = (int(x) for x in chunk.split("/"))
+    if not 1 <= k <= n:
+        raise CatalogueError(f"chunk {chunk!r}: K must be between 1 and N")
+    return k, n
+
+
 def select_chunk(df: pd.DataFrame, chunk: str | None) -> pd.DataFrame:
     """The K-th of N contiguous, near-equal slices (1-based); the whole table for None."""
     if not chunk:
         return df
-    k, n = (int(x) for x in chunk.split("/"))
-    if not 1 <= k <= n:
-        raise CatalogueError(f"chunk {chunk!r}: K must be between 1 and N")
+    k, n = parse_chunk(chunk)
     total = len(df)
     start, stop = (k - 1) * total // n, k * total // n
     return df.iloc[start:stop]

@@ -228,9 +228,12 @@ def check_rules(config: dict) -> None:
         )
     chunk = config.get("chunk")
     if chunk is not None:
-        k, n = (int(x) for x in chunk.split("/"))
-        if not 1 <= k <= n:
-            raise ConfigError(f"chunk ({chunk!r}) must be K/N with 1 <= K <= N")
+        from .catalogue import CatalogueError, parse_chunk
+
+        try:
+            parse_chunk(chunk)
+        except CatalogueError:
+            raise ConfigError(f"chunk ({chunk!r}) must be K/N with 1 <= K <= N") from None
     if config.get("transcribe"):
         check_transcribe(config["transcribe"])
 

@@ -6,11 +6,9 @@ import wave
 from dataclasses import dataclass
 from pathlib import Path
 
-import av
-
 from .files import atomic_path
 
-SAMPLE_RATE = 16_000  # what Whisper consumes
+SAMPLE_RATE = 16_000  # what Whisper consumes (transcribe.py reads it from here)
 WAV_HEADER = 44
 BYTES_PER_SECOND = SAMPLE_RATE * 2  # mono s16
 
@@ -27,6 +25,8 @@ class MediaInfo:
 
 
 def _open(path: Path):
+    import av  # here, not at the top: the planners and transcribe.py need only the constants
+
     try:
         return av.open(str(path))
     except (av.error.FFmpegError, OSError) as exc:
@@ -44,6 +44,8 @@ def validate(path: str | Path, min_coverage: float = 0.9) -> MediaInfo:
     the duration the container declares. A truncated download fails here even when
     its header is intact, which is how yt-dlp's blind resumes and "already
     downloaded" files slip through."""
+    import av
+
     path = Path(path)
     if not path.is_file() or path.stat().st_size == 0:
         raise MediaError(f"{path.name}: missing or empty")
@@ -74,6 +76,8 @@ def expected_audio_bytes(duration_s: float) -> int:
 def extract_audio(src: str | Path, dst: str | Path) -> float:
     """Decode the first audio stream of `src` into 16 kHz mono 16-bit WAV at `dst`
     (written atomically). Returns the audio duration in seconds."""
+    import av
+
     src, dst = Path(src), Path(dst)
     samples = 0
     with _open(src) as container, atomic_path(dst) as tmp:

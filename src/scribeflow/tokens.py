@@ -106,13 +106,14 @@ def tokenizer_for(language: str | None):
     return JapaneseTokenizer() if is_japanese(language) else WordTokenizer()
 
 
-def read_transcript(path: str | Path) -> dict:
-    """The transcript JSON of SPEC.md, checked for what tokenization needs."""
-    from .transcribe import read_transcript as load  # gzip-compressed or not
+def checked_transcript(path: str | Path) -> dict:
+    """A transcript (transcribe.read_transcript: gzip-compressed or not), checked for what
+    tokenization needs."""
+    from .transcribe import read_transcript
 
     path = Path(path)
     try:
-        t = load(path)
+        t = read_transcript(path)
     except (OSError, EOFError, ValueError) as exc:  # gzip, UTF-8 and JSON errors included
         raise TokenizeError(f"transcript {path}: cannot be read as JSON: {exc}") from exc
     if not isinstance(t, dict) or not isinstance(t.get("segments"), list):
@@ -171,7 +172,7 @@ def tokenize_file(transcript_path: str | Path, tokens_path: str | Path | None,
                   language: str | None = None) -> tuple[pa.Table, dict]:
     """Tokenize one transcript file into a table and its metadata; written to `tokens_path`
     unless None (tokens not kept). `language` (the catalogue's) wins over the transcript's."""
-    table = tokenize_transcript(read_transcript(transcript_path), language)
+    table = tokenize_transcript(checked_transcript(transcript_path), language)
     meta = json.loads(table.schema.metadata[METADATA_KEY])
     written = f", {write_tokens(table, tokens_path) / 1e3:.1f} kB" if tokens_path else ", not kept"
     log.info("Tokenized %s (%s, %s): %d tokens in %d segments%s",

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from .files import atomic_path
 from .hallucination import Guard
+from .media import SAMPLE_RATE
 
 log = logging.getLogger("scribeflow.transcribe")
 
@@ -38,7 +39,6 @@ MODEL_FILES = ("model.bin", "config.json", "tokenizer.json")
 THREAD_VARS = ("OMP_NUM_THREADS", "GOTO_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
                "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS")
 DEFAULT_MEL_BINS = 80  # what faster-whisper assumes without preprocessor_config.json
-SAMPLE_RATE = 16_000
 
 
 class ModelError(ValueError):
