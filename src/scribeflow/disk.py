@@ -54,13 +54,12 @@ import fcntl
 import json
 import logging
 import os
-import tempfile
 import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 from . import ledger as sf_ledger
-from .files import allocated_bytes
+from .files import allocated_bytes, atomic_write_text
 
 log = logging.getLogger("scribeflow.disk")
 
@@ -331,7 +330,7 @@ class DiskMonitor:
             base, files = self._walk_accounted(active)
             record = {"scanned_at": scanned_at, "base": base, "files": files, "active_at_scan": len(active),
                       "ledger": identity, "walk_seconds": round(time.monotonic() - started, 3)}
-            _write_json(self.accounting_path, record)
+            atomic_write_text(self.accounting_path, json.dumps(record))
             log.info("Disk accounting reconciled: %d files in the per-episode folders, %.1f MB, walked in %.1f s",
                      files, sum(base.values()) / 1e6, record["walk_seconds"])
             self._thin_ledger()
@@ -509,18 +508,6 @@ def default_margin_mb(dm: dict) -> float:
     """accounting_margin_mb when null: 64 MB, or 1 % of hard_limit_gb when that is smaller
     (a transcript's temporary file while it is written, a job's first log lines)."""
     return min(64.0, dm["hard_limit_gb"] * 1000 / 100)
-
-
-def _write_json(path: Path, value) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(value, f)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
 
 
 def _size(entry: os.DirEntry) -> int:

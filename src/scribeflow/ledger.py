@@ -158,7 +158,17 @@ def _stage_time(column: str) -> str:
 class _Queries:
     """What the ledger answers; shared by the writer (Ledger) and LedgerReader."""
 
-    conn: sqlite3.Connection
+    conn: sqlite3.Connection | None
+
+    def close(self) -> None:
+        if self.conn is not None:
+            self.conn.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
 
     def job(self, episode: str) -> dict | None:
         cur = self.conn.execute("SELECT * FROM jobs WHERE id = ?", (episode,))
@@ -318,14 +328,6 @@ class LedgerReader(_Queries):
         self.conn = sqlite3.connect(f"{self.path.absolute().as_uri()}?mode=ro", uri=True, timeout=timeout,
                                     check_same_thread=check_same_thread)
 
-    def close(self) -> None:
-        self.conn.close()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
 
 
 class Ledger(_Queries):
@@ -393,16 +395,6 @@ class Ledger(_Queries):
     @classmethod
     def for_config(cls, config: dict, **kwargs) -> "Ledger":
         return cls(Path(config["data_dir"]) / "jobs.db", **kwargs)
-
-    def close(self) -> None:
-        if self.conn is not None:
-            self.conn.close()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
 
     @contextlib.contextmanager
     def transaction(self):

@@ -87,16 +87,18 @@ def extract_audio(src: str | Path, dst: str | Path) -> float:
             out.setnchannels(1)
             out.setsampwidth(2)
             out.setframerate(SAMPLE_RATE)
-            try:
-                for frame in container.decode(stream):
-                    for chunk in resampler.resample(frame):
-                        data = chunk.to_ndarray().tobytes()
-                        out.writeframesraw(data)
-                        samples += len(data) // 2
-                for chunk in resampler.resample(None):
+
+            def write(frames) -> None:
+                nonlocal samples
+                for chunk in frames:
                     data = chunk.to_ndarray().tobytes()
                     out.writeframesraw(data)
                     samples += len(data) // 2
+
+            try:
+                for frame in container.decode(stream):
+                    write(resampler.resample(frame))
+                write(resampler.resample(None))  # what the resampler still holds
             except av.error.FFmpegError as exc:
                 raise MediaError(f"{src.name}: audio cannot be decoded ({exc})") from exc
         if samples == 0:
