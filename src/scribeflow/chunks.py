@@ -33,7 +33,7 @@ from . import catalogue as sf_catalogue
 from . import config as sf_config
 from .failures import given_up
 from .files import ids_with_suffix
-from .ledger import DOWNLOAD_ENDED, Error, LedgerReader
+from .ledger import DOWNLOAD_ENDED, HOUR, Error, LedgerReader
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -157,14 +157,14 @@ class Driver:
         elapsed = time.time() - self.started
         try:
             with LedgerReader(self.ledger, timeout=5) as ledger:
-                window = min(elapsed, 3600.0)
+                window = min(elapsed, HOUR)
                 recent = ledger.transcribed_since(time.time() - window)
                 failed = ledger.failed_count()
                 sample = ledger.last_sample()
         except Error:
             recent, failed, sample = 0, 0, None
-        if window := min(elapsed, 3600.0):
-            parts.append(f"{recent * 3600 / window:.1f} transcribed/h over the last {window / 60:.0f} min")
+        if window := min(elapsed, HOUR):
+            parts.append(f"{recent * HOUR / window:.1f} transcribed/h over the last {window / 60:.0f} min")
         dm = self.config["disk_management"]
         if sample:
             parts.append(f"disk {gb(sample[0])} of {dm['hard_limit_gb']:g} GB (pause {dm['pause_threshold_gb']:g}, "

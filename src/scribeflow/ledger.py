@@ -1,5 +1,8 @@
 """The jobs ledger: one SQLite file ({data_dir}/jobs.db) that every rule writes to.
 
+Every statement on that file is written here: other modules ask a Ledger (the writer)
+or a LedgerReader (a read-only look beside a live run) by name, and catch `Error`.
+
 Many job processes write at once, so every connection sets a busy timeout and
 read-then-write goes through BEGIN IMMEDIATE. The journal mode is the rollback
 journal (DELETE), not WAL: the SQLite linked by Python 3.11 here (3.40) is inside
