@@ -20,7 +20,7 @@ from scribeflow.transcribe import suffix as transcript_suffix
 sf_speedups.apply()
 # Nested --config values arrive as strings ('500'): read them as the schema wants.
 sf_config.coerce_strings(config)
-validate(config, "../config/schema.yaml")
+validate(config, str(sf_config.SCHEMA_PATH))
 try:
     sf_config.check_rules(config)
     # Every process parses this (each chunk, each cluster job): reuse the validated
