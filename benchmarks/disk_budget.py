@@ -17,8 +17,9 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the test tools: tests/support
 
-from scribeflow import scenario  # noqa: E402
+from support import scenario  # noqa: E402
 
 
 def main() -> int:

@@ -46,6 +46,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
+sys.path.insert(0, str(REPO / "tests"))  # the test tools: tests/support
 
 from scribeflow import config as sf_config  # noqa: E402
 from scribeflow.transcribe import decode_options, packaged_model, thread_env  # noqa: E402
@@ -91,7 +92,7 @@ def sentences(language: str, seed: int):
 def make_episode(path: Path, language: str, minutes: float, seed: int) -> Path:
     """A speech-dense episode: espeak-ng reads sentences (50 per call) until `minutes` are
     filled; AAC in .m4a, audio only. Made once: an existing file is kept."""
-    from scribeflow.fixtures import require_tools
+    from support.fixtures import require_tools
 
     if path.exists():
         return path

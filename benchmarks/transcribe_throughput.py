@@ -39,6 +39,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
+sys.path.insert(0, str(REPO / "tests"))  # the test tools: tests/support
 
 from scribeflow import config as sf_config  # noqa: E402
 from scribeflow.transcribe import decode_options, read_transcript, thread_env  # noqa: E402
@@ -47,7 +48,7 @@ SENTENCES_PER_CLIP = 4
 
 
 def make_clips(folder: Path, n: int) -> list[Path]:
-    from scribeflow.fixtures import SENTENCES, make_speech_video
+    from support.fixtures import SENTENCES, make_speech_video
 
     clips = []
     for i in range(n):

@@ -1,4 +1,5 @@
 import functools
+import importlib.util
 import math
 import sys
 from pathlib import Path
@@ -6,8 +7,12 @@ from pathlib import Path
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
-# The package holds all the logic; the workflow needs it importable, installed or not.
-sys.path.insert(0, str(Path(workflow.basedir) / "src"))
+# The package holds all the logic. An installed scribeflow is used; a checkout run without
+# installing it uses its own src/. The jobs' scripts see the same: Snakemake appends this
+# process's sys.path to theirs (conda environments included), and the transcription worker
+# is started with the location of the package its job imported.
+if importlib.util.find_spec("scribeflow") is None:
+    sys.path.insert(0, str(Path(workflow.basedir) / "src"))
 
 from scribeflow import catalogue as sf_catalogue
 from scribeflow import config as sf_config
@@ -20,7 +25,7 @@ from scribeflow.transcribe import suffix as transcript_suffix
 sf_speedups.apply()
 # Nested --config values arrive as strings ('500'): read them as the schema wants.
 sf_config.coerce_strings(config)
-validate(config, "../config/schema.yaml")
+validate(config, str(sf_config.SCHEMA_PATH))
 try:
     sf_config.check_rules(config)
     # Every process parses this (each chunk, each cluster job): reuse the validated

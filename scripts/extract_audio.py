@@ -1,4 +1,3 @@
-import _scribeflow_path  # noqa: F401  (first: puts src/ on sys.path)
 from scribeflow import steps
 
 steps.setup_logging(snakemake.log[0])

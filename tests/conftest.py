@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from scribeflow.fixtures import SENTENCES, make_speech_video
-from scribeflow.server import MediaServer
+from support.fixtures import SENTENCES, make_speech_video
+from support.server import MediaServer
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -112,7 +112,7 @@ def streams_dir(speech_dir, tmp_path_factory) -> tuple[Path, dict]:
     separate audio rendition, an HLS master with muxed segments only, a DASH manifest
     with audio and video adaptation sets, and a page with an HTML5 player; made once
     per session."""
-    from scribeflow.server import make_streams
+    from support.server import make_streams
 
     folder = tmp_path_factory.mktemp("streams")
     made = {}

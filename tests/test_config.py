@@ -3,11 +3,14 @@ import copy
 import pytest
 import yaml
 
+from conftest import REPO
 from scribeflow import config as cfg
+
+SHIPPED = REPO / cfg.CONFIG_FILE
 
 
 def base():
-    return yaml.safe_load((cfg.SCHEMA_PATH.parent / "config.yaml").read_text())
+    return yaml.safe_load(SHIPPED.read_text())
 
 
 def test_shipped_config_is_valid_and_gets_defaults():
@@ -86,7 +89,7 @@ def snakemake_sees(tmp_path, *args) -> dict:
     import sys
 
     (tmp_path / "Snakefile").write_text(
-        f'configfile: {str(cfg.SCHEMA_PATH.parent / "config.yaml")!r}\n'
+        f'configfile: {str(SHIPPED)!r}\n'
         'import json\nopen("seen.json", "w").write(json.dumps(config))\n'
         'rule all:\n    output: "x"\n    shell: "touch {output}"\n')
     proc = subprocess.run([sys.executable, "-m", "snakemake", "-n", "--cores", "1", *args], cwd=tmp_path,

@@ -18,7 +18,7 @@ from conftest import recall, run_snakemake, workflow_config, write_catalogue
 from scribeflow.analysis import read_tsv
 from scribeflow.config import validate
 from scribeflow.recovery import check_consistency
-from scribeflow.fixtures import SENTENCES
+from support.fixtures import SENTENCES
 
 FIXTURES = Path(__file__).parent / "data" / "transcripts"
 ROWS = {

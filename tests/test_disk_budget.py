@@ -8,7 +8,7 @@ import threading
 import pytest
 
 from conftest import leftover_temp_files
-from scribeflow import scenario
+from support import scenario
 from scribeflow.ledger import TRANSCRIBED
 
 

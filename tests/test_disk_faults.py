@@ -285,7 +285,7 @@ def test_a_4_mb_budget_with_damaged_state_runs_and_gives_up_what_never_fits(tmp_
     big episode up at once (permanent, sizes in the reason), transcribes the other, and the
     disk samples never cross 4 MB."""
     from conftest import run_snakemake, workflow_config, write_catalogue
-    from scribeflow.server import MediaServer
+    from support.server import MediaServer
 
     data = tmp_path / "data"
     (data / "gate").mkdir(parents=True)

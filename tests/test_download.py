@@ -8,7 +8,7 @@ import pytest
 from scribeflow import config as cfg
 from scribeflow.download import DownloadFailed, SizeExceeded, download_episode, parse_rate, ydl_options
 from scribeflow.media import MediaError, extract_audio, read_wav, validate
-from scribeflow.server import MediaServer
+from support.server import MediaServer
 
 
 @pytest.fixture

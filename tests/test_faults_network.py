@@ -9,7 +9,7 @@ import pytest
 
 from scribeflow import config as cfg
 from scribeflow.download import DiskFull, DownloadFailed, SizeExceeded, backoff_seconds, classify, download_episode
-from scribeflow.server import MediaServer
+from support.server import MediaServer
 
 BACKOFF = 0.2
 

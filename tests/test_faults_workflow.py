@@ -22,9 +22,9 @@ import yaml
 from conftest import REPO, leftover_temp_files, run_snakemake, workflow_config, write_catalogue
 from scribeflow import cli
 from scribeflow import config as cfg
-from scribeflow.fixtures import SENTENCES, make_speech_video
+from support.fixtures import SENTENCES, make_speech_video
 from scribeflow.recovery import check_consistency
-from scribeflow.server import MediaServer
+from support.server import MediaServer
 
 FAST_RETRIES = {"retries": 1, "retry_backoff_seconds": 0.05, "socket_timeout": 2, "max_attempts": 2}
 

@@ -18,8 +18,8 @@ import pytest
 
 from conftest import run_snakemake, workflow_config, write_catalogue
 from scribeflow.analysis import read_tsv
-from scribeflow.fixtures import SENTENCES, require_tools
-from scribeflow.server import MediaServer
+from support.fixtures import SENTENCES, require_tools
+from support.server import MediaServer
 from scribeflow.transcribe import SAMPLE_RATE, packaged_model, read_transcript, vote_language
 
 # Kana only, spaced as espeak-ng reads best; とても, この and いる are the words whose UniDic

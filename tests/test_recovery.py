@@ -50,7 +50,7 @@ def test_files_held_by_a_live_download_are_kept(tmp_path):
 
 @pytest.mark.slow
 def test_a_killed_run_resumes_and_leaves_no_orphans(tmp_path, speech_dir, model_path):
-    from scribeflow.server import MediaServer
+    from support.server import MediaServer
 
     with MediaServer(speech_dir, rate_bytes_per_s=40_000) as server:  # slow: kill lands mid-download
         rows = [{"id": f"ep{n:02d}", "url": server.url(f"ep{n:02d}.mp4")} for n in range(1, 5)]

@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from conftest import REPO, leftover_temp_files, recall, run_snakemake, workflow_config, write_catalogue
-from scribeflow.fixtures import SENTENCES
+from support.fixtures import SENTENCES
 from slurm_cluster import GPU_TYPE, LocalSlurm, missing_binaries
 
 

@@ -15,7 +15,7 @@ from scribeflow.gate import DownloadGate
 from scribeflow.hosts import HostLimiter
 from scribeflow.media import extract_audio, validate
 from scribeflow.recovery import clean_orphans
-from scribeflow.server import MediaServer
+from support.server import MediaServer
 
 
 @pytest.fixture

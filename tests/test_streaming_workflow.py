@@ -15,10 +15,10 @@ import yaml
 from conftest import REPO, leftover_temp_files, recall, workflow_config, write_catalogue
 from scribeflow.config import MB
 from scribeflow.disk import DiskMonitor
-from scribeflow.fixtures import SENTENCES
+from support.fixtures import SENTENCES
 from scribeflow.logs import episode_logs
-from scribeflow.scenario import Sampler
-from scribeflow.server import MediaServer, make_streams
+from support.scenario import Sampler
+from support.server import MediaServer, make_streams
 
 HARD_MB, PAUSE_MB, RESUME_MB = 1.5, 1.0, 0.8
 

@@ -13,7 +13,7 @@ import pytest
 
 from conftest import leftover_temp_files, recall, run_snakemake, workflow_config, write_catalogue
 from scribeflow import worker
-from scribeflow.fixtures import SENTENCES, make_speech_video
+from support.fixtures import SENTENCES, make_speech_video
 from scribeflow.media import extract_audio
 from scribeflow.transcribe import decode_options, read_transcript
 

@@ -8,7 +8,7 @@ import zipfile
 import pytest
 
 from conftest import leftover_temp_files, recall, run_snakemake, scribeflow, workflow_config, write_catalogue
-from scribeflow.fixtures import SENTENCES
+from support.fixtures import SENTENCES
 
 
 @pytest.mark.slow

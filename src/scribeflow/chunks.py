@@ -34,8 +34,7 @@ from . import config as sf_config
 from .failures import given_up
 from .files import ids_with_suffix
 from .ledger import DOWNLOAD_ENDED, HOUR, Error, LedgerReader
-
-REPO = Path(__file__).resolve().parents[2]
+from .workflow import find_snakefile
 
 
 @dataclass
@@ -111,7 +110,7 @@ class Driver:
     def __init__(self, directory: Path, config: dict, chunk_size: int, snakemake_args: list[str],
                  configfiles: list[str] = (), overrides: list[str] = (), overlap: bool = True,
                  poll: float = 2.0, unlock: bool = False, command: list[str] | None = None, out=None,
-                 progress_every: float = 60.0):
+                 progress_every: float = 60.0, snakefile: str | Path = "Snakefile"):
         self.directory = Path(directory).absolute()
         self.config = config
         self.chunk_size = chunk_size
@@ -129,7 +128,7 @@ class Driver:
         # The Snakemake command line without the chunk; `command` replaces the
         # interpreter and module (the tests' stand-in for Snakemake).
         self.base = [*(command or [sys.executable, "-m", "snakemake"]),
-                     "--snakefile", str(REPO / "Snakefile"), "--directory", str(self.directory)]
+                     "--snakefile", str(Path(snakefile).absolute()), "--directory", str(self.directory)]
         for name in configfiles:
             self.base += ["--configfile", name]
         self.overrides = list(overrides)
@@ -321,7 +320,9 @@ def main(args) -> int:
     snakemake_args = args.snakemake_args[1:] if args.snakemake_args[:1] == ["--"] else args.snakemake_args
     overrides = [*profile_config(directory, snakemake_args), *args.config]
     try:
-        config = sf_config.for_run(args.configfile, overrides, directory)
+        snakefile = find_snakefile(args.snakefile)
+        # The run's defaults are the workflow's config/config.yaml, beside its Snakefile.
+        config = sf_config.for_run(args.configfile, overrides, directory, workflow_dir=snakefile.parent)
         if config.get("chunk"):
             raise sf_config.ConfigError("chunk: run-chunks sets it; leave it null")
     except (sf_config.ConfigError, sf_catalogue.CatalogueError, OSError, ValueError) as exc:
@@ -329,7 +330,7 @@ def main(args) -> int:
         return 2
     driver = Driver(directory, config, args.chunk_size, snakemake_args, configfiles=args.configfile,
                     overrides=overrides, overlap=not args.no_overlap, poll=args.poll, unlock=args.unlock,
-                    progress_every=args.progress_seconds)
+                    progress_every=args.progress_seconds, snakefile=snakefile)
     try:
         return driver.run()
     except sf_catalogue.CatalogueError as exc:

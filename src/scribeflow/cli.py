@@ -191,6 +191,8 @@ def main(argv=None) -> int:
     demo = sub.add_parser("demo", help="run the workflow on the bundled demo catalogue")
     demo.add_argument("--workdir", default="demo-run", type=Path)
     demo.add_argument("--cores", default=2, type=int)
+    demo.add_argument("--snakefile", "-s", default=None,
+                      help="the workflow's Snakefile (default: ./Snakefile, as snakemake looks it up)")
 
     status = sub.add_parser("status", help="the ledger's view of a run: stages, disk, pauses, rates, ETA")
     add_config_options(status)
@@ -223,7 +225,7 @@ def main(argv=None) -> int:
     if args.command == "demo":
         from .demo import run
 
-        return run(args.workdir, cores=args.cores)
+        return run(args.workdir, cores=args.cores, snakefile=args.snakefile)
     from .catalogue import CatalogueError
     from .config import ConfigError
 
@@ -255,6 +257,8 @@ def add_run_chunks(sub) -> None:
     )
     p.add_argument("--chunk-size", type=int, default=2000, help="episodes per chunk (default 2000)")
     p.add_argument("--directory", "-d", default=".", help="Snakemake's working directory (default .)")
+    p.add_argument("--snakefile", "-s", default=None,
+                   help="the workflow's Snakefile (default: ./Snakefile, as snakemake looks it up)")
     p.add_argument("--configfile", action="append", default=[], help="as snakemake --configfile")
     p.add_argument("--config", nargs="*", default=[], metavar="KEY=VALUE", help="as snakemake --config")
     p.add_argument("--no-overlap", action="store_true", help="start a chunk only when the previous one ended")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import re
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +13,11 @@ import yaml
 GB = 1_000_000_000
 MB = 1_000_000
 
-SCHEMA_PATH = Path(__file__).resolve().parents[2] / "config" / "schema.yaml"
+# Inside the package, so that an installed scribeflow validates without the repository.
+SCHEMA_PATH = Path(str(resources.files(__package__) / "schema.yaml"))
+# The workflow's own config file, relative to the workflow's directory (beside the
+# Snakefile): the defaults a run starts from.
+CONFIG_FILE = Path("config") / "config.yaml"
 
 
 class ConfigError(ValueError):
@@ -86,24 +91,42 @@ def validate(config: dict, schema: dict | None = None) -> dict:
     return config
 
 
+def workflow_defaults(directory: str | Path = ".") -> dict:
+    """The workflow's config/config.yaml in `directory`, or nothing where there is none
+    (the schema's defaults then apply: the shipped file only spells them out)."""
+    path = Path(directory) / CONFIG_FILE
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return {}
+    except OSError as exc:
+        raise ConfigError(f"config file {path}: {exc}") from None
+    try:
+        return yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {path}: {exc}") from None
+
+
 def load(path: str | Path | None = None, overrides: dict | None = None) -> dict:
-    """Read a config file (default config/config.yaml), apply overrides, validate."""
-    path = Path(path) if path else SCHEMA_PATH.parent / "config.yaml"
-    config = yaml.safe_load(path.read_text()) or {}
+    """Read a config file (default: config/config.yaml of the current directory, else the
+    schema's defaults), apply overrides, validate."""
+    config = (yaml.safe_load(Path(path).read_text()) or {}) if path else workflow_defaults()
     for key, value in (overrides or {}).items():
         _set_dotted(config, key, value)
     return validate(config)
 
 
-def for_run(configfiles: list[str] = (), overrides: list[str] = (), directory: str | Path = ".") -> dict:
+def for_run(configfiles: list[str] = (), overrides: list[str] = (), directory: str | Path = ".",
+            workflow_dir: str | Path | None = None) -> dict:
     """The config a `snakemake` run given these --configfile FILE and --config KEY=VALUE
-    arguments sees: config/config.yaml (the Snakefile's configfile), updated by each file,
-    then by the overrides, parsed as Snakemake parses them and merged by its own
-    update_config. What the `scribeflow` commands read, so that they see what the run
+    arguments sees: config/config.yaml of the workflow (the Snakefile's configfile;
+    `workflow_dir`, by default `directory`), updated by each file (relative to
+    `directory`), then by the overrides, parsed as Snakemake parses them and merged by its
+    own update_config. What the `scribeflow` commands read, so that they see what the run
     sees. (`load` is for code and tests: one file, dotted overrides.)"""
     from snakemake.utils import update_config
 
-    config = yaml.safe_load((SCHEMA_PATH.parent / "config.yaml").read_text()) or {}
+    config = workflow_defaults(directory if workflow_dir is None else workflow_dir)
     for name in configfiles:
         path = Path(directory) / name
         try:

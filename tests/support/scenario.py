@@ -1,4 +1,4 @@
-"""The seed's disk integration scenario, scaled down, with a sampler that measures
+"""The disk integration scenario, scaled down, with a sampler that measures
 the pipeline's bytes on disk while the real workflow runs.
 
 Used by tests/test_disk_budget.py (assertions) and benchmarks/disk_budget.py
@@ -20,8 +20,8 @@ from pathlib import Path
 import psutil
 import yaml
 
-from .config import MB
-from .disk import DiskMonitor
+from scribeflow.config import MB
+from scribeflow.disk import DiskMonitor
 from .fixtures import SENTENCES, make_speech_video
 from .gate import is_paused
 from .server import MediaServer
@@ -190,7 +190,7 @@ def run(workdir: Path, media: list[Path], model: str, hard_mb: float = 4.0, paus
     events = []
     db = workdir / "data" / "jobs.db"
     if db.exists():
-        from .ledger import Ledger
+        from scribeflow.ledger import Ledger
 
         with Ledger(db) as ledger:
             events = ledger.pause_events()

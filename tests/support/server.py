@@ -1,4 +1,4 @@
-"""A loopback HTTP server for the demo and the tests: serves a folder with HEAD,
+"""A loopback HTTP server for the tests: serves a folder with HEAD,
 Content-Length and byte ranges (yt-dlp resumes with Range), on 127.0.0.1 only.
 
 For the fault-injection tests it follows a fault plan: per path, a list of what
