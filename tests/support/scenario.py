@@ -23,7 +23,7 @@ import yaml
 from scribeflow.config import MB
 from scribeflow.disk import DiskMonitor
 from .fixtures import SENTENCES, make_speech_video
-from .gate import is_paused
+from scribeflow.gate import is_paused
 from .server import MediaServer
 
 REPO = Path(__file__).resolve().parents[2]
