@@ -14,8 +14,8 @@ import json
 import sqlite3
 import threading
 import time
-from pathlib import Path
 
+from .layout import Layout
 from .ledger import thin_peaks
 
 HISTORY_SECONDS = 24 * 3600
@@ -27,7 +27,7 @@ def history(config: dict, now: float | None = None) -> dict:
     and transcriptions per hour, from the ledger; empty before the first run."""
     now = now or time.time()
     since = now - HISTORY_SECONDS
-    db = Path(config["data_dir"]) / "jobs.db"
+    db = Layout.from_config(config).ledger
     if not db.exists():
         return {"disk": [], "transcriptions_per_hour": []}
     conn = sqlite3.connect(f"{db.absolute().as_uri()}?mode=ro", uri=True, timeout=30)

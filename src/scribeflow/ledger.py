@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 
 from .files import is_disk_full
+from .layout import Layout
 
 log = logging.getLogger("scribeflow.ledger")
 HOUR, DAY = 3600.0, 86400.0
@@ -205,7 +206,7 @@ class Ledger:
 
     @classmethod
     def for_config(cls, config: dict, **kwargs) -> "Ledger":
-        return cls(Path(config["data_dir"]) / "jobs.db", **kwargs)
+        return cls(Layout.from_config(config).ledger, **kwargs)
 
     def close(self) -> None:
         if self.conn is not None:

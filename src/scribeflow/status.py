@@ -20,6 +20,7 @@ from .config import MB
 from .disk import DiskMonitor
 from .failures import given_up
 from .files import human_bytes
+from .layout import Layout
 from .ledger import FAILED_ATTEMPTS_SQL, STAGES, TRANSCRIBED, TRANSCRIBED_SQL, Ledger
 from .plan import measured
 
@@ -114,7 +115,7 @@ def run_state(config: dict, monitor: DiskMonitor, stages: dict, last_update: flo
     working directory, and when the ledger last changed. Reads only."""
     from .gate import DownloadGate
 
-    gate = DownloadGate(monitor, Path(config["data_dir"]) / "gate")  # the default heartbeat timeout
+    gate = DownloadGate(monitor, Layout.from_config(config).gate)  # the default heartbeat timeout
     holders = [h.get("kind", "job") for h in gate.live_holders()]
     locks = Path(".snakemake") / "locks"
     locked = locks.is_dir() and any(locks.iterdir())
@@ -158,7 +159,7 @@ def snapshot(config: dict, now: float | None = None) -> dict:
     now = now or time.time()
     monitor = DiskMonitor.from_config(config)
     breakdown = monitor.get_breakdown()
-    db = Path(config["data_dir"]) / "jobs.db"
+    db = Layout.from_config(config).ledger
     stages, pauses, failures, rates, growth, window, last_update, memory = {}, [], [], {}, {}, {}, None, {}
     gave_up = given_up(config["data_dir"])  # failed episodes the workflow no longer tries
     if db.exists():
