@@ -77,6 +77,10 @@ TRANSCRIPT_SUFFIXES = tuple(transcript_suffix(fmt, gz) for fmt in TRANSCRIPT_FOR
 JSON_SUFFIXES = (transcript_suffix("json", False), transcript_suffix("json", True))
 
 
+def _get(section: Mapping, key: str, default):
+    return section[key] if key in section else default
+
+
 def _join(folder: Path, name: str) -> str:
     return str(folder / name)
 
@@ -101,17 +105,15 @@ class Layout:
 
     @classmethod
     def from_config(cls, config: Mapping) -> Layout:
-        # Sections a partial config (a unit test's, a command's) lacks take the defaults.
-        transcribe = config["transcribe"] if "transcribe" in config else {}
-        disk = config["disk_management"] if "disk_management" in config else {}
-        cleanup = disk["cleanup"] if "cleanup" in disk else {}
+        # Keys a partial config (a unit test's, a command's) lacks take the schema's defaults.
+        transcribe = _get(config, "transcribe", {})
+        cleanup = _get(_get(config, "disk_management", {}), "cleanup", {})
         return cls(
             data_dir=config["data_dir"],
-            storage_dir=config["storage_dir"] if "storage_dir" in config else None,
-            gzip=bool(transcribe["gzip"]) if "gzip" in transcribe else False,
-            formats=tuple(transcribe["formats"]) if "formats" in transcribe else (),
-            keep_tokens=not cleanup["delete_tokens_after_analysis"] if "delete_tokens_after_analysis" in cleanup
-            else True,
+            storage_dir=_get(config, "storage_dir", None),
+            gzip=bool(_get(transcribe, "gzip", False)),
+            formats=tuple(_get(transcribe, "formats", ())),
+            keep_tokens=not _get(cleanup, "delete_tokens_after_analysis", False),
         )
 
     @classmethod
