@@ -4,12 +4,12 @@ rule extract_audio:
     output:
         audio=temp_if(
             CLEANUP["delete_audio_after_transcription"],
-            f"{DATA}/audio/{{episode}}.wav",
+            LAYOUT.audio_pattern(),
         ),
     log:
-        f"{LOGS}/extract_audio/{{episode}}.log",
+        LAYOUT.log_pattern("extract_audio"),
     benchmark:
-        f"{BENCHMARKS}/extract_audio/{{episode}}.tsv"
+        LAYOUT.benchmark_pattern("extract_audio")
     # Above downloads: extraction frees the video.
     priority: 50
     conda:

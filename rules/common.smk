@@ -19,7 +19,7 @@ from scribeflow import config as sf_config
 from scribeflow import failures as sf_failures
 from scribeflow import speedups as sf_speedups
 from scribeflow.files import ids_with_suffix
-from scribeflow.transcribe import suffix as transcript_suffix
+from scribeflow.layout import WORKFLOW_CACHE, Layout
 
 # Snakemake's planning costs per job that are the same for every job of a rule.
 sf_speedups.apply()
@@ -31,18 +31,15 @@ try:
     # Every process parses this (each chunk, each cluster job): reuse the validated
     # catalogue while the file is unchanged.
     CATALOGUE = sf_catalogue.load(
-        config["catalogue"], config["chunk"], cache_dir=".snakemake/scribeflow"
+        config["catalogue"], config["chunk"], cache_dir=WORKFLOW_CACHE
     )
 except (sf_config.ConfigError, sf_catalogue.CatalogueError) as exc:
     raise WorkflowError(str(exc)) from None
 
-DATA = config["data_dir"]
-STORAGE = config["storage_dir"]
+# Every path of the run (scribeflow.layout); the rules declare its {episode} patterns.
+LAYOUT = Layout.from_config(config)
 DISK = config["disk_management"]
 CLEANUP = DISK["cleanup"]
-LOGS = f"{DATA}/logs"
-BENCHMARKS = f"{DATA}/benchmarks"
-REPORTS = f"{DATA}/reports"
 
 
 wildcard_constraints:
@@ -94,7 +91,7 @@ def declared_gb(wildcards):
 
 # Episodes given up (permanent failure, or max_attempts reached) are left out of the
 # targets until `scribeflow retry`: with keep-going, Snakemake would retry them for ever.
-GIVEN_UP = sf_failures.given_up(DATA)
+GIVEN_UP = sf_failures.given_up(LAYOUT)
 # Said here, not in onstart: onstart does not run when nothing is left to be done.
 if GIVEN_UP and not (workflow.remote_exec or workflow.subprocess_exec):
     _skipped = len(GIVEN_UP.intersection(CATALOGUE.index))
@@ -108,41 +105,26 @@ if GIVEN_UP and not (workflow.remote_exec or workflow.subprocess_exec):
 
 def transcript_outputs():
     # transcribe.gzip: every transcript file ends in .gz (.json.gz is then the target).
-    gz = config["transcribe"]["gzip"]
-    outputs = {
-        "json": temp_if(
-            CLEANUP["delete_transcript_after_tokenization"],
-            f"{DATA}/transcripts/{{episode}}{transcript_suffix('json', gz)}",
-        )
-    }
-    for fmt in config["transcribe"]["formats"]:
-        outputs[fmt] = f"{DATA}/transcripts/{{episode}}{transcript_suffix(fmt, gz)}"
+    outputs = LAYOUT.transcript_patterns()
+    outputs["json"] = temp_if(
+        CLEANUP["delete_transcript_after_tokenization"], outputs["json"]
+    )
     return outputs
 
 
 def corpus_outputs():
     """The corpus tables and plot: the workflow's final targets."""
-    folder = f"{DATA}/analysis/corpus"
-    return {
-        "frequency": f"{folder}/lemma_frequency.tsv",
-        "series_frequency": f"{folder}/series_lemma_frequency.tsv",
-        "coverage": f"{folder}/coverage.tsv",
-        "episodes": f"{folder}/episodes.tsv",
-        "plot": f"{folder}/coverage.png",
-    }
+    return LAYOUT.corpus_files()
 
 
 # Per-episode outputs the corpus is rebuilt from; the corpus step also finds those of
 # earlier runs (other chunks) by these patterns.
-EPISODE_STATS = f"{DATA}/analysis/episodes/{{episode}}.json"
-EPISODE_LEMMAS = f"{DATA}/analysis/lemmas/{{episode}}.parquet"
+EPISODE_STATS = LAYOUT.stats_pattern()
+EPISODE_LEMMAS = LAYOUT.lemmas_pattern()
 
 
 def episode_analysis_outputs():
-    outputs = {"stats": EPISODE_STATS, "lemmas": EPISODE_LEMMAS}
-    if not CLEANUP["delete_tokens_after_analysis"]:
-        outputs["tokens"] = f"{DATA}/tokens/{{episode}}.parquet"
-    return outputs
+    return LAYOUT.analysis_patterns()
 
 
 def missing_targets(pattern):
@@ -187,7 +169,7 @@ onstart:
         # Jobs on other nodes share the gate and the ledger only through file locks.
         from scribeflow.cluster import local_lock_problem
 
-        problem = local_lock_problem(DATA)
+        problem = local_lock_problem(LAYOUT.data_dir)
         if problem:
             raise WorkflowError(problem)
     # verify: a damaged ledger is found (and rebuilt from the files) before any job starts.
@@ -205,18 +187,18 @@ onstart:
         )
     # Finished episodes' per-job logs and benchmark records, into one roll-up (scribeflow.logs),
     # in a process of its own: the start does not wait for it.
-    from scribeflow.logs import rollup_dir, start_rollup
+    from scribeflow.logs import start_rollup
 
-    if start_rollup(DATA):
+    if start_rollup(LAYOUT):
         print(
-            f"scribeflow: rolling up the logs of finished episodes into {rollup_dir(DATA)}"
+            f"scribeflow: rolling up the logs of finished episodes into {LAYOUT.rollup}"
         )
     # The model loads while the first audio is extracted. Locally only: a cluster job
     # starts the worker of its own node.
     if workflow.local_exec and any(job.rule.name == "transcribe" for job in jobs):
         from scribeflow import worker
 
-        if worker.prestart(config["transcribe"], DATA):
+        if worker.prestart(config["transcribe"], LAYOUT.data_dir):
             print(
                 "scribeflow: started the transcription worker (the model loads meanwhile)"
             )

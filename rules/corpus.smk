@@ -6,9 +6,9 @@ rule analyse_episode:
     output:
         **episode_analysis_outputs(),
     log:
-        f"{LOGS}/analyse_episode/{{episode}}.log",
+        LAYOUT.log_pattern("analyse_episode"),
     benchmark:
-        f"{BENCHMARKS}/analyse_episode/{{episode}}.tsv"
+        LAYOUT.benchmark_pattern("analyse_episode")
     # Above downloads (0), below extraction and transcription, which free space: a second
     # of CPU. Below downloads, analyses would wait for a run's last download, and each of
     # Snakemake's scheduling rounds stats the inputs of every ready job (quadratic).
@@ -53,9 +53,9 @@ rule corpus:
             category="Corpus",
         ),
     log:
-        f"{LOGS}/corpus/corpus.log",
+        LAYOUT.run_log("corpus"),
     benchmark:
-        f"{BENCHMARKS}/corpus/corpus.tsv"
+        LAYOUT.run_benchmark("corpus")
     conda:
         "../environment.yml"
     # Functions: a plain string's {episode} would be taken for a wildcard.

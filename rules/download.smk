@@ -2,12 +2,12 @@ rule download:
     output:
         video=temp_if(
             CLEANUP["delete_video_after_transcription"],
-            f"{STORAGE}/videos/{{episode}}.media",
+            LAYOUT.video_pattern(),
         ),
     log:
-        f"{LOGS}/download/{{episode}}.log",
+        LAYOUT.log_pattern("download"),
     benchmark:
-        f"{BENCHMARKS}/download/{{episode}}.tsv"
+        LAYOUT.benchmark_pattern("download")
     priority: 0
     conda:
         "../environment.yml"

@@ -6,19 +6,19 @@ rule plots:
         corpus=rules.corpus.output.coverage,
     output:
         disk=report(
-            f"{REPORTS}/disk_usage.png",
+            str(LAYOUT.report_files()["disk"]),
             caption="../report/disk_usage.rst",
             category="Run",
         ),
         throughput=report(
-            f"{REPORTS}/throughput.png",
+            str(LAYOUT.report_files()["throughput"]),
             caption="../report/throughput.rst",
             category="Run",
         ),
     log:
-        f"{LOGS}/plots.log",
+        LAYOUT.run_log("plots"),
     benchmark:
-        f"{BENCHMARKS}/plots.tsv"
+        LAYOUT.run_benchmark("plots")
     conda:
         "../environment.yml"
     script:

@@ -4,9 +4,9 @@ rule transcribe:
     output:
         **transcript_outputs(),
     log:
-        f"{LOGS}/transcribe/{{episode}}.log",
+        LAYOUT.log_pattern("transcribe"),
     benchmark:
-        f"{BENCHMARKS}/transcribe/{{episode}}.tsv"
+        LAYOUT.benchmark_pattern("transcribe")
     # Highest: a finished transcription frees the audio and lets downloads resume.
     priority: 100
     conda:
@@ -31,7 +31,7 @@ onsuccess:
     from scribeflow import worker
     from scribeflow.ledger import end_run
 
-    worker.stop(config["transcribe"], config["data_dir"])
+    worker.stop(config["transcribe"], LAYOUT.data_dir)
     end_run(config)
 
 
@@ -39,5 +39,5 @@ onerror:
     from scribeflow import worker
     from scribeflow.ledger import end_run
 
-    worker.stop(config["transcribe"], config["data_dir"])
+    worker.stop(config["transcribe"], LAYOUT.data_dir)
     end_run(config)

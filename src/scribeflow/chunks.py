@@ -33,6 +33,7 @@ from . import catalogue as sf_catalogue
 from . import config as sf_config
 from .failures import given_up
 from .files import ids_with_suffix
+from .layout import STATS_SUFFIX, WORKFLOW_CACHE, Layout
 from .ledger import DOWNLOAD_ENDED, HOUR, Error, LedgerReader
 from .workflow import find_snakefile
 
@@ -121,10 +122,10 @@ class Driver:
         self.progress_every = progress_every
         self.catalogue_ids: set[str] = set()
         self.started = time.time()
-        data = self.directory / config["data_dir"]
-        self.data = data
-        self.ledger = data / "jobs.db"
-        self.logs = self.directory / ".snakemake" / "scribeflow" / "chunks"
+        self.layout = Layout.from_config(config).under(self.directory)
+        self.data = self.layout.data_dir
+        self.ledger = self.layout.ledger
+        self.logs = self.directory / WORKFLOW_CACHE / "chunks"
         # The Snakemake command line without the chunk; `command` replaces the
         # interpreter and module (the tests' stand-in for Snakemake).
         self.base = [*(command or [sys.executable, "-m", "snakemake"]),
@@ -141,7 +142,7 @@ class Driver:
     def finished(self) -> set[str]:
         """Episodes through their last per-episode stage (the analysis: the transcript may be
         deleted after tokenization), or given up (failures.py): nothing is left to do for them."""
-        return ids_with_suffix(self.data / "analysis" / "episodes", ".json") | given_up(self.data)
+        return ids_with_suffix(self.layout.episode_stats, STATS_SUFFIX) | given_up(self.layout)
 
     def progress(self, running: list[Running]) -> str:
         """One compact line: the running chunks, the catalogue, the rate since the driver
@@ -222,7 +223,7 @@ class Driver:
         return still
 
     def run(self) -> int:
-        cache = self.directory / ".snakemake" / "scribeflow"
+        cache = self.directory / WORKFLOW_CACHE
         catalogue_path = self.directory / self.config["catalogue"]
         chunks = plan(sf_catalogue.load(catalogue_path, cache_dir=cache), self.chunk_size)
         self.catalogue_ids = {i for c in chunks for i in c.ids}
@@ -295,7 +296,7 @@ class Driver:
         return 1 if left or code else 0
 
     def corpus_built(self) -> bool:
-        return (self.data / "analysis" / "corpus" / "episodes.tsv").is_file()
+        return Path(self.layout.corpus_files()["episodes"]).is_file()
 
     def summarise(self) -> int:
         """One run without `chunk`: the summaries over the whole catalogue (corpus, plots),

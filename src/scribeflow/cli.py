@@ -10,6 +10,8 @@ import sys
 import time
 from pathlib import Path
 
+from .layout import Layout
+
 
 def add_config_options(parser: argparse.ArgumentParser) -> None:
     """The same --configfile/--config a `snakemake` run was given, to read the same config."""
@@ -52,8 +54,8 @@ def cmd_plots(args) -> int:
     from .plots import draw_all
 
     config = load_config(args)
-    out = args.out or Path(config["data_dir"]) / "reports"
-    disk, rate = Path(out) / "disk_usage.png", Path(out) / "throughput.png"
+    reports = Layout.from_config(config).report_files(args.out)
+    disk, rate = reports["disk"], reports["throughput"]
     draw_all(config, disk, rate)
     print(f"{disk}\n{rate}")
     return 0

@@ -13,8 +13,8 @@ import http.server
 import json
 import threading
 import time
-from pathlib import Path
 
+from .layout import Layout
 from .ledger import LedgerReader, thin_peaks
 
 HISTORY_SECONDS = 24 * 3600
@@ -26,7 +26,7 @@ def history(config: dict, now: float | None = None) -> dict:
     and transcriptions per hour, from the ledger; empty before the first run."""
     now = now or time.time()
     since = now - HISTORY_SECONDS
-    db = Path(config["data_dir"]) / "jobs.db"
+    db = Layout.from_config(config).ledger
     if not db.exists():
         return {"disk": [], "transcriptions_per_hour": []}
     with LedgerReader(db) as ledger:

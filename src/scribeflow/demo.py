@@ -16,6 +16,7 @@ from pathlib import Path
 
 import yaml
 
+from .layout import Layout
 from .workflow import WorkflowNotFound, find_snakefile
 
 # Beside the Snakefile, in the workflow's checkout.
@@ -88,14 +89,15 @@ def run(workdir: Path, cores: int = 2, extra_args: list[str] | None = None,
         cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(snakefile), "--cores", str(cores),
                "--configfile", str(configfile), *(extra_args or [])]
         code = subprocess.call(cmd, cwd=snakefile.parent)
+    layout = Layout.from_config(config)
     if code:
-        print(f"The workflow failed (exit code {code}); see the logs under {workdir / 'data' / 'logs'}")
+        print(f"The workflow failed (exit code {code}); see the logs under {layout.logs}")
         return code
     print("\nTranscripts:")
     for video in media:
-        path = workdir / "data" / "transcripts" / f"{video.stem}.json"
+        path = layout.transcript(video.stem)
         text = json.loads(path.read_text())["text"]
         print(f"  {os.path.relpath(path)}\n      {text}")
-    corpus = workdir / "data" / "analysis" / "corpus"
+    corpus = layout.corpus
     print(f"\nCorpus: {os.path.relpath(corpus)}/ (lemma_frequency.tsv, coverage.tsv, coverage.png)")
     return 0

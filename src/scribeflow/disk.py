@@ -60,37 +60,27 @@ from pathlib import Path
 
 from . import ledger as sf_ledger
 from .files import allocated_bytes, atomic_write_text
+# EPISODE_RULES and ACCOUNTING_FILE: imported from here too.
+from .layout import ACCOUNTING_FILE, EPISODE_RULES, LEDGER_FILE, PARTIAL_SUFFIXES, Layout  # noqa: F401
 
 log = logging.getLogger("scribeflow.disk")
 
-PARTIAL_SUFFIXES = (".part", ".ytdl")
+_NAMES = Layout(".")  # data_dir-relative names
 # data_dir/<name>/ -> category; everything else in data_dir counts as "other".
 DATA_CATEGORIES = {
-    "audio": "audio",
-    "transcripts": "transcripts",
-    "tokens": "tokens",
-    "analysis": "analysis",
-    "cache": "cache",
-    "logs": "logs",
-    "benchmarks": "logs",
+    _NAMES.audio.name: "audio",
+    _NAMES.transcripts.name: "transcripts",
+    _NAMES.tokens.name: "tokens",
+    _NAMES.analysis.name: "analysis",
+    _NAMES.cache.name: "cache",
+    _NAMES.logs.name: "logs",
+    _NAMES.benchmarks.name: "logs",
 }
 TEMPORARY = ("videos", "partial", "audio")
-
-# The rules that run once per episode; their log: and benchmark: files are
-# {data_dir}/logs/RULE/{id}.log and {data_dir}/benchmarks/RULE/{id}.tsv (rules/*.smk).
-EPISODE_RULES = ("download", "extract_audio", "transcribe", "analyse_episode")
-TRANSCRIPT_SUFFIXES = tuple(f".{fmt}{gz}" for fmt in ("json", "srt", "vtt", "txt") for gz in (".gz", ""))
 # data_dir-relative folder -> (category, the suffixes of its {id}SUFFIX files). A folder
 # missing here (a new rule's logs) is walked at every look: slower, never wrong.
-PER_EPISODE = {
-    "transcripts": ("transcripts", TRANSCRIPT_SUFFIXES),
-    "tokens": ("tokens", (".parquet",)),
-    "analysis/episodes": ("analysis", (".json",)),
-    "analysis/lemmas": ("analysis", (".parquet",)),
-    "failed": ("other", (".json",)),
-    **{f"logs/{rule}": ("logs", (".log",)) for rule in EPISODE_RULES},
-    **{f"benchmarks/{rule}": ("logs", (".tsv",)) for rule in EPISODE_RULES},
-}
+PER_EPISODE = {str(folder): spec for folder, spec in _NAMES.per_episode_folders().items()}
+
 # Stages in which a job of the episode may be running or about to write (not queued,
 # analyzed or failed).
 ACTIVE_STAGES = ("downloading", "downloaded", "extracting", "extracted", "transcribing", "transcribed",
@@ -99,7 +89,6 @@ AWAITING_ANALYSIS = ("transcribed", "tokenized")
 # A step's last bytes (its final log lines, Snakemake's benchmark record) follow its last
 # ledger write by seconds; ten minutes is a wide bound.
 ACTIVE_SLACK = 600.0
-ACCOUNTING_FILE = "accounting.json"
 RECONCILE_LOCK = "reconcile.lock"
 
 
@@ -159,7 +148,8 @@ class DiskMonitor:
             raise ValueError("need resume < pause < hard")
         self.data_dir = Path(data_dir).absolute()
         self.storage_dir = Path(storage_dir).absolute()
-        self.videos_dir = self.storage_dir / "videos"
+        self.layout = Layout(self.data_dir, self.storage_dir)
+        self.videos_dir = self.layout.videos
         self.hard_limit = int(hard_limit_bytes)
         self.pause_threshold = int(pause_threshold_bytes)
         self.resume_threshold = int(resume_threshold_bytes)
@@ -168,7 +158,7 @@ class DiskMonitor:
         # 0: walk everything at every look (exact; small data_dirs). See the module docstring.
         self.reconcile_interval = float(reconcile_interval)
         self.margin_bytes = int(margin_bytes) if self.reconcile_interval else 0
-        self.state_dir = Path(state_dir).absolute() if state_dir else self.data_dir / "gate"
+        self.state_dir = Path(state_dir).absolute() if state_dir else self.layout.gate
         self._cached: tuple[float, DiskUsage] | None = None
         self._db: tuple[tuple, sf_ledger.LedgerReader] | None = None
         self._accounted = {self.data_dir / rel: spec for rel, spec in PER_EPISODE.items()}
@@ -254,7 +244,7 @@ class DiskMonitor:
                     totals[cat] += sum(size for _, size in _walk(path, skip))
             else:
                 size = _size(entry)
-                cat = "db" if entry.name.startswith("jobs.db") else "other"
+                cat = "db" if entry.name.startswith(LEDGER_FILE) else "other"
                 totals[cat] += size
         return DiskUsage(**totals)
 
@@ -273,7 +263,7 @@ class DiskMonitor:
 
     def _ledger_identity(self) -> list | None:
         try:
-            st = os.stat(self.data_dir / "jobs.db")
+            st = os.stat(self.layout.ledger)
         except FileNotFoundError:
             return None
         return [st.st_dev, st.st_ino]
@@ -384,7 +374,7 @@ class DiskMonitor:
         if self._db and self._db[0] == (tuple(identity), os.getpid()):
             return self._db[1]
         # Used under the gate's mutex, from any thread.
-        reader = sf_ledger.LedgerReader(self.data_dir / "jobs.db", check_same_thread=False)
+        reader = sf_ledger.LedgerReader(self.layout.ledger, check_same_thread=False)
         self._db = ((tuple(identity), os.getpid()), reader)
         return reader
 
@@ -405,7 +395,7 @@ class DiskMonitor:
             log.warning("Could not read the ledger's active episodes (%s)", exc)
             return None
         active = set()
-        tripwire = str(self.data_dir / "logs" / "analyse_episode") + os.sep
+        tripwire = str(self.layout.logs / "analyse_episode") + os.sep
         for episode, stage, updated in rows:
             if stage in AWAITING_ANALYSIS and (updated or 0) < cut:
                 # Transcribed long ago and idle since (a resumed run, a rebuilt or old ledger:
@@ -424,7 +414,7 @@ class DiskMonitor:
     def _thin_ledger(self) -> None:
         """Old disk samples and pause events, thinned (ledger.py): status, plan and plots
         read a table whose size no longer grows with the months of the run."""
-        db = self.data_dir / "jobs.db"
+        db = self.layout.ledger
         if not db.exists():
             return
         from .ledger import Ledger

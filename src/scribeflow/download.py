@@ -42,12 +42,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .config import MB
+from .layout import PARTIAL_SUFFIXES, STAGING_MARK
 from .media import MediaError, validate
 
 log = logging.getLogger("scribeflow.download")
 
 BLOCK = 64 * 1024  # fixed read size: a download can overshoot its declared size by at most one block
-PARTIAL_SUFFIXES = (".part", ".ytdl")
 
 
 TRANSIENT_STATUS = {408, 425, 429, 500, 502, 503, 504, 520, 521, 522, 523, 524}
@@ -270,8 +270,7 @@ def classify(exc: BaseException, episode: str) -> DownloadFailed:
 # Besides the file itself it writes `.part`, `.ytdl`, fragment partials
 # `.part-FragN.part`, per-format files `.fN.{ext}` before a merge and `.temp.{ext}`
 # during post-processing: all start with the staging prefix. The finished file is
-# renamed to `{id}.media`.
-STAGING_MARK = "@dl."
+# renamed to `{id}.media`. (STAGING_MARK and PARTIAL_SUFFIXES: scribeflow.layout.)
 
 
 def staging_prefix(out: Path) -> str:

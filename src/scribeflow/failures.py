@@ -27,18 +27,16 @@ import time
 from pathlib import Path
 
 from .files import atomic_write_text, ids_with_suffix
+from .layout import MARKER_SUFFIX, Layout
 from .ledger import Ledger
 
-FAILED_DIR = "failed"
+def marker_dir(data_dir: str | os.PathLike | Layout) -> Path:
+    return Layout.of(data_dir).failed
 
 
-def marker_dir(data_dir: str | os.PathLike) -> Path:
-    return Path(data_dir) / FAILED_DIR
-
-
-def given_up(data_dir: str | os.PathLike) -> set[str]:
+def given_up(data_dir: str | os.PathLike | Layout) -> set[str]:
     """Ids of the episodes the workflow skips (one directory listing, no ledger access)."""
-    return ids_with_suffix(marker_dir(data_dir), ".json")
+    return ids_with_suffix(marker_dir(data_dir), MARKER_SUFFIX)
 
 
 def is_permanent(exc: BaseException) -> bool:
@@ -78,7 +76,7 @@ def record(config: dict, ledger: Ledger, episode: str, step: str, exc: BaseExcep
     if final:
         marker = {"id": episode, "step": step, "permanent": permanent, "attempts": attempts,
                   "reason": reason, "failed_at": time.time()}
-        atomic_write_text(marker_dir(config["data_dir"]) / f"{episode}.json", json.dumps(marker, indent=1))
+        atomic_write_text(Layout.from_config(config).failed_marker(episode), json.dumps(marker, indent=1))
     return final
 
 
@@ -104,16 +102,16 @@ def worker_died(config: dict, ledger: Ledger, episode: str, exc: Exception) -> N
 def report(config: dict) -> list[dict]:
     """Failed episodes, from the ledger and the markers: id, attempts, reason, and
     whether the next run tries it again."""
-    data = Path(config["data_dir"])
+    layout = Layout.from_config(config)
     markers = {}
-    for episode in given_up(data):
+    for episode in given_up(layout):
         try:
-            markers[episode] = json.loads((marker_dir(data) / f"{episode}.json").read_text())
+            markers[episode] = json.loads(layout.failed_marker(episode).read_text())
         except (OSError, ValueError):
             markers[episode] = {}
     rows = {}
-    if (data / "jobs.db").exists():
-        with Ledger(data / "jobs.db") as ledger:
+    if layout.ledger.exists():
+        with Ledger(layout.ledger) as ledger:
             for episode, attempts, error, at in ledger.failed():
                 rows[episode] = {"id": episode, "attempts": attempts, "reason": error, "failed_at": at}
     for episode, marker in markers.items():
@@ -144,16 +142,16 @@ def retry(config: dict, ids: list[str] | None = None) -> list[str]:
     """Make failed episodes eligible again: remove their markers and reset their ledger
     rows to 'queued' with no attempts and no error. `ids=None`: every failed episode.
     Returns the ids reset; unknown or not-failed ids raise ValueError."""
-    data = Path(config["data_dir"])
+    layout = Layout.from_config(config)
     failed = {r["id"] for r in report(config)}
     if ids is None:
         ids = sorted(failed)
     unknown = [i for i in ids if i not in failed]
     if unknown:
         raise ValueError(f"not failed episodes: {', '.join(unknown)} (see `scribeflow failed`)")
-    if ids and (data / "jobs.db").exists():
-        with Ledger(data / "jobs.db") as ledger:
+    if ids and layout.ledger.exists():
+        with Ledger(layout.ledger) as ledger:
             ledger.requeue(ids)
     for episode in ids:
-        (marker_dir(data) / f"{episode}.json").unlink(missing_ok=True)
+        layout.failed_marker(episode).unlink(missing_ok=True)
     return list(ids)

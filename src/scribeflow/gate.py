@@ -76,12 +76,11 @@ from pathlib import Path
 
 from .disk import DiskMonitor, DiskUsage
 from .files import allocated_bytes, human_bytes, is_disk_full
+from .layout import GATE_LOCK_FILE, STATE_FILE, Layout
 from .statefile import StateFile, alive
 
 log = logging.getLogger("scribeflow.gate")
 
-STATE_FILE = "state.json"
-LOCK_FILE = "gate.lock"
 TABLES = ("reservations", "consumers")
 
 
@@ -153,7 +152,7 @@ class DownloadGate:
         # A holder on another host is presumed dead after missing this many beats.
         self.heartbeat_timeout = heartbeat_timeout or max(3 * check_interval, 60.0)
         self.host = socket.gethostname()
-        self._file = StateFile(self.state_dir, STATE_FILE, LOCK_FILE)
+        self._file = StateFile(self.state_dir, STATE_FILE, GATE_LOCK_FILE)
         # Room downloads leave free under the hard limit so that an extraction can always
         # start: audio is written before its video is deleted.
         self.audio_headroom = int(audio_headroom)
@@ -163,7 +162,7 @@ class DownloadGate:
         dm = config["disk_management"]
         return cls(
             DiskMonitor.from_config(config),
-            Path(config["data_dir"]) / "gate",
+            Layout.from_config(config).gate,
             ledger=ledger,
             check_interval=dm["check_interval_seconds"],
             stall_timeout=dm["stall_timeout_seconds"],

@@ -31,6 +31,7 @@ import uuid
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from .layout import HOSTS_LOCK_FILE, STATE_FILE, Layout
 from .statefile import StateFile, alive
 
 log = logging.getLogger("scribeflow.hosts")
@@ -63,7 +64,7 @@ class HostLimiter:
     @classmethod
     def from_config(cls, config: dict) -> "HostLimiter":
         dl = config["download"]
-        return cls(Path(config["data_dir"]) / "hosts", max_per_host=dl.get("max_per_host", 2),
+        return cls(Layout.from_config(config).hosts, max_per_host=dl.get("max_per_host", 2),
                    min_interval=dl.get("min_start_interval_seconds", 2.0),
                    exempt=dl.get("exempt_hosts", ()), backoff_base=dl.get("retry_backoff_seconds", 2.0),
                    max_backoff=dl.get("max_backoff_seconds", 300.0))
@@ -75,7 +76,7 @@ class HostLimiter:
     @contextlib.contextmanager
     def _state(self):
         """The shared state, exclusive across threads, processes and hosts (statefile.py)."""
-        with StateFile(self.state_dir, "state.json", "hosts.lock").locked() as (state, _):
+        with StateFile(self.state_dir, STATE_FILE, HOSTS_LOCK_FILE).locked() as (state, _):
             self._prune(state)
             yield state
 

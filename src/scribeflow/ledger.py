@@ -31,6 +31,7 @@ import time
 from pathlib import Path
 
 from .files import is_disk_full
+from .layout import Layout
 
 log = logging.getLogger("scribeflow.ledger")
 HOUR, DAY = 3600.0, 86400.0
@@ -397,7 +398,7 @@ class Ledger(_Queries):
 
     @classmethod
     def for_config(cls, config: dict, **kwargs) -> "Ledger":
-        return cls(Path(config["data_dir"]) / "jobs.db", **kwargs)
+        return cls(Layout.from_config(config).ledger, **kwargs)
 
     @contextlib.contextmanager
     def transaction(self):

@@ -29,45 +29,45 @@ import sys
 import time
 from pathlib import Path
 
-from .disk import EPISODE_RULES
 from .files import allocated_bytes, atomic_path
+from .layout import EPISODE_RULES, MARKER_SUFFIX, STATS_SUFFIX, Layout
 
 log = logging.getLogger("scribeflow.logs")
 
-ROLLUP_DIR = "rollup"
 HEADER = "==> {} <=="
 
 
-def rollup_dir(data_dir: str | os.PathLike) -> Path:
-    return Path(data_dir) / "logs" / ROLLUP_DIR
+def rollup_dir(data_dir: str | os.PathLike | Layout) -> Path:
+    return Layout.of(data_dir).rollup
 
 
-def finished(data_dir: str | os.PathLike) -> set[str]:
+def finished(data_dir: str | os.PathLike | Layout) -> set[str]:
     """Episodes whose jobs are all over: analysed, and the analysis job's record written."""
-    data = Path(data_dir)
-    ended = _ids(data / "benchmarks" / "analyse_episode", ".tsv")
-    return {e for e in ended if (data / "analysis" / "episodes" / f"{e}.json").is_file()} - _ids(data / "failed",
-                                                                                                  ".json")
+    layout = Layout.of(data_dir)
+    ended = _ids(layout.benchmarks / "analyse_episode", ".tsv")
+    analysed = layout.episode_stats
+    return {e for e in ended if (analysed / f"{e}{STATS_SUFFIX}").is_file()} - _ids(layout.failed, MARKER_SUFFIX)
 
 
-def rollup(data_dir: str | os.PathLike) -> tuple[int, int, int]:
+def rollup(data_dir: str | os.PathLike | Layout) -> tuple[int, int, int]:
     """Move the logs and benchmark records of finished episodes into one roll-up.
     Returns (episodes, files removed, bytes freed net of the roll-up). One process at a
     time; another one's roll-up in progress makes this one a no-op."""
-    data = Path(data_dir)
-    done = finished(data)
+    layout = Layout.of(data_dir)
+    data = layout.data_dir
+    done = finished(layout)
     if not done:
         return 0, 0, 0
-    out = rollup_dir(data)
+    out = layout.rollup
     out.mkdir(parents=True, exist_ok=True)
     with open(out / ".lock", "a+") as lock:
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             return 0, 0, 0
-        done = finished(data)  # the other roll-up may have taken some
-        logs = [(rule, e, data / "logs" / rule / f"{e}.log") for e in sorted(done) for rule in EPISODE_RULES]
-        marks = [(rule, e, data / "benchmarks" / rule / f"{e}.tsv") for e in sorted(done) for rule in EPISODE_RULES]
+        done = finished(layout)  # the other roll-up may have taken some
+        logs = [(rule, e, layout.log_file(rule, e)) for e in sorted(done) for rule in EPISODE_RULES]
+        marks = [(rule, e, layout.benchmark_file(rule, e)) for e in sorted(done) for rule in EPISODE_RULES]
         logs = [x for x in logs if x[2].is_file()]
         marks = [x for x in marks if x[2].is_file()]
         if not logs and not marks:
@@ -107,7 +107,7 @@ def rollup(data_dir: str | os.PathLike) -> tuple[int, int, int]:
         return len(done), len(logs) + len(marks), freed
 
 
-def rollup_quietly(data_dir: str | os.PathLike) -> None:
+def rollup_quietly(data_dir: str | os.PathLike | Layout) -> None:
     """Roll up, say so in one line, never fail (a full disk, an unreadable file: the
     logs simply stay)."""
     try:
@@ -122,17 +122,18 @@ def rollup_quietly(data_dir: str | os.PathLike) -> None:
               f"{rollup_dir(data_dir)} ({freed / 1e6:.1f} MB freed)", file=sys.stderr)
 
 
-def start_rollup(data_dir: str | os.PathLike) -> int:
+def start_rollup(data_dir: str | os.PathLike | Layout) -> int:
     """The run's start: roll up the previous chunk's logs in a process of its own, beside
     the first jobs (16,000 files take seconds the start should not wait for). Its output
     goes to logs/rollup/rollup.log. Returns the finished episodes with files to roll up."""
     import subprocess
 
-    data = Path(data_dir)
-    count = len(finished(data))
+    layout = Layout.of(data_dir)
+    data = layout.data_dir
+    count = len(finished(layout))
     if not count:
         return 0
-    out = rollup_dir(data)
+    out = layout.rollup
     out.mkdir(parents=True, exist_ok=True)
     with open(out / "rollup.log", "a") as sink:
         subprocess.Popen([sys.executable, "-m", "scribeflow.logs", "--rollup", "--data-dir", str(data)],
@@ -142,17 +143,20 @@ def start_rollup(data_dir: str | os.PathLike) -> int:
     return count
 
 
-def episode_logs(data_dir: str | os.PathLike, episode: str) -> list[tuple[str, str]]:
+def episode_logs(data_dir: str | os.PathLike | Layout, episode: str) -> list[tuple[str, str]]:
     """(path, text) of every log of `episode`: the files still in place, then those in
     roll-ups (newest roll-up first; a log in several is shown once)."""
-    data = Path(data_dir)
+    layout = Layout.of(data_dir)
+    data = layout.data_dir
     found: dict[str, str] = {}
-    for rule in EPISODE_RULES:
-        path = data / "logs" / rule / f"{episode}.log"
+    # data_dir-relative names, as the roll-up's headers have them.
+    names = [layout.log_file(rule, episode).relative_to(data) for rule in EPISODE_RULES]
+    for name in names:
+        path = data / name
         if path.is_file():
-            found[str(path.relative_to(data))] = path.read_text(encoding="utf-8", errors="replace")
-    wanted = {HEADER.format(f"logs/{rule}/{episode}.log") for rule in EPISODE_RULES}
-    for archive in sorted(rollup_dir(data).glob("*.log.gz"), reverse=True):
+            found[str(name)] = path.read_text(encoding="utf-8", errors="replace")
+    wanted = {HEADER.format(name) for name in names}
+    for archive in sorted(layout.rollup.glob("*.log.gz"), reverse=True):
         current, lines = None, []
         with gzip.open(archive, "rt", encoding="utf-8", errors="replace") as f:
             for line in f:
@@ -169,18 +173,18 @@ def episode_logs(data_dir: str | os.PathLike, episode: str) -> list[tuple[str, s
     return sorted(found.items())
 
 
-def benchmarks(data_dir: str | os.PathLike) -> list[dict]:
+def benchmarks(data_dir: str | os.PathLike | Layout) -> list[dict]:
     """Every benchmark record, rolled up or not: {"rule", "episode", Snakemake's columns}."""
-    data = Path(data_dir)
+    layout = Layout.of(data_dir)
     rows: dict[tuple[str, str], dict] = {}
-    for archive in sorted(rollup_dir(data).glob("*.benchmarks.tsv.gz")):
+    for archive in sorted(layout.rollup.glob("*.benchmarks.tsv.gz")):
         with gzip.open(archive, "rt", encoding="utf-8") as f:
             header = f.readline().rstrip("\n").split("\t")
             for line in f:
                 row = dict(zip(header, line.rstrip("\n").split("\t")))
                 rows[(row["rule"], row["episode"])] = row
     for rule in EPISODE_RULES:
-        for path in sorted((data / "benchmarks" / rule).glob("*.tsv")):
+        for path in sorted((layout.benchmarks / rule).glob("*.tsv")):
             lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
             if len(lines) > 1:
                 row = {"rule": rule, "episode": path.stem, **dict(zip(lines[0].split("\t"), lines[1].split("\t")))}

@@ -19,10 +19,10 @@ from __future__ import annotations
 
 import os
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 from .config import GB, MB, download_slots, in_flight_gb
 from .failures import given_up
+from .layout import Layout
 from .ledger import HOUR, Ledger
 from .media import BYTES_PER_SECOND
 
@@ -68,7 +68,7 @@ def gather(config: dict, catalogue, options: dict) -> Inputs:
     """Combine the catalogue, the ledger's measurements and the options (which win)."""
     dm = config["disk_management"]
     seen: dict = {}
-    db = Path(config["data_dir"]) / "jobs.db"
+    db = Layout.from_config(config).ledger
     done = 0
     if db.exists():
         with Ledger(db) as ledger:

@@ -16,10 +16,11 @@ import time
 import zlib
 from pathlib import Path
 
-from .disk import PARTIAL_SUFFIXES
 from .failures import given_up
 from .files import allocated_bytes, atomic_write_text
 from .gate import DownloadGate
+from .layout import (AUDIO_SUFFIX, JSON_SUFFIXES, MARKER_SUFFIX, PARTIAL_SUFFIXES, STAGING_MARK, STATS_SUFFIX,
+                     TOKENS_SUFFIX, VIDEO_SUFFIX, Layout, transcript_suffix)
 
 log = logging.getLogger("scribeflow.recovery")
 STALE_TMP_SECONDS = 600  # an atomic-write temp file this old belongs to no live writer
@@ -31,23 +32,21 @@ def clean_orphans(config: dict, keep=()) -> tuple[int, int]:
     `keep`: paths that pending jobs need (the inputs of the jobs Snakemake is about to
     run); they are never deleted. The videos and audio of given-up episodes are orphans.
     """
-    data, storage = Path(config["data_dir"]), Path(config["storage_dir"])
-    videos, audio, transcripts = storage / "videos", data / "audio", data / "transcripts"
+    layout = Layout.from_config(config)
+    videos, audio, transcripts = layout.videos, layout.audio, layout.transcripts
     cleanup = config["disk_management"]["cleanup"]
     busy, anyone_busy = DownloadGate.from_config(config).held_paths()
     busy = busy | {str(Path(p).absolute()) for p in keep}
-    abandoned = given_up(data)
+    abandoned = given_up(layout)
     now = time.time()
     doomed: list[Path] = []
 
     def done(episode: str) -> bool:
         # Either form: the gzip setting may have changed since the transcript was written.
-        return any((transcripts / f"{episode}{ext}").is_file() for ext in (".json", ".json.gz"))
+        return any((transcripts / f"{episode}{ext}").is_file() for ext in JSON_SUFFIXES)
 
-    # yt-dlp's files for {id}.media are {id}@dl.* (download.STAGING_MARK; not imported:
-    # download.py loads PyAV): partials, fragments, per-format and post-processing
-    # files. Those of a live download stay.
-    STAGING_MARK = "@dl."
+    # yt-dlp's files for {id}.media are {id}@dl.* (layout.STAGING_MARK): partials,
+    # fragments, per-format and post-processing files. Those of a live download stay.
     downloading = {Path(p).name.split(STAGING_MARK)[0] for p in busy if STAGING_MARK in Path(p).name}
     for path in _files(videos):
         if str(path.absolute()) in busy:
@@ -57,28 +56,28 @@ def clean_orphans(config: dict, keep=()) -> tuple[int, int]:
                 doomed.append(path)
         elif path.name.endswith(PARTIAL_SUFFIXES):
             doomed.append(path)
-        elif path.suffix == ".media":
+        elif path.suffix == VIDEO_SUFFIX:
             episode = path.stem
-            has_audio = (audio / f"{episode}.wav").is_file()
+            has_audio = layout.audio_file(episode).is_file()
             if episode in abandoned or (
                     cleanup["delete_video_after_transcription"] and (done(episode) or has_audio)):
                 doomed.append(path)
     for path in _files(audio):
-        if str(path.absolute()) in busy or path.suffix != ".wav":
+        if str(path.absolute()) in busy or path.suffix != AUDIO_SUFFIX:
             continue
         if path.stem in abandoned or (cleanup["delete_audio_after_transcription"] and done(path.stem)):
             doomed.append(path)
     # With the corpus cleanup flags, a transcript is temporary once tokenized, and
     # tokens once analysed (rules/corpus.smk's paths).
-    tokens, analysed = data / "tokens", data / "analysis" / "episodes"
+    tokens, analysed = layout.tokens, layout.episode_stats
     if cleanup["delete_transcript_after_tokenization"]:
         for path in _files(transcripts):
             name = path.name.removesuffix(".gz")
-            if name.endswith(".json") and (tokens / f"{name[:-5]}.parquet").is_file():
+            if name.endswith(".json") and layout.tokens_file(name[:-5]).is_file():
                 doomed.append(path)
     if cleanup["delete_tokens_after_analysis"]:
-        doomed += [p for p in _files(tokens) if p.suffix == ".parquet" and (analysed / f"{p.stem}.json").is_file()]
-    corpus_folders = (tokens, analysed, data / "analysis" / "lemmas", data / "analysis" / "corpus")
+        doomed += [p for p in _files(tokens) if p.suffix == TOKENS_SUFFIX and layout.stats_file(p.stem).is_file()]
+    corpus_folders = (tokens, analysed, layout.lemmas, layout.corpus)
     for folder in (videos, audio, transcripts, *corpus_folders):
         for path in _temp_files(folder):
             if not anyone_busy or now - path.stat().st_mtime > STALE_TMP_SECONDS:
@@ -95,19 +94,18 @@ def clean_orphans(config: dict, keep=()) -> tuple[int, int]:
     return len(doomed), freed
 
 
-def rebuild_ledger(ledger, data_dir: str | os.PathLike) -> dict[str, int]:
+def rebuild_ledger(ledger, data_dir: str | os.PathLike | Layout) -> dict[str, int]:
     """Fill an empty ledger from what the files on disk prove: a transcript (or, when
     transcripts are deleted after tokenization, tokens or an analysis) means the episode
     got that far; a failed marker, that it failed. The run's start enqueues the rest of
     the catalogue as queued. Returns the episodes per stage written."""
-    from .failures import marker_dir
     from .files import ids_with_suffix
 
-    data = Path(data_dir)
+    layout = Layout.of(data_dir)
     found: dict[str, tuple[str, float, int | None]] = {}  # id -> (stage, at, transcript bytes)
-    for stage, folder, suffixes in (("transcribed", data / "transcripts", (".json", ".json.gz")),
-                                    ("tokenized", data / "tokens", (".parquet",)),
-                                    ("analyzed", data / "analysis" / "episodes", (".json",))):
+    for stage, folder, suffixes in (("transcribed", layout.transcripts, JSON_SUFFIXES),
+                                    ("tokenized", layout.tokens, (TOKENS_SUFFIX,)),
+                                    ("analyzed", layout.episode_stats, (STATS_SUFFIX,))):
         for entry in _entries(folder):
             name = entry.name
             suffix = next((x for x in suffixes if name.endswith(x)), None)
@@ -117,9 +115,9 @@ def rebuild_ledger(ledger, data_dir: str | os.PathLike) -> dict[str, int]:
             size = allocated_bytes(st) if stage == "transcribed" else found.get(name[: -len(suffix)], (0, 0, None))[2]
             found[name[: -len(suffix)]] = (stage, st.st_mtime, size)
     failed = {}
-    for episode in ids_with_suffix(marker_dir(data), ".json"):
+    for episode in ids_with_suffix(layout.failed, MARKER_SUFFIX):
         try:
-            failed[episode] = json.loads((marker_dir(data) / f"{episode}.json").read_text())
+            failed[episode] = json.loads(layout.failed_marker(episode).read_text())
         except (OSError, ValueError):
             failed[episode] = {}
     ledger.restore(found, {episode: (marker.get("failed_at") or time.time(),
@@ -155,9 +153,6 @@ def _files(folder: Path):
     return [Path(e.path) for e in _entries(folder)]
 
 
-CHECK_STATE = "check.json"  # in data_dir: when the transcripts were last all found valid
-
-
 def check_consistency(config: dict, full: bool = False) -> list[str]:
     """What disagrees between the ledger (jobs.db), the failed markers and the files on
     disk; an empty list when all agree. Checks that need the pipeline at rest
@@ -167,14 +162,11 @@ def check_consistency(config: dict, full: bool = False) -> list[str]:
     Every transcript is found (one listing of the folder), but only those written since
     the last check that found them all valid are read and parsed, unless `full`: a
     month-four check costs what the month's new transcripts cost, not the catalogue's."""
-    from .failures import marker_dir
     from .ledger import TRANSCRIBED, Ledger, probe
-    from .transcribe import suffix
 
-    data, storage = Path(config["data_dir"]), Path(config["storage_dir"])
-    videos, audio, transcripts = storage / "videos", data / "audio", data / "transcripts"
+    layout = Layout.from_config(config)
+    videos, audio, transcripts = layout.videos, layout.audio, layout.transcripts
     cleanup = config["disk_management"]["cleanup"]
-    gzip = config["transcribe"]["gzip"]
     problems: list[str] = []
     gate = DownloadGate.from_config(config)
     state_problem = gate.state_problem()
@@ -182,7 +174,7 @@ def check_consistency(config: dict, full: bool = False) -> list[str]:
         problems.append(state_problem)
     _, running = gate.held_paths()
     jobs: dict[str, dict] = {}
-    db = data / "jobs.db"
+    db = layout.ledger
     ledger_problem = probe(db)
     if ledger_problem:
         problems.append(f"{db}: not a readable SQLite database ({ledger_problem}); the next run moves it aside and "
@@ -192,9 +184,9 @@ def check_consistency(config: dict, full: bool = False) -> list[str]:
     if db.exists():
         with Ledger(db) as ledger:
             jobs = ledger.jobs()
-    markers = given_up(data)
+    markers = given_up(layout)
     started = time.time()
-    state_path = data / CHECK_STATE
+    state_path = layout.check_state
     try:
         since = None if full else float(json.loads(state_path.read_text())["valid_until"])
     except (OSError, ValueError, KeyError, TypeError):
@@ -203,19 +195,19 @@ def check_consistency(config: dict, full: bool = False) -> list[str]:
     present: dict[str, tuple[Path, float]] = {}
     for entry in _entries(transcripts):
         name = entry.name
-        if name.startswith(".") or not name.endswith((".json", ".json.gz")):
+        if name.startswith(".") or not name.endswith(JSON_SUFFIXES):
             continue
         episode = name.removesuffix(".gz").removesuffix(".json")
         # The configured form wins when both exist (the gzip setting changed).
-        if episode not in present or name.endswith(suffix("json", gzip)):
+        if episode not in present or name.endswith(transcript_suffix("json", layout.gzip)):
             present[episode] = (Path(entry.path), entry.stat().st_mtime)
-    video_ids = {e.name.removesuffix(".media") for e in _entries(videos) if e.name.endswith(".media")}
-    audio_ids = {e.name.removesuffix(".wav") for e in _entries(audio) if e.name.endswith(".wav")}
+    video_ids = {e.name.removesuffix(VIDEO_SUFFIX) for e in _entries(videos) if e.name.endswith(VIDEO_SUFFIX)}
+    audio_ids = {e.name.removesuffix(AUDIO_SUFFIX) for e in _entries(audio) if e.name.endswith(AUDIO_SUFFIX)}
     parsed = transcript_problems = 0
 
     for episode, job in sorted(jobs.items()):
         stage = job["stage"]
-        transcript, mtime = present.get(episode, (transcripts / f"{episode}{suffix('json', gzip)}", None))
+        transcript, mtime = present.get(episode, (layout.transcript(episode), None))
         if stage in TRANSCRIBED:
             gone_by_design = stage != "transcribed" and cleanup["delete_transcript_after_tokenization"]
             if mtime is None:
@@ -235,7 +227,7 @@ def check_consistency(config: dict, full: bool = False) -> list[str]:
         elif mtime is not None and not running:
             problems.append(f"{episode}: a transcript exists but the ledger says {stage}")
         if episode in markers and stage != "failed":
-            problems.append(f"{episode}: marked failed ({marker_dir(data) / episode}.json) but the ledger "
+            problems.append(f"{episode}: marked failed ({layout.failed_marker(episode)}) but the ledger "
                             f"says {stage}")
     for episode in sorted(markers - set(jobs)):
         problems.append(f"{episode}: marked failed but not in the ledger")

@@ -15,6 +15,8 @@ import logging
 import time
 from pathlib import Path
 
+from .layout import Layout
+
 log = logging.getLogger("scribeflow.slots")
 
 
@@ -26,7 +28,7 @@ class Slots:
 
     @classmethod
     def transcription(cls, config: dict) -> "Slots":
-        return cls(Path(config["data_dir"]) / "gate" / "transcription",
+        return cls(Layout.from_config(config).transcription_slots,
                    config["disk_management"]["max_concurrent_transcriptions"])
 
     def try_acquire(self):

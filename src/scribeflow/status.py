@@ -21,6 +21,7 @@ from .disk import DiskMonitor
 from .failures import given_up
 from .files import human_bytes
 from .gate import DownloadGate
+from .layout import Layout
 from .ledger import HOUR, STAGES, TRANSCRIBED, Ledger
 from .plan import measured
 
@@ -132,10 +133,11 @@ def disk_growth(ledger: Ledger, now: float) -> dict:
 def snapshot(config: dict, now: float | None = None) -> dict:
     now = now or time.time()
     monitor = DiskMonitor.from_config(config)
-    gate = DownloadGate(monitor, Path(config["data_dir"]) / "gate")  # the default heartbeat timeout
+    layout = Layout.from_config(config)
+    gate = DownloadGate(monitor, layout.gate)  # the default heartbeat timeout
     # Whether downloads may start: the gate's rule, from the gate's own pause.
     breakdown = monitor.get_breakdown(paused_for=gate.pause_reasons())
-    db = Path(config["data_dir"]) / "jobs.db"
+    db = layout.ledger
     stages, pauses, failures, rates, growth, window, last_update, memory = {}, [], [], {}, {}, {}, None, {}
     gave_up = given_up(config["data_dir"])  # failed episodes the workflow no longer tries
     if db.exists():

@@ -18,6 +18,8 @@ from pathlib import Path
 
 from .files import atomic_path
 from .hallucination import Guard
+from .layout import Layout
+from .layout import transcript_suffix as suffix  # noqa: F401  (imported from here too)
 from .media import SAMPLE_RATE
 
 log = logging.getLogger("scribeflow.transcribe")
@@ -353,14 +355,9 @@ def to_txt(t: dict) -> str:
 RENDERERS = {"srt": to_srt, "vtt": to_vtt, "txt": to_txt}
 
 
-def suffix(fmt: str, gzip: bool) -> str:
-    """A transcript file's suffix: .json, .srt, ... or .json.gz, .srt.gz, ..."""
-    return f".{fmt}.gz" if gzip else f".{fmt}"
-
-
 def transcript_path(config: dict, episode: str, fmt: str = "json") -> Path:
     """Where the workflow puts an episode's transcript (the JSON is the target)."""
-    return Path(config["data_dir"]) / "transcripts" / f"{episode}{suffix(fmt, config['transcribe']['gzip'])}"
+    return Layout.from_config(config).transcript(episode, fmt)
 
 
 def _write(path: Path, text: str) -> int:

@@ -36,6 +36,8 @@ import threading
 import time
 from pathlib import Path
 
+from .layout import Layout
+
 log = logging.getLogger("scribeflow.worker")
 
 PROTOCOL = 1
@@ -88,7 +90,7 @@ def address(key: str) -> str:
 
 
 def log_path(data_dir: str | Path, key: str) -> Path:
-    return Path(data_dir) / "logs" / "transcribe_worker" / f"{socket.gethostname()}-{key}.log"
+    return Layout.of(data_dir).worker_logs / f"{socket.gethostname()}-{key}.log"
 
 
 def _peer_uid(sock: socket.socket) -> int:

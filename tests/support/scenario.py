@@ -24,6 +24,7 @@ from scribeflow.config import MB
 from scribeflow.disk import DiskMonitor
 from .fixtures import SENTENCES, make_speech_video
 from scribeflow.gate import is_paused
+from scribeflow.layout import Layout
 from .server import MediaServer
 
 REPO = Path(__file__).resolve().parents[2]
@@ -117,7 +118,7 @@ class Sampler(threading.Thread):
 
     def run(self):
         videos_dir = self.monitor.videos_dir
-        audio_dir = self.monitor.data_dir / "audio"
+        audio_dir = self.monitor.layout.audio
         while not self.stopped.is_set():
             usage = self.monitor.current_usage(fresh=True)
             try:
@@ -170,7 +171,7 @@ def run(workdir: Path, media: list[Path], model: str, hard_mb: float = 4.0, paus
         configfile.write_text(yaml.safe_dump(config))
         monitor = DiskMonitor(workdir / "data", workdir / "storage", int(hard_mb * MB), int(pause_mb * MB),
                               int(resume_mb * MB), cache_duration=0)
-        sampler = Sampler(monitor, workdir / "data" / "gate" / "state.json")
+        sampler = Sampler(monitor, Layout.from_config(config).gate_state)
         # disk_gb: Snakemake's integer resource cannot express a sub-GB margin; one unit
         # per download lets the gate (which counts bytes) decide.
         cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"),
@@ -188,7 +189,7 @@ def run(workdir: Path, media: list[Path], model: str, hard_mb: float = 4.0, paus
             sampler.join()
     seconds = time.time() - started
     events = []
-    db = workdir / "data" / "jobs.db"
+    db = Layout(workdir / "data").ledger
     if db.exists():
         from scribeflow.ledger import Ledger
 
