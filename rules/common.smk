@@ -4,7 +4,6 @@ import sys
 from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
-from snakemake.utils import validate
 
 # The package holds all the logic; the workflow needs it importable, installed or not.
 sys.path.insert(0, str(Path(workflow.basedir) / "src"))
@@ -18,23 +17,22 @@ from scribeflow.transcribe import suffix as transcript_suffix
 
 # Snakemake's planning costs per job that are the same for every job of a rule.
 sf_speedups.apply()
-# Nested --config values arrive as strings ('500'): read them as the schema wants.
-sf_config.coerce_strings(config)
-validate(config, "../config/schema.yaml")
 try:
-    sf_config.check_rules(config)
+    # Validated once (defaults filled into `config`, which every job gets); the rules
+    # read SETTINGS, the jobs rebuild it from their config (scribeflow.steps.Job).
+    SETTINGS = sf_config.validate(config)
     # Every process parses this (each chunk, each cluster job): reuse the validated
     # catalogue while the file is unchanged.
     CATALOGUE = sf_catalogue.load(
-        config["catalogue"], config["chunk"], cache_dir=".snakemake/scribeflow"
+        SETTINGS.catalogue, SETTINGS.chunk, cache_dir=".snakemake/scribeflow"
     )
 except (sf_config.ConfigError, sf_catalogue.CatalogueError) as exc:
     raise WorkflowError(str(exc)) from None
 
-DATA = config["data_dir"]
-STORAGE = config["storage_dir"]
-DISK = config["disk_management"]
-CLEANUP = DISK["cleanup"]
+DATA = SETTINGS.data_dir
+STORAGE = SETTINGS.storage_dir
+DISK = SETTINGS.disk_management
+CLEANUP = DISK.cleanup
 LOGS = f"{DATA}/logs"
 BENCHMARKS = f"{DATA}/benchmarks"
 REPORTS = f"{DATA}/reports"
@@ -56,12 +54,12 @@ def register_default_resource(name, value):
 # keeps --jobs only for remote executors (locally it becomes --cores).
 _slots = workflow.nodes if workflow.nodes is not None else workflow.cores
 _slots = _slots if isinstance(_slots, int) else 1
-register_default_resource("download_slots", sf_config.download_slots(DISK, _slots))
-register_default_resource("transcription_slots", DISK["max_concurrent_transcriptions"])
+register_default_resource("download_slots", DISK.download_slots(_slots))
+register_default_resource("transcription_slots", DISK.max_concurrent_transcriptions)
 # Snakemake gives a resource back when a job ends, not when its temp() output is
 # deleted, so disk_gb caps only the bytes of downloads in flight: the margin
 # above the pause threshold. Snakemake's resources are integers: sizes round up.
-register_default_resource("disk_gb", max(1, math.floor(sf_config.in_flight_gb(DISK))))
+register_default_resource("disk_gb", max(1, math.floor(DISK.in_flight_gb)))
 
 
 def temp_if(flag, path):
@@ -83,7 +81,7 @@ def row(episode, column):
 
 
 def declared_gb(wildcards):
-    mb = row(wildcards.episode, "expected_size_mb") or DISK["default_video_size_mb"]
+    mb = row(wildcards.episode, "expected_size_mb") or DISK.default_video_size_mb
     return max(1, math.ceil(mb / 1000))
 
 
@@ -103,14 +101,14 @@ if GIVEN_UP and not (workflow.remote_exec or workflow.subprocess_exec):
 
 def transcript_outputs():
     # transcribe.gzip: every transcript file ends in .gz (.json.gz is then the target).
-    gz = config["transcribe"]["gzip"]
+    gz = SETTINGS.transcribe.gzip
     outputs = {
         "json": temp_if(
-            CLEANUP["delete_transcript_after_tokenization"],
+            CLEANUP.delete_transcript_after_tokenization,
             f"{DATA}/transcripts/{{episode}}{transcript_suffix('json', gz)}",
         )
     }
-    for fmt in config["transcribe"]["formats"]:
+    for fmt in SETTINGS.transcribe.formats:
         outputs[fmt] = f"{DATA}/transcripts/{{episode}}{transcript_suffix(fmt, gz)}"
     return outputs
 
@@ -135,7 +133,7 @@ EPISODE_LEMMAS = f"{DATA}/analysis/lemmas/{{episode}}.parquet"
 
 def episode_analysis_outputs():
     outputs = {"stats": EPISODE_STATS, "lemmas": EPISODE_LEMMAS}
-    if not CLEANUP["delete_tokens_after_analysis"]:
+    if not CLEANUP.delete_tokens_after_analysis:
         outputs["tokens"] = f"{DATA}/tokens/{{episode}}.parquet"
     return outputs
 
@@ -150,7 +148,7 @@ def missing_targets(pattern):
     done = ids_with_suffix(folder, suffix)
     todo = (
         []
-        if config["corpus_only"]
+        if SETTINGS.corpus_only
         else [e for e in CATALOGUE.index if e not in done and e not in GIVEN_UP]
     )
     todo = todo or [e for e in CATALOGUE.index if e in done][:1]
@@ -186,14 +184,14 @@ onstart:
         if problem:
             raise WorkflowError(problem)
     # verify: a damaged ledger is found (and rebuilt from the files) before any job starts.
-    with Ledger.for_config(config, verify=True) as ledger:
+    with Ledger.for_config(SETTINGS, verify=True) as ledger:
         ledger.enqueue(CATALOGUE.index)
         ledger.start_run()
     # Inputs of the jobs about to run are never orphans, e.g. the audio of a
     # transcription that was killed after writing its transcript.
     jobs = list(workflow.dag.needrun_jobs())
     needed = {f for job in jobs for f in job.input}
-    files, freed = clean_orphans(config, keep=needed)
+    files, freed = clean_orphans(SETTINGS, keep=needed)
     if files:
         print(
             f"scribeflow: removed {files} orphaned file(s) of an interrupted run, freed {freed / 1e6:.1f} MB"
@@ -211,7 +209,7 @@ onstart:
     if workflow.local_exec and any(job.rule.name == "transcribe" for job in jobs):
         from scribeflow import worker
 
-        if worker.prestart(config["transcribe"], DATA):
+        if worker.prestart(SETTINGS.transcribe.as_dict(), DATA):
             print(
                 "scribeflow: started the transcription worker (the model loads meanwhile)"
             )

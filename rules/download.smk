@@ -1,7 +1,7 @@
 rule download:
     output:
         video=temp_if(
-            CLEANUP["delete_video_after_transcription"],
+            CLEANUP.delete_video_after_transcription,
             f"{STORAGE}/videos/{{episode}}.media",
         ),
     log:

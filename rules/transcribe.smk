@@ -31,13 +31,13 @@ onsuccess:
     from scribeflow import worker
     from scribeflow.ledger import end_run
 
-    worker.stop(config["transcribe"], config["data_dir"])
-    end_run(config)
+    worker.stop(SETTINGS.transcribe.as_dict(), DATA)
+    end_run(SETTINGS)
 
 
 onerror:
     from scribeflow import worker
     from scribeflow.ledger import end_run
 
-    worker.stop(config["transcribe"], config["data_dir"])
-    end_run(config)
+    worker.stop(SETTINGS.transcribe.as_dict(), DATA)
+    end_run(SETTINGS)

@@ -2,4 +2,4 @@ import _scribeflow_path  # noqa: F401  (first: puts src/ on sys.path)
 from scribeflow import plots, steps
 
 steps.setup_logging(snakemake.log[0])
-plots.draw_all(snakemake.config, snakemake.output.disk, snakemake.output.throughput)
+plots.draw_all(steps.job_settings(snakemake), snakemake.output.disk, snakemake.output.throughput)

@@ -121,7 +121,7 @@ class Running:
 
 
 class Driver:
-    def __init__(self, directory: Path, config: dict, chunk_size: int, snakemake_args: list[str],
+    def __init__(self, directory: Path, config: sf_config.Settings, chunk_size: int, snakemake_args: list[str],
                  configfiles: list[str] = (), overrides: list[str] = (), overlap: bool = True,
                  poll: float = 2.0, unlock: bool = False, command: list[str] | None = None, out=None,
                  progress_every: float = 60.0):
@@ -135,7 +135,7 @@ class Driver:
         self.progress_every = progress_every
         self.catalogue_ids: set[str] = set()
         self.started = time.time()
-        data = self.directory / config["data_dir"]
+        data = self.directory / config.data_dir
         self.data = data
         self.ledger = data / "jobs.db"
         self.logs = self.directory / ".snakemake" / "scribeflow" / "chunks"
@@ -182,10 +182,10 @@ class Driver:
             recent, failed, sample = 0, 0, None
         if window := min(elapsed, 3600.0):
             parts.append(f"{recent * 3600 / window:.1f} transcribed/h over the last {window / 60:.0f} min")
-        dm = self.config["disk_management"]
+        dm = self.config.disk_management
         if sample:
-            parts.append(f"disk {gb(sample[0])} of {dm['hard_limit_gb']:g} GB (pause {dm['pause_threshold_gb']:g}, "
-                         f"resume {dm['resume_threshold_gb']:g})" + (", downloads paused" if sample[1] else ""))
+            parts.append(f"disk {gb(sample[0])} of {dm.hard_limit_gb:g} GB (pause {dm.pause_threshold_gb:g}, "
+                         f"resume {dm.resume_threshold_gb:g})" + (", downloads paused" if sample[1] else ""))
         gave_up = len(given_up(self.data) & self.catalogue_ids)
         parts.append(f"failed {failed} ({gave_up} given up)")
         return " | ".join(parts)
@@ -241,7 +241,7 @@ class Driver:
 
     def run(self) -> int:
         cache = self.directory / ".snakemake" / "scribeflow"
-        catalogue_path = self.directory / self.config["catalogue"]
+        catalogue_path = self.directory / self.config.catalogue
         chunks = plan(sf_catalogue.load(catalogue_path, cache_dir=cache), self.chunk_size)
         self.catalogue_ids = {i for c in chunks for i in c.ids}
         done = self.finished()
@@ -339,7 +339,7 @@ def main(args) -> int:
     overrides = [*profile_config(directory, snakemake_args), *args.config]
     try:
         config = sf_config.for_run(args.configfile, overrides, directory)
-        if config.get("chunk"):
+        if config.chunk:
             raise sf_config.ConfigError("chunk: run-chunks sets it; leave it null")
     except (sf_config.ConfigError, sf_catalogue.CatalogueError, OSError, ValueError) as exc:
         print(f"run-chunks: {exc}", file=sys.stderr)

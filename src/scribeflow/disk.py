@@ -60,6 +60,7 @@ import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
+from .config import Settings
 from .files import allocated_bytes
 
 log = logging.getLogger("scribeflow.disk")
@@ -175,23 +176,20 @@ class DiskMonitor:
         self._accounted = {self.data_dir / rel: spec for rel, spec in PER_EPISODE.items()}
 
     @classmethod
-    def from_config(cls, config: dict) -> "DiskMonitor":
+    def from_config(cls, settings: Settings) -> "DiskMonitor":
         from .config import GB, MB
 
-        dm = config["disk_management"]
-        margin_mb = dm.get("accounting_margin_mb")
-        if margin_mb is None:
-            margin_mb = default_margin_mb(dm)
+        dm = settings.disk_management
         return cls(
-            config["data_dir"],
-            config["storage_dir"],
-            int(dm["hard_limit_gb"] * GB),
-            int(dm["pause_threshold_gb"] * GB),
-            int(dm["resume_threshold_gb"] * GB),
-            cache_duration=dm["cache_duration_seconds"],
-            min_free_bytes=int(dm["min_free_gb"] * GB),
-            reconcile_interval=dm.get("reconcile_interval_seconds", 600),
-            margin_bytes=int(margin_mb * MB),
+            settings.data_dir,
+            settings.storage_dir,
+            int(dm.hard_limit_gb * GB),
+            int(dm.pause_threshold_gb * GB),
+            int(dm.resume_threshold_gb * GB),
+            cache_duration=dm.cache_duration_seconds,
+            min_free_bytes=int(dm.min_free_gb * GB),
+            reconcile_interval=dm.reconcile_interval_seconds,
+            margin_bytes=int(dm.accounting_margin_mb * MB),
         )
 
     # -- measuring ---------------------------------------------------------------
@@ -485,12 +483,6 @@ class DiskMonitor:
             filesystem_available=fs,
             can_download=usage.total < self.pause_threshold and not self.filesystem_low(),
         )
-
-
-def default_margin_mb(dm: dict) -> float:
-    """accounting_margin_mb when null: 64 MB, or 1 % of hard_limit_gb when that is smaller
-    (a transcript's temporary file while it is written, a job's first log lines)."""
-    return min(64.0, dm["hard_limit_gb"] * 1000 / 100)
 
 
 def _write_json(path: Path, value) -> None:

@@ -31,6 +31,7 @@ import uuid
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from .config import Settings
 from .statefile import StateFile, alive
 
 log = logging.getLogger("scribeflow.hosts")
@@ -61,12 +62,12 @@ class HostLimiter:
         self.machine = socket.gethostname()
 
     @classmethod
-    def from_config(cls, config: dict) -> "HostLimiter":
-        dl = config["download"]
-        return cls(Path(config["data_dir"]) / "hosts", max_per_host=dl.get("max_per_host", 2),
-                   min_interval=dl.get("min_start_interval_seconds", 2.0),
-                   exempt=dl.get("exempt_hosts", ()), backoff_base=dl.get("retry_backoff_seconds", 2.0),
-                   max_backoff=dl.get("max_backoff_seconds", 300.0))
+    def from_config(cls, settings: Settings) -> "HostLimiter":
+        dl = settings.download
+        return cls(Path(settings.data_dir) / "hosts", max_per_host=dl.max_per_host,
+                   min_interval=dl.min_start_interval_seconds,
+                   exempt=dl.exempt_hosts, backoff_base=dl.retry_backoff_seconds,
+                   max_backoff=dl.max_backoff_seconds)
 
     def limited(self, host: str) -> bool:
         return bool(host) and host not in self.exempt

@@ -15,6 +15,8 @@ import logging
 import time
 from pathlib import Path
 
+from .config import Settings
+
 log = logging.getLogger("scribeflow.slots")
 
 
@@ -25,9 +27,9 @@ class Slots:
         self.poll = poll
 
     @classmethod
-    def transcription(cls, config: dict) -> "Slots":
-        return cls(Path(config["data_dir"]) / "gate" / "transcription",
-                   config["disk_management"]["max_concurrent_transcriptions"])
+    def transcription(cls, settings: Settings) -> "Slots":
+        return cls(Path(settings.data_dir) / "gate" / "transcription",
+                   settings.disk_management.max_concurrent_transcriptions)
 
     def try_acquire(self):
         """An open, locked slot file, or None when all N are held."""

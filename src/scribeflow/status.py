@@ -16,7 +16,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from .config import MB
+from .config import MB, Settings
 from .disk import DiskMonitor
 from .failures import given_up
 from .files import human_bytes
@@ -108,13 +108,13 @@ def bottleneck(stages: dict, paused: bool) -> str:
     return "downloads (the later stages keep up)"
 
 
-def run_state(config: dict, monitor: DiskMonitor, stages: dict, last_update: float | None, now: float) -> dict:
+def run_state(settings: Settings, monitor: DiskMonitor, stages: dict, last_update: float | None, now: float) -> dict:
     """Whether a run is alive: the gate's live holders (a download, extraction or
     transcription in flight, by process id or heartbeat), Snakemake's lock in the
     working directory, and when the ledger last changed. Reads only."""
     from .gate import DownloadGate
 
-    gate = DownloadGate(monitor, Path(config["data_dir"]) / "gate")  # the default heartbeat timeout
+    gate = DownloadGate(monitor, Path(settings.data_dir) / "gate")  # the default heartbeat timeout
     holders = [h.get("kind", "job") for h in gate.live_holders()]
     locks = Path(".snakemake") / "locks"
     locked = locks.is_dir() and any(locks.iterdir())
@@ -154,13 +154,13 @@ def disk_growth(conn, now: float) -> dict:
             "overall_mb_per_hour": slope(first) if first is not None else None}
 
 
-def snapshot(config: dict, now: float | None = None) -> dict:
+def snapshot(settings: Settings, now: float | None = None) -> dict:
     now = now or time.time()
-    monitor = DiskMonitor.from_config(config)
+    monitor = DiskMonitor.from_config(settings)
     breakdown = monitor.get_breakdown()
-    db = Path(config["data_dir"]) / "jobs.db"
+    db = Path(settings.data_dir) / "jobs.db"
     stages, pauses, failures, rates, growth, window, last_update, memory = {}, [], [], {}, {}, {}, None, {}
-    gave_up = given_up(config["data_dir"])  # failed episodes the workflow no longer tries
+    gave_up = given_up(settings.data_dir)  # failed episodes the workflow no longer tries
     if db.exists():
         with Ledger(db) as ledger:
             stages = ledger.stage_counts()
@@ -181,7 +181,7 @@ def snapshot(config: dict, now: float | None = None) -> dict:
     pause_count = sum(p.get("events") or 1 for p in pauses)
 
     in_ledger = sum(stages.values())
-    total = max(catalogue_rows(config["catalogue"]) or 0, in_ledger)
+    total = max(catalogue_rows(settings.catalogue) or 0, in_ledger)
     done = sum(stages.get(s, 0) for s in TRANSCRIBED)
     remaining = max(0, total - done - len(gave_up))
     tph = rates.get("transcriptions_per_hour", {})
@@ -209,7 +209,7 @@ def snapshot(config: dict, now: float | None = None) -> dict:
         "pauses": {"count": pause_count, "total_seconds": round(paused_s, 1), "open": paused_now},
         "rates": {**rates, "window": window},
         "bottleneck": bottleneck(stages, paused_now),
-        "run": run_state(config, monitor, stages, last_update, now),
+        "run": run_state(settings, monitor, stages, last_update, now),
         "transcription_memory": memory,
         "disk_growth": growth,
         "eta": {"remaining_episodes": remaining, "seconds": round(eta_s) if eta_s is not None else None,
