@@ -33,4 +33,4 @@ rule all:
     default_target: True
     input:
         analysis_targets,
-        [] if config["chunk"] else [*rules.plots.output, *corpus_outputs().values()],
+        [] if SETTINGS.chunk else [*rules.plots.output, *corpus_outputs().values()],

@@ -376,7 +376,7 @@ def main() -> int:
             best = None
             # The batch size: the fastest limit (skipped when there is one to try).
             for bs in batch_sizes if len(batch_sizes) > 1 else []:
-                tc = sf_config.load(overrides={**base, "transcribe.batch_size": bs})["transcribe"]
+                tc = sf_config.load(overrides={**base, "transcribe.batch_size": bs}).transcribe.as_dict()
                 wall, sampled, out = run_limit(root / f"{label}-limit-{bs}", tc, decode_options(tc, language),
                                                episodes, gpu)
                 print(f"  limit, batch {bs}: {wall:.1f} s", flush=True)
@@ -384,10 +384,10 @@ def main() -> int:
                 if best is None or wall < best[0]:
                     best = (wall, bs)
             bs = best[1] if best else batch_sizes[0]
-            tc = sf_config.load(overrides={**base, "transcribe.batch_size": bs})["transcribe"]
+            tc = sf_config.load(overrides={**base, "transcribe.batch_size": bs}).transcribe.as_dict()
             for slots in concurrency:
                 ptc = sf_config.load(overrides={**base, "transcribe.batch_size": bs,
-                                                "transcribe.num_workers": slots})["transcribe"]
+                                                "transcribe.num_workers": slots}).transcribe.as_dict()
                 # Limit and pipeline alternate `--repeat` times; medians (a shared machine drifts).
                 limits, pipes = [], []
                 for rep in range(args.repeat):

@@ -179,7 +179,7 @@ def files_under(path: Path) -> int:
     return sum(len(f) for _, _, f in os.walk(path))
 
 
-def full_config(root: Path) -> dict:
+def full_config(root: Path):
     from scribeflow.config import for_run
 
     return for_run([str(root / "config.yaml")])
@@ -194,7 +194,7 @@ def admissions(root: Path, runs: int) -> tuple[list[float], list[float]]:
     from scribeflow.gate import DownloadGate
 
     config = full_config(root)
-    data = Path(config["data_dir"])
+    data = Path(config.data_dir)
     for k in range(5):  # in flight: 5 videos, 3 audio files
         (data / "videos" / f"inflight{k}.media").write_bytes(os.urandom(1 << 20))
     for k in range(3):

@@ -163,7 +163,7 @@ def main() -> int:
         compute_type = args.compute_type or ("int8" if args.device == "cpu" else "float16")
         tc = sf_config.load(overrides={
             "transcribe.model": args.model, "transcribe.device": args.device, "transcribe.compute_type": compute_type,
-            "transcribe.cpu_threads": args.cpu_threads, "transcribe.batch_size": args.batch_size})["transcribe"]
+            "transcribe.cpu_threads": args.cpu_threads, "transcribe.batch_size": args.batch_size}).transcribe.as_dict()
         options = decode_options(tc, "en")
         seconds = audio_seconds(clips)
         print(f"{len(clips)} clips, {seconds:.0f} s of speech in all; model {Path(args.model).name}, {args.device} "

@@ -3,7 +3,7 @@ rule extract_audio:
         video=rules.download.output.video,
     output:
         audio=temp_if(
-            CLEANUP["delete_audio_after_transcription"],
+            CLEANUP.delete_audio_after_transcription,
             LAYOUT.audio_pattern(),
         ),
     log:

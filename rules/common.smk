@@ -5,7 +5,6 @@ import sys
 from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
-from snakemake.utils import validate
 
 # The package holds all the logic. An installed scribeflow is used; a checkout run without
 # installing it uses its own src/. The jobs' scripts see the same: Snakemake appends this
@@ -23,23 +22,22 @@ from scribeflow.layout import WORKFLOW_CACHE, Layout
 
 # Snakemake's planning costs per job that are the same for every job of a rule.
 sf_speedups.apply()
-# Nested --config values arrive as strings ('500'): read them as the schema wants.
-sf_config.coerce_strings(config)
-validate(config, str(sf_config.SCHEMA_PATH))
 try:
-    sf_config.check_rules(config)
+    # Validated once (defaults filled into `config`, which every job gets); the rules
+    # read SETTINGS, the jobs rebuild it from their config (scribeflow.steps.Job).
+    SETTINGS = sf_config.validate(config)
     # Every process parses this (each chunk, each cluster job): reuse the validated
     # catalogue while the file is unchanged.
     CATALOGUE = sf_catalogue.load(
-        config["catalogue"], config["chunk"], cache_dir=WORKFLOW_CACHE
+        SETTINGS.catalogue, SETTINGS.chunk, cache_dir=WORKFLOW_CACHE
     )
 except (sf_config.ConfigError, sf_catalogue.CatalogueError) as exc:
     raise WorkflowError(str(exc)) from None
 
 # Every path of the run (scribeflow.layout); the rules declare its {episode} patterns.
-LAYOUT = Layout.from_config(config)
-DISK = config["disk_management"]
-CLEANUP = DISK["cleanup"]
+LAYOUT = Layout.from_config(SETTINGS)
+DISK = SETTINGS.disk_management
+CLEANUP = DISK.cleanup
 
 
 wildcard_constraints:
@@ -58,12 +56,12 @@ def register_default_resource(name, value):
 # keeps --jobs only for remote executors (locally it becomes --cores).
 _slots = workflow.nodes if workflow.nodes is not None else workflow.cores
 _slots = _slots if isinstance(_slots, int) else 1
-register_default_resource("download_slots", sf_config.download_slots(DISK, _slots))
-register_default_resource("transcription_slots", DISK["max_concurrent_transcriptions"])
+register_default_resource("download_slots", DISK.download_slots(_slots))
+register_default_resource("transcription_slots", DISK.max_concurrent_transcriptions)
 # Snakemake gives a resource back when a job ends, not when its temp() output is
 # deleted, so disk_gb caps only the bytes of downloads in flight: the margin
 # above the pause threshold. Snakemake's resources are integers: sizes round up.
-register_default_resource("disk_gb", max(1, math.floor(sf_config.in_flight_gb(DISK))))
+register_default_resource("disk_gb", max(1, math.floor(DISK.in_flight_gb)))
 
 
 def temp_if(flag, path):
@@ -85,7 +83,7 @@ def row(episode, column):
 
 
 def declared_gb(wildcards):
-    mb = row(wildcards.episode, "expected_size_mb") or DISK["default_video_size_mb"]
+    mb = row(wildcards.episode, "expected_size_mb") or DISK.default_video_size_mb
     return max(1, math.ceil(mb / 1000))
 
 
@@ -106,9 +104,7 @@ if GIVEN_UP and not (workflow.remote_exec or workflow.subprocess_exec):
 def transcript_outputs():
     # transcribe.gzip: every transcript file ends in .gz (.json.gz is then the target).
     outputs = LAYOUT.transcript_patterns()
-    outputs["json"] = temp_if(
-        CLEANUP["delete_transcript_after_tokenization"], outputs["json"]
-    )
+    outputs["json"] = temp_if(CLEANUP.delete_transcript_after_tokenization, outputs["json"])
     return outputs
 
 
@@ -137,7 +133,7 @@ def missing_targets(pattern):
     done = ids_with_suffix(folder, suffix)
     todo = (
         []
-        if config["corpus_only"]
+        if SETTINGS.corpus_only
         else [e for e in CATALOGUE.index if e not in done and e not in GIVEN_UP]
     )
     todo = todo or [e for e in CATALOGUE.index if e in done][:1]
@@ -173,14 +169,14 @@ onstart:
         if problem:
             raise WorkflowError(problem)
     # verify: a damaged ledger is found (and rebuilt from the files) before any job starts.
-    with Ledger.for_config(config, verify=True) as ledger:
+    with Ledger.for_config(SETTINGS, verify=True) as ledger:
         ledger.enqueue(CATALOGUE.index)
         ledger.start_run()
     # Inputs of the jobs about to run are never orphans, e.g. the audio of a
     # transcription that was killed after writing its transcript.
     jobs = list(workflow.dag.needrun_jobs())
     needed = {f for job in jobs for f in job.input}
-    files, freed = clean_orphans(config, keep=needed)
+    files, freed = clean_orphans(SETTINGS, keep=needed)
     if files:
         print(
             f"scribeflow: removed {files} orphaned file(s) of an interrupted run, freed {freed / 1e6:.1f} MB"
@@ -198,7 +194,7 @@ onstart:
     if workflow.local_exec and any(job.rule.name == "transcribe" for job in jobs):
         from scribeflow import worker
 
-        if worker.prestart(config["transcribe"], LAYOUT.data_dir):
+        if worker.prestart(SETTINGS.transcribe.as_dict(), LAYOUT.data_dir):
             print(
                 "scribeflow: started the transcription worker (the model loads meanwhile)"
             )

@@ -1,7 +1,7 @@
 rule download:
     output:
         video=temp_if(
-            CLEANUP["delete_video_after_transcription"],
+            CLEANUP.delete_video_after_transcription,
             LAYOUT.video_pattern(),
         ),
     log:

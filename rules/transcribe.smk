@@ -31,13 +31,13 @@ onsuccess:
     from scribeflow import worker
     from scribeflow.ledger import end_run
 
-    worker.stop(config["transcribe"], LAYOUT.data_dir)
-    end_run(config)
+    worker.stop(SETTINGS.transcribe.as_dict(), LAYOUT.data_dir)
+    end_run(SETTINGS)
 
 
 onerror:
     from scribeflow import worker
     from scribeflow.ledger import end_run
 
-    worker.stop(config["transcribe"], LAYOUT.data_dir)
-    end_run(config)
+    worker.stop(SETTINGS.transcribe.as_dict(), LAYOUT.data_dir)
+    end_run(SETTINGS)

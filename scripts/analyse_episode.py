@@ -2,11 +2,11 @@ from scribeflow import steps
 
 steps.setup_logging(snakemake.log[0])
 steps.analyse_episode(
-    snakemake.config,
-    snakemake.wildcards.episode,
-    snakemake.input.transcript,
-    snakemake.output.get("tokens"),
-    snakemake.output.stats,
-    snakemake.output.lemmas,
-    snakemake.params.language,
+    settings=steps.job_settings(snakemake),
+    episode=snakemake.wildcards.episode,
+    transcript=snakemake.input.transcript,
+    tokens=snakemake.output.get("tokens"),
+    stats=snakemake.output.stats,
+    lemmas=snakemake.output.lemmas,
+    language=snakemake.params.language,
 )

@@ -2,8 +2,8 @@ from scribeflow import steps
 
 steps.setup_logging(snakemake.log[0])
 steps.corpus(
-    snakemake.config,
-    snakemake.params.stats,
-    snakemake.params.lemmas,
-    dict(snakemake.output.items()),
+    settings=steps.job_settings(snakemake),
+    stats_pattern=snakemake.params.stats,
+    lemmas_pattern=snakemake.params.lemmas,
+    outputs=dict(snakemake.output.items()),
 )

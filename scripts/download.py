@@ -2,9 +2,9 @@ from scribeflow import steps
 
 steps.setup_logging(snakemake.log[0])
 steps.download(
-    snakemake.config,
-    snakemake.wildcards.episode,
-    snakemake.params.url,
-    snakemake.output.video,
-    snakemake.params.expected_size_mb,
+    settings=steps.job_settings(snakemake),
+    episode=snakemake.wildcards.episode,
+    url=snakemake.params.url,
+    video=snakemake.output.video,
+    expected_size_mb=snakemake.params.expected_size_mb,
 )

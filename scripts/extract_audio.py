@@ -2,8 +2,8 @@ from scribeflow import steps
 
 steps.setup_logging(snakemake.log[0])
 steps.extract_audio(
-    snakemake.config,
-    snakemake.wildcards.episode,
-    snakemake.input.video,
-    snakemake.output.audio,
+    settings=steps.job_settings(snakemake),
+    episode=snakemake.wildcards.episode,
+    video=snakemake.input.video,
+    audio=snakemake.output.audio,
 )

@@ -1,4 +1,4 @@
 from scribeflow import plots, steps
 
 steps.setup_logging(snakemake.log[0])
-plots.draw_all(snakemake.config, snakemake.output.disk, snakemake.output.throughput)
+plots.draw_all(steps.job_settings(snakemake), snakemake.output.disk, snakemake.output.throughput)

@@ -2,10 +2,10 @@ from scribeflow import steps
 
 steps.setup_logging(snakemake.log[0])
 steps.transcribe(
-    snakemake.config,
-    snakemake.wildcards.episode,
-    snakemake.input.audio,
-    dict(snakemake.output.items()),
-    snakemake.params.video,
-    snakemake.params.language,
+    settings=steps.job_settings(snakemake),
+    episode=snakemake.wildcards.episode,
+    audio=snakemake.input.audio,
+    outputs=dict(snakemake.output.items()),
+    video=snakemake.params.video,
+    language=snakemake.params.language,
 )

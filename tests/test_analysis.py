@@ -10,6 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from scribeflow.analysis import analyse_tokens, build_corpus, lemmas_for_coverage, read_tsv
+from scribeflow.config import validate
 from scribeflow.tokens import read_tokens, tokenize_file
 
 FIXTURES = Path(__file__).parent / "data" / "transcripts"
@@ -127,8 +128,9 @@ def test_the_corpus_step_covers_every_analysed_episode_of_the_whole_catalogue(co
                          "en_cat,https://e.org/2,\n"
                          "not_yet,https://e.org/3,cats and weather\n")
     outputs = {name: tmp_path / "out" / name for name in OUTPUTS}
-    steps.corpus({"catalogue": str(catalogue), "chunk": "3/3"}, str(root / "episodes/{episode}.json"),
-                 str(root / "lemmas/{episode}.parquet"), outputs)
+    steps.corpus(settings=validate({"catalogue": str(catalogue), "chunk": "3/3"}),
+                 stats_pattern=str(root / "episodes/{episode}.json"),
+                 lemmas_pattern=str(root / "lemmas/{episode}.parquet"), outputs=outputs)
     coverage = read_tsv(outputs["coverage"])
     assert list(coverage["episodes"]) == [2, 1] and coverage["tokens"][0] == 18 + 14
     assert list(coverage["series"].fillna("")) == ["", "cats and weather"]
@@ -212,7 +214,8 @@ def test_analysis_lemma_in_the_config_reaches_the_corpus_step(corpus, tmp_path):
     catalogue.write_text("id,url\nja_weather,https://e.org/1\n")
     for form, shown, other in (("unidic", "居る", "lemma_written"), ("written", "いる", "lemma_unidic")):
         outputs = {name: tmp_path / form / name for name in OUTPUTS}
-        steps.corpus({"catalogue": str(catalogue), "analysis": {"lemma": form}}, str(root / "episodes/{episode}.json"),
-                     str(root / "lemmas/{episode}.parquet"), outputs)
+        steps.corpus(settings=validate({"catalogue": str(catalogue), "analysis": {"lemma": form}}),
+                     stats_pattern=str(root / "episodes/{episode}.json"),
+                     lemmas_pattern=str(root / "lemmas/{episode}.parquet"), outputs=outputs)
         freq = read_tsv(outputs["frequency"])
         assert other in freq.columns and shown in set(freq["lemma"])  # 走っていた: the い of いる

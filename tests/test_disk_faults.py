@@ -263,12 +263,12 @@ def test_a_download_larger_than_the_budget_fails_at_once_as_permanent(tmp_path):
 # -- defaults that scale -----------------------------------------------------------------
 def test_size_defaults_scale_with_a_tiny_budget():
     tiny = cfg.validate({"disk_management": {"hard_limit_gb": 0.004, "pause_threshold_gb": 0.003,
-                                             "resume_threshold_gb": 0.002}})["disk_management"]
-    assert tiny["audio_headroom_mb"] == pytest.approx(0.25)
-    assert tiny["default_video_size_mb"] == pytest.approx(0.75)
-    assert tiny["min_free_gb"] == pytest.approx(0.00004)
-    big = cfg.validate({})["disk_management"]
-    assert (big["audio_headroom_mb"], big["default_video_size_mb"], big["min_free_gb"]) == (200, 600, 1)
+                                             "resume_threshold_gb": 0.002}}).disk_management
+    assert tiny.audio_headroom_mb == pytest.approx(0.25)
+    assert tiny.default_video_size_mb == pytest.approx(0.75)
+    assert tiny.min_free_gb == pytest.approx(0.00004)
+    big = cfg.validate({}).disk_management
+    assert (big.audio_headroom_mb, big.default_video_size_mb, big.min_free_gb) == (200, 600, 1)
     with pytest.raises(cfg.ConfigError, match=r"audio_headroom_mb \(200\).*leave it out"):
         cfg.validate({"disk_management": {"hard_limit_gb": 0.004, "pause_threshold_gb": 0.003,
                                           "resume_threshold_gb": 0.002, "audio_headroom_mb": 200}})

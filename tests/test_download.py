@@ -13,9 +13,8 @@ from support.server import MediaServer
 
 @pytest.fixture
 def config(tmp_path):
-    c = cfg.validate({"data_dir": str(tmp_path / "data"), "storage_dir": str(tmp_path / "storage")})
-    c["download"]["retries"] = 1
-    return c
+    return cfg.validate({"data_dir": str(tmp_path / "data"), "storage_dir": str(tmp_path / "storage"),
+                         "download": {"retries": 1}})
 
 
 def test_downloads_and_validates_a_speech_video(media_server, speech_dir, config, tmp_path):
@@ -65,7 +64,7 @@ def test_missing_episode_is_a_permanent_failure(media_server, config, tmp_path):
 def test_download_options_pass_through(tmp_path):
     dl = cfg.validate({"download": {"rate_limit": "2M", "sleep_interval": 3, "max_sleep_interval": 9,
                                     "cookies": "/c.txt", "proxy": "socks5://127.0.0.1:1080",
-                                    "max_filesize_mb": 700, "user_agent": "ua"}})["download"]
+                                    "max_filesize_mb": 700, "user_agent": "ua"}}).download
     opts = ydl_options(dl, tmp_path / "50%(id)s.media", [])
     assert opts["retries"] == 10 and opts["format"] == "bestaudio/best"
     assert opts["ratelimit"] == 2 * 1024**2 and opts["sleep_interval"] == 3 and opts["max_sleep_interval"] == 9

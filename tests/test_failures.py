@@ -32,8 +32,8 @@ def fail_download(config, ledger, episode, exc):
 
 def test_a_permanent_failure_gives_the_episode_up_at_once(config, ledger):
     assert fail_download(config, ledger, "gone", DownloadFailed("gone: HTTP 404", permanent=True))
-    assert failures.given_up(config["data_dir"]) == {"gone"}
-    marker = json.loads((failures.marker_dir(config["data_dir"]) / "gone.json").read_text())
+    assert failures.given_up(config.data_dir) == {"gone"}
+    marker = json.loads((failures.marker_dir(config.data_dir) / "gone.json").read_text())
     assert marker["permanent"] and marker["attempts"] == 1 and "HTTP 404" in marker["reason"]
     job = ledger.job("gone")
     assert job["stage"] == "failed" and "HTTP 404" in job["last_error"]
@@ -42,34 +42,34 @@ def test_a_permanent_failure_gives_the_episode_up_at_once(config, ledger):
 def test_a_transient_download_failure_is_given_up_after_max_attempts(config, ledger):
     flaky = DownloadFailed("flaky: HTTP 503", transient=True)
     assert not fail_download(config, ledger, "flaky", flaky)
-    assert failures.given_up(config["data_dir"]) == set()
+    assert failures.given_up(config.data_dir) == set()
     assert fail_download(config, ledger, "flaky", flaky)  # second run: max_attempts 2
-    assert failures.given_up(config["data_dir"]) == {"flaky"}
+    assert failures.given_up(config.data_dir) == {"flaky"}
 
 
 def test_unusable_media_in_extraction_is_permanent_other_crashes_are_not(config, ledger):
     assert failures.record(config, ledger, "bad", "extract_audio", MediaError("bad.media: has no audio stream"))
     for _ in range(5):
         assert not failures.record(config, ledger, "crash", "extract_audio", MemoryError("out of memory"))
-    assert failures.given_up(config["data_dir"]) == {"bad"}
+    assert failures.given_up(config.data_dir) == {"bad"}
 
 
 def test_a_transcription_that_keeps_failing_is_given_up_after_max_attempts(config, ledger):
-    config["transcribe"]["max_attempts"] = 3
+    config = cfg.updated(config, {"transcribe": {"max_attempts": 3}})
     ledger.set_stage("oom", "downloading")  # one download, then transcriptions that fail
     for run in (1, 2):
         ledger.set_stage("oom", "transcribing")
         assert not failures.record(config, ledger, "oom", "transcribe", MemoryError("CUDA out of memory"))
         # Ctrl-C in the middle of a transcription is not the episode's fault: never counted.
         assert not failures.record(config, ledger, "oom", "transcribe", KeyboardInterrupt())
-    assert failures.given_up(config["data_dir"]) == set()
+    assert failures.given_up(config.data_dir) == set()
     # An interruption is not a failure: the episode is back where it was, marked interrupted.
     assert failures.render(failures.report(config)) == "No failed episodes."
     job = ledger.job("oom")
     assert job["stage"] == "extracted" and job["last_error"].startswith("interrupted during transcribe")
     assert job["transcribe_failures"] == 2
     assert failures.record(config, ledger, "oom", "transcribe", MemoryError("CUDA out of memory"))
-    marker = json.loads((failures.marker_dir(config["data_dir"]) / "oom.json").read_text())
+    marker = json.loads((failures.marker_dir(config.data_dir) / "oom.json").read_text())
     assert (marker["step"], marker["attempts"], marker["permanent"]) == ("transcribe", 3, False)
     assert failures.retry(config, ["oom"]) == ["oom"]
     assert ledger.job("oom")["transcribe_failures"] == 0
@@ -106,7 +106,7 @@ def test_report_and_retry(config, ledger):
     with pytest.raises(ValueError, match="not failed episodes: fine"):
         failures.retry(config, ["fine"])
     assert failures.retry(config, ["gone"]) == ["gone"]
-    assert failures.given_up(config["data_dir"]) == set()
+    assert failures.given_up(config.data_dir) == set()
     job = ledger.job("gone")
     assert (job["stage"], job["attempts"], job["last_error"]) == ("queued", 0, None)
     assert failures.retry(config) == ["flaky"]
@@ -115,7 +115,7 @@ def test_report_and_retry(config, ledger):
 
 def test_cli_failed_retry_and_check(config, ledger, tmp_path, capsys):
     configfile = tmp_path / "c.yaml"
-    configfile.write_text(json.dumps({"data_dir": config["data_dir"], "storage_dir": config["storage_dir"]}))
+    configfile.write_text(json.dumps({"data_dir": config.data_dir, "storage_dir": config.storage_dir}))
     fail_download(config, ledger, "gone", DownloadFailed("gone: HTTP 404", permanent=True))
     assert cli.main(["failed", "--json", "--configfile", str(configfile)]) == 0
     assert [r["id"] for r in json.loads(capsys.readouterr().out)] == ["gone"]
@@ -135,7 +135,7 @@ def touch(path, data=b"\0" * 4096):
 
 def cfg_path(config, root, *parts):
     """A path under data_dir ("d") or storage_dir ("s")."""
-    return Path(config["data_dir"] if root == "d" else config["storage_dir"]).joinpath(*parts)
+    return Path(config.data_dir if root == "d" else config.storage_dir).joinpath(*parts)
 
 
 def transcript(config, episode):
@@ -199,8 +199,9 @@ def test_a_transcription_step_that_crashes_on_its_audio_is_given_up_on_the_third
     outputs = {"json": str(tmp_path / "d" / "transcripts" / "ep.json")}
     for run in (1, 2, 3):
         with pytest.raises(Exception):
-            steps.transcribe(config, "ep", str(audio), outputs, str(tmp_path / "s" / "videos" / "ep.media"), None)
-        assert failures.given_up(config["data_dir"]) == ({"ep"} if run == 3 else set())
+            steps.transcribe(settings=config, episode="ep", audio=str(audio), outputs=outputs,
+                             video=str(tmp_path / "s" / "videos" / "ep.media"))
+        assert failures.given_up(config.data_dir) == ({"ep"} if run == 3 else set())
     assert not Path(outputs["json"]).exists()
     (row,) = failures.report(config)
     assert (row["step"], row["attempts"], row["given_up"]) == ("transcribe", 3, True)

@@ -137,7 +137,7 @@ def test_a_server_that_never_answers_times_out_and_is_retried(speech_dir, config
 
 
 def test_a_server_that_never_answers_fails_within_the_timeouts(speech_dir, config, out):
-    config["download"]["retries"] = 1
+    config = cfg.updated(config, {"download": {"retries": 1}})
     with MediaServer(speech_dir, faults={"/ep04.mp4": ["hang"] * 10}) as server:
         started = time.monotonic()
         with pytest.raises(DownloadFailed, match="timed out") as info:
@@ -184,7 +184,7 @@ def test_a_video_without_audio_is_permanent_and_removed(tmp_path, config, out):
 
 
 def test_backoff_doubles_is_capped_and_honours_retry_after():
-    dl = {"retry_backoff_seconds": 1, "max_backoff_seconds": 30}
+    dl = cfg.validate({"download": {"retry_backoff_seconds": 1, "max_backoff_seconds": 30}}).download
     waits = [backoff_seconds(dl, n) for n in (1, 2, 3, 4)]
     for n, wait in enumerate(waits):
         assert 0.8 * 2**n <= wait <= 1.2 * 2**n

@@ -35,7 +35,7 @@ def scribeflow(tmp: Path, *args: str, capsys) -> tuple[int, str]:
     return code, capsys.readouterr().out
 
 
-def checked(config: dict) -> dict:
+def checked(config: dict) -> cfg.Settings:
     return cfg.validate(json.loads(json.dumps(config)))
 
 

@@ -58,7 +58,7 @@ def test_plots_follow_the_data_and_show_the_limits_when_in_range(tmp_path):
 
     from scribeflow import plots
 
-    limits = cfg.validate({})["disk_management"]  # 300 / 280 / 250 GB
+    limits = cfg.validate({}).disk_management  # 300 / 280 / 250 GB
     pilot = _ledger_with_samples(tmp_path / "pilot.db", [int(2e9 + i * 1e7) for i in range(100)])
     fig = plots.disk_usage_figure(pilot, limits)
     ax = fig.axes[0]

@@ -92,7 +92,7 @@ def test_corpus_cleanup_flags_make_used_transcripts_and_tokens_orphans(tmp_path)
     }
     config = cfg.validate({"data_dir": str(d), "storage_dir": str(tmp_path / "s")})
     assert clean_orphans(config)[0] == 1 and not files["half_written"].exists()  # flags off: data kept
-    config["disk_management"]["cleanup"].update(
-        delete_transcript_after_tokenization=True, delete_tokens_after_analysis=True)
+    config = cfg.updated(config, {"disk_management": {"cleanup": {
+        "delete_transcript_after_tokenization": True, "delete_tokens_after_analysis": True}}})
     assert clean_orphans(config)[0] == 2
     assert sorted(k for k, p in files.items() if p.exists()) == ["analysed", "pending", "pending_tokens"]

@@ -10,6 +10,7 @@ import time
 import pytest
 
 from scribeflow import disk, logs
+from scribeflow.config import validate
 from scribeflow.disk import DiskMonitor, PER_EPISODE
 from scribeflow.gate import DownloadGate
 from scribeflow.ledger import Ledger
@@ -236,10 +237,10 @@ def test_history_is_thinned_to_a_bounded_size(tmp_path):
         ledger.sample_disk(DiskUsage(videos=1), paused=False)
     catalogue = tmp_path / "episodes.csv"
     catalogue.write_text("id,url\n")
-    config = {"data_dir": str(data), "storage_dir": str(data), "catalogue": str(catalogue),
-              "disk_management": {"hard_limit_gb": 1, "pause_threshold_gb": 0.8, "resume_threshold_gb": 0.6,
-                                  "cache_duration_seconds": 0, "min_free_gb": 0, "reconcile_interval_seconds": 600,
-                                  "accounting_margin_mb": 1}}
+    config = validate({"data_dir": str(data), "storage_dir": str(data), "catalogue": str(catalogue),
+                       "disk_management": {"hard_limit_gb": 1, "pause_threshold_gb": 0.8, "resume_threshold_gb": 0.6,
+                                           "cache_duration_seconds": 0, "min_free_gb": 0,
+                                           "reconcile_interval_seconds": 600, "accounting_margin_mb": 1}})
     assert snapshot(config, now)["pauses"]["count"] == before_pauses
 
 

@@ -102,7 +102,7 @@ def test_plan_reproduces_the_seed_figures_and_corrects_its_disk_estimate():
 
 def test_plan_reads_the_catalogue_and_the_ledger(tmp_path):
     config = make_run(tmp_path)
-    catalogue = sf_catalogue.load(config["catalogue"])
+    catalogue = sf_catalogue.load(config.catalogue)
     p = plan(config, catalogue, [1, 4], {})
     i = p["inputs"]
     assert i["remaining"] == 5 and i["transcription_speed"] == pytest.approx(10.0)
@@ -137,6 +137,6 @@ def test_plots_are_png_files_with_content(tmp_path):
         data = png.read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 20_000
     # An empty ledger (a run that has not started) still draws the limits.
-    empty = {**config, "data_dir": str(tmp_path / "empty")}
+    empty = cfg.updated(config, {"data_dir": str(tmp_path / "empty")})
     draw_all(empty, tmp_path / "e1.png", tmp_path / "e2.png")
     assert (tmp_path / "e1.png").stat().st_size > 10_000

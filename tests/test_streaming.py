@@ -61,9 +61,9 @@ def test_dash_audio_through_ffmpeg_fixups_and_a_merge(streams_dir, config, video
     # their copy of the file is reserved.
     folder, made = streams_dir
     with MediaServer(folder) as server:
-        config["download"]["fixup"] = "detect_or_warn"
+        config = cfg.updated(config, {"download": {"fixup": "detect_or_warn"}})
         fixed = download_episode("a", server.url(made["dash"][0]), videos / "a.media", config)
-        config["download"]["format"] = "bv+ba/b"
+        config = cfg.updated(config, {"download": {"format": "bv+ba/b"}})
         merged = download_episode("b", server.url(made["dash"][0]), videos / "b.media", config)
     assert fixed["audio_only"] and fixed["ext"] == "m4a"
     assert not merged["audio_only"] and "+" in merged["format_id"]
@@ -154,7 +154,7 @@ def test_starts_on_one_host_are_spaced_by_the_min_interval(tmp_path):
 
 def test_a_429_slows_down_its_host_and_not_the_other(streams_dir, config, videos):
     folder, made = streams_dir
-    config["download"].update({"exempt_hosts": [], "min_start_interval_seconds": 0, "retries": 3})
+    config = cfg.updated(config, {"download": {"exempt_hosts": [], "min_start_interval_seconds": 0, "retries": 3}})
     finished = {}
 
     def job(name, server, path):
@@ -210,14 +210,14 @@ def test_declared_size_catalogue_first_then_yt_dlp_with_a_margin_and_merges_rese
         declare_size(None, {**video}, config, "ep", expected_size_mb=1)
     media, _, source = declare_size(None, {"protocol": "https", "url": "https://x.example/a.m3u8"}, config, "ep",
                                     None)
-    assert media == config["disk_management"]["default_video_size_mb"] * 1_000_000 and "default" in source
+    assert media == config.disk_management.default_video_size_mb * 1_000_000 and "default" in source
 
 
 def test_a_429_on_a_fragment_that_yt_dlp_retries_itself_still_slows_the_host(streams_dir, config, videos):
     folder, made = streams_dir
     path = made["dash"][0]
     fragment = f"/{path.rsplit('/', 1)[0]}/chunk-stream1-00002.m4s"
-    config["download"].update({"exempt_hosts": [], "min_start_interval_seconds": 0})
+    config = cfg.updated(config, {"download": {"exempt_hosts": [], "min_start_interval_seconds": 0}})
     with MediaServer(folder, faults={f"GET {fragment}": ["429"]}) as server:
         started = time.time()
         download_episode("ep", server.url(path), videos / "ep.media", config)

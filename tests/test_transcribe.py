@@ -144,7 +144,7 @@ def test_the_transcript_records_what_ctranslate2_ran(model_path, speech_dir):
 
     from scribeflow.transcribe import load_model, run_model
 
-    tc = sf_config.load(overrides={"transcribe.model": model_path})["transcribe"]  # device, compute_type: auto
+    tc = sf_config.load(overrides={"transcribe.model": model_path}).transcribe.as_dict()  # device, compute_type: auto
     raw = run_model(load_model(tc), decode_audio(str(speech_dir / "ep01.mp4")), {"beam_size": 1})
     t = build_transcript(raw, "ep01", tc, {"beam_size": 1})
     assert (t["options"]["device"], t["options"]["compute_type"]) == ("cpu", "int8_float32")
@@ -159,13 +159,13 @@ def test_profile_gpu_decodes_batched_in_float16_two_at_once():
     from scribeflow.transcribe import decode_options
 
     entries = yaml.safe_load((Path(__file__).parents[1] / "profiles" / "gpu" / "config.yaml").read_text())["config"]
-    tc = sf_config.for_run(overrides=entries)["transcribe"]
+    tc = sf_config.for_run(overrides=entries).transcribe.as_dict()
     assert (tc["device"], tc["compute_type"], tc["num_workers"]) == ("cuda", "float16", 2)
     options = decode_options(tc, None)
     assert options["batch_size"] == 16 and options["language_windows"] == 7
     assert decode_options(tc, "ja")["language"] == "ja" and "language_windows" not in decode_options(tc, "ja")
     # Without the profile (or with its line replaced by a --config of one's own): auto.
-    assert decode_options(sf_config.load()["transcribe"], "ja")["batch_size"] == "auto"
+    assert decode_options(sf_config.load().transcribe.as_dict(), "ja")["batch_size"] == "auto"
     with pytest.raises(sf_config.ConfigError, match="batch_size"):
         sf_config.load(overrides={"transcribe.batch_size": "many"})
 
@@ -188,7 +188,7 @@ def test_batch_size_auto_batches_on_a_gpu_and_decodes_sequentially_on_a_cpu(mode
     from scribeflow.transcribe import GPU_BATCH_SIZE, decode_options, load_model, run_model
 
     tc = sf_config.load(overrides={"transcribe.model": model_path, "transcribe.device": "cpu",
-                                   "transcribe.compute_type": "int8"})["transcribe"]
+                                   "transcribe.compute_type": "int8"}).transcribe.as_dict()
     options = {**decode_options(tc, "en"), "beam_size": 1}
     model = load_model(tc)
     audio = decode_audio(str(speech_dir / "ep01.mp4"))
@@ -215,7 +215,7 @@ def test_batched_decoding_without_vad_cuts_long_audio_in_30_s_windows(model_path
     from scribeflow.transcribe import load_model, run_model
 
     tc = sf_config.load(overrides={"transcribe.model": model_path, "transcribe.device": "cpu",
-                                   "transcribe.compute_type": "int8"})["transcribe"]
+                                   "transcribe.compute_type": "int8"}).transcribe.as_dict()
     clip = decode_audio(str(speech_dir / "ep01.mp4"))
     pause = np.zeros(16_000 * 8, np.float32)
     audio = np.concatenate([clip, pause] * (-(-45 * 16_000 // (len(clip) + len(pause)))))  # >= 45 s

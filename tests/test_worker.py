@@ -131,9 +131,10 @@ def test_a_worker_death_counts_against_the_episode_and_the_third_failure_gives_i
     outputs = {e: {"json": str(data / "transcripts" / f"{e}.json")} for e in ("first", "again")}
     video = str(tmp_path / "storage" / "videos" / "gone.media")
     # Every request dies with the worker, as when one audio gets it killed for memory.
-    with dying_worker(config["transcribe"], str(data)):
+    with dying_worker(config.transcribe.as_dict(), str(data)):
         # A first death: counted, then the job transcribes in-process.
-        steps.transcribe(config, "first", str(data / "audio" / "first.wav"), outputs["first"], video, "en")
+        steps.transcribe(settings=config, episode="first", audio=str(data / "audio" / "first.wav"),
+                         outputs=outputs["first"], video=video, language="en")
         assert "hello world" in read_transcript(outputs["first"]["json"])["text"].lower()
         with Ledger.for_config(config) as ledger:
             assert (ledger.job("first")["stage"], ledger.job("first")["transcribe_failures"]) == ("transcribed", 1)
@@ -142,7 +143,8 @@ def test_a_worker_death_counts_against_the_episode_and_the_third_failure_gives_i
                 ledger.add_transcribe_failure("again")
         # The third failure (max_attempts 3): given up, without a try in-process.
         with pytest.raises(failures.TranscriptionCrashed, match="died while transcribing it, in 3 runs"):
-            steps.transcribe(config, "again", str(data / "audio" / "again.wav"), outputs["again"], video, "en")
+            steps.transcribe(settings=config, episode="again", audio=str(data / "audio" / "again.wav"),
+                             outputs=outputs["again"], video=video, language="en")
     assert failures.given_up(str(data)) == {"again"}
     marker = json.loads((data / "failed" / "again.json").read_text())
     assert (marker["step"], marker["attempts"]) == ("transcribe", 3)

@@ -108,7 +108,7 @@ class Running:
 
 
 class Driver:
-    def __init__(self, directory: Path, config: dict, chunk_size: int, snakemake_args: list[str],
+    def __init__(self, directory: Path, config: sf_config.Settings, chunk_size: int, snakemake_args: list[str],
                  configfiles: list[str] = (), overrides: list[str] = (), overlap: bool = True,
                  poll: float = 2.0, unlock: bool = False, command: list[str] | None = None, out=None,
                  progress_every: float = 60.0, snakefile: str | Path = "Snakefile"):
@@ -165,10 +165,10 @@ class Driver:
             recent, failed, sample = 0, 0, None
         if window := min(elapsed, HOUR):
             parts.append(f"{recent * HOUR / window:.1f} transcribed/h over the last {window / 60:.0f} min")
-        dm = self.config["disk_management"]
+        dm = self.config.disk_management
         if sample:
-            parts.append(f"disk {gb(sample[0])} of {dm['hard_limit_gb']:g} GB (pause {dm['pause_threshold_gb']:g}, "
-                         f"resume {dm['resume_threshold_gb']:g})" + (", downloads paused" if sample[1] else ""))
+            parts.append(f"disk {gb(sample[0])} of {dm.hard_limit_gb:g} GB (pause {dm.pause_threshold_gb:g}, "
+                         f"resume {dm.resume_threshold_gb:g})" + (", downloads paused" if sample[1] else ""))
         gave_up = len(given_up(self.data) & self.catalogue_ids)
         parts.append(f"failed {failed} ({gave_up} given up)")
         return " | ".join(parts)
@@ -224,7 +224,7 @@ class Driver:
 
     def run(self) -> int:
         cache = self.directory / WORKFLOW_CACHE
-        catalogue_path = self.directory / self.config["catalogue"]
+        catalogue_path = self.directory / self.config.catalogue
         chunks = plan(sf_catalogue.load(catalogue_path, cache_dir=cache), self.chunk_size)
         self.catalogue_ids = {i for c in chunks for i in c.ids}
         done = self.finished()
@@ -324,7 +324,7 @@ def main(args) -> int:
         snakefile = find_snakefile(args.snakefile)
         # The run's defaults are the workflow's config/config.yaml, beside its Snakefile.
         config = sf_config.for_run(args.configfile, overrides, directory, workflow_dir=snakefile.parent)
-        if config.get("chunk"):
+        if config.chunk:
             raise sf_config.ConfigError("chunk: run-chunks sets it; leave it null")
     except (sf_config.ConfigError, sf_catalogue.CatalogueError, OSError, ValueError) as exc:
         print(f"run-chunks: {exc}", file=sys.stderr)

@@ -9,6 +9,10 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .config import Settings
 
 from .layout import Layout
 
@@ -22,7 +26,7 @@ def add_config_options(parser: argparse.ArgumentParser) -> None:
                              "\"disk_management={'hard_limit_gb': 500}\"")
 
 
-def load_config(args) -> dict:
+def load_config(args) -> Settings:
     from .config import for_run
 
     return for_run(args.configfile, args.config)
@@ -41,7 +45,7 @@ def cmd_plan(args) -> int:
     from .plan import plan, render
 
     config = load_config(args)
-    catalogue = sf_catalogue.load(config["catalogue"])  # the whole catalogue, every chunk
+    catalogue = sf_catalogue.load(config.catalogue)  # the whole catalogue, every chunk
     options = {"download_mb_per_s": args.download_mb_per_s, "transcription_speed": args.speed,
                "extraction_speed": None, "duration_s": args.duration_min and args.duration_min * 60,
                "transcript_kb": None, "cores": args.cores}
@@ -99,7 +103,7 @@ def cmd_dashboard(args) -> int:
 def cmd_logs(args) -> int:
     from .logs import episode_logs
 
-    data = load_config(args)["data_dir"]
+    data = load_config(args).data_dir
     found = 0
     for episode in args.ids:
         for path, text in episode_logs(data, episode):

@@ -1,8 +1,10 @@
-"""Configuration: JSON-Schema validation with defaults, plus the rules a schema cannot say."""
+"""Configuration: JSON-Schema validation with defaults, the rules a schema cannot say, and
+the typed, immutable `Settings` that rules, steps and commands read by attribute."""
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import re
 from importlib import resources
 from pathlib import Path
@@ -76,8 +78,9 @@ def coerce_strings(config: dict, schema: dict | None = None) -> dict:
     return config
 
 
-def validate(config: dict, schema: dict | None = None) -> dict:
-    """Fill defaults into `config` (in place) and refuse what the schema or the rules refuse."""
+def validate(config: dict, schema: dict | None = None) -> Settings:
+    """The one way in: fill defaults into `config` (in place: the dict Snakemake hands its
+    jobs), refuse what the schema or the rules refuse, and return the settings."""
     import jsonschema
 
     schema = schema or load_schema()
@@ -87,8 +90,9 @@ def validate(config: dict, schema: dict | None = None) -> dict:
     if errors:
         lines = [f"{'.'.join(map(str, e.absolute_path)) or '(top level)'}: {e.message}" for e in errors]
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(lines))
-    check_rules(config)
-    return config
+    settings = Settings.from_validated(config)
+    check_rules(settings)
+    return settings
 
 
 def workflow_defaults(directory: str | Path = ".") -> dict:
@@ -107,7 +111,7 @@ def workflow_defaults(directory: str | Path = ".") -> dict:
         raise ConfigError(f"config file {path}: {exc}") from None
 
 
-def load(path: str | Path | None = None, overrides: dict | None = None) -> dict:
+def load(path: str | Path | None = None, overrides: dict | None = None) -> Settings:
     """Read a config file (default: config/config.yaml of the current directory, else the
     schema's defaults), apply overrides, validate."""
     config = (yaml.safe_load(Path(path).read_text()) or {}) if path else workflow_defaults()
@@ -117,8 +121,8 @@ def load(path: str | Path | None = None, overrides: dict | None = None) -> dict:
 
 
 def for_run(configfiles: list[str] = (), overrides: list[str] = (), directory: str | Path = ".",
-            workflow_dir: str | Path | None = None) -> dict:
-    """The config a `snakemake` run given these --configfile FILE and --config KEY=VALUE
+            workflow_dir: str | Path | None = None) -> Settings:
+    """The settings a `snakemake` run given these --configfile FILE and --config KEY=VALUE
     arguments sees: config/config.yaml of the workflow (the Snakefile's configfile;
     `workflow_dir`, by default `directory`), updated by each file (relative to
     `directory`), then by the overrides, parsed as Snakemake parses them and merged by its
@@ -187,43 +191,39 @@ def _set_dotted(config: dict, dotted: str, value: Any) -> None:
     node[leaf] = value
 
 
-def download_slots(dm: dict, slots: int) -> int:
-    """Downloads a run may hold at once: max_concurrent_downloads, and always one job slot
-    (core, or cluster job) left for the extraction and transcription that free space."""
-    return max(1, min(dm["max_concurrent_downloads"], slots - 1))
-
-
-def in_flight_gb(dm: dict) -> float:
-    """The bytes (in GB) downloads in flight may add above the pause threshold."""
-    if dm.get("in_flight_gb") is None:
-        return dm["hard_limit_gb"] - dm["pause_threshold_gb"]
-    return dm["in_flight_gb"]
-
-
 # Size defaults for a large budget; each shrinks with a small one (resolve_sizes).
 AUDIO_HEADROOM_MB = 200
 DEFAULT_VIDEO_SIZE_MB = 600
 MIN_FREE_GB = 1
+ACCOUNTING_MARGIN_MB = 64
 
 
-def resolve_sizes(dm: dict) -> None:
-    """Fill the size keys left null (in place) with defaults that scale with the budget,
-    so that a 4 MB hard limit runs with its three thresholds alone."""
-    margin_mb = max(0.0, (dm["hard_limit_gb"] - dm["pause_threshold_gb"]) * 1000)
+def resolve_sizes(dm: dict) -> dict:
+    """The disk_management section with the size keys left null filled with defaults
+    that scale with the budget, so that a 4 MB hard limit runs with its three
+    thresholds alone. Returns a new dict; `dm` is left as it is."""
+    dm = dict(dm)
+    hard, pause = dm["hard_limit_gb"], dm["pause_threshold_gb"]
+    margin_mb = max(0.0, (hard - pause) * 1000)
+    if dm.get("in_flight_gb") is None:  # the bytes downloads in flight may add above the pause threshold
+        dm["in_flight_gb"] = hard - pause
     if dm.get("audio_headroom_mb") is None:
         dm["audio_headroom_mb"] = min(AUDIO_HEADROOM_MB, margin_mb / 4)
     if dm.get("default_video_size_mb") is None:
-        room_mb = in_flight_gb(dm) * 1000 - dm["audio_headroom_mb"]  # what fits above the pause threshold
+        room_mb = dm["in_flight_gb"] * 1000 - dm["audio_headroom_mb"]  # what fits above the pause threshold
         dm["default_video_size_mb"] = min(DEFAULT_VIDEO_SIZE_MB, max(room_mb, margin_mb / 4))
     if dm.get("min_free_gb") is None:
-        dm["min_free_gb"] = min(MIN_FREE_GB, dm["hard_limit_gb"] / 100)
+        dm["min_free_gb"] = min(MIN_FREE_GB, hard / 100)
+    if dm.get("accounting_margin_mb") is None:
+        # A transcript's temporary file while it is written, a job's first log lines.
+        dm["accounting_margin_mb"] = min(float(ACCOUNTING_MARGIN_MB), hard * 1000 / 100)
+    return dm
 
 
-def check_rules(config: dict) -> None:
+def check_rules(settings: Settings) -> None:
     """Cross-key rules of the disk budget. Each message names the key at fault."""
-    dm = config["disk_management"]
-    hard, pause, resume = dm["hard_limit_gb"], dm["pause_threshold_gb"], dm["resume_threshold_gb"]
-    resolve_sizes(dm)
+    dm = settings.disk_management
+    hard, pause, resume = dm.hard_limit_gb, dm.pause_threshold_gb, dm.resume_threshold_gb
     if not pause < hard:
         raise ConfigError(
             f"disk_management.pause_threshold_gb ({pause}) must be below hard_limit_gb ({hard})"
@@ -232,24 +232,24 @@ def check_rules(config: dict) -> None:
         raise ConfigError(
             f"disk_management.resume_threshold_gb ({resume}) must be below pause_threshold_gb ({pause})"
         )
-    if pause + in_flight_gb(dm) > hard + 1e-12:
+    if pause + dm.in_flight_gb > hard + 1e-12:
         raise ConfigError(
-            f"disk_management.in_flight_gb ({dm['in_flight_gb']}) + pause_threshold_gb ({pause}) "
+            f"disk_management.in_flight_gb ({dm.in_flight_gb}) + pause_threshold_gb ({pause}) "
             f"exceeds hard_limit_gb ({hard}): downloads in flight could cross the hard limit"
         )
-    if dm["audio_headroom_mb"] * MB >= (hard - pause) * GB:
+    if dm.audio_headroom_mb * MB >= (hard - pause) * GB:
         raise ConfigError(
-            f"disk_management.audio_headroom_mb ({dm['audio_headroom_mb']}) must be below "
+            f"disk_management.audio_headroom_mb ({dm.audio_headroom_mb}) must be below "
             f"hard_limit_gb - pause_threshold_gb ({(hard - pause) * 1000:g} MB); leave it out (null) for a "
             f"default that scales with the budget"
         )
-    if (dm["default_video_size_mb"] + dm["audio_headroom_mb"]) * MB > hard * GB:
+    if (dm.default_video_size_mb + dm.audio_headroom_mb) * MB > hard * GB:
         raise ConfigError(
-            f"disk_management.default_video_size_mb ({dm['default_video_size_mb']}) + audio_headroom_mb "
-            f"({dm['audio_headroom_mb']:g}) exceeds hard_limit_gb ({hard}): a download of unknown size could never "
+            f"disk_management.default_video_size_mb ({dm.default_video_size_mb}) + audio_headroom_mb "
+            f"({dm.audio_headroom_mb:g}) exceeds hard_limit_gb ({hard}): a download of unknown size could never "
             f"start; leave default_video_size_mb out (null) for a default that scales with the budget"
         )
-    chunk = config.get("chunk")
+    chunk = settings.chunk
     if chunk is not None:
         from .catalogue import CatalogueError, parse_chunk
 
@@ -257,21 +257,220 @@ def check_rules(config: dict) -> None:
             parse_chunk(chunk)
         except CatalogueError:
             raise ConfigError(f"chunk ({chunk!r}) must be K/N with 1 <= K <= N") from None
-    if config.get("transcribe"):
-        check_transcribe(config["transcribe"])
+    check_transcribe(settings.transcribe)
 
 
-def check_transcribe(tc: dict) -> None:
+def check_transcribe(tc: Transcribe) -> None:
     """The transcribe settings faster-whisper would silently misuse."""
     from .transcribe import LANGUAGES, ModelError, check_model_dir
 
-    if tc.get("hallucination_silence_threshold") is not None and not tc.get("word_timestamps"):
+    if tc.hallucination_silence_threshold is not None and not tc.word_timestamps:
         raise ConfigError("transcribe.hallucination_silence_threshold needs transcribe.word_timestamps: true "
                           "(faster-whisper ignores it otherwise)")
-    if tc.get("language") is not None and tc["language"] not in LANGUAGES:
-        raise ConfigError(f"transcribe.language: {tc['language']!r} is not a Whisper language code "
+    if tc.language is not None and tc.language not in LANGUAGES:
+        raise ConfigError(f"transcribe.language: {tc.language!r} is not a Whisper language code "
                           "(ja, en, zh, ...); null detects the language")
     try:
-        check_model_dir(tc["model"])
+        check_model_dir(tc.model)
     except ModelError as exc:
         raise ConfigError(str(exc)) from None
+
+
+# -- the typed settings -------------------------------------------------------------
+# One frozen dataclass per object of the schema, one field per property, named as the
+# key (tests/test_config.py checks that the two agree at every level). Values come
+# from a validated dict, never from defaults written here: the schema holds those.
+
+
+class _Section:
+    """Read by attribute; a key the schema does not have fails with its dotted name."""
+
+    KEY = ""  # the section's dotted key in the configuration
+
+    def __getattr__(self, name: str):
+        if name.startswith("__"):
+            raise AttributeError(name)
+        where = f"{self.KEY}.{name}" if self.KEY else name
+        raise AttributeError(f"no configuration key {where!r}")
+
+    @classmethod
+    def from_validated(cls, values: dict):
+        """The section of a validated (defaults filled) dict; lists become tuples."""
+        kwargs = {}
+        for f in dataclasses.fields(cls):
+            if f.name not in values:
+                where = f"{cls.KEY}.{f.name}" if cls.KEY else f.name
+                raise ConfigError(f"{where}: missing (validate the configuration first)")
+            value = values[f.name]
+            sub = _SECTIONS.get(f.name if not cls.KEY else f"{cls.KEY}.{f.name}")
+            if sub is not None:
+                value = sub.from_validated(value)
+            elif isinstance(value, list):
+                value = tuple(value)
+            kwargs[f.name] = value
+        return cls(**kwargs)
+
+    def as_dict(self) -> dict:
+        """Plain data (lists, dicts) for what leaves the process: Snakemake, JSON, YAML."""
+        def plain(value):
+            if isinstance(value, _Section):
+                return value.as_dict()
+            return list(value) if isinstance(value, tuple) else value
+
+        return {f.name: plain(getattr(self, f.name)) for f in dataclasses.fields(self)}
+
+
+_frozen = dataclasses.dataclass(frozen=True)
+
+
+@_frozen
+class Cleanup(_Section):
+    KEY = "disk_management.cleanup"
+    delete_video_after_transcription: bool
+    delete_audio_after_transcription: bool
+    delete_transcript_after_tokenization: bool
+    delete_tokens_after_analysis: bool
+
+
+@_frozen
+class DiskManagement(_Section):
+    """The disk budget. The size keys left null are filled with defaults that scale with
+    the budget when the settings are built (resolve_sizes), so each reads as a number."""
+
+    KEY = "disk_management"
+    hard_limit_gb: float
+    pause_threshold_gb: float
+    resume_threshold_gb: float
+    in_flight_gb: float
+    default_video_size_mb: float
+    audio_headroom_mb: float
+    min_free_gb: float
+    stall_timeout_seconds: float
+    check_interval_seconds: float
+    reconcile_interval_seconds: float
+    accounting_margin_mb: float
+    cache_duration_seconds: float
+    max_concurrent_downloads: int
+    max_concurrent_transcriptions: int
+    cleanup: Cleanup
+
+    @classmethod
+    def from_validated(cls, values: dict) -> "DiskManagement":
+        return super().from_validated(resolve_sizes(values))
+
+    def download_slots(self, slots: int) -> int:
+        """Downloads a run may hold at once: max_concurrent_downloads, and always one job
+        slot (core, or cluster job) left for the extraction and transcription that free space."""
+        return max(1, min(self.max_concurrent_downloads, slots - 1))
+
+
+@_frozen
+class Download(_Section):
+    KEY = "download"
+    format: str
+    retries: int
+    retry_backoff_seconds: float
+    max_backoff_seconds: float
+    max_attempts: int
+    fragment_retries: int
+    socket_timeout: float
+    rate_limit: str | float | None
+    sleep_interval: float
+    max_sleep_interval: float | None
+    cookies: str | None
+    proxy: str | None
+    max_filesize_mb: float | None
+    user_agent: str | None
+    sleep_interval_requests: float | None
+    max_per_host: int
+    min_start_interval_seconds: float
+    exempt_hosts: tuple[str, ...]
+    size_estimate_margin: float
+    fixup: str
+
+
+@_frozen
+class LanguageDetection(_Section):
+    KEY = "transcribe.language_detection"
+    windows: int
+
+
+@_frozen
+class Hallucinations(_Section):
+    KEY = "transcribe.hallucinations"
+    action: str
+    max_repeats: int
+    phrases: tuple[str, ...]
+
+
+@_frozen
+class Worker(_Section):
+    KEY = "transcribe.worker"
+    enabled: bool
+    idle_timeout_seconds: float
+    start_timeout_seconds: float
+
+
+@_frozen
+class Transcribe(_Section):
+    """The transcription settings. The model-loading and decoding code takes them as
+    `as_dict()`: the same data goes to the worker process as JSON and into each transcript."""
+
+    KEY = "transcribe"
+    model: str
+    device: str
+    max_attempts: int
+    language: str | None
+    language_detection: LanguageDetection
+    beam_size: int
+    vad_filter: bool
+    condition_on_previous_text: bool
+    word_timestamps: bool
+    hallucination_silence_threshold: float | None
+    batch_size: int | str
+    compute_type: str
+    cpu_threads: int
+    num_workers: int
+    initial_prompt: str | None
+    formats: tuple[str, ...]
+    gzip: bool
+    hallucinations: Hallucinations
+    worker: Worker
+
+
+@_frozen
+class Analysis(_Section):
+    KEY = "analysis"
+    lemma: str
+
+
+@_frozen
+class Settings(_Section):
+    """The whole configuration, validated once (`validate`), immutable, read by attribute:
+    `settings.disk_management.hard_limit_gb`. `as_dict()` gives it back as plain data."""
+
+    catalogue: str
+    data_dir: str
+    storage_dir: str
+    chunk: str | None
+    corpus_only: bool
+    disk_management: DiskManagement
+    download: Download
+    transcribe: Transcribe
+    analysis: Analysis
+
+
+_SECTIONS: dict[str, type[_Section]] = {
+    cls.KEY: cls for cls in (DiskManagement, Cleanup, Download, Transcribe, LanguageDetection,
+                             Hallucinations, Worker, Analysis)
+}
+
+
+def updated(settings: Settings, changes: dict) -> Settings:
+    """`settings` with `changes` ({"download": {"retries": 1}}) merged in, validated again."""
+    def merge(into: dict, new: dict) -> dict:
+        for key, value in new.items():
+            into[key] = merge(into.get(key) or {}, value) if isinstance(value, dict) else value
+        return into
+
+    return validate(merge(settings.as_dict(), copy.deepcopy(changes)))

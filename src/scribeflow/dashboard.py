@@ -14,6 +14,7 @@ import json
 import threading
 import time
 
+from .config import Settings
 from .layout import Layout
 from .ledger import LedgerReader, thin_peaks
 
@@ -21,12 +22,12 @@ HISTORY_SECONDS = 24 * 3600
 HISTORY_POINTS = 300
 
 
-def history(config: dict, now: float | None = None) -> dict:
+def history(settings: Settings, now: float | None = None) -> dict:
     """The last day's disk usage (thinned to HISTORY_POINTS, keeping each bucket's peak)
     and transcriptions per hour, from the ledger; empty before the first run."""
     now = now or time.time()
     since = now - HISTORY_SECONDS
-    db = Layout.from_config(config).ledger
+    db = Layout.from_config(settings).ledger
     if not db.exists():
         return {"disk": [], "transcriptions_per_hour": []}
     with LedgerReader(db) as ledger:
@@ -38,7 +39,7 @@ def history(config: dict, now: float | None = None) -> dict:
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):
-    config: dict
+    config: Settings
     refresh_seconds: float
     cache: dict
     lock: threading.Lock
@@ -84,7 +85,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self.wfile.write(data)
 
 
-def server(config: dict, port: int = 8787, address: str = "127.0.0.1",
+def server(config: Settings, port: int = 8787, address: str = "127.0.0.1",
            refresh_seconds: float = 10.0) -> http.server.ThreadingHTTPServer:
     handler = type("Handler", (_Handler,), {"config": config, "refresh_seconds": refresh_seconds,
                                             "cache": {}, "lock": threading.Lock()})

@@ -59,6 +59,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 from . import ledger as sf_ledger
+from .config import Settings
 from .files import allocated_bytes, atomic_write_text
 # EPISODE_RULES and ACCOUNTING_FILE: imported from here too.
 from .layout import ACCOUNTING_FILE, EPISODE_RULES, LEDGER_FILE, PARTIAL_SUFFIXES, Layout  # noqa: F401
@@ -164,23 +165,20 @@ class DiskMonitor:
         self._accounted = {self.data_dir / rel: spec for rel, spec in PER_EPISODE.items()}
 
     @classmethod
-    def from_config(cls, config: dict) -> "DiskMonitor":
+    def from_config(cls, settings: Settings) -> "DiskMonitor":
         from .config import GB, MB
 
-        dm = config["disk_management"]
-        margin_mb = dm.get("accounting_margin_mb")
-        if margin_mb is None:
-            margin_mb = default_margin_mb(dm)
+        dm = settings.disk_management
         return cls(
-            config["data_dir"],
-            config["storage_dir"],
-            int(dm["hard_limit_gb"] * GB),
-            int(dm["pause_threshold_gb"] * GB),
-            int(dm["resume_threshold_gb"] * GB),
-            cache_duration=dm["cache_duration_seconds"],
-            min_free_bytes=int(dm["min_free_gb"] * GB),
-            reconcile_interval=dm.get("reconcile_interval_seconds", 600),
-            margin_bytes=int(margin_mb * MB),
+            settings.data_dir,
+            settings.storage_dir,
+            int(dm.hard_limit_gb * GB),
+            int(dm.pause_threshold_gb * GB),
+            int(dm.resume_threshold_gb * GB),
+            cache_duration=dm.cache_duration_seconds,
+            min_free_bytes=int(dm.min_free_gb * GB),
+            reconcile_interval=dm.reconcile_interval_seconds,
+            margin_bytes=int(dm.accounting_margin_mb * MB),
         )
 
     # -- measuring ---------------------------------------------------------------
@@ -494,10 +492,6 @@ class DiskMonitor:
         )
 
 
-def default_margin_mb(dm: dict) -> float:
-    """accounting_margin_mb when null: 64 MB, or 1 % of hard_limit_gb when that is smaller
-    (a transcript's temporary file while it is written, a job's first log lines)."""
-    return min(64.0, dm["hard_limit_gb"] * 1000 / 100)
 
 
 def _size(entry: os.DirEntry) -> int:

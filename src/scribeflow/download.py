@@ -41,7 +41,7 @@ import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 
-from .config import MB
+from .config import MB, Download, Settings
 from .layout import PARTIAL_SUFFIXES, STAGING_MARK
 from .media import MediaError, validate
 
@@ -131,19 +131,19 @@ class _YdlLog:
         log.error(msg)
 
 
-def ydl_options(dl: dict, out: Path, hooks: list, on_rate_limited=None) -> dict:
+def ydl_options(dl: Download, out: Path, hooks: list, on_rate_limited=None) -> dict:
     """yt-dlp options from the `download` config section."""
     opts = {
-        "format": dl["format"],
+        "format": dl.format,
         # outtmpl is a template: escape % so a directory name cannot inject fields.
         "outtmpl": str(out).replace("%", "%%"),
-        "retries": dl["retries"],
-        "fragment_retries": dl["fragment_retries"],
-        "extractor_retries": dl["retries"],
+        "retries": dl.retries,
+        "fragment_retries": dl.fragment_retries,
+        "extractor_retries": dl.retries,
         # yt-dlp's own download-phase retries sleep nothing by default: back off like ours.
         "retry_sleep_functions": {kind: (lambda n: backoff_seconds(dl, n + 1))
                                   for kind in ("http", "fragment", "extractor")},
-        "socket_timeout": dl["socket_timeout"],
+        "socket_timeout": dl.socket_timeout,
         "noplaylist": True,
         "quiet": True,
         "noprogress": True,
@@ -154,28 +154,28 @@ def ydl_options(dl: dict, out: Path, hooks: list, on_rate_limited=None) -> dict:
         "buffersize": BLOCK,
         "noresizebuffer": True,
         "updatetime": False,
-        "fixup": dl.get("fixup") or "never",
+        "fixup": dl.fixup,
     }
     optional = {
-        "ratelimit": parse_rate(dl.get("rate_limit")),
-        "sleep_interval": dl.get("sleep_interval") or None,
-        "max_sleep_interval": dl.get("max_sleep_interval"),
-        "cookiefile": dl.get("cookies"),
-        "proxy": dl.get("proxy"),
-        "max_filesize": int(dl["max_filesize_mb"] * MB) if dl.get("max_filesize_mb") else None,
-        "http_headers": {"User-Agent": dl["user_agent"]} if dl.get("user_agent") else None,
-        "sleep_interval_requests": dl.get("sleep_interval_requests") or None,
+        "ratelimit": parse_rate(dl.rate_limit),
+        "sleep_interval": dl.sleep_interval or None,
+        "max_sleep_interval": dl.max_sleep_interval,
+        "cookiefile": dl.cookies,
+        "proxy": dl.proxy,
+        "max_filesize": int(dl.max_filesize_mb * MB) if dl.max_filesize_mb else None,
+        "http_headers": {"User-Agent": dl.user_agent} if dl.user_agent else None,
+        "sleep_interval_requests": dl.sleep_interval_requests or None,
     }
     opts.update({k: v for k, v in optional.items() if v is not None})
     return opts
 
 
-def backoff_seconds(dl: dict, attempt: int, retry_after: float | None = None) -> float:
+def backoff_seconds(dl: Download, attempt: int, retry_after: float | None = None) -> float:
     """Wait before retry number `attempt` (1-based): exponential, capped, with jitter
     so that many jobs hit by one outage do not come back in lockstep."""
-    base = dl["retry_backoff_seconds"] * 2 ** (attempt - 1)
+    base = dl.retry_backoff_seconds * 2 ** (attempt - 1)
     delay = max(base * random.uniform(0.8, 1.2), retry_after or 0)
-    return min(delay, dl["max_backoff_seconds"])
+    return min(delay, dl.max_backoff_seconds)
 
 
 def head_size(ydl, url: str, episode: str = "", headers: dict | None = None) -> int | None:
@@ -447,17 +447,17 @@ def requested_formats(info: dict) -> list[dict]:
     return list(info.get("requested_formats") or [info])
 
 
-def declare_size(ydl, info: dict, config: dict, episode: str, expected_size_mb: float | None):
+def declare_size(ydl, info: dict, settings: Settings, episode: str, expected_size_mb: float | None):
     """(media bytes, reserved bytes, source): `media` caps what the download may write,
     `reserved` adds what post-processing copies (a merge or an ffmpeg fixup writes the
     file once more before the parts are deleted)."""
-    dl, dm = config["download"], config["disk_management"]
+    dl, dm = settings.download, settings.disk_management
     formats = requested_formats(info)
     sizes = []
     for fmt in formats:
         size = format_size(ydl, info, fmt, episode, probe=not expected_size_mb)
         sizes.append(size)
-    margin = dl.get("size_estimate_margin", 0.25)
+    margin = dl.size_estimate_margin
     # An estimate gets the margin; an exact figure does not.
     known = None if any(s is None for s in sizes) else Size(
         sum(s.bytes if s.exact else math.ceil(s.bytes * (1 + margin)) for s in sizes),
@@ -473,11 +473,11 @@ def declare_size(ydl, info: dict, config: dict, episode: str, expected_size_mb: 
     elif known:
         media, source = known.bytes, known.source
     else:
-        media, source = int(dm["default_video_size_mb"] * MB), "default_video_size_mb (yt-dlp gave no size)"
-    if dl.get("max_filesize_mb"):
-        media = min(media, int(dl["max_filesize_mb"] * MB))
+        media, source = int(dm.default_video_size_mb * MB), "default_video_size_mb (yt-dlp gave no size)"
+    if dl.max_filesize_mb:
+        media = min(media, int(dl.max_filesize_mb * MB))
     fragmented = any(str(f.get("protocol") or "").startswith(("m3u8", "http_dash")) for f in formats)
-    copies = len(formats) > 1 or (fragmented and dl.get("fixup", "never") != "never")
+    copies = len(formats) > 1 or (fragmented and dl.fixup != "never")
     return media, media * (2 if copies else 1), source
 
 
@@ -491,7 +491,7 @@ def describe_format(info: dict) -> dict:
 
 
 # -- one episode --------------------------------------------------------------------------
-def download_episode(episode: str, url: str, out: Path, config: dict, gate=None,
+def download_episode(episode: str, url: str, out: Path, settings: Settings, gate=None,
                      expected_size_mb: float | None = None, hosts=None) -> dict:
     """Download `url` to `out` inside the disk gate and the host's politeness limits,
     then validate the media, retrying transient faults with backoff (see the module
@@ -503,16 +503,16 @@ def download_episode(episode: str, url: str, out: Path, config: dict, gate=None,
     """
     from .hosts import HostLimiter
 
-    dl = config["download"]
+    dl = settings.download
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    hosts = hosts or HostLimiter.from_config(config)
+    hosts = hosts or HostLimiter.from_config(settings)
     if remove_partials(out):
         log.info("Removed a previous attempt's partial files for %s", episode)
-    for attempt in range(1, dl["retries"] + 2):
+    for attempt in range(1, dl.retries + 2):
         try:
             with hosts.slot(url, episode):
-                result = _attempt(episode, url, out, config, gate, expected_size_mb,
+                result = _attempt(episode, url, out, settings, gate, expected_size_mb,
                                   on_rate_limited=lambda: hosts.slow_down(url))
             hosts.succeeded(url)
             return {**result, "attempts": attempt}
@@ -521,7 +521,7 @@ def download_episode(episode: str, url: str, out: Path, config: dict, gate=None,
             if isinstance(exc, DiskFull):
                 log.warning("%s; removed its partial file (%.1f MB): downloads pause until space returns",
                             exc, freed / MB)
-            if not exc.transient or attempt > dl["retries"]:
+            if not exc.transient or attempt > dl.retries:
                 if exc.transient:
                     exc.args = (f"{exc} (gave up after {attempt} attempt(s))",)
                 raise
@@ -529,16 +529,16 @@ def download_episode(episode: str, url: str, out: Path, config: dict, gate=None,
             if exc.status == 429:  # slow the whole host down, in every process
                 delay = max(delay, hosts.slow_down(url, exc.retry_after))
             log.warning("Attempt %d of %d for %s failed: %s; retrying in %.1f s",
-                        attempt, dl["retries"] + 1, episode, exc, delay)
+                        attempt, dl.retries + 1, episode, exc, delay)
             time.sleep(delay)
     raise AssertionError("unreachable")
 
 
-def _attempt(episode: str, url: str, out: Path, config: dict, gate, expected_size_mb,
+def _attempt(episode: str, url: str, out: Path, settings: Settings, gate, expected_size_mb,
              on_rate_limited=None) -> dict:
     import yt_dlp
 
-    dl = config["download"]
+    dl = settings.download
     progress = {"limit": None, "last_log": 0.0, "files": {}}
 
     def hook(status):
@@ -566,7 +566,7 @@ def _attempt(episode: str, url: str, out: Path, config: dict, gate, expected_siz
     started = time.monotonic()
     with yt_dlp.YoutubeDL(opts) as ydl:
         info = _extract(ydl, url, episode)
-        media, declared, source = declare_size(ydl, info, config, episode, expected_size_mb)
+        media, declared, source = declare_size(ydl, info, settings, episode, expected_size_mb)
         chosen = describe_format(info)
         progress["limit"] = media
         log.info("Declared size of %s: %.2f MB (from %s)%s; format %s (%s%s)", episode, media / MB, source,

@@ -26,6 +26,7 @@ import os
 import time
 from pathlib import Path
 
+from .config import Settings
 from .files import atomic_write_text, ids_with_suffix
 from .layout import MARKER_SUFFIX, Layout
 from .ledger import Ledger
@@ -54,7 +55,7 @@ def interrupted(exc: BaseException) -> bool:
     return isinstance(exc, KeyboardInterrupt)
 
 
-def record(config: dict, ledger: Ledger, episode: str, step: str, exc: BaseException) -> bool:
+def record(settings: Settings, ledger: Ledger, episode: str, step: str, exc: BaseException) -> bool:
     """Record a failure of `step` for `episode` in the ledger; give the episode up when
     the failure is permanent, or its downloads (transcriptions) have failed in
     download.max_attempts (transcribe.max_attempts) runs. An interruption (Ctrl-C) is
@@ -67,16 +68,16 @@ def record(config: dict, ledger: Ledger, episode: str, step: str, exc: BaseExcep
     reason = f"{type(exc).__name__}: {exc}"[:2000]
     ledger.set_stage(episode, "failed", last_error=reason)
     if step == "transcribe":
-        attempts, limit = ledger.add_transcribe_failure(episode), config["transcribe"]["max_attempts"]
+        attempts, limit = ledger.add_transcribe_failure(episode), settings.transcribe.max_attempts
     else:
         attempts = (ledger.job(episode) or {}).get("attempts") or 0
-        limit = config["download"]["max_attempts"] if step == "download" else None
+        limit = settings.download.max_attempts if step == "download" else None
     permanent = is_permanent(exc)
     final = permanent or (limit is not None and attempts >= limit)
     if final:
         marker = {"id": episode, "step": step, "permanent": permanent, "attempts": attempts,
                   "reason": reason, "failed_at": time.time()}
-        atomic_write_text(Layout.from_config(config).failed_marker(episode), json.dumps(marker, indent=1))
+        atomic_write_text(Layout.from_config(settings).failed_marker(episode), json.dumps(marker, indent=1))
     return final
 
 
@@ -84,7 +85,7 @@ class TranscriptionCrashed(RuntimeError):
     """The transcription worker died with this episode in hand, in too many runs."""
 
 
-def worker_died(config: dict, ledger: Ledger, episode: str, exc: Exception) -> None:
+def worker_died(settings: Settings, ledger: Ledger, episode: str, exc: Exception) -> None:
     """The worker died with this episode in hand. A crash on one file kills the worker
     in every run, then (most likely) the job's own try too, which no Python code outlives
     to record: so the death is counted as a failed transcription before the job tries
@@ -93,16 +94,16 @@ def worker_died(config: dict, ledger: Ledger, episode: str, exc: Exception) -> N
     job's failure then gives the episode up, in `record`) once this death would be the
     transcribe.max_attempts-th failure, and never on a first death."""
     failed = (ledger.job(episode) or {}).get("transcribe_failures") or 0
-    if failed >= 1 and failed + 1 >= config["transcribe"]["max_attempts"]:
+    if failed >= 1 and failed + 1 >= settings.transcribe.max_attempts:
         raise TranscriptionCrashed(f"{episode}: the transcription worker died while transcribing it, "
                                    f"in {failed + 1} runs (out of memory, or a crash on this audio): {exc}")
     ledger.add_transcribe_failure(episode)
 
 
-def report(config: dict) -> list[dict]:
+def report(settings: Settings) -> list[dict]:
     """Failed episodes, from the ledger and the markers: id, attempts, reason, and
     whether the next run tries it again."""
-    layout = Layout.from_config(config)
+    layout = Layout.from_config(settings)
     markers = {}
     for episode in given_up(layout):
         try:
@@ -138,12 +139,12 @@ def render(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def retry(config: dict, ids: list[str] | None = None) -> list[str]:
+def retry(settings: Settings, ids: list[str] | None = None) -> list[str]:
     """Make failed episodes eligible again: remove their markers and reset their ledger
     rows to 'queued' with no attempts and no error. `ids=None`: every failed episode.
     Returns the ids reset; unknown or not-failed ids raise ValueError."""
-    layout = Layout.from_config(config)
-    failed = {r["id"] for r in report(config)}
+    layout = Layout.from_config(settings)
+    failed = {r["id"] for r in report(settings)}
     if ids is None:
         ids = sorted(failed)
     unknown = [i for i in ids if i not in failed]

@@ -74,6 +74,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+from .config import Settings
 from .disk import DiskMonitor, DiskUsage
 from .files import allocated_bytes, human_bytes, is_disk_full
 from .layout import GATE_LOCK_FILE, STATE_FILE, Layout
@@ -158,15 +159,15 @@ class DownloadGate:
         self.audio_headroom = int(audio_headroom)
 
     @classmethod
-    def from_config(cls, config: dict, ledger=None) -> "DownloadGate":
-        dm = config["disk_management"]
+    def from_config(cls, settings: Settings, ledger=None) -> "DownloadGate":
+        dm = settings.disk_management
         return cls(
-            DiskMonitor.from_config(config),
-            Layout.from_config(config).gate,
+            DiskMonitor.from_config(settings),
+            Layout.from_config(settings).gate,
             ledger=ledger,
-            check_interval=dm["check_interval_seconds"],
-            stall_timeout=dm["stall_timeout_seconds"],
-            audio_headroom=int(dm["audio_headroom_mb"] * 1_000_000),
+            check_interval=dm.check_interval_seconds,
+            stall_timeout=dm.stall_timeout_seconds,
+            audio_headroom=int(dm.audio_headroom_mb * 1_000_000),
         )
 
     # -- shared state --------------------------------------------------------------

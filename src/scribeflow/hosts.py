@@ -31,6 +31,7 @@ import uuid
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from .config import Settings
 from .layout import HOSTS_LOCK_FILE, STATE_FILE, Layout
 from .statefile import StateFile, alive
 
@@ -62,12 +63,12 @@ class HostLimiter:
         self.machine = socket.gethostname()
 
     @classmethod
-    def from_config(cls, config: dict) -> "HostLimiter":
-        dl = config["download"]
-        return cls(Layout.from_config(config).hosts, max_per_host=dl.get("max_per_host", 2),
-                   min_interval=dl.get("min_start_interval_seconds", 2.0),
-                   exempt=dl.get("exempt_hosts", ()), backoff_base=dl.get("retry_backoff_seconds", 2.0),
-                   max_backoff=dl.get("max_backoff_seconds", 300.0))
+    def from_config(cls, settings: Settings) -> "HostLimiter":
+        dl = settings.download
+        return cls(Layout.from_config(settings).hosts, max_per_host=dl.max_per_host,
+                   min_interval=dl.min_start_interval_seconds,
+                   exempt=dl.exempt_hosts, backoff_base=dl.retry_backoff_seconds,
+                   max_backoff=dl.max_backoff_seconds)
 
     def limited(self, host: str) -> bool:
         return bool(host) and host not in self.exempt

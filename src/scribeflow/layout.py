@@ -77,8 +77,12 @@ TRANSCRIPT_SUFFIXES = tuple(transcript_suffix(fmt, gz) for fmt in TRANSCRIPT_FOR
 JSON_SUFFIXES = (transcript_suffix("json", False), transcript_suffix("json", True))
 
 
-def _get(section: Mapping, key: str, default):
-    return section[key] if key in section else default
+def _get(section, key: str, default):
+    """A key of the run's settings (config.Settings, by attribute), or of a plain mapping
+    (a partial config: a unit test's, the demo's), where a missing key is the default."""
+    if isinstance(section, Mapping):
+        return section[key] if key in section else default
+    return getattr(section, key)
 
 
 def _join(folder: Path, name: str) -> str:
@@ -104,12 +108,12 @@ class Layout:
         object.__setattr__(self, "formats", tuple(self.formats))
 
     @classmethod
-    def from_config(cls, config: Mapping) -> Layout:
+    def from_config(cls, config) -> Layout:
         # Keys a partial config (a unit test's, a command's) lacks take the schema's defaults.
         transcribe = _get(config, "transcribe", {})
         cleanup = _get(_get(config, "disk_management", {}), "cleanup", {})
         return cls(
-            data_dir=config["data_dir"],
+            data_dir=_get(config, "data_dir", None),
             storage_dir=_get(config, "storage_dir", None),
             gzip=bool(_get(transcribe, "gzip", False)),
             formats=tuple(_get(transcribe, "formats", ())),

@@ -30,6 +30,7 @@ import sys
 import time
 from pathlib import Path
 
+from .config import Settings
 from .files import is_disk_full
 from .layout import Layout
 
@@ -110,10 +111,10 @@ def thin_peaks(samples: list, max_points: int) -> list:
     return [max(samples[i:i + step], key=lambda s: s[1]) for i in range(0, len(samples), step)]
 
 
-def end_run(config: dict) -> None:
+def end_run(settings: Settings) -> None:
     """The run's end (onsuccess, onerror): recorded when the ledger can take it."""
     try:
-        with Ledger.for_config(config) as ledger:
+        with Ledger.for_config(settings) as ledger:
             ledger.end_run()
     except sqlite3.Error as exc:
         log.warning("Could not record the run's end: %s", exc)
@@ -397,8 +398,8 @@ class Ledger(_Queries):
         return {row[1] for row in conn.execute("PRAGMA table_info(jobs)")}
 
     @classmethod
-    def for_config(cls, config: dict, **kwargs) -> "Ledger":
-        return cls(Layout.from_config(config).ledger, **kwargs)
+    def for_config(cls, settings: Settings, **kwargs) -> "Ledger":
+        return cls(Layout.from_config(settings).ledger, **kwargs)
 
     @contextlib.contextmanager
     def transaction(self):

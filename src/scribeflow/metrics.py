@@ -12,6 +12,8 @@ import time
 from prometheus_client import CollectorRegistry, generate_latest, start_http_server, write_to_textfile
 from prometheus_client.core import GaugeMetricFamily
 
+from .config import Settings
+
 DISK_KINDS = ("videos", "partial", "audio", "transcripts", "tokens", "analysis", "cache", "db", "logs", "other")
 
 
@@ -19,7 +21,7 @@ class SnapshotCollector:
     """A Prometheus collector over `status.snapshot(config)`; a snapshot is reused for
     `cache_seconds` so that several scrapers do not each walk the ledger."""
 
-    def __init__(self, config: dict, cache_seconds: float = 5.0):
+    def __init__(self, config: Settings, cache_seconds: float = 5.0):
         self.config = config
         self.cache_seconds = cache_seconds
         self._cached: tuple[float, dict] | None = None
@@ -80,21 +82,21 @@ class SnapshotCollector:
             yield GaugeMetricFamily("scribeflow_eta_seconds", "Time left at the current rate", value=eta["seconds"])
 
 
-def registry(config: dict) -> CollectorRegistry:
+def registry(config: Settings) -> CollectorRegistry:
     reg = CollectorRegistry()
     reg.register(SnapshotCollector(config))
     return reg
 
 
-def text(config: dict) -> str:
+def text(config: Settings) -> str:
     return generate_latest(registry(config)).decode()
 
 
-def write_textfile(config: dict, path: str) -> None:
+def write_textfile(config: Settings, path: str) -> None:
     """For node_exporter's textfile collector: written to a temporary file, then renamed."""
     write_to_textfile(path, registry(config))
 
 
-def serve(config: dict, port: int, address: str = "127.0.0.1"):
+def serve(config: Settings, port: int, address: str = "127.0.0.1"):
     """An endpoint at http://ADDRESS:PORT/metrics; returns (server, thread)."""
     return start_http_server(port, addr=address, registry=registry(config))

@@ -20,7 +20,7 @@ from __future__ import annotations
 import os
 from dataclasses import asdict, dataclass
 
-from .config import GB, MB, download_slots, in_flight_gb
+from .config import GB, MB, Settings
 from .failures import given_up
 from .layout import Layout
 from .ledger import HOUR, Ledger
@@ -64,17 +64,17 @@ def measured(ledger: Ledger) -> dict:
     return {k: v for k, v in zip(keys, row) if v}
 
 
-def gather(config: dict, catalogue, options: dict) -> Inputs:
+def gather(settings: Settings, catalogue, options: dict) -> Inputs:
     """Combine the catalogue, the ledger's measurements and the options (which win)."""
-    dm = config["disk_management"]
+    dm = settings.disk_management
     seen: dict = {}
-    db = Layout.from_config(config).ledger
+    db = Layout.from_config(settings).ledger
     done = 0
     if db.exists():
         with Ledger(db) as ledger:
             seen = measured(ledger)
             done = ledger.transcribed_count()
-    done += len(given_up(config["data_dir"]))  # failed for good: not to be done again
+    done += len(given_up(settings.data_dir))  # failed for good: not to be done again
     n_measured = seen.pop("episodes", 0)
     sources, values = {}, {}
     for key, (default, why) in ASSUMED.items():
@@ -93,17 +93,17 @@ def gather(config: dict, catalogue, options: dict) -> Inputs:
             return mean, f"catalogue ({known} of {len(catalogue)} rows; the rest {fallback:g})"
         return fallback, None
 
-    fallback_video = seen.get("video_mb", dm["default_video_size_mb"])
+    fallback_video = seen.get("video_mb", dm.default_video_size_mb)
     video_mb, src = column_mean("expected_size_mb", fallback_video)
     sources["video_mb"] = src or (f"measured on {n_measured} episode(s)" if "video_mb" in seen
-                                  else f"default_video_size_mb ({dm['default_video_size_mb']:g})")
+                                  else f"default_video_size_mb ({dm.default_video_size_mb:g})")
     duration, src = column_mean("duration_s", values["duration_s"])
     sources["duration_s"] = src or sources["duration_s"]
     cores = options.get("cores") or os.cpu_count() or 1
     # The slots the run really gets: one job slot left for the work that frees space, and
     # Snakemake's disk_gb units (whole GB, at least one per download).
-    downloads = min(download_slots(dm, cores), max(1, int(in_flight_gb(dm))) // max(1, -(-int(video_mb) // 1000)))
-    sources["download_slots"] = (f"min(max_concurrent_downloads {dm['max_concurrent_downloads']}, {cores} cores - 1, "
+    downloads = min(dm.download_slots(cores), max(1, int(dm.in_flight_gb)) // max(1, -(-int(video_mb) // 1000)))
+    sources["download_slots"] = (f"min(max_concurrent_downloads {dm.max_concurrent_downloads}, {cores} cores - 1, "
                                  f"disk_gb units)")
     return Inputs(
         episodes=len(catalogue), remaining=max(0, len(catalogue) - done), video_mb=video_mb,
@@ -111,14 +111,14 @@ def gather(config: dict, catalogue, options: dict) -> Inputs:
         download_mb_per_s=values["download_mb_per_s"], transcription_speed=values["transcription_speed"],
         extraction_speed=values["extraction_speed"],
         download_slots=max(1, downloads), extraction_slots=max(1, cores - max(1, downloads)),
-        transcription_slots=dm["max_concurrent_transcriptions"], sources=sources,
+        transcription_slots=dm.max_concurrent_transcriptions, sources=sources,
     )
 
 
-def estimate(config: dict, inp: Inputs, gpus: int) -> dict:
+def estimate(settings: Settings, inp: Inputs, gpus: int) -> dict:
     """Capacities, bottleneck, steady-state disk and ETA with `gpus` transcription workers."""
-    dm = config["disk_management"]
-    hard, pause, resume = (dm[k] * GB for k in ("hard_limit_gb", "pause_threshold_gb", "resume_threshold_gb"))
+    dm = settings.disk_management
+    hard, pause, resume = (x * GB for x in (dm.hard_limit_gb, dm.pause_threshold_gb, dm.resume_threshold_gb))
     video = inp.video_mb * MB
     audio = inp.duration_s * BYTES_PER_SECOND
     workers = min(gpus, inp.transcription_slots)
@@ -177,9 +177,9 @@ def estimate(config: dict, inp: Inputs, gpus: int) -> dict:
     }
 
 
-def plan(config: dict, catalogue, gpus: list[int], options: dict) -> dict:
-    inp = gather(config, catalogue, options)
-    return {"inputs": asdict(inp), "scenarios": [estimate(config, inp, g) for g in gpus]}
+def plan(settings: Settings, catalogue, gpus: list[int], options: dict) -> dict:
+    inp = gather(settings, catalogue, options)
+    return {"inputs": asdict(inp), "scenarios": [estimate(settings, inp, g) for g in gpus]}
 
 
 def render(p: dict) -> str:

@@ -15,7 +15,7 @@ matplotlib.use("Agg")  # no screen on servers and cluster nodes
 import matplotlib.dates as mdates  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
 
-from .config import GB  # noqa: E402
+from .config import GB, DiskManagement, Settings  # noqa: E402
 from .ledger import Ledger, thin_peaks  # noqa: E402
 
 
@@ -47,18 +47,18 @@ def _unit(top_bytes: float) -> tuple[float, str]:
     return 1.0, "bytes"
 
 
-def disk_usage(ledger: Ledger, limits: dict, out: str | Path) -> Path:
+def disk_usage(ledger: Ledger, limits: DiskManagement, out: str | Path) -> Path:
     return _save(disk_usage_figure(ledger, limits), out)
 
 
-def disk_usage_figure(ledger: Ledger, limits: dict):
+def disk_usage_figure(ledger: Ledger, limits: DiskManagement):
     """Disk usage over time, pause periods shaded; the axis follows the data, and the
     three thresholds are drawn when they are in its range (a pilot run of a few GB
     under a 300 GB budget is not a flat line at 0)."""
     samples = ledger.disk_samples()
     thinned = thin_peaks(samples, MAX_POINTS)
     peak = max((s[1] for s in samples), default=0)
-    lines = [(limits[key] * GB, label, colour) for key, label, colour in (
+    lines = [(getattr(limits, key) * GB, label, colour) for key, label, colour in (
         ("hard_limit_gb", "hard limit", "tab:red"),
         ("pause_threshold_gb", "pause downloads", "tab:orange"),
         ("resume_threshold_gb", "resume downloads", "tab:green"))]
@@ -155,7 +155,7 @@ def _save(fig, out) -> Path:
     return out
 
 
-def draw_all(config: dict, disk_png: str | Path, throughput_png: str | Path) -> None:
-    with Ledger.for_config(config) as ledger:
-        disk_usage(ledger, config["disk_management"], disk_png)
+def draw_all(settings: Settings, disk_png: str | Path, throughput_png: str | Path) -> None:
+    with Ledger.for_config(settings) as ledger:
+        disk_usage(ledger, settings.disk_management, disk_png)
         throughput(ledger, throughput_png)

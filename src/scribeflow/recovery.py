@@ -16,6 +16,7 @@ import time
 import zlib
 from pathlib import Path
 
+from .config import Settings
 from .failures import given_up
 from .files import allocated_bytes, atomic_write_text
 from .gate import DownloadGate
@@ -26,16 +27,16 @@ log = logging.getLogger("scribeflow.recovery")
 STALE_TMP_SECONDS = 600  # an atomic-write temp file this old belongs to no live writer
 
 
-def clean_orphans(config: dict, keep=()) -> tuple[int, int]:
+def clean_orphans(settings: Settings, keep=()) -> tuple[int, int]:
     """Delete orphaned videos, audio, partial downloads and temp files. Returns (files, bytes).
 
     `keep`: paths that pending jobs need (the inputs of the jobs Snakemake is about to
     run); they are never deleted. The videos and audio of given-up episodes are orphans.
     """
-    layout = Layout.from_config(config)
+    layout = Layout.from_config(settings)
     videos, audio, transcripts = layout.videos, layout.audio, layout.transcripts
-    cleanup = config["disk_management"]["cleanup"]
-    busy, anyone_busy = DownloadGate.from_config(config).held_paths()
+    cleanup = settings.disk_management.cleanup
+    busy, anyone_busy = DownloadGate.from_config(settings).held_paths()
     busy = busy | {str(Path(p).absolute()) for p in keep}
     abandoned = given_up(layout)
     now = time.time()
@@ -60,22 +61,22 @@ def clean_orphans(config: dict, keep=()) -> tuple[int, int]:
             episode = path.stem
             has_audio = layout.audio_file(episode).is_file()
             if episode in abandoned or (
-                    cleanup["delete_video_after_transcription"] and (done(episode) or has_audio)):
+                    cleanup.delete_video_after_transcription and (done(episode) or has_audio)):
                 doomed.append(path)
     for path in _files(audio):
         if str(path.absolute()) in busy or path.suffix != AUDIO_SUFFIX:
             continue
-        if path.stem in abandoned or (cleanup["delete_audio_after_transcription"] and done(path.stem)):
+        if path.stem in abandoned or (cleanup.delete_audio_after_transcription and done(path.stem)):
             doomed.append(path)
     # With the corpus cleanup flags, a transcript is temporary once tokenized, and
     # tokens once analysed (rules/corpus.smk's paths).
     tokens, analysed = layout.tokens, layout.episode_stats
-    if cleanup["delete_transcript_after_tokenization"]:
+    if cleanup.delete_transcript_after_tokenization:
         for path in _files(transcripts):
             name = path.name.removesuffix(".gz")
             if name.endswith(".json") and layout.tokens_file(name[:-5]).is_file():
                 doomed.append(path)
-    if cleanup["delete_tokens_after_analysis"]:
+    if cleanup.delete_tokens_after_analysis:
         doomed += [p for p in _files(tokens) if p.suffix == TOKENS_SUFFIX and layout.stats_file(p.stem).is_file()]
     corpus_folders = (tokens, analysed, layout.lemmas, layout.corpus)
     for folder in (videos, audio, transcripts, *corpus_folders):
@@ -153,7 +154,7 @@ def _files(folder: Path):
     return [Path(e.path) for e in _entries(folder)]
 
 
-def check_consistency(config: dict, full: bool = False) -> list[str]:
+def check_consistency(settings: Settings, full: bool = False) -> list[str]:
     """What disagrees between the ledger (jobs.db), the failed markers and the files on
     disk; an empty list when all agree. Checks that need the pipeline at rest
     (leftover partial files, a transcript the ledger has not caught up with) are
@@ -164,11 +165,11 @@ def check_consistency(config: dict, full: bool = False) -> list[str]:
     month-four check costs what the month's new transcripts cost, not the catalogue's."""
     from .ledger import TRANSCRIBED, Ledger, probe
 
-    layout = Layout.from_config(config)
+    layout = Layout.from_config(settings)
     videos, audio, transcripts = layout.videos, layout.audio, layout.transcripts
-    cleanup = config["disk_management"]["cleanup"]
+    cleanup = settings.disk_management.cleanup
     problems: list[str] = []
-    gate = DownloadGate.from_config(config)
+    gate = DownloadGate.from_config(settings)
     state_problem = gate.state_problem()
     if state_problem:
         problems.append(state_problem)
@@ -209,7 +210,7 @@ def check_consistency(config: dict, full: bool = False) -> list[str]:
         stage = job["stage"]
         transcript, mtime = present.get(episode, (layout.transcript(episode), None))
         if stage in TRANSCRIBED:
-            gone_by_design = stage != "transcribed" and cleanup["delete_transcript_after_tokenization"]
+            gone_by_design = stage != "transcribed" and cleanup.delete_transcript_after_tokenization
             if mtime is None:
                 problem = None if gone_by_design else f"{transcript} is missing"
             elif since is None or mtime >= since:
@@ -245,14 +246,14 @@ def check_consistency(config: dict, full: bool = False) -> list[str]:
             episode = path.name.split(".")[0]
             if path.name.endswith(PARTIAL_SUFFIXES):
                 problems.append(f"{path}: partial download left behind")
-            elif episode in markers or (cleanup["delete_video_after_transcription"]
+            elif episode in markers or (cleanup.delete_video_after_transcription
                                         and jobs.get(episode, {}).get("stage") in TRANSCRIBED):
                 problems.append(f"{path}: video of a finished or failed episode left behind")
         for path in _files(audio):
             episode = path.name.split(".")[0]
             if path.name.startswith(".") and path.name.endswith(".tmp"):
                 problems.append(f"{path}: half-written audio left behind")
-            elif episode in markers or (cleanup["delete_audio_after_transcription"]
+            elif episode in markers or (cleanup.delete_audio_after_transcription
                                         and jobs.get(episode, {}).get("stage") in TRANSCRIBED):
                 problems.append(f"{path}: audio of a finished or failed episode left behind")
         for path in _files(transcripts):

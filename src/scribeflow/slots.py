@@ -15,6 +15,7 @@ import logging
 import time
 from pathlib import Path
 
+from .config import Settings
 from .layout import Layout
 
 log = logging.getLogger("scribeflow.slots")
@@ -27,9 +28,9 @@ class Slots:
         self.poll = poll
 
     @classmethod
-    def transcription(cls, config: dict) -> "Slots":
-        return cls(Layout.from_config(config).transcription_slots,
-                   config["disk_management"]["max_concurrent_transcriptions"])
+    def transcription(cls, settings: Settings) -> "Slots":
+        return cls(Layout.from_config(settings).transcription_slots,
+                   settings.disk_management.max_concurrent_transcriptions)
 
     def try_acquire(self):
         """An open, locked slot file, or None when all N are held."""

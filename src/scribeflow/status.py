@@ -16,7 +16,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from .config import MB
+from .config import MB, Settings
 from .disk import DiskMonitor
 from .failures import given_up
 from .files import human_bytes
@@ -130,16 +130,16 @@ def disk_growth(ledger: Ledger, now: float) -> dict:
             "overall_mb_per_hour": slope(first) if first is not None else None}
 
 
-def snapshot(config: dict, now: float | None = None) -> dict:
+def snapshot(settings: Settings, now: float | None = None) -> dict:
     now = now or time.time()
-    monitor = DiskMonitor.from_config(config)
-    layout = Layout.from_config(config)
+    monitor = DiskMonitor.from_config(settings)
+    layout = Layout.from_config(settings)
     gate = DownloadGate(monitor, layout.gate)  # the default heartbeat timeout
     # Whether downloads may start: the gate's rule, from the gate's own pause.
     breakdown = monitor.get_breakdown(paused_for=gate.pause_reasons())
     db = layout.ledger
     stages, pauses, failures, rates, growth, window, last_update, memory = {}, [], [], {}, {}, {}, None, {}
-    gave_up = given_up(config["data_dir"])  # failed episodes the workflow no longer tries
+    gave_up = given_up(settings.data_dir)  # failed episodes the workflow no longer tries
     if db.exists():
         with Ledger(db) as ledger:
             stages = ledger.stage_counts()
@@ -158,7 +158,7 @@ def snapshot(config: dict, now: float | None = None) -> dict:
     pause_count = sum(p.get("events") or 1 for p in pauses)
 
     in_ledger = sum(stages.values())
-    total = max(catalogue_rows(config["catalogue"]) or 0, in_ledger)
+    total = max(catalogue_rows(settings.catalogue) or 0, in_ledger)
     done = sum(stages.get(s, 0) for s in TRANSCRIBED)
     remaining = max(0, total - done - len(gave_up))
     tph = rates.get("transcriptions_per_hour", {})

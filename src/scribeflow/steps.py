@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 from . import failures
-from .config import MB
+from .config import MB, Settings
 from .files import human_bytes
 from .gate import DownloadGate, gb
 from .ledger import Ledger
@@ -48,18 +48,24 @@ def setup_logging(log_path: str | Path | None) -> None:
                         format="%(asctime)s %(levelname)-5s %(name)s: %(message)s")
 
 
+def job_settings(snakemake) -> Settings:
+    """A job's settings: its config was validated (defaults filled) when the workflow was
+    parsed, so this only builds the typed object (no schema, no validation)."""
+    return Settings.from_validated(snakemake.config)
+
+
 @contextlib.contextmanager
-def _ledger_and_gate(config: dict):
+def _ledger_and_gate(settings: Settings):
     """The ledger and the gate of a step: a ledger write that meets a full disk waits at
     the gate for space (and the download that needs it pauses there), instead of failing."""
-    gate = DownloadGate.from_config(config)
-    with Ledger.for_config(config, on_full=gate.wait_for_space) as ledger:
+    gate = DownloadGate.from_config(settings)
+    with Ledger.for_config(settings, on_full=gate.wait_for_space) as ledger:
         gate.ledger = ledger
         yield ledger, gate
 
 
 @contextlib.contextmanager
-def _recorded(ledger: Ledger, episode: str, config: dict | None = None, step: str = ""):
+def _recorded(ledger: Ledger, episode: str, settings: Settings | None = None, step: str = ""):
     try:
         yield
     except BaseException as exc:
@@ -69,20 +75,21 @@ def _recorded(ledger: Ledger, episode: str, config: dict | None = None, step: st
             log.error("%s failed: %s", episode, exc)
         ledger.on_full = None  # recording a failure never waits for space
         with contextlib.suppress(Exception):
-            if config is None:
+            if settings is None:
                 if not failures.interrupted(exc):
                     ledger.set_stage(episode, "failed", last_error=f"{type(exc).__name__}: {exc}"[:2000])
-            elif failures.record(config, ledger, episode, step, exc):
+            elif failures.record(settings, ledger, episode, step, exc):
                 log.error("Gave %s up: later runs skip it until `scribeflow retry %s`", episode, episode)
         raise
 
 
-def download(config: dict, episode: str, url: str, out: str, expected_size_mb: float | None) -> None:
+def download(*, settings: Settings, episode: str, url: str, video: str,
+             expected_size_mb: float | None = None) -> None:
     from .download import download_episode
 
-    with _ledger_and_gate(config) as (ledger, gate), _recorded(ledger, episode, config, "download"):
+    with _ledger_and_gate(settings) as (ledger, gate), _recorded(ledger, episode, settings, "download"):
         ledger.set_stage(episode, "downloading")
-        result = download_episode(episode, url, Path(out), config, gate=gate,
+        result = download_episode(episode, url, Path(video), settings, gate=gate,
                                   expected_size_mb=expected_size_mb)
         # What was downloaded, for the transcript (written by another job) and the ledger.
         source = {key: result.get(key) for key in SOURCE_KEYS}
@@ -91,10 +98,10 @@ def download(config: dict, episode: str, url: str, out: str, expected_size_mb: f
                          declared_bytes=result["declared"], video_deleted=0, source=json.dumps(source))
 
 
-def extract_audio(config: dict, episode: str, video: str, audio: str) -> None:
+def extract_audio(*, settings: Settings, episode: str, video: str, audio: str) -> None:
     from .media import expected_audio_bytes, extract_audio as extract, validate
 
-    with _ledger_and_gate(config) as (ledger, gate), _recorded(ledger, episode, config, "extract_audio"):
+    with _ledger_and_gate(settings) as (ledger, gate), _recorded(ledger, episode, settings, "extract_audio"):
         ledger.set_stage(episode, "extracting")
         info = validate(video)
         # Reserve the WAV's size: the audio is written while the video still exists.
@@ -106,26 +113,27 @@ def extract_audio(config: dict, episode: str, video: str, audio: str) -> None:
         ledger.set_stage(episode, "extracted", audio_size_bytes=size)
 
 
-def transcribe(config: dict, episode: str, audio: str, outputs: dict[str, str], video: str,
-               language: str | None) -> None:
-    """`outputs`: the rule's named outputs ({"json": ..., "srt": ...}), written by this job."""
+def transcribe(*, settings: Settings, episode: str, audio: str, outputs: dict[str, str], video: str,
+               language: str | None = None) -> None:
+    """`outputs`: the rule's named outputs ({"json": ..., "srt": ...}), written by this job;
+    `video`: the download's path (gone by now, unless kept)."""
     from . import worker
     from .transcribe import build_transcript, decode_options, write_transcript
 
-    tc = config["transcribe"]
-    cleanup = config["disk_management"]["cleanup"]
-    with _ledger_and_gate(config) as (ledger, gate), _recorded(ledger, episode, config, "transcribe"):
+    # As plain data: it goes to the worker process and into the transcript.
+    tc = settings.transcribe.as_dict()
+    with _ledger_and_gate(settings) as (ledger, gate), _recorded(ledger, episode, settings, "transcribe"):
         video_gone = not Path(video).exists()
         ledger.set_stage(episode, "transcribing", video_deleted=int(video_gone))
         job = ledger.job(episode) or {}
         video_mb = (job.get("video_size_bytes") or 0) / MB
         # Slots cap transcriptions across processes (overlapping chunk runs), not only in this one.
-        with Slots.transcription(config).hold(episode), gate.consumer(episode, "transcribe"):
+        with Slots.transcription(settings).hold(episode), gate.consumer(episode, "transcribe"):
             log.info("Transcribing %s, video size: %.1f MB", episode, video_mb)
             # The catalogue's language column wins over the config's.
-            options = decode_options(tc, language or tc["language"])
-            raw = worker.transcribe(tc, config["data_dir"], audio, options, episode,
-                                    on_worker_died=lambda exc: failures.worker_died(config, ledger, episode, exc))
+            options = decode_options(tc, language or settings.transcribe.language)
+            raw = worker.transcribe(tc, settings.data_dir, audio, options, episode,
+                                    on_worker_died=lambda exc: failures.worker_died(settings, ledger, episode, exc))
             result = build_transcript(raw, episode, tc, options)
             if job.get("source"):
                 result["source"] = json.loads(job["source"])
@@ -133,7 +141,7 @@ def transcribe(config: dict, episode: str, audio: str, outputs: dict[str, str], 
             audio_mb = Path(audio).stat().st_size / MB
             size = write_transcript(result, outputs)
         # Snakemake deletes the temp() audio as soon as this job ends.
-        audio_deleted = cleanup["delete_audio_after_transcription"]
+        audio_deleted = settings.disk_management.cleanup.delete_audio_after_transcription
         # The memory of the process that transcribed (the worker, or this job): for sizing.
         memory = raw.get("memory") or {}
         ledger.set_stage(episode, "transcribed", transcript_size_bytes=size, audio_deleted=int(audio_deleted),
@@ -153,32 +161,32 @@ def transcribe(config: dict, episode: str, audio: str, outputs: dict[str, str], 
                  gb(monitor.hard_limit), 100 * (usage.total - audio_mb * MB) / monitor.hard_limit)
 
 
-def analyse_episode(config: dict, episode: str, transcript: str, tokens: str | None, stats: str, lemmas: str,
-                    language: str | None) -> None:
+def analyse_episode(*, settings: Settings, episode: str, transcript: str, tokens: str | None, stats: str,
+                    lemmas: str, language: str | None = None) -> None:
     """Tokenize a transcript and analyse the tokens, in one job: a job less per episode
     is ~1.5 ms less of Snakemake's planning per episode (docs/benchmarks.md)."""
     from .analysis import analyse_tokens
     from .tokens import tokenize_file
 
-    with _ledger_and_gate(config) as (ledger, _), _recorded(ledger, episode):
+    with _ledger_and_gate(settings) as (ledger, _), _recorded(ledger, episode):
         table, meta = tokenize_file(transcript, tokens, language)
         ledger.set_stage(episode, "tokenized")
-        cleanup = config["disk_management"]["cleanup"]
-        if cleanup["delete_transcript_after_tokenization"]:
+        cleanup = settings.disk_management.cleanup
+        if cleanup.delete_transcript_after_tokenization:
             log.info("delete_transcript_after_tokenization: Snakemake deletes %s now", transcript)
         analyse_tokens(table, meta, stats, lemmas)
         ledger.set_stage(episode, "analyzed")
-        if cleanup["delete_tokens_after_analysis"]:
+        if cleanup.delete_tokens_after_analysis:
             log.info("delete_tokens_after_analysis: the tokens of %s are not kept", episode)
 
 
-def corpus(config: dict, stats_pattern: str, lemmas_pattern: str, outputs: dict) -> None:
+def corpus(*, settings: Settings, stats_pattern: str, lemmas_pattern: str, outputs: dict) -> None:
     """The corpus tables over every analysed episode of the whole catalogue: with
     `chunk`, the run of each slice adds its episodes to what earlier slices analysed."""
     from .analysis import build_corpus
     from .catalogue import load
 
-    catalogue = load(config["catalogue"])
+    catalogue = load(settings.catalogue)
     has_series = "series" in catalogue.columns
     entries = []
     for episode in catalogue.index:
@@ -187,7 +195,7 @@ def corpus(config: dict, stats_pattern: str, lemmas_pattern: str, outputs: dict)
             series = catalogue.at[episode, "series"] if has_series else None
             entries.append((episode, stats, lemmas, _series_name(series)))
     log.info("Building the corpus from %d of %d catalogue episodes", len(entries), len(catalogue))
-    build_corpus(entries, outputs, lemma=config.get("analysis", {}).get("lemma", "written"))
+    build_corpus(entries, outputs, lemma=settings.analysis.lemma)
 
 
 def _series_name(value) -> str | None:
