@@ -104,7 +104,9 @@ if GIVEN_UP and not (workflow.remote_exec or workflow.subprocess_exec):
 def transcript_outputs():
     # transcribe.gzip: every transcript file ends in .gz (.json.gz is then the target).
     outputs = LAYOUT.transcript_patterns()
-    outputs["json"] = temp_if(CLEANUP.delete_transcript_after_tokenization, outputs["json"])
+    outputs["json"] = temp_if(
+        CLEANUP.delete_transcript_after_tokenization, outputs["json"]
+    )
     return outputs
 
 

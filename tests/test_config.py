@@ -254,7 +254,7 @@ def test_one_loading_path_file_commands_and_the_snakefile_give_equal_settings(tm
     import subprocess
     import sys
 
-    root = cfg.SCHEMA_PATH.parents[1]
+    root = REPO
     (tmp_path / "episodes.csv").write_text("id,url\nep1,https://e.org/1\n")
     mine = {"catalogue": "episodes.csv", "data_dir": "d", "disk_management": {
         "hard_limit_gb": 0.02, "pause_threshold_gb": 0.015, "resume_threshold_gb": 0.01},
