@@ -60,7 +60,8 @@ import yaml  # noqa: E402
 
 from plan_scale import make_catalogue, timed  # noqa: E402
 from scribeflow import logs  # noqa: E402
-from scribeflow.disk import EPISODE_RULES, DiskMonitor  # noqa: E402
+from scribeflow.disk import DiskMonitor  # noqa: E402
+from scribeflow.layout import EPISODE_RULES  # noqa: E402
 from scribeflow.ledger import Ledger  # noqa: E402
 
 DAY = 86400.0

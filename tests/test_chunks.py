@@ -15,6 +15,7 @@ import pytest
 import yaml
 
 from conftest import REPO, workflow_config, write_catalogue
+from scribeflow.layout import Layout
 from scribeflow import chunks
 from scribeflow import config as cfg
 from scribeflow.catalogue import select_chunk, validate
@@ -167,14 +168,13 @@ def test_done_chunks_are_skipped_and_a_failed_chunk_is_reported(tmp_path, capsys
     assert "1 episode(s) still need attention" in out and out.rstrip().endswith("ep004")
 
     # A given-up episode needs no attention: the run succeeds, and says so.
-    from scribeflow import failures
-    failures.marker_dir(tmp_path / "data").mkdir(parents=True)
-    (failures.marker_dir(tmp_path / "data") / "ep004.json").write_text("{}")
+    Layout.of(tmp_path / "data").failed.mkdir(parents=True)
+    (Layout.of(tmp_path / "data").failed / "ep004.json").write_text("{}")
     (tmp_path / "events.jsonl").unlink()
     assert d.run() == 0
     assert "1 episode(s) given up" in capsys.readouterr().out
     assert not (tmp_path / "events.jsonl").exists()  # nothing left to start, the corpus is built
-    (failures.marker_dir(tmp_path / "data") / "ep004.json").unlink()
+    (Layout.of(tmp_path / "data").failed / "ep004.json").unlink()
 
     # Once everything exists, nothing is started at all.
     (transcripts / "ep004.json").write_text("{}")

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 
+from scribeflow.layout import Layout
 from scribeflow import cli, failures
 from scribeflow import config as cfg
 from scribeflow.download import DownloadFailed
@@ -33,7 +34,7 @@ def fail_download(config, ledger, episode, exc):
 def test_a_permanent_failure_gives_the_episode_up_at_once(config, ledger):
     assert fail_download(config, ledger, "gone", DownloadFailed("gone: HTTP 404", permanent=True))
     assert failures.given_up(config.data_dir) == {"gone"}
-    marker = json.loads((failures.marker_dir(config.data_dir) / "gone.json").read_text())
+    marker = json.loads((Layout.of(config.data_dir).failed / "gone.json").read_text())
     assert marker["permanent"] and marker["attempts"] == 1 and "HTTP 404" in marker["reason"]
     job = ledger.job("gone")
     assert job["stage"] == "failed" and "HTTP 404" in job["last_error"]
@@ -69,7 +70,7 @@ def test_a_transcription_that_keeps_failing_is_given_up_after_max_attempts(confi
     assert job["stage"] == "extracted" and job["last_error"].startswith("interrupted during transcribe")
     assert job["transcribe_failures"] == 2
     assert failures.record(config, ledger, "oom", "transcribe", MemoryError("CUDA out of memory"))
-    marker = json.loads((failures.marker_dir(config.data_dir) / "oom.json").read_text())
+    marker = json.loads((Layout.of(config.data_dir).failed / "oom.json").read_text())
     assert (marker["step"], marker["attempts"], marker["permanent"]) == ("transcribe", 3, False)
     assert failures.retry(config, ["oom"]) == ["oom"]
     assert ledger.job("oom")["transcribe_failures"] == 0

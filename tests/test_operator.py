@@ -4,6 +4,7 @@ import subprocess
 import sys
 
 from conftest import write_catalogue
+from scribeflow.layout import Layout
 from scribeflow import catalogue as sf_catalogue
 from scribeflow import config as cfg
 from scribeflow.plan import plan, render
@@ -102,7 +103,6 @@ def _a_run(tmp_path):
     import json
     import time
 
-    from scribeflow import failures
     from scribeflow.disk import DiskUsage
     from scribeflow.ledger import Ledger
 
@@ -121,8 +121,8 @@ def _a_run(tmp_path):
         ledger.set_stage("dead", "failed", last_error="DownloadFailed: dead: HTTP 404 (Not Found)")
         ledger.sample_disk(DiskUsage(videos=int(2e9), transcripts=int(1e6)), paused=True)
         ledger.start_pause(int(281e9), "usage", at=time.time() - 60)
-    failures.marker_dir(data).mkdir(parents=True)
-    (failures.marker_dir(data) / "dead.json").write_text(json.dumps({"id": "dead", "permanent": True}))
+    Layout.of(data).failed.mkdir(parents=True)
+    (Layout.of(data).failed / "dead.json").write_text(json.dumps({"id": "dead", "permanent": True}))
     (tmp_path / "run.yaml").write_text(f"catalogue: {path}\ndata_dir: {data}\nstorage_dir: {data}\n")
     return config, data
 

@@ -10,6 +10,7 @@ import time
 import pytest
 
 from scribeflow import disk, logs
+from scribeflow import layout as sf_layout
 from scribeflow.config import validate
 from scribeflow.disk import DiskMonitor, PER_EPISODE
 from scribeflow.gate import DownloadGate
@@ -21,8 +22,8 @@ MARGIN = 64 * KB
 # What one finished episode leaves with the default config, before the logs' roll-up.
 EPISODE_FILES = ("transcripts/{}.json", "tokens/{}.parquet", "analysis/episodes/{}.json",
                  "analysis/lemmas/{}.parquet",
-                 *(f"logs/{r}/{{}}.log" for r in disk.EPISODE_RULES),
-                 *(f"benchmarks/{r}/{{}}.tsv" for r in disk.EPISODE_RULES))
+                 *(f"logs/{r}/{{}}.log" for r in sf_layout.EPISODE_RULES),
+                 *(f"benchmarks/{r}/{{}}.tsv" for r in sf_layout.EPISODE_RULES))
 
 
 def write(path, size=100):
@@ -267,7 +268,7 @@ def test_logs_of_finished_episodes_are_rolled_up(tmp_path):
     write(data / "analysis" / "episodes" / "bad.json")
     write(data / "failed" / "bad.json")
     for episode in done:
-        for rule in disk.EPISODE_RULES:
+        for rule in sf_layout.EPISODE_RULES:
             (data / "logs" / rule / f"{episode}.log").write_text(f"{rule} of {episode}\nsecond line\n")
             (data / "benchmarks" / rule / f"{episode}.tsv").write_text("s\th:m:s\tmax_rss\n1.5\t0:00:01\t80\n")
     before = walked(data).total
@@ -283,8 +284,8 @@ def test_logs_of_finished_episodes_are_rolled_up(tmp_path):
     assert found["logs/transcribe/ep000001.log"] == f"transcribe of {done[1]}\nsecond line\n"
     assert len(found) == 4
     marks = [b for b in logs.benchmarks(data) if b["episode"] == done[2]]
-    assert sorted(b["rule"] for b in marks) == sorted(disk.EPISODE_RULES) and marks[0]["max_rss"] == "80"
-    archive = next(logs.rollup_dir(data).glob("*.log.gz"))
+    assert sorted(b["rule"] for b in marks) == sorted(sf_layout.EPISODE_RULES) and marks[0]["max_rss"] == "80"
+    archive = next(sf_layout.Layout.of(data).rollup.glob("*.log.gz"))
     assert f"==> logs/download/{done[0]}.log <==" in gzip.open(archive, "rt").read()  # zless reads it
     assert logs.rollup(data) == (0, 0, 0)
 
@@ -350,7 +351,7 @@ def test_a_finished_chunk_keeps_four_files_per_episode_through_the_real_workflow
         found = dict(logs.episode_logs(data, episode))
         assert "Freed" in found[f"logs/transcribe/{episode}.log"] and len(found) == 4
     assert {b["episode"] for b in logs.benchmarks(data)} >= {"ep01", "ep02"}
-    assert json.loads((data / "gate" / disk.ACCOUNTING_FILE).read_text())["files"] > 0
+    assert json.loads((data / "gate" / sf_layout.ACCOUNTING_FILE).read_text())["files"] > 0
     scribeflow(tmp_path, "check", "--configfile", str(tmp_path / "config.yaml"))
 
 

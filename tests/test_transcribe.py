@@ -9,8 +9,10 @@ from pathlib import Path
 import pytest
 
 from scribeflow import config as sf_config
+from scribeflow.layout import Layout
+from scribeflow.layout import transcript_suffix as suffix
 from scribeflow.transcribe import (build_transcript, check_model_dir, model_mel_bins, read_transcript,
-                                   suffix, to_srt, to_txt, to_vtt, transcript_path, write_transcript)
+                                   to_srt, to_txt, to_vtt, write_transcript)
 
 TC = {"model": "tiny.en", "device": "cpu", "compute_type": "int8", "batch_size": 0,
       "hallucinations": {"action": "drop", "max_repeats": 4, "phrases": []}}
@@ -64,9 +66,9 @@ def test_gzip_round_trip_is_deterministic_and_about_half_the_space(tmp_path):
 
 def test_transcript_path_follows_the_gzip_setting():
     config = {"data_dir": "d", "transcribe": {"gzip": True}}
-    assert transcript_path(config, "ep1") == Path("d/transcripts/ep1.json.gz")
+    assert Layout.from_config(config).transcript("ep1") == Path("d/transcripts/ep1.json.gz")
     config["transcribe"]["gzip"] = False
-    assert transcript_path(config, "ep1", "srt") == Path("d/transcripts/ep1.srt")
+    assert Layout.from_config(config).transcript("ep1", "srt") == Path("d/transcripts/ep1.srt")
 
 
 def _model_copy(tmp_path, model_path, skip=()):

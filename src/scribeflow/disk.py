@@ -61,8 +61,7 @@ from pathlib import Path
 from . import ledger as sf_ledger
 from .config import Settings
 from .files import allocated_bytes, atomic_write_text
-# EPISODE_RULES and ACCOUNTING_FILE: imported from here too.
-from .layout import ACCOUNTING_FILE, EPISODE_RULES, LEDGER_FILE, PARTIAL_SUFFIXES, Layout  # noqa: F401
+from .layout import ACCOUNTING_FILE, LEDGER_FILE, PARTIAL_SUFFIXES, Layout
 
 log = logging.getLogger("scribeflow.disk")
 

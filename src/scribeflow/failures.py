@@ -24,20 +24,15 @@ from __future__ import annotations
 import json
 import os
 import time
-from pathlib import Path
 
 from .config import Settings
 from .files import atomic_write_text, ids_with_suffix
 from .layout import MARKER_SUFFIX, Layout
 from .ledger import Ledger
 
-def marker_dir(data_dir: str | os.PathLike | Layout) -> Path:
-    return Layout.of(data_dir).failed
-
-
 def given_up(data_dir: str | os.PathLike | Layout) -> set[str]:
     """Ids of the episodes the workflow skips (one directory listing, no ledger access)."""
-    return ids_with_suffix(marker_dir(data_dir), MARKER_SUFFIX)
+    return ids_with_suffix(Layout.of(data_dir).failed, MARKER_SUFFIX)
 
 
 def is_permanent(exc: BaseException) -> bool:

@@ -37,10 +37,6 @@ log = logging.getLogger("scribeflow.logs")
 HEADER = "==> {} <=="
 
 
-def rollup_dir(data_dir: str | os.PathLike | Layout) -> Path:
-    return Layout.of(data_dir).rollup
-
-
 def finished(data_dir: str | os.PathLike | Layout) -> set[str]:
     """Episodes whose jobs are all over: analysed, and the analysis job's record written."""
     layout = Layout.of(data_dir)
@@ -119,7 +115,7 @@ def rollup_quietly(data_dir: str | os.PathLike | Layout) -> None:
         return
     if files:
         print(f"scribeflow: rolled up {files} log and benchmark file(s) of {episodes} finished episode(s) into "
-              f"{rollup_dir(data_dir)} ({freed / 1e6:.1f} MB freed)", file=sys.stderr)
+              f"{Layout.of(data_dir).rollup} ({freed / 1e6:.1f} MB freed)", file=sys.stderr)
 
 
 def start_rollup(data_dir: str | os.PathLike | Layout) -> int:

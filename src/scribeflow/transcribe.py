@@ -18,8 +18,6 @@ from pathlib import Path
 
 from .files import atomic_path
 from .hallucination import Guard
-from .layout import Layout
-from .layout import transcript_suffix as suffix  # noqa: F401  (imported from here too)
 from .media import SAMPLE_RATE
 
 log = logging.getLogger("scribeflow.transcribe")
@@ -353,11 +351,6 @@ def to_txt(t: dict) -> str:
 
 
 RENDERERS = {"srt": to_srt, "vtt": to_vtt, "txt": to_txt}
-
-
-def transcript_path(config: dict, episode: str, fmt: str = "json") -> Path:
-    """Where the workflow puts an episode's transcript (the JSON is the target)."""
-    return Layout.from_config(config).transcript(episode, fmt)
 
 
 def _write(path: Path, text: str) -> int:
