@@ -29,6 +29,7 @@ import sys
 import time
 from pathlib import Path
 
+from . import child_env
 from .files import allocated_bytes, atomic_path
 from .layout import EPISODE_RULES, MARKER_SUFFIX, STATS_SUFFIX, Layout
 
@@ -134,8 +135,7 @@ def start_rollup(data_dir: str | os.PathLike | Layout) -> int:
     with open(out / "rollup.log", "a") as sink:
         subprocess.Popen([sys.executable, "-m", "scribeflow.logs", "--rollup", "--data-dir", str(data)],
                          stdin=subprocess.DEVNULL, stdout=sink, stderr=sink, start_new_session=True,
-                         env={**os.environ, "PYTHONPATH": os.pathsep.join(
-                             [str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH", "")])})
+                         env=child_env())
     return count
 
 

@@ -36,14 +36,13 @@ import threading
 import time
 from pathlib import Path
 
+from . import child_env
 from .layout import Layout
 
 log = logging.getLogger("scribeflow.worker")
 
 PROTOCOL = 1
 EXIT_ADDRESS_IN_USE = 3
-# The folder this package was imported from (site-packages, or a checkout's src/).
-_IMPORT_ROOT = Path(__file__).resolve().parents[1]
 _CODE = ("worker.py", "transcribe.py", "media.py")
 _started: list[subprocess.Popen] = []  # held, so Python does not warn that they still run
 
@@ -225,11 +224,8 @@ def _spawn(tc: dict, data_dir: str | Path, key: str) -> tuple[subprocess.Popen, 
         raise WorkerUnavailable(f"cannot write the worker's log {logfile}: {exc}") from None
     from .transcribe import thread_env
 
-    env = thread_env(tc, os.environ)  # not the threads of the job that happens to start it
-    # The worker runs the code its key names: the package this job imported. From a checkout
-    # that is src/, which only the job's sys.path holds (Snakemake appends it there, and drops
-    # PYTHONPATH in conda environments).
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(_IMPORT_ROOT), os.environ.get("PYTHONPATH")]))
+    # Not the threads of the job that happens to start it; the code its key names: this package.
+    env = child_env(thread_env(tc, os.environ))
     spec = json.dumps({"tc": tc, "data_dir": str(data_dir), "key": key})
     with out:
         try:
