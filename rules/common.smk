@@ -12,12 +12,10 @@ sys.path.insert(0, str(Path(workflow.basedir) / "src"))
 from scribeflow import catalogue as sf_catalogue
 from scribeflow import config as sf_config
 from scribeflow import failures as sf_failures
-from scribeflow import speedups as sf_speedups
+from scribeflow import snakemake_internals as sf_internals
 from scribeflow.files import ids_with_suffix
 from scribeflow.transcribe import suffix as transcript_suffix
 
-# Snakemake's planning costs per job that are the same for every job of a rule.
-sf_speedups.apply()
 # Nested --config values arrive as strings ('500'): read them as the schema wants.
 sf_config.coerce_strings(config)
 validate(config, "../config/schema.yaml")
@@ -30,6 +28,10 @@ try:
     )
 except (sf_config.ConfigError, sf_catalogue.CatalogueError) as exc:
     raise WorkflowError(str(exc)) from None
+
+# Snakemake's planning costs per job that are the same for every job of a rule; not
+# while another workflow parses this one as its module.
+sf_internals.apply(workflow, config)
 
 DATA = config["data_dir"]
 STORAGE = config["storage_dir"]

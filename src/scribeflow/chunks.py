@@ -19,7 +19,6 @@ One DAG over 171,881 episodes costs minutes and gigabytes just to plan; a chunk 
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import signal
@@ -34,6 +33,7 @@ from . import catalogue as sf_catalogue
 from . import config as sf_config
 from .failures import given_up
 from .files import ids_with_suffix
+from .snakemake_internals import profile_config
 
 REPO = Path(__file__).resolve().parents[2]
 # An episode whose download has ended, one way or the other: its chunk needs no more
@@ -88,28 +88,6 @@ def downloads_ended(chunk: Chunk, ledger_path: Path, since: float, done: set[str
         return False
     finally:
         db.close()
-
-
-def profile_config(directory: Path, snakemake_args: list[str]) -> list[str]:
-    """The `config:` entries of the --profile in `snakemake_args`. Snakemake replaces a
-    profile's config with a command line --config (top-level keys overwrite), and the
-    driver always passes --config chunk=K/N, so it passes the profile's entries too."""
-    names = [a.split("=", 1)[1] for a in snakemake_args if a.startswith("--profile=")]
-    names += [snakemake_args[i + 1] for i, a in enumerate(snakemake_args[:-1]) if a == "--profile"]
-    entries: list[str] = []
-    for name in names:
-        for folder in (directory / name, Path.home() / ".config" / "snakemake" / name,
-                       Path("/etc/xdg/snakemake") / name):
-            found = [f for f in (folder / "profile.yaml", folder / "config.yaml") if f.is_file()]
-            if found:
-                import yaml
-
-                value = (yaml.safe_load(found[0].read_text()) or {}).get("config") or []
-                if isinstance(value, dict):
-                    value = [f"{k}={v if isinstance(v, str) else json.dumps(v)}" for k, v in value.items()]
-                entries += [str(v) for v in value]
-                break
-    return entries
 
 
 @dataclass
