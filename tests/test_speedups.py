@@ -63,7 +63,7 @@ def workflow(tmp_path):
 def test_all_apply_on_this_snakemake(workflow):
     proc = snakemake(workflow, "a,b", "-n")
     assert proc.returncode == 0, proc.stderr
-    assert "speedups: parse_uri,script_check,function_params,conda_env,directory_outputs" in proc.stderr
+    assert "speedups: parse_uri,script_check,function_params,conda_env,directory_outputs,gc" in proc.stderr
     off = snakemake(workflow, "a,b", "-n", speedups=False)
     assert "speedups: none" in off.stderr
     off = snakemake(workflow, "a,b", "-n", config=["snakemake_speedups=False"])
@@ -286,3 +286,14 @@ def test_the_profile_lookup_is_snakemakes(tmp_path, monkeypatch, args, env):
     seen_again = __import__("json").loads(
         next(x for x in again.stderr.splitlines() if x.startswith("config:"))[7:])
     assert seen_again == {**seen, "extra": 1}
+
+
+def test_garbage_is_collected_less_often_and_not_at_exit():
+    code = ("import atexit, gc, sys; from scribeflow import snakemake_internals as si; "
+            "before = gc.get_threshold(); names = si.apply(); once = atexit._ncallbacks(); si.apply(); "
+            "print(before, gc.get_threshold(), names, once == atexit._ncallbacks())")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                         env={**os.environ, "PYTHONPATH": str(REPO / "src"), "SCRIBEFLOW_SPEEDUPS": "gc"})
+    assert out.returncode == 0, out.stderr
+    # Applied twice, registered once.
+    assert out.stdout.strip() == "(700, 10, 10) (10000, 10, 10) ['gc'] True", out.stdout
