@@ -30,9 +30,13 @@ first start after a chunk also starts the roll-up of its logs), and the next 2,0
 (`snakemake -n --quiet`, as benchmarks/plan_scale.py measures plans).
 
     .venv/bin/python benchmarks/full_scale.py [--sizes 10000 50000 171881] [--root /tmp]
+        [--reuse] [--only plan] [--each-speedup]
 
 Mind the space: 171,881 episodes take ~19 GB and ~700,000 files; each N's tree is
-deleted after it is measured unless --keep.
+deleted after it is measured unless --keep. --reuse lays each N's tree down once, in
+ROOT/full-scale-N, and keeps it for the next call. --only plan measures the chunk's
+plan alone; --each-speedup also plans it without scribeflow.snakemake_internals'
+speedups and without each one in turn (alternating, several rounds): what each saves.
 """
 
 from __future__ import annotations
@@ -257,30 +261,67 @@ def start(root: Path, label: str) -> tuple[float, float, str]:
     return wall, usage.ru_utime + usage.ru_stime, said
 
 
-def plan(root: Path) -> tuple[float, float, int | None]:
+def plan_command(root: Path) -> tuple[list[str], int]:
     chunks = max(1, round((len(open(root / "episodes.csv").readlines()) - 1) / CHUNK))
     cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory", str(root),
            "--configfile", str(root / "config.yaml"), "-n", "--quiet", "--cores", "8",
            "--config", f"chunk={chunks}/{chunks}"]
+    return cmd, chunks
+
+
+def plan(root: Path) -> tuple[float, float, int | None]:
+    cmd, chunks = plan_command(root)
     cold = timed(cmd, root)[0]
     wall, _, out, cpu = timed(cmd, root)
     return cold, wall, cpu, chunks
 
 
-def measure(n: int, base: Path, runs: int, keep: bool) -> dict:
+def each_speedup(root: Path, rounds: int) -> dict:
+    """The chunk's plan with every speedup, with none, and without each one in turn,
+    alternating for `rounds` rounds: {variant: (median wall, median CPU)}."""
+    from scribeflow.snakemake_internals import SPEEDUPS
+
+    names = [name for name, _ in SPEEDUPS]
+    variants = {"all": "1", "none": "0",
+                **{f"without {n}": ",".join(x for x in names if x != n) or "0" for n in names}}
+    cmd, _ = plan_command(root)
+    seen: dict = {v: [] for v in variants}
+    for _ in range(rounds):
+        for variant, value in variants.items():
+            wall, _, _, cpu = timed(cmd, root, env={"SCRIBEFLOW_SPEEDUPS": value})
+            seen[variant].append((wall, cpu))
+    return {v: (statistics.median(w for w, _ in runs), statistics.median(c for _, c in runs))
+            for v, runs in seen.items()}
+
+
+def measure(n: int, base: Path, runs: int, keep: bool, reuse: bool = False, only: str | None = None,
+            speedup_rounds: int = 0) -> dict:
     if base:
         Path(base).mkdir(parents=True, exist_ok=True)
-    root = Path(tempfile.mkdtemp(prefix=f"full-scale-{n}-", dir=base))
+    if reuse:
+        root, keep = Path(base or tempfile.gettempdir()) / f"full-scale-{n}", True
+    else:
+        root = Path(tempfile.mkdtemp(prefix=f"full-scale-{n}-", dir=base))
     print(f"\n== {n:,} finished episodes ({root}); load average {os.getloadavg()[0]:.2f}", flush=True)
     figures = {"episodes": n}
     try:
-        t0 = time.perf_counter()
-        state = lay_down(root, n)
         data = root / "data"
-        files = files_under(data)
-        print(f"  laid down in {time.perf_counter() - t0:.0f} s: {files:,} files, "
-              f"{shutil.disk_usage(root).used / 1e9:.0f} GB used on the disk; ledger thinned "
-              f"{state['thinned']}", flush=True)
+        if reuse and (root / "laid-down.json").exists():
+            state = json.loads((root / "laid-down.json").read_text())
+            print(f"  reusing the tree laid down before ({state['done']:,} finished episodes)", flush=True)
+        else:
+            root.mkdir(parents=True, exist_ok=True)
+            t0 = time.perf_counter()
+            state = lay_down(root, n)
+            files = files_under(data)
+            print(f"  laid down in {time.perf_counter() - t0:.0f} s: {files:,} files, "
+                  f"{shutil.disk_usage(root).used / 1e9:.0f} GB used on the disk; ledger thinned "
+                  f"{state['thinned']}", flush=True)
+            if reuse:
+                (root / "laid-down.json").write_text(json.dumps({"done": state["done"]}))
+        if only == "plan":
+            measure_plan(root, figures, speedup_rounds)
+            return figures
         config = full_config(root)
         walk_all = DiskMonitor(data, data, 300 * 10**9, 280 * 10**9, 250 * 10**9, cache_duration=0)
         t0 = time.perf_counter()
@@ -333,14 +374,26 @@ def measure(n: int, base: Path, runs: int, keep: bool) -> dict:
         per_episode = (after - files_under(data / "logs" / "rollup")) / max(1, state["done"])
         print(f"  files in data_dir after the roll-up: {after:,} ({per_episode:.2f} per finished episode, "
               f"roll-ups apart)", flush=True)
-        cold, warm, cpu, chunks = plan(root)
-        figures["plan_s"], figures["plan_cpu_s"] = warm, cpu
-        print(f"  next chunk's plan ({chunks}/{chunks}, ~{CHUNK:,} episodes): cold cache {cold:.2f} s, "
-              f"warm {warm:.2f} s (CPU {cpu:.2f} s)", flush=True)
+        measure_plan(root, figures, speedup_rounds)
     finally:
         if not keep:
             shutil.rmtree(root, ignore_errors=True)
     return figures
+
+
+def measure_plan(root: Path, figures: dict, speedup_rounds: int) -> None:
+    cold, warm, cpu, chunks = plan(root)
+    figures["plan_s"], figures["plan_cpu_s"] = warm, cpu
+    print(f"  next chunk's plan ({chunks}/{chunks}, ~{CHUNK:,} episodes): cold cache {cold:.2f} s, "
+          f"warm {warm:.2f} s (CPU {cpu:.2f} s)", flush=True)
+    if speedup_rounds:
+        seen = each_speedup(root, speedup_rounds)
+        wall_all, cpu_all = seen["all"]
+        print(f"  the plan's speedups, median of {speedup_rounds} alternating rounds (wall, CPU; saving = "
+              "the variant's minus all's):", flush=True)
+        for variant, (wall, cpu) in seen.items():
+            print(f"    {variant:<28} {wall:6.2f} s  CPU {cpu:6.2f} s  saving {wall - wall_all:+6.2f} s  "
+                  f"CPU {cpu - cpu_all:+6.2f} s", flush=True)
 
 
 def main() -> int:
@@ -349,9 +402,14 @@ def main() -> int:
     ap.add_argument("--root", type=Path, default=Path(tempfile.gettempdir()))
     ap.add_argument("--runs", type=int, default=200, help="admissions and looks per size")
     ap.add_argument("--keep", action="store_true", help="keep the laid-down trees")
+    ap.add_argument("--reuse", action="store_true", help="lay each tree down once in ROOT/full-scale-N, keep it")
+    ap.add_argument("--only", choices=["plan"], help="measure this alone")
+    ap.add_argument("--each-speedup", type=int, default=0, metavar="ROUNDS",
+                    help="also plan without the speedups and without each one, ROUNDS times")
     args = ap.parse_args()
     print(f"{time.strftime('%Y-%m-%d %H:%M %Z')}, {os.cpu_count()} cores; {' '.join(sys.argv)}")
-    results = [measure(n, args.root, args.runs, args.keep) for n in args.sizes]
+    results = [measure(n, args.root, args.runs, args.keep, args.reuse, args.only, args.each_speedup)
+               for n in args.sizes]
     targets = {"admission_p95_ms": 50, "look_p95_ms": 50, "status_s": 2, "check_s": 60, "start_s": 5, "plan_s": 10}
     print("\nSummary (target at the largest N; and within 2x of the smallest N's figure)")
     print(f"  {'':<18}" + "".join(f"{r['episodes']:>12,}" for r in results) + "      target  ratio")

@@ -16,12 +16,10 @@ if importlib.util.find_spec("scribeflow") is None:
 from scribeflow import catalogue as sf_catalogue
 from scribeflow import config as sf_config
 from scribeflow import failures as sf_failures
-from scribeflow import speedups as sf_speedups
+from scribeflow import snakemake_internals as sf_internals
 from scribeflow.files import ids_with_suffix
 from scribeflow.layout import WORKFLOW_CACHE, Layout
 
-# Snakemake's planning costs per job that are the same for every job of a rule.
-sf_speedups.apply()
 try:
     # Validated once (defaults filled into `config`, which every job gets); the rules
     # read SETTINGS, the jobs rebuild it from their config (scribeflow.steps.Job).
@@ -33,6 +31,10 @@ try:
     )
 except (sf_config.ConfigError, sf_catalogue.CatalogueError) as exc:
     raise WorkflowError(str(exc)) from None
+
+# Snakemake's planning costs per job that are the same for every job of a rule; not
+# while another workflow parses this one as its module.
+sf_internals.apply(workflow, SETTINGS.snakemake_speedups)
 
 # Every path of the run (scribeflow.layout); the rules declare its {episode} patterns.
 LAYOUT = Layout.from_config(SETTINGS)

@@ -19,7 +19,6 @@ One DAG over 171,881 episodes costs minutes and gigabytes just to plan; a chunk 
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import signal
@@ -35,6 +34,7 @@ from .failures import given_up
 from .files import ids_with_suffix
 from .layout import STATS_SUFFIX, WORKFLOW_CACHE, Layout
 from .ledger import DOWNLOAD_ENDED, HOUR, Error, LedgerReader
+from .snakemake_internals import profile_config
 from .workflow import find_snakefile
 
 
@@ -75,28 +75,6 @@ def downloads_ended(chunk: Chunk, ledger_path: Path, since: float, done: set[str
     # A download that ended, one way or the other: the chunk needs no more download slots for it.
     ended = sum(stage in DOWNLOAD_ENDED and (at or 0) >= since for stage, at in rows)
     return ended == len(todo)
-
-
-def profile_config(directory: Path, snakemake_args: list[str]) -> list[str]:
-    """The `config:` entries of the --profile in `snakemake_args`. Snakemake replaces a
-    profile's config with a command line --config (top-level keys overwrite), and the
-    driver always passes --config chunk=K/N, so it passes the profile's entries too."""
-    names = [a.split("=", 1)[1] for a in snakemake_args if a.startswith("--profile=")]
-    names += [snakemake_args[i + 1] for i, a in enumerate(snakemake_args[:-1]) if a == "--profile"]
-    entries: list[str] = []
-    for name in names:
-        for folder in (directory / name, Path.home() / ".config" / "snakemake" / name,
-                       Path("/etc/xdg/snakemake") / name):
-            found = [f for f in (folder / "profile.yaml", folder / "config.yaml") if f.is_file()]
-            if found:
-                import yaml
-
-                value = (yaml.safe_load(found[0].read_text()) or {}).get("config") or []
-                if isinstance(value, dict):
-                    value = [f"{k}={v if isinstance(v, str) else json.dumps(v)}" for k, v in value.items()]
-                entries += [str(v) for v in value]
-                break
-    return entries
 
 
 @dataclass

@@ -12,6 +12,8 @@ from typing import Any
 
 import yaml
 
+from .snakemake_internals import parse_overrides
+
 GB = 1_000_000_000
 MB = 1_000_000
 
@@ -146,41 +148,6 @@ def for_run(configfiles: list[str] = (), overrides: list[str] = (), directory: s
                     "KEY=\"{'sub_key': value}\", which is merged into KEY)") if bad else ""
             raise ConfigError(f"--config {' '.join(overrides)}: {exc}{hint}") from None
     return validate(config)
-
-
-_CONFIG_KEY = re.compile(r"[a-zA-Z_][\w-]*\w$")
-
-
-def parse_overrides(entries) -> dict:
-    """`--config KEY=VALUE ...` parsed exactly as snakemake.cli.parse_config parses it
-    (the tests compare the two), without importing snakemake.cli: ~1 s, a second of
-    every `scribeflow status`."""
-    from snakemake.common import parse_key_value_arg
-    from snakemake.utils import update_config
-
-    def boolean(value: str) -> bool:
-        if value in ("True", "False"):
-            return value == "True"
-        raise ValueError
-
-    parsers = [int, float, boolean, lambda v: yaml.load(v, Loader=yaml.loader.BaseLoader), str]
-    config: dict = {}
-    for entry in entries:
-        key, value = parse_key_value_arg(
-            entry, errmsg="Invalid config definition: Config entries have to be defined as name=value pairs.")
-        if not _CONFIG_KEY.match(key):
-            raise ValueError("Invalid config definition: Config entry must start with a valid identifier.")
-        parsed = None
-        if value != "":
-            for parser in parsers:
-                try:
-                    parsed = parser(value)
-                except Exception:
-                    continue
-                if not callable(parsed):
-                    break
-        update_config(config, {key: parsed})
-    return config
 
 
 def _set_dotted(config: dict, dotted: str, value: Any) -> None:
@@ -454,6 +421,7 @@ class Settings(_Section):
     storage_dir: str
     chunk: str | None
     corpus_only: bool
+    snakemake_speedups: bool
     disk_management: DiskManagement
     download: Download
     transcribe: Transcribe
