@@ -102,7 +102,7 @@ def scribeflow(cwd: Path, *args: str) -> str:
     return proc.stdout
 
 
-# The streaming sources (issue 15): each kind made by ffmpeg from its own speech video.
+# The streaming sources: each kind made by ffmpeg from its own speech video.
 STREAM_SOURCES = {"hls_audio": "ep01", "hls_muxed": "ep02", "dash": "ep03", "page": "ep04"}
 
 

@@ -14,7 +14,6 @@ from pathlib import Path
 import pandas as pd
 
 REQUIRED = ("id", "url")
-OPTIONAL = ("title", "series", "season", "episode", "duration_s", "expected_size_mb", "language")
 NUMERIC = ("season", "episode", "duration_s", "expected_size_mb")
 ID_PATTERN = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,63}$")
 URL_PATTERN = re.compile(r"^https?://[^\s/?#]+[^\s]*$", re.IGNORECASE)

@@ -76,7 +76,6 @@ DATA_CATEGORIES = {
     _NAMES.logs.name: "logs",
     _NAMES.benchmarks.name: "logs",
 }
-TEMPORARY = ("videos", "partial", "audio")
 # data_dir-relative folder -> (category, the suffixes of its {id}SUFFIX files). A folder
 # missing here (a new rule's logs) is walked at every look: slower, never wrong.
 PER_EPISODE = {str(folder): spec for folder, spec in _NAMES.per_episode_folders().items()}

@@ -1,4 +1,4 @@
-"""Transcription with faster-whisper, and the transcript files of SPEC.md.
+"""Transcription with faster-whisper, and the transcript files (docs/outputs.md).
 
 run_model() is the one place that calls faster-whisper; it runs in the job itself or in
 the long-lived worker (worker.py), which returns the same plain dict. build_transcript()
@@ -299,7 +299,7 @@ def run_model(model, audio, options: dict, should_stop=None, label: str = "") ->
 
 
 def build_transcript(raw: dict, episode: str, tc: dict, options: dict) -> dict:
-    """The canonical transcript of SPEC.md, after the hallucination guard."""
+    """The canonical transcript (docs/outputs.md), after the hallucination guard."""
     segments, report = Guard.from_config(tc).apply(raw["segments"])
     if report["repetition"] or report["phrase"]:
         log.warning("%s: hallucination guard (%s): %d repetition(s), %d phrase(s)", episode,
