@@ -10,6 +10,7 @@ import re
 import sqlite3
 import threading
 import time
+from unittest import mock
 from pathlib import Path
 
 import pytest
@@ -339,12 +340,13 @@ def test_check_reads_only_the_transcripts_written_since_its_last_clean_run(tmp_p
     data = tmp_path / "data"
     config = cfg.validate({"data_dir": str(data), "storage_dir": str(data)})
     good = {"language": "en", "duration": 1.0, "model": "m", "options": {}, "text": "hi", "segments": []}
-    with Ledger(data / "jobs.db") as ledger:
-        for episode in ("a", "b", "c"):
+    hour_ago = time.time() - 3600
+    with Ledger(data / "jobs.db") as ledger, mock.patch("scribeflow.ledger.time.time", return_value=hour_ago):
+        for episode in ("a", "b", "c"):  # transcribed an hour ago
             path = data / "transcripts" / f"{episode}.json"
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(_json.dumps({"id": episode, **good}))
-            os.utime(path, (time.time() - 3600, time.time() - 3600))
+            os.utime(path, (hour_ago, hour_ago))
             ledger.set_stage(episode, "transcribed")
     state = data / "check.json"
     assert check_consistency(config) == [] and _json.loads(state.read_text())["parsed"] == 3

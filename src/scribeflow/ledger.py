@@ -180,14 +180,17 @@ class _Queries:
         row = cur.fetchone()
         return dict(zip([d[0] for d in cur.description], row)) if row else None
 
-    def jobs(self, *columns: str) -> dict[str, dict]:
-        """Every row, by id: the named columns (all by default; fewer are faster to read
-        at 171,881 rows)."""
-        if not all(c.isidentifier() for c in columns):
-            raise ValueError(f"not column names: {columns}")
-        cur = self.conn.execute(f"SELECT {', '.join(('id', *columns)) if columns else '*'} FROM jobs")
+    def jobs(self) -> dict[str, dict]:
+        """Every row, by id."""
+        cur = self.conn.execute("SELECT * FROM jobs")
         names = [d[0] for d in cur.description]
         return {row[0]: dict(zip(names, row)) for row in cur.fetchall()}
+
+    def columns(self, *columns: str) -> list[tuple]:
+        """(id, *columns) of every row: plain tuples, what reads 171,881 rows fastest."""
+        if not columns or not all(c.isidentifier() for c in columns):
+            raise ValueError(f"not column names: {columns}")
+        return self.conn.execute(f"SELECT id, {', '.join(columns)} FROM jobs").fetchall()
 
     def stage_counts(self) -> dict[str, int]:
         return dict(self.conn.execute("SELECT stage, COUNT(*) FROM jobs GROUP BY stage"))
