@@ -10,8 +10,10 @@ import hashlib
 import pickle
 import re
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import pandas as pd
+if TYPE_CHECKING:  # imported where a table is read: `scribeflow status` needs no pandas
+    import pandas as pd
 
 REQUIRED = ("id", "url")
 NUMERIC = ("season", "episode", "duration_s", "expected_size_mb")
@@ -25,6 +27,8 @@ class CatalogueError(ValueError):
 
 
 def read_table(path: str | Path) -> pd.DataFrame:
+    import pandas as pd
+
     path = Path(path)
     if not path.is_file():
         raise CatalogueError(f"catalogue {path}: no such file")
@@ -48,6 +52,8 @@ def validate(df: pd.DataFrame, source: str = "catalogue") -> pd.DataFrame:
 
     Row numbers are 1-based data rows (row 1 is the first row after the header).
     """
+    import pandas as pd
+
     missing = [c for c in REQUIRED if c not in df.columns]
     if missing:
         raise CatalogueError(
@@ -186,6 +192,8 @@ def validated(path: str | Path, cache_dir: str | Path) -> pd.DataFrame:
 
 def _cache_key(path: Path) -> tuple:
     """What must be unchanged for a cached validation to hold: the file and the rules."""
+    import pandas as pd
+
     try:
         st = path.stat()
     except FileNotFoundError:
