@@ -253,11 +253,14 @@ class _Section:
 
     KEY = ""  # the section's dotted key in the configuration
 
+    @classmethod
+    def _key(cls, name: str) -> str:
+        return f"{cls.KEY}.{name}" if cls.KEY else name
+
     def __getattr__(self, name: str):
         if name.startswith("__"):
             raise AttributeError(name)
-        where = f"{self.KEY}.{name}" if self.KEY else name
-        raise AttributeError(f"no configuration key {where!r}")
+        raise AttributeError(f"no configuration key {self._key(name)!r}")
 
     @classmethod
     def from_validated(cls, values: dict):
@@ -265,10 +268,9 @@ class _Section:
         kwargs = {}
         for f in dataclasses.fields(cls):
             if f.name not in values:
-                where = f"{cls.KEY}.{f.name}" if cls.KEY else f.name
-                raise ConfigError(f"{where}: missing (validate the configuration first)")
+                raise ConfigError(f"{cls._key(f.name)}: missing (validate the configuration first)")
             value = values[f.name]
-            sub = _SECTIONS.get(f.name if not cls.KEY else f"{cls.KEY}.{f.name}")
+            sub = _SECTIONS.get(cls._key(f.name))
             if sub is not None:
                 value = sub.from_validated(value)
             elif isinstance(value, list):
@@ -434,10 +436,10 @@ _SECTIONS: dict[str, type[_Section]] = {
 
 
 def updated(settings: Settings, changes: dict) -> Settings:
-    """`settings` with `changes` ({"download": {"retries": 1}}) merged in, validated again."""
-    def merge(into: dict, new: dict) -> dict:
-        for key, value in new.items():
-            into[key] = merge(into.get(key) or {}, value) if isinstance(value, dict) else value
-        return into
+    """`settings` with `changes` ({"download": {"retries": 1}}) merged in, as Snakemake
+    merges config files, and validated again."""
+    from snakemake.utils import update_config
 
-    return validate(merge(settings.as_dict(), copy.deepcopy(changes)))
+    config = settings.as_dict()
+    update_config(config, copy.deepcopy(changes))
+    return validate(config)

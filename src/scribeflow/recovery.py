@@ -139,13 +139,17 @@ def _entries(folder: Path):
         return []
 
 
+def _is_temp(name: str) -> bool:
+    """An atomic write's temporary file (files.atomic_path: .NAME.XXXX.tmp)."""
+    return name.startswith(".") and name.endswith(".tmp")
+
+
 def _temp_files(folder: Path) -> list[Path]:
-    """Atomic writes' temporary files (files.atomic_path: .NAME.XXXX.tmp) in `folder`. The
-    names are filtered before anything else: the per-episode folders hold one entry per
-    finished episode, and this runs at every run's start."""
+    """Atomic writes' temporary files in `folder`. The names are filtered before anything
+    else: the per-episode folders hold one entry per finished episode, and this runs at
+    every run's start."""
     try:
-        return [Path(e.path) for e in os.scandir(folder)
-                if e.name.startswith(".") and e.name.endswith(".tmp") and e.is_file(follow_symlinks=False)]
+        return [Path(e.path) for e in os.scandir(folder) if _is_temp(e.name) and e.is_file(follow_symlinks=False)]
     except FileNotFoundError:
         return []
 
@@ -203,7 +207,7 @@ def check_consistency(settings: Settings, full: bool = False) -> list[str]:
     for entry in _entries(transcripts):
         name = entry.name
         if name.startswith("."):
-            if name.endswith(".tmp"):
+            if _is_temp(name):
                 half_written.append(entry.path)
             continue
         if not name.endswith(JSON_SUFFIXES):
@@ -267,7 +271,7 @@ def check_consistency(settings: Settings, full: bool = False) -> list[str]:
                 problems.append(f"{path}: video of a finished or failed episode left behind")
         for path in _files(audio):
             episode = path.name.split(".")[0]
-            if path.name.startswith(".") and path.name.endswith(".tmp"):
+            if _is_temp(path.name):
                 problems.append(f"{path}: half-written audio left behind")
             elif episode in markers or (cleanup.delete_audio_after_transcription
                                         and stage_of.get(episode) in TRANSCRIBED):

@@ -294,14 +294,19 @@ def profile_config(directory: Path, snakemake_args: list[str]) -> list[str]:
     Snakemake would refuse the arguments: the run itself then says why."""
     from snakemake import cli
 
-    here = os.getcwd()
     try:
-        os.chdir(directory)  # a profile name is looked up in the current directory first
-        with contextlib.redirect_stderr(io.StringIO()), contextlib.redirect_stdout(io.StringIO()):
+        # A profile name is looked up in the current directory first.
+        with contextlib.chdir(directory), contextlib.redirect_stderr(io.StringIO()), \
+                contextlib.redirect_stdout(io.StringIO()):
             _, args = cli.parse_args(list(snakemake_args))
     except SystemExit:
         return []
-    finally:
-        os.chdir(here)
     return [str(entry) for entry in args.config or []]
+
+
+def default_snakefiles() -> list[Path]:
+    """Where Snakemake looks for the Snakefile when it is given none, in its order."""
+    from snakemake.common import SNAKEFILE_CHOICES
+
+    return [Path(p) for p in SNAKEFILE_CHOICES]
 

@@ -7,8 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-# Where Snakemake itself looks when it is given no --snakefile.
-SNAKEFILES = ("Snakefile", "snakefile", "workflow/Snakefile", "workflow/snakefile")
+from .snakemake_internals import default_snakefiles
 
 
 class WorkflowNotFound(FileNotFoundError):
@@ -16,14 +15,15 @@ class WorkflowNotFound(FileNotFoundError):
 
 
 def find_snakefile(given: str | Path | None = None, directory: str | Path = ".") -> Path:
-    """The Snakefile `given`, else the first of SNAKEFILES in `directory`, as an absolute path."""
+    """The Snakefile `given`, else the first in `directory` where Snakemake itself looks,
+    as an absolute path."""
     if given is not None:
         path = Path(given).absolute()
         if not path.is_file():
             raise WorkflowNotFound(f"no Snakefile at {path} (--snakefile)")
         return path
     folder = Path(directory).absolute()
-    for name in SNAKEFILES:
+    for name in default_snakefiles():
         if (folder / name).is_file():
             return folder / name
     raise WorkflowNotFound(
