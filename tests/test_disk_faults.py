@@ -135,7 +135,8 @@ def test_a_full_disk_while_the_gate_writes_its_state_pauses_and_resumes(tmp_path
 
 def test_a_full_disk_shows_sqlites_error_and_a_step_waits_for_space(tmp_path):
     data = tmp_path / "fs"
-    with small_filesystem(data, "1m"):
+    with small_filesystem(data, "2m"):
+        # 2 MiB: the waiting write needs 1 MB free besides the ledger (~60 kB of pages).
         ledger = Ledger(data / "jobs.db")
         ledger.enqueue(["a"])
         ballast = fill(data)

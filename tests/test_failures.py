@@ -162,13 +162,19 @@ def test_consistency_check_finds_each_kind_of_disagreement(config, ledger):
     touch(cfg_path(config, "d", "audio", ".y.wav.abc.tmp"))
     fail_download(config, ledger, "gone", DownloadFailed("HTTP 404", permanent=True))
     ledger.set_stage("gone", "queued")  # marker and ledger disagree
+    touch(cfg_path(config, "d", "audio", "done.wav"))  # deleted, says the ledger
+    touch(cfg_path(config, "d", "transcripts", ".half.json.abc.tmp"))
+    fail_download(config, ledger, "unknown", DownloadFailed("HTTP 404", permanent=True))
+    with ledger.transaction() as c:  # a marker whose row is gone
+        c.execute("DELETE FROM jobs WHERE id = 'unknown'")
     problems = "\n".join(check_consistency(config))
     for fragment in ("lost: ledger says transcribed but", "lost.json is missing", "broken.json is not valid JSON",
                      "behind: a transcript exists but the ledger says downloading",
                      "stray: a transcript exists but the ledger has no row",
                      "done: ledger says the video was deleted but it is on disk",
                      "x.media.part: partial download left behind", ".y.wav.abc.tmp: half-written audio",
-                     "gone: marked failed"):
+                     "gone: marked failed", "done: ledger says the audio was deleted but it is on disk",
+                     "unknown: marked failed but not in the ledger", ".half.json.abc.tmp: half-written transcript"):
         assert fragment in problems, (fragment, problems)
 
 

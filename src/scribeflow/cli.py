@@ -185,7 +185,8 @@ def add_failure_commands(sub) -> None:
     check = sub.add_parser("check", help="check that the ledger agrees with the files on disk")
     check.add_argument("--json", action="store_true")
     check.add_argument("--full", action="store_true",
-                       help="read every transcript, not only those written since the last clean check")
+                       help="read every transcript, not only those written since the last clean check, "
+                            "and every page of the ledger")
     check.set_defaults(func=cmd_check)
     for parser in (failed, retry, check):
         add_config_options(parser)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import logging
 import os
 import socket
@@ -31,7 +32,7 @@ import time
 from pathlib import Path
 
 from .config import Settings
-from .files import is_disk_full
+from .files import atomic_write_text, is_disk_full
 from .layout import Layout
 
 log = logging.getLogger("scribeflow.ledger")
@@ -73,7 +74,9 @@ CREATE TABLE IF NOT EXISTS jobs (
     worker_rss_bytes INTEGER,
     worker_gpu_bytes INTEGER
 );
-CREATE INDEX IF NOT EXISTS jobs_stage ON jobs(stage);
+-- (stage, id): the ids of the episodes in some stages come from the index alone
+-- (scribeflow check reads the transcribed ones: 171,881 at month four).
+CREATE INDEX IF NOT EXISTS jobs_stage_id ON jobs(stage, id);
 -- The disk accounting asks which rows changed lately (disk.py): an index lookup.
 CREATE INDEX IF NOT EXISTS jobs_updated ON jobs(updated_at);
 CREATE TABLE IF NOT EXISTS pause_events (
@@ -103,6 +106,73 @@ CREATE TABLE IF NOT EXISTS disk_samples (
 CREATE INDEX IF NOT EXISTS disk_samples_at ON disk_samples(at);
 """
 
+# -- totals: what status and plan read, kept by the database as rows change ------------
+# Each sum is one expression of a row ({r}: NEW or OLD in the triggers, jobs in a
+# recount), so that status and plan read one row instead of aggregating 171,881: the
+# triggers add a row's new value and take its old one away on every write, inside the
+# writer's transaction, whichever process writes. "Transcribed" (A) is a row with its
+# transcription time in one of the TRANSCRIBED stages.
+_T = "{r}.stage IN (" + ", ".join(repr(s) for s in TRANSCRIBED) + ")"
+_A = f"({{r}}.transcribed_at IS NOT NULL AND {_T})"
+_SPEED = "CASE WHEN {a} AND {{r}}.{end} > {{r}}.{start} THEN {{r}}.{size} * 1.0 / ({{r}}.{end} - {{r}}.{start}) END"
+_MEANS = {  # name: a value whose mean over the transcribed rows status or plan shows (NULL: not counted)
+    "download_bps": _SPEED.format(a=_A, end="downloaded_at", start="downloading_at", size="video_size_bytes"),
+    "transcribe_audio_bps": _SPEED.format(a=_A, end="transcribed_at", start="transcribing_at",
+                                          size="audio_size_bytes"),
+    "extract_audio_bps": _SPEED.format(a=_A, end="extracted_at", start="extracting_at", size="audio_size_bytes"),
+    "video_bytes": f"CASE WHEN {_A} THEN {{r}}.video_size_bytes END",
+    "audio_bytes": f"CASE WHEN {_A} THEN {{r}}.audio_size_bytes END",
+    "transcript_bytes": f"CASE WHEN {_A} THEN {{r}}.transcript_size_bytes END",
+}
+_SUMS = {  # name: a row's share of a total
+    "downloads": "({r}.downloaded_at IS NOT NULL)",
+    "transcribed": _A,
+    "in_transcribed_stages": f"({_T})",
+    "transcribed_stage_bytes": f"CASE WHEN {_T} THEN COALESCE({{r}}.transcript_size_bytes, 0) ELSE 0 END",
+    "freed_bytes": f"""CASE WHEN {_T} THEN {{r}}.video_deleted * COALESCE({{r}}.video_size_bytes, 0)
+                       + {{r}}.audio_deleted * COALESCE({{r}}.audio_size_bytes, 0) ELSE 0 END""",
+    **{f"{name}_sum": f"COALESCE({expr}, 0)" for name, expr in _MEANS.items()},
+    **{f"{name}_n": f"(({expr}) IS NOT NULL)" for name, expr in _MEANS.items()},
+}
+_PEAKS = {"max_rss": ("MAX", "worker_rss_bytes"), "max_gpu": ("MAX", "worker_gpu_bytes"),
+          "first_download": ("MIN", "downloading_at")}  # over every value ever written
+_TOTALS_TABLES = f"""
+-- Status counts the episodes through each stage in the last hour, and finds the last
+-- download and transcription: index lookups.
+CREATE INDEX IF NOT EXISTS jobs_downloaded ON jobs(downloaded_at);
+CREATE INDEX IF NOT EXISTS jobs_extracted ON jobs(extracted_at);
+CREATE INDEX IF NOT EXISTS jobs_transcribed ON jobs(transcribed_at);
+DROP INDEX IF EXISTS jobs_stage;  -- jobs_stage_id does its work
+CREATE TABLE IF NOT EXISTS totals (
+    one INTEGER PRIMARY KEY CHECK (one = 1),
+    {", ".join(f"{name} REAL NOT NULL DEFAULT 0" for name in _SUMS)},
+    {", ".join(f"{name} REAL" for name in _PEAKS)}
+);
+CREATE TABLE IF NOT EXISTS stage_totals (stage TEXT PRIMARY KEY, n INTEGER NOT NULL DEFAULT 0) WITHOUT ROWID;
+"""
+
+
+def _totals_trigger(event: str, signs: dict[str, int]) -> str:
+    sets = [f"{name} = {name}" + "".join(f" {'+' if sign > 0 else '-'} ({expr.format(r=row)})"
+                                         for row, sign in signs.items())
+            for name, expr in _SUMS.items()]
+    if "NEW" in signs:
+        sets += [f"{name} = COALESCE({fn}({name}, NEW.{col}), {name}, NEW.{col})"
+                 for name, (fn, col) in _PEAKS.items()]
+    stages = [f"UPDATE stage_totals SET n = n {'+' if sign > 0 else '-'} 1 WHERE stage = {row}.stage;"
+              for row, sign in signs.items()]
+    return (f"CREATE TRIGGER IF NOT EXISTS jobs_totals_{event.lower()} AFTER {event} ON jobs BEGIN "
+            f"UPDATE totals SET {', '.join(sets)}; {' '.join(stages)} END;")
+
+
+TOTALS_SCHEMA = [s.strip() for s in _TOTALS_TABLES.split(";") if s.strip()] + [
+    _totals_trigger("INSERT", {"NEW": 1}),
+    _totals_trigger("UPDATE", {"NEW": 1, "OLD": -1}),
+    _totals_trigger("DELETE", {"OLD": -1}),
+]
+# The ledger's format: PRAGMA user_version. 1: totals kept by triggers.
+VERSION = 1
+
 
 def thin_peaks(samples: list, max_points: int) -> list:
     """Disk samples (at, bytes, ...) thinned to about `max_points`, keeping each bucket's
@@ -112,12 +182,16 @@ def thin_peaks(samples: list, max_points: int) -> list:
 
 
 def end_run(settings: Settings) -> None:
-    """The run's end (onsuccess, onerror): recorded when the ledger can take it."""
+    """The run's end (onsuccess, onerror): recorded when the ledger can take it, and the
+    file marked as this clean end left it (mark_clean)."""
+    path = Layout.from_config(settings).ledger
     try:
-        with Ledger.for_config(settings) as ledger:
+        with Ledger(path) as ledger:
             ledger.end_run()
     except sqlite3.Error as exc:
         log.warning("Could not record the run's end: %s", exc)
+        return
+    mark_clean(path)
 
 
 def is_corrupt(exc: BaseException) -> bool:
@@ -145,9 +219,64 @@ def probe(path: str | os.PathLike) -> str | None:
     return None if result == "ok" else f"damaged: {result}"
 
 
-# Columns added since the first ledgers: older files gain them when opened.
-ADDED_COLUMNS = {"transcribe_failures": "INTEGER NOT NULL DEFAULT 0", "source": "TEXT",
-                 "worker_rss_bytes": "INTEGER", "worker_gpu_bytes": "INTEGER"}
+# Beside the ledger: the file's identity when the last run ended cleanly (mark_clean).
+CLEAN_SUFFIX = ".clean"
+
+
+def _identity(path: Path) -> list[int] | None:
+    """What any write to the file changes: inode, size, and modification and change
+    times in nanoseconds (a copy, a truncation or bytes written from outside too)."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return [st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
+
+
+def _journal(path: Path) -> Path:
+    return path.with_name(path.name + "-journal")
+
+
+def mark_clean(path: str | os.PathLike) -> None:
+    """At a run's clean end, after its last write: remember the file as it is. A run
+    starts on a ledger the previous start verified (or rebuilt), and between the two
+    only SQLite's own transactions wrote it: their journal makes each one whole even when
+    a process is killed in the middle. So the next start need not read every page again
+    (PRAGMA quick_check reads all of them: about 1 s warm and 14 s cold at 171,881
+    episodes) unless the file is no longer what this end left: a run killed before its
+    end, a write from another tool, a copy, a hot journal."""
+    path = Path(path)
+    identity = _identity(path)
+    if identity is None or _journal(path).exists():  # a write in flight or a hot journal
+        return
+    with contextlib.suppress(OSError):
+        atomic_write_text(path.with_name(path.name + CLEAN_SUFFIX), json.dumps(identity))
+
+
+def unreadable(path: str | os.PathLike, full: bool = False) -> str | None:
+    """Why the ledger at `path` is unreadable, or None: `probe` reads every page, unless
+    the file is exactly as a run's clean end left it (mark_clean) and not `full`."""
+    path = Path(path)
+    if not full and not _journal(path).exists():
+        try:
+            marked = json.loads(path.with_name(path.name + CLEAN_SUFFIX).read_text())
+        except (OSError, ValueError):
+            marked = None
+        if marked is not None and marked == _identity(path):
+            return None
+    return probe(path)
+
+
+def _declared_columns() -> dict[str, str]:
+    """{name: declaration} of the jobs table as SCHEMA declares it: what an older
+    ledger that lacks a column gains when opened."""
+    conn = sqlite3.connect(":memory:")
+    try:
+        conn.executescript(SCHEMA)
+        return {name: f"{kind}{' NOT NULL' if notnull else ''}{'' if default is None else f' DEFAULT {default}'}"
+                for _, name, kind, notnull, default, _ in conn.execute("PRAGMA table_info(jobs)")}
+    finally:
+        conn.close()
 
 
 STAGE_TIME_COLUMNS = frozenset(f"{s}_at" for s in STAGES)
@@ -158,6 +287,14 @@ def _stage_time(column: str) -> str:
     if column not in STAGE_TIME_COLUMNS:
         raise ValueError(f"not a stage time column: {column!r}")
     return column
+
+
+def _stage_list(stages) -> str:
+    """SQL: the stages, quoted, for "stage IN (...)"; only names from STAGES."""
+    unknown = set(stages) - set(STAGES)
+    if unknown:
+        raise ValueError(f"unknown stages {sorted(unknown)}")
+    return ", ".join(repr(s) for s in stages)
 
 
 def _dicts(cursor) -> list[dict]:
@@ -192,17 +329,41 @@ class _Queries:
         return self.conn.execute(f"SELECT id, {', '.join(columns)} FROM jobs").fetchall()
 
     def stage_counts(self) -> dict[str, int]:
-        return dict(self.conn.execute("SELECT stage, COUNT(*) FROM jobs GROUP BY stage"))
+        """{stage: episodes in it}, the stages no episode is in left out (kept by triggers)."""
+        return dict(self.conn.execute("SELECT stage, n FROM stage_totals WHERE n > 0"))
+
+    def _totals(self, *names: str) -> tuple:
+        return self.conn.execute(f"SELECT {', '.join(names)} FROM totals").fetchone() or (None,) * len(names)
+
+    def ids_in(self, stages) -> set[str]:
+        """The ids of the episodes in one of `stages`: from the index (jobs_stage_id)."""
+        return {row[0] for row in self.conn.execute(
+            f"SELECT id FROM jobs WHERE stage IN ({_stage_list(stages)})")}
+
+    def stages_in(self, stages) -> dict[str, str]:
+        """{id: stage} of the episodes in one of `stages`."""
+        return dict(self.conn.execute(f"SELECT id, stage FROM jobs WHERE stage IN ({_stage_list(stages)})"))
+
+    def changed_since(self, stages, since: float) -> dict[str, str]:
+        """{id: stage} of the episodes in one of `stages` whose row changed at or after
+        `since`: an index range (jobs_updated)."""
+        return dict(self.conn.execute(
+            f"SELECT id, stage FROM jobs WHERE updated_at >= ? AND +stage IN ({_stage_list(stages)})", (since,)))
+
+    def rows_of(self, ids, *columns: str) -> list[tuple]:
+        """(id, *columns) of those of `ids` that have a row."""
+        if not columns or not all(c.isidentifier() for c in columns):
+            raise ValueError(f"not column names: {columns}")
+        ids, rows = list(ids), []
+        for start in range(0, len(ids), 500):  # SQLite's limit on bound parameters
+            batch = ids[start:start + 500]
+            rows += self.conn.execute(f"SELECT id, {', '.join(columns)} FROM jobs "
+                                      f"WHERE id IN ({','.join('?' * len(batch))})", batch).fetchall()
+        return rows
 
     def stages_of(self, ids: list[str]) -> list[tuple]:
         """(stage, updated_at) of those of `ids` that have a row."""
-        rows = []
-        for start in range(0, len(ids), 500):  # SQLite's limit on bound parameters
-            batch = ids[start:start + 500]
-            rows += self.conn.execute(
-                f"SELECT stage, updated_at FROM jobs WHERE id IN ({','.join('?' * len(batch))})", batch
-            ).fetchall()
-        return rows
+        return [row[1:] for row in self.rows_of(ids, "stage", "updated_at")]
 
     def active_rows(self, stages, changed_since: float) -> list[tuple]:
         """(id, stage, updated_at) of the rows in one of `stages`, or changed at or after
@@ -224,7 +385,7 @@ class _Queries:
         return self.conn.execute("SELECT COUNT(*) FROM jobs WHERE stage = 'failed'").fetchone()[0]
 
     def transcribed_count(self) -> int:
-        return self.conn.execute(f"SELECT COUNT(*) FROM jobs WHERE {TRANSCRIBED_SQL}").fetchone()[0]
+        return int(self._totals("in_transcribed_stages")[0] or 0)
 
     def transcribed_since(self, since: float) -> int:
         return self.conn.execute("SELECT COUNT(*) FROM jobs WHERE transcribed_at >= ?", (since,)).fetchone()[0]
@@ -234,7 +395,7 @@ class _Queries:
 
     def peak_memory(self) -> tuple:
         """(largest resident peak, largest GPU memory) of the processes that transcribed."""
-        return self.conn.execute("SELECT MAX(worker_rss_bytes), MAX(worker_gpu_bytes) FROM jobs").fetchone()
+        return self._totals("max_rss", "max_gpu")
 
     def stage_times(self, column: str) -> list[float]:
         """When episodes reached a stage (`column`: e.g. transcribed_at), in time order."""
@@ -243,49 +404,40 @@ class _Queries:
             f"SELECT {column} FROM jobs WHERE {column} IS NOT NULL ORDER BY {column}")]
 
     def reached_since(self, columns, since: float) -> tuple:
-        """How many episodes reached each stage (`columns`: stage time columns) at or after `since`."""
-        columns = [_stage_time(c) for c in columns]
-        return self.conn.execute(
-            "SELECT " + ", ".join(f"COUNT(CASE WHEN {c} >= ? THEN 1 END)" for c in columns) + " FROM jobs",
-            (since,) * len(columns)).fetchone()
+        """How many episodes reached each stage (`columns`: stage time columns) at or after
+        `since`: an index range each (jobs_downloaded, ...), the last hour's rows alone."""
+        return tuple(self.conn.execute(f"SELECT COUNT(*) FROM jobs WHERE {_stage_time(c)} >= ?",
+                                       (since,)).fetchone()[0] for c in columns)
 
     def throughput(self, since: float) -> dict:
         """The totals status measures rates from: the first download's start, the last
         download and transcription, downloads and transcriptions in all and at or after
         `since`, the transcripts' bytes and the mean bytes freed per transcription."""
         q = self.conn.execute
-        first, last_dl, last_tr = q(
-            "SELECT MIN(downloading_at), MAX(downloaded_at), MAX(transcribed_at) FROM jobs").fetchone()
-        downloads, downloads_since = q(
-            "SELECT COUNT(downloaded_at), COUNT(CASE WHEN downloaded_at >= ? THEN 1 END) FROM jobs",
-            (since,)).fetchone()
-        done, done_since, transcript_bytes, freed_avg = q(
-            f"""SELECT COUNT(transcribed_at), COUNT(CASE WHEN transcribed_at >= ? THEN 1 END),
-                       SUM(transcript_size_bytes),
-                       AVG(video_deleted * COALESCE(video_size_bytes, 0)
-                           + audio_deleted * COALESCE(audio_size_bytes, 0))
-                FROM jobs WHERE {TRANSCRIBED_SQL}""",
-            (since,)).fetchone()
+        first, downloads, done, stage_bytes, in_stages, freed = self._totals(
+            "first_download", "downloads", "transcribed", "transcribed_stage_bytes", "in_transcribed_stages",
+            "freed_bytes")
+        last_dl = q("SELECT MAX(downloaded_at) FROM jobs").fetchone()[0]
+        last_tr = q("SELECT MAX(transcribed_at) FROM jobs").fetchone()[0]
+        downloads_since = q("SELECT COUNT(*) FROM jobs WHERE downloaded_at >= ?", (since,)).fetchone()[0]
+        # "+stage": SQLite would otherwise walk every transcribed row through jobs_stage.
+        done_since = q(f"SELECT COUNT(*) FROM jobs WHERE transcribed_at >= ? AND +{TRANSCRIBED_SQL}",
+                       (since,)).fetchone()[0]
         return {"first": first, "last_download": last_dl, "last_transcription": last_tr,
-                "downloads": downloads, "downloads_since": downloads_since, "transcribed": done,
-                "transcribed_since": done_since, "transcript_bytes": transcript_bytes, "freed_avg": freed_avg}
+                "downloads": int(downloads or 0), "downloads_since": downloads_since, "transcribed": int(done or 0),
+                "transcribed_since": done_since, "transcript_bytes": stage_bytes if in_stages else None,
+                "freed_avg": freed / in_stages if in_stages else None}
 
     def job_averages(self, audio_bytes_per_second: float) -> tuple:
         """Over the transcribed episodes: their count, the mean download speed (bytes/s),
         transcription and extraction speed (x real time; audio seconds from its bytes),
         video bytes, audio seconds and transcript bytes."""
-        return self.conn.execute(
-            f"""SELECT COUNT(*),
-                   AVG(CASE WHEN downloaded_at > downloading_at
-                       THEN video_size_bytes / (downloaded_at - downloading_at) END),
-                   AVG(CASE WHEN transcribed_at > transcribing_at
-                       THEN audio_size_bytes / :bps / (transcribed_at - transcribing_at) END),
-                   AVG(CASE WHEN extracted_at > extracting_at
-                       THEN audio_size_bytes / :bps / (extracted_at - extracting_at) END),
-                   AVG(video_size_bytes), AVG(audio_size_bytes) / :bps,
-                   AVG(transcript_size_bytes)
-               FROM jobs WHERE transcribed_at IS NOT NULL AND {TRANSCRIBED_SQL}""",
-            {"bps": float(audio_bytes_per_second)}).fetchone()
+        names = list(_MEANS)
+        row = self._totals("transcribed", *(f"{n}_sum" for n in names), *(f"{n}_n" for n in names))
+        means = dict(zip(names, (total / n if n else None for total, n in zip(row[1:], row[1 + len(names):]))))
+        per_second = {"transcribe_audio_bps", "extract_audio_bps", "audio_bytes"}  # to seconds of audio
+        return (int(row[0] or 0), *(None if means[n] is None else means[n] / audio_bytes_per_second
+                                    if n in per_second else means[n] for n in names))
 
     def run_start(self, ended_since: float) -> float | None:
         """The start of the earliest run still going or ended at or after `ended_since`."""
@@ -341,12 +493,13 @@ class LedgerReader(_Queries):
 class Ledger(_Queries):
     def __init__(self, path: str | os.PathLike, timeout: float = 120.0, on_full=None, verify: bool = False):
         """`on_full(exc)`: called when a write meets a full disk; returns when the write
-        may be tried again (or raises). `verify`: check every page first (a run's start)."""
+        may be tried again (or raises). `verify`: check the file first (a run's start:
+        every page unless the last run ended cleanly, `unreadable`)."""
         self.path = Path(path)
         self.on_full = on_full
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.conn = None
-        problem = probe(self.path) if verify else None
+        problem = unreadable(self.path) if verify else None
         if problem is None:
             try:
                 self._open(timeout)
@@ -363,12 +516,22 @@ class Ledger(_Queries):
         if self.conn.execute("PRAGMA journal_mode").fetchone()[0].lower() != "delete":
             self.conn.execute("PRAGMA journal_mode = DELETE")
         self.conn.executescript(f"BEGIN IMMEDIATE; {SCHEMA} COMMIT;")
-        if not set(ADDED_COLUMNS) <= self._columns(self.conn):
-            # A ledger from before these columns; another process may add them first.
-            with self.transaction() as c:
-                for name, definition in ADDED_COLUMNS.items():
-                    if name not in self._columns(c):
-                        c.execute(f"ALTER TABLE jobs ADD COLUMN {name} {definition}")
+        if self.conn.execute("PRAGMA user_version").fetchone()[0] < VERSION:
+            self._migrate()
+
+    def _migrate(self) -> None:
+        """A new ledger, or one from before the current format: it gains the columns it
+        lacks, the indexes and the totals, counted once. Another process may do it first."""
+        declared = _declared_columns()
+        with self.transaction() as c:
+            if c.execute("PRAGMA user_version").fetchone()[0] >= VERSION:
+                return
+            for name in declared.keys() - self._columns(c):
+                c.execute(f"ALTER TABLE jobs ADD COLUMN {name} {declared[name]}")
+            for statement in TOTALS_SCHEMA:
+                c.execute(statement)
+            self._recount(c)
+            c.execute(f"PRAGMA user_version = {VERSION}")
 
     def _recover(self, problem: str, timeout: float) -> None:
         """Move the unreadable ledger aside and rebuild it from the files on disk; one
@@ -395,6 +558,17 @@ class Ledger(_Queries):
                    f"from the files on disk ({summary}); pause history and disk samples start afresh")
         log.warning(message)
         print(f"scribeflow: {message}", file=sys.stderr)
+
+    @staticmethod
+    def _recount(c) -> None:
+        """The totals counted from every row (the triggers keep them from then on)."""
+        c.execute("DELETE FROM totals")
+        c.execute(f"INSERT INTO totals (one, {', '.join([*_SUMS, *_PEAKS])}) SELECT 1, "
+                  + ", ".join([*(f"COALESCE(SUM({expr.format(r='jobs')}), 0)" for expr in _SUMS.values()),
+                               *(f"{fn}({col})" for fn, col in _PEAKS.values())]) + " FROM jobs")
+        c.execute("DELETE FROM stage_totals")
+        c.execute("INSERT INTO stage_totals SELECT stage, COUNT(*) FROM jobs GROUP BY stage")
+        c.executemany("INSERT OR IGNORE INTO stage_totals VALUES (?, 0)", ((s,) for s in STAGES))
 
     @staticmethod
     def _columns(conn) -> set[str]:
@@ -504,6 +678,9 @@ class Ledger(_Queries):
         `failed` {id: (at, reason, step, attempts)}; step "transcribe" counts the attempts
         as failed transcriptions."""
         with self.transaction() as c:
+            # DELETE, then INSERT: the REPLACE that would do both fires no delete trigger,
+            # and the totals would count the old row twice.
+            c.executemany("DELETE FROM jobs WHERE id = ?", ((e,) for e in (*reached, *failed)))
             for episode, (stage, at, size) in reached.items():
                 column = _stage_time(f"{stage}_at")
                 c.execute(f"INSERT OR REPLACE INTO jobs (id, stage, {column}, updated_at, transcript_size_bytes) "

@@ -139,6 +139,14 @@ def _entries(folder: Path):
         return []
 
 
+def _names(folder: Path) -> list[str]:
+    """The names in `folder`: one listing, no stat (171,881 transcripts at month four)."""
+    try:
+        return os.listdir(folder)
+    except FileNotFoundError:
+        return []
+
+
 def _is_temp(name: str) -> bool:
     """An atomic write's temporary file (files.atomic_path: .NAME.XXXX.tmp)."""
     return name.startswith(".") and name.endswith(".tmp")
@@ -168,8 +176,10 @@ def check_consistency(settings: Settings, full: bool = False) -> list[str]:
     whose ledger row changed since the last check that found them all valid are read and
     parsed, unless `full`: a month-four check costs what the month's new transcripts cost,
     not the catalogue's (no stat per transcript either: from a cold disk 171,881 of them
-    took 15 s). A transcript changed outside the pipeline is read by `full` alone."""
-    from .ledger import TRANSCRIBED, Ledger, probe
+    took 15 s). A transcript changed outside the pipeline is read by `full` alone, and
+    the ledger's every page only by `full` or after a run that did not end cleanly
+    (ledger.unreadable)."""
+    from .ledger import STAGES, TRANSCRIBED, Ledger, unreadable
 
     layout = Layout.from_config(settings)
     videos, audio, transcripts = layout.videos, layout.audio, layout.transcripts
@@ -180,80 +190,87 @@ def check_consistency(settings: Settings, full: bool = False) -> list[str]:
     if state_problem:
         problems.append(state_problem)
     _, running = gate.held_paths()
-    rows: list[tuple] = []
     db = layout.ledger
-    ledger_problem = probe(db)
+    ledger_problem = unreadable(db, full=full)
     if ledger_problem:
         problems.append(f"{db}: not a readable SQLite database ({ledger_problem}); the next run moves it aside and "
                         f"rebuilds it from the files on disk (transcripts, analyses, failed markers); the ledger's "
                         f"checks are skipped")
         return problems
-    # Before the ledger is read: a row that changes after this is read by the next check.
-    started = time.time()
-    if db.exists():
-        with Ledger(db) as ledger:
-            rows = ledger.columns("stage", "updated_at", "video_deleted", "audio_deleted")
     markers = given_up(layout)
     state_path = layout.check_state
     try:
         since = None if full else float(json.loads(state_path.read_text())["valid_until"])
     except (OSError, ValueError, KeyError, TypeError):
         since = None
-    # One listing each: {id: path} of the transcripts, and the videos and audio present.
-    # Strings, not Paths: one Path per finished episode would cost seconds at month four.
-    present: dict[str, str] = {}
-    half_written: list[str] = []
+    # Before the files are listed and the ledger read: a row that changes after this is
+    # read by the next check.
+    started = time.time()
+    # One listing each, names only: the transcripts (by form: .json, .json.gz), and the
+    # videos and audio present. Sets of names, not Paths: one Path per finished episode
+    # would cost seconds at month four.
+    names = _names(transcripts)
+    hidden = [name for name in names if name[:1] == "."]  # no episode id starts with "."
+    half_written = [str(transcripts / name) for name in hidden if _is_temp(name)]
+    forms = {suffix: {n[:-len(suffix)] for n in names if n.endswith(suffix)}
+             - {n[:-len(suffix)] for n in hidden if n.endswith(suffix)} for suffix in JSON_SUFFIXES}
+    present = set().union(*forms.values())
     configured = transcript_suffix("json", layout.gzip)
-    for entry in _entries(transcripts):
-        name = entry.name
-        if name.startswith("."):
-            if _is_temp(name):
-                half_written.append(entry.path)
-            continue
-        if not name.endswith(JSON_SUFFIXES):
-            continue
-        episode = name.removesuffix(".gz").removesuffix(".json")
-        # The configured form wins when both exist (the gzip setting changed).
-        if episode not in present or name.endswith(configured):
-            present[episode] = entry.path
-    video_ids = {e.name.removesuffix(VIDEO_SUFFIX) for e in _entries(videos) if e.name.endswith(VIDEO_SUFFIX)}
-    audio_ids = {e.name.removesuffix(AUDIO_SUFFIX) for e in _entries(audio) if e.name.endswith(AUDIO_SUFFIX)}
+
+    def transcript(episode: str) -> Path:  # the configured form wins when both exist
+        suffix = configured if episode in forms[configured] else next(s for s in JSON_SUFFIXES if s != configured)
+        return transcripts / f"{episode}{suffix}"
+
+    video_ids = {n.removesuffix(VIDEO_SUFFIX) for n in _names(videos) if n.endswith(VIDEO_SUFFIX)}
+    audio_ids = {n.removesuffix(AUDIO_SUFFIX) for n in _names(audio) if n.endswith(AUDIO_SUFFIX)}
+
+    # What is read of every row is the transcribed episodes' ids, from an index; the rest
+    # is the rows of the few episodes elsewhere (queued, in flight, failed), those changed
+    # since the last clean check, and those a listing or a marker names.
+    transcribed: set[str] = set()
+    others: dict[str, str] = {}
+    must_have, changed, flags, marked = set(), {}, {}, {}
+    if db.exists():
+        with Ledger(db) as ledger:
+            transcribed = ledger.ids_in(TRANSCRIBED)
+            others = ledger.stages_in([s for s in STAGES if s not in TRANSCRIBED])
+            # Tokenized and analyzed episodes' transcripts may be gone by design.
+            must_have = (ledger.ids_in(["transcribed"]) if cleanup.delete_transcript_after_tokenization
+                         else transcribed)
+            missing = dict(ledger.rows_of(sorted(must_have - present), "stage"))
+            changed = ledger.stages_in(TRANSCRIBED) if since is None else ledger.changed_since(TRANSCRIBED, since)
+            flags = {row[0]: row[1:] for row in ledger.rows_of(sorted(transcribed & (video_ids | audio_ids)),
+                                                                 "video_deleted", "audio_deleted")}
+            marked = dict(ledger.rows_of(sorted(markers), "stage"))
     parsed = transcript_problems = 0
 
     # Set operations rather than a Python step per ledger row (171,881 at month four);
     # the problems are then listed by episode, in the order of the checks below.
     found: list[tuple[str, int, str]] = []
-    by_id = {row[0]: row for row in rows}  # (id, stage, updated_at, video_deleted, audio_deleted)
-    stage_of = {row[0]: row[1] for row in rows}
-    transcribed = {episode for episode, stage in stage_of.items() if stage in TRANSCRIBED}
-    for episode in transcribed - present.keys():
-        stage = stage_of[episode]
-        if stage == "transcribed" or not cleanup.delete_transcript_after_tokenization:  # else gone by design
-            transcript_problems += 1
-            found.append((episode, 0, f"{episode}: ledger says {stage} but {layout.transcript(episode)} is missing"))
-    for episode in transcribed & present.keys():
-        if since is not None and (by_id[episode][2] or 0) < since:
-            continue  # valid at the last check, and not written since
+    for episode, stage in missing.items():
+        transcript_problems += 1
+        found.append((episode, 0, f"{episode}: ledger says {stage} but {layout.transcript(episode)} is missing"))
+    for episode in changed.keys() & present:  # valid at the last check unless written since
         parsed += 1
-        problem = _transcript_problem(Path(present[episode]), episode)
+        problem = _transcript_problem(transcript(episode), episode)
         if problem:
             transcript_problems += 1
-            found.append((episode, 0, f"{episode}: ledger says {stage_of[episode]} but {problem}"))
+            found.append((episode, 0, f"{episode}: ledger says {changed[episode]} but {problem}"))
     found += [(episode, 1, f"{episode}: ledger says the video was deleted but it is on disk")
-              for episode in transcribed & video_ids if by_id[episode][3]]
+              for episode in video_ids & flags.keys() if flags[episode][0]]
     found += [(episode, 2, f"{episode}: ledger says the audio was deleted but it is on disk")
-              for episode in transcribed & audio_ids if by_id[episode][4]]
+              for episode in audio_ids & flags.keys() if flags[episode][1]]
     if not running:
-        found += [(episode, 3, f"{episode}: a transcript exists but the ledger says {stage_of[episode]}")
-                  for episode in (present.keys() & stage_of.keys()) - transcribed]
+        found += [(episode, 3, f"{episode}: a transcript exists but the ledger says {others[episode]}")
+                  for episode in present & others.keys()]
     found += [(episode, 4, f"{episode}: marked failed ({layout.failed_marker(episode)}) but the ledger says "
-                           f"{stage_of[episode]}")
-              for episode in markers & stage_of.keys() if stage_of[episode] != "failed"]
+                           f"{stage}")
+              for episode, stage in marked.items() if stage != "failed"]
     problems += [message for _, _, message in sorted(found)]
-    for episode in sorted(markers - stage_of.keys()):
+    for episode in sorted(markers - marked.keys()):
         problems.append(f"{episode}: marked failed but not in the ledger")
     if not running:
-        for episode in sorted(present.keys() - stage_of.keys()):
+        for episode in sorted(present - transcribed - others.keys()):
             problems.append(f"{episode}: a transcript exists but the ledger has no row for it")
     if not transcript_problems:
         # From now on a transcript whose row is older than this start was valid; the slack
@@ -266,17 +283,15 @@ def check_consistency(settings: Settings, full: bool = False) -> list[str]:
             episode = path.name.split(".")[0]
             if path.name.endswith(PARTIAL_SUFFIXES):
                 problems.append(f"{path}: partial download left behind")
-            elif episode in markers or (cleanup.delete_video_after_transcription
-                                        and stage_of.get(episode) in TRANSCRIBED):
+            elif episode in markers or (cleanup.delete_video_after_transcription and episode in transcribed):
                 problems.append(f"{path}: video of a finished or failed episode left behind")
         for path in _files(audio):
             episode = path.name.split(".")[0]
             if _is_temp(path.name):
                 problems.append(f"{path}: half-written audio left behind")
-            elif episode in markers or (cleanup.delete_audio_after_transcription
-                                        and stage_of.get(episode) in TRANSCRIBED):
+            elif episode in markers or (cleanup.delete_audio_after_transcription and episode in transcribed):
                 problems.append(f"{path}: audio of a finished or failed episode left behind")
-        problems += [f"{path}: half-written transcript left behind" for path in half_written]
+        problems += [f"{path}: half-written transcript left behind" for path in sorted(half_written)]
     return problems
 
 
