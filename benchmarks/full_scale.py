@@ -66,7 +66,7 @@ from plan_scale import make_catalogue, timed  # noqa: E402
 from scribeflow import logs  # noqa: E402
 from scribeflow.disk import DiskMonitor  # noqa: E402
 from scribeflow.layout import EPISODE_RULES  # noqa: E402
-from scribeflow.ledger import Ledger  # noqa: E402
+from scribeflow.ledger import Ledger, mark_clean  # noqa: E402
 
 DAY = 86400.0
 CHUNK = 2000
@@ -176,6 +176,7 @@ def lay_down(root: Path, n: int, seed: int = 1) -> dict:
                           ((start + k * 4000, start + k * 4000 + 900, 280 * 10**9, "usage")
                            for k in range(int(150 * DAY / 4000))))
         thinned = ledger.thin_history(now)
+    mark_clean(data / "jobs.db")  # the 150 days' last run ended cleanly
     config = {"catalogue": str(root / "episodes.csv"), "data_dir": str(data), "storage_dir": str(data),
               "transcribe": {"model": "tiny.en", "device": "cpu", "compute_type": "int8",
                              "worker": {"enabled": False}}}
@@ -236,8 +237,10 @@ def cli(root: Path, *args: str) -> tuple[float, float, str]:
         return wall, usage.ru_utime + usage.ru_stime, out.read()
 
 
-def start(root: Path, label: str) -> tuple[float, float, str]:
-    """snakemake on a 3-episode catalogue in this data_dir, from launch to its first job."""
+def start(root: Path, label: str, clean_end: bool = True) -> tuple[float, float, str]:
+    """snakemake on a 3-episode catalogue in this data_dir, from launch to its first job.
+    It is killed there; with `clean_end` the ledger is then marked as the run's clean end
+    would have left it (ledger.mark_clean: the next start does not read every page)."""
     work = root / f"start-{label}"
     shutil.rmtree(work, ignore_errors=True)  # a reused tree's earlier start
     work.mkdir()
@@ -259,6 +262,8 @@ def start(root: Path, label: str) -> tuple[float, float, str]:
             break
     os.killpg(proc.pid, signal.SIGKILL)
     _, _, usage = os.wait4(proc.pid, 0)
+    if clean_end:
+        mark_clean(root / "data" / "jobs.db")
     said = "".join(x for x in lines if x.startswith("scribeflow:")).strip()
     if wall is None:
         raise RuntimeError("snakemake started no job:\n" + "".join(lines[-40:]))
@@ -364,12 +369,14 @@ def measure(n: int, base: Path, runs: int, keep: bool, reuse: bool = False, only
         with Ledger(data / "jobs.db") as ledger:
             for episode in newest:
                 ledger.set_stage(episode, "analyzed")
+        mark_clean(data / "jobs.db")  # that chunk's run ended cleanly
         figures["check_s"], figures["check_cpu_s"], out = cli(root, "check")
         # Back to a day ago: 2,000 rows changed in the last 10 minutes would be 2,000 episodes
         # active for the gate's next looks (a rerun on this tree), not a month-four day.
         with Ledger(data / "jobs.db") as ledger, ledger.transaction() as c:
             c.executemany("UPDATE jobs SET updated_at = ?, analyzed_at = ? WHERE id = ?",
                           ((time.time() - DAY, time.time() - DAY, episode) for episode in newest))
+        mark_clean(data / "jobs.db")
         print(f"  scribeflow check, recurring (2,000 new):        {figures['check_s']:7.2f} s (CPU "
               f"{figures['check_cpu_s']:.2f} s)  ({out.strip().splitlines()[0][:80] if out.strip() else ''})",
               flush=True)
@@ -388,6 +395,10 @@ def measure(n: int, base: Path, runs: int, keep: bool, reuse: bool = False, only
         figures["start_cpu_s"] = statistics.median(a[1] for a in again)
         print(f"  run's start, 3 episodes, again (median of 3):    {figures['start_s']:.2f} s (CPU "
               f"{figures['start_cpu_s']:.2f} s)", flush=True)
+        start(root, "killed", clean_end=False)
+        figures["start_after_kill_s"], cpu, _ = start(root, "after-kill")
+        print(f"  run's start after a run was killed (reads every page of the ledger): "
+              f"{figures['start_after_kill_s']:.2f} s (CPU {cpu:.2f} s)", flush=True)
         after = files_under(data)
         per_episode = (after - files_under(data / "logs" / "rollup")) / max(1, state["done"])
         print(f"  files in data_dir after the roll-up: {after:,} ({per_episode:.2f} per finished episode, "

@@ -364,3 +364,49 @@ def test_a_damaged_record_is_walked_again(tmp_path):
         monitor.accounting_path.write_bytes(damage)
         assert monitor.reconcile_due()
         assert monitor.current_usage(fresh=True).total - MARGIN == walked(data).total
+
+
+# -- status and check read no table that grows with the finished episodes whole -------------
+def _query_plans(monkeypatch, db, fn):
+    """Run fn(); the query plan of every statement it sent to the ledger."""
+    import sqlite3
+
+    from scribeflow import ledger as sf_ledger
+
+    sent, connect = [], sqlite3.connect
+
+    def traced(*args, **kwargs):
+        conn = connect(*args, **kwargs)
+        conn.set_trace_callback(sent.append)
+        return conn
+
+    monkeypatch.setattr(sf_ledger.sqlite3, "connect", traced)
+    fn()
+    monkeypatch.undo()
+    plans, conn = {}, sqlite3.connect(db)
+    for statement in {s for s in sent if s.lstrip().upper().startswith("SELECT")}:
+        plans[statement] = [row[3] for row in conn.execute("EXPLAIN QUERY PLAN " + statement)]
+    conn.close()
+    return plans
+
+
+def test_status_and_check_never_scan_the_jobs_table(tmp_path, monkeypatch):
+    """status aggregates nothing over the jobs table (totals kept by triggers, indexes for
+    the last hour), and check reads the transcribed ids from an index: no query plan has
+    "SCAN jobs", the step that reads every row."""
+    from scribeflow.recovery import check_consistency
+    from scribeflow.status import snapshot
+
+    settings = validate({"data_dir": str(tmp_path), "storage_dir": str(tmp_path)})
+    db = tmp_path / "jobs.db"
+    with Ledger(db) as ledger:
+        ledger.enqueue([f"ep{k}" for k in range(300)])
+        for k in range(200):
+            for stage in ("downloading", "downloaded", "extracted", "transcribed"):
+                ledger.set_stage(f"ep{k}", stage, video_size_bytes=1000, worker_rss_bytes=k)
+        ledger.update("ep3", transcribed_at=None)
+    plans = {**_query_plans(monkeypatch, db, lambda: snapshot(settings)),
+             **_query_plans(monkeypatch, db, lambda: check_consistency(settings))}
+    assert len(plans) > 10
+    scans = {s: p for s, p in plans.items() if any(step.startswith("SCAN jobs") for step in p)}
+    assert not scans, scans
