@@ -134,7 +134,7 @@ def missing_targets(pattern):
     that Snakemake says there is nothing to do (an `all` without input always runs).
     Given-up episodes are left out."""
     folder, suffix = str(pattern).split("{episode}")
-    done = ids_with_suffix(folder, suffix)
+    done = ids_with_suffix(folder, suffix, among=CATALOGUE.index)
     todo = (
         []
         if SETTINGS.corpus_only

@@ -410,3 +410,27 @@ def test_status_and_check_never_scan_the_jobs_table(tmp_path, monkeypatch):
     assert len(plans) > 10
     scans = {s: p for s, p in plans.items() if any(step.startswith("SCAN jobs") for step in p)}
     assert not scans, scans
+
+
+def test_a_few_targets_are_looked_up_one_by_one_not_by_listing_the_folder(tmp_path, monkeypatch):
+    """A run's start on a 3-episode catalogue (or a 2,000-episode chunk) asks which of its
+    episodes are done: one stat each, not a listing of 171,881 names; many candidates:
+    one listing. Both give the same answer."""
+    from scribeflow import files
+
+    for k in range(50):
+        write(tmp_path / f"ep{k}.json")
+    write(tmp_path / "other.parquet")
+    among = [f"ep{k}" for k in range(45, 60)]
+    expected = {f"ep{k}" for k in range(45, 50)}
+    listed = files.ids_with_suffix(tmp_path, ".json")
+    assert listed == {f"ep{k}" for k in range(50)}
+
+    def no_listing(*args):
+        raise AssertionError("listed the folder")
+
+    with monkeypatch.context() as m:
+        m.setattr(files.os, "scandir", no_listing)
+        assert files.ids_with_suffix(tmp_path, ".json", among=among) == expected
+    monkeypatch.setattr(files, "STAT_AT_MOST", 10)  # more candidates than that: one listing
+    assert files.ids_with_suffix(tmp_path, ".json", among=among) == expected

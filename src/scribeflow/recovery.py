@@ -153,13 +153,11 @@ def _is_temp(name: str) -> bool:
 
 
 def _temp_files(folder: Path) -> list[Path]:
-    """Atomic writes' temporary files in `folder`. The names are filtered before anything
-    else: the per-episode folders hold one entry per finished episode, and this runs at
-    every run's start."""
-    try:
-        return [Path(e.path) for e in os.scandir(folder) if _is_temp(e.name) and e.is_file(follow_symlinks=False)]
-    except FileNotFoundError:
-        return []
+    """Atomic writes' temporary files in `folder`. Names only, and the hidden ones first:
+    the per-episode folders hold one entry per finished episode, and this runs at every
+    run's start."""
+    return [folder / name for name in _names(folder) if name[:1] == "." and _is_temp(name)
+            and (folder / name).is_file()]
 
 
 def _files(folder: Path):
