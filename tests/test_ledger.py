@@ -62,7 +62,7 @@ def test_concurrent_writers_lose_no_update_and_never_see_locked(tmp_path):
     with Ledger(db) as ledger:
         stages = Counter(stage for _, stage in ledger.columns("stage"))
         assert ledger.stage_counts() == stages and ledger.transcribed_count() == stages["transcribed"]
-        assert ledger.throughput(0)["downloads"] == WORKERS * ROUNDS + EPISODES * 0
+        assert ledger.throughput(0)["downloads"] == WORKERS * ROUNDS  # the shared ones only started
 
 
 def test_disk_samples_are_thinned_but_pause_changes_always_recorded(tmp_path):

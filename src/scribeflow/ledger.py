@@ -400,7 +400,7 @@ class _Queries:
 
     def peak_memory(self) -> tuple:
         """(largest resident peak, largest GPU memory) of the processes that transcribed."""
-        return self._totals("max_rss", "max_gpu")
+        return tuple(None if v is None else int(v) for v in self._totals("max_rss", "max_gpu"))
 
     def stage_times(self, column: str) -> list[float]:
         """When episodes reached a stage (`column`: e.g. transcribed_at), in time order."""
@@ -430,7 +430,7 @@ class _Queries:
                        (since,)).fetchone()[0]
         return {"first": first, "last_download": last_dl, "last_transcription": last_tr,
                 "downloads": int(downloads or 0), "downloads_since": downloads_since, "transcribed": int(done or 0),
-                "transcribed_since": done_since, "transcript_bytes": stage_bytes if in_stages else None,
+                "transcribed_since": done_since, "transcript_bytes": int(stage_bytes) if in_stages else None,
                 "freed_avg": freed / in_stages if in_stages else None}
 
     def job_averages(self, audio_bytes_per_second: float) -> tuple:
