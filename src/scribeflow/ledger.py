@@ -683,17 +683,21 @@ class Ledger(_Queries):
         `failed` {id: (at, reason, step, attempts)}; step "transcribe" counts the attempts
         as failed transcriptions."""
         with self.transaction() as c:
-            # DELETE, then INSERT: the REPLACE that would do both fires no delete trigger,
-            # and the totals would count the old row twice.
-            c.executemany("DELETE FROM jobs WHERE id = ?", ((e,) for e in (*reached, *failed)))
+            def replace(episode: str, columns: str, values: tuple) -> None:
+                # DELETE, then INSERT: a REPLACE fires no delete trigger, and the totals
+                # would count the old row twice (an episode both transcribed and marked
+                # failed is in `reached` and in `failed`: the failed row wins).
+                c.execute("DELETE FROM jobs WHERE id = ?", (episode,))
+                c.execute(f"INSERT INTO jobs (id, {columns}) VALUES (?, {', '.join('?' * len(values))})",
+                          (episode, *values))
+
             for episode, (stage, at, size) in reached.items():
-                column = _stage_time(f"{stage}_at")
-                c.execute(f"INSERT OR REPLACE INTO jobs (id, stage, {column}, updated_at, transcript_size_bytes) "
-                          f"VALUES (?, ?, ?, ?, ?)", (episode, stage, at, at, size))
+                replace(episode, f"stage, {_stage_time(f'{stage}_at')}, updated_at, transcript_size_bytes",
+                        (stage, at, at, size))
             for episode, (at, reason, step, attempts) in failed.items():
                 column = "transcribe_failures" if step == "transcribe" else "attempts"
-                c.execute(f"INSERT OR REPLACE INTO jobs (id, stage, failed_at, updated_at, last_error, {column}) "
-                          f"VALUES (?, 'failed', ?, ?, ?, ?)", (episode, at, at, reason, attempts))
+                replace(episode, f"stage, failed_at, updated_at, last_error, {column}",
+                        ("failed", at, at, reason, attempts))
 
     # -- runs: when each Snakemake run started and ended (status measures rates from there) --
     def start_run(self, at: float | None = None) -> None:
