@@ -230,13 +230,17 @@ def check_consistency(settings: Settings, full: bool = False) -> list[str]:
     must_have, changed, flags, marked = set(), {}, {}, {}
     if db.exists():
         with Ledger(db) as ledger:
-            transcribed = ledger.ids_in(TRANSCRIBED)
+            if since is None:  # every transcribed row is to be read: their ids come with them
+                changed = ledger.stages_in(TRANSCRIBED)
+                transcribed = set(changed)
+            else:
+                changed = ledger.changed_since(TRANSCRIBED, since)
+                transcribed = ledger.ids_in(TRANSCRIBED)
             others = ledger.stages_in([s for s in STAGES if s not in TRANSCRIBED])
             # Tokenized and analyzed episodes' transcripts may be gone by design.
             must_have = (ledger.ids_in(["transcribed"]) if cleanup.delete_transcript_after_tokenization
                          else transcribed)
             missing = dict(ledger.rows_of(sorted(must_have - present), "stage"))
-            changed = ledger.stages_in(TRANSCRIBED) if since is None else ledger.changed_since(TRANSCRIBED, since)
             flags = {row[0]: row[1:] for row in ledger.rows_of(sorted(transcribed & (video_ids | audio_ids)),
                                                                  "video_deleted", "audio_deleted")}
             marked = dict(ledger.rows_of(sorted(markers), "stage"))
