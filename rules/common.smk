@@ -172,12 +172,9 @@ onstart:
         problem = local_lock_problem(LAYOUT.data_dir)
         if problem:
             raise WorkflowError(problem)
-    # verify: a damaged ledger is found (and rebuilt from the files) before any job starts.
-    with Ledger.for_config(SETTINGS, verify=True) as ledger:
-        ledger.enqueue(CATALOGUE.index)
-        ledger.start_run()
-    # Inputs of the jobs about to run are never orphans, e.g. the audio of a
-    # transcription that was killed after writing its transcript.
+    # The orphan cleanup first, writing nothing before it frees: on a full disk it is what
+    # makes room for the ledger's writes. Inputs of the jobs about to run are never
+    # orphans, e.g. the audio of a transcription that was killed after writing its transcript.
     jobs = list(workflow.dag.needrun_jobs())
     needed = {f for job in jobs for f in job.input}
     files, freed = clean_orphans(SETTINGS, keep=needed)
@@ -185,6 +182,10 @@ onstart:
         print(
             f"scribeflow: removed {files} orphaned file(s) of an interrupted run, freed {freed / 1e6:.1f} MB"
         )
+    # verify: a damaged ledger is found (and rebuilt from the files) before any job starts.
+    with Ledger.for_config(SETTINGS, verify=True) as ledger:
+        ledger.enqueue(CATALOGUE.index)
+        ledger.start_run()
     # Finished episodes' per-job logs and benchmark records, into one roll-up (scribeflow.logs),
     # in a process of its own: the start does not wait for it.
     from scribeflow.logs import start_rollup

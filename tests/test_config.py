@@ -192,7 +192,8 @@ def _defaults(node):
 
 
 # Null in the schema; a default that scales with the budget in the settings.
-DERIVED = {"in_flight_gb", "default_video_size_mb", "audio_headroom_mb", "min_free_gb", "accounting_margin_mb"}
+DERIVED = {"in_flight_gb", "default_video_size_mb", "audio_headroom_mb", "min_free_gb", "accounting_margin_mb",
+           "outputs_per_episode_mb", "max_write_rate_mb_per_s"}
 
 
 def test_the_defaults_are_the_schemas():

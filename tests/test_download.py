@@ -1,12 +1,13 @@
 """Real yt-dlp downloads from a loopback server; real PyAV checks."""
 
+import os
 import shutil
 import subprocess
 
 import pytest
 
 from scribeflow import config as cfg
-from scribeflow.download import DownloadFailed, SizeExceeded, download_episode, parse_rate, ydl_options
+from scribeflow.download import DownloadFailed, download_episode, parse_rate, ydl_options
 from scribeflow.media import MediaError, extract_audio, read_wav, validate
 from support.server import MediaServer
 
@@ -46,10 +47,43 @@ def test_a_truncated_file_fails_validation_and_leaves_nothing(speech_dir, config
     assert list(out.parent.iterdir()) == []
 
 
-def test_a_download_that_grows_past_its_declared_size_is_stopped(speech_dir, config, tmp_path):
+def test_a_download_that_grows_past_its_declared_size_is_stopped_and_tried_once_with_the_measured_size(
+        speech_dir, config, tmp_path, caplog):
     out = tmp_path / "storage" / "videos" / "big.media"
-    with MediaServer(speech_dir, hide_length=True) as server, pytest.raises(SizeExceeded):
-        download_episode("big", server.url("ep01.mp4"), out, config, expected_size_mb=0.01)
+    with MediaServer(speech_dir, hide_length=True) as server:
+        result = download_episode("big", server.url("ep01.mp4"), out, config, expected_size_mb=0.01)
+    assert "grew past its declared 10 kB" in caplog.text and "trying once more" in caplog.text
+    assert result["size_source"] == "measured by the attempt that was stopped"
+    assert out.read_bytes() == (speech_dir / "ep01.mp4").read_bytes()
+    assert [p.name for p in out.parent.iterdir()] == ["big.media"]
+
+
+def test_a_download_that_grows_past_its_measured_size_too_is_given_up(tmp_path, config):
+    served = tmp_path / "served"
+    served.mkdir()
+    (served / "huge.mp4").write_bytes(os.urandom(3_000_000))  # never validated: stopped long before
+    out = tmp_path / "storage" / "videos" / "huge.media"
+    with MediaServer(served, hide_length=True) as server, pytest.raises(DownloadFailed) as raised:
+        download_episode("huge", server.url("huge.mp4"), out, config, expected_size_mb=0.1)
+    assert raised.value.permanent and "grew past its declared size twice" in str(raised.value)
+    assert "expected_size_mb" in str(raised.value) and "scribeflow retry huge" in str(raised.value)
+    assert list(out.parent.iterdir()) == []
+
+
+def test_a_download_whose_measured_size_cannot_fit_the_budget_never_fits(tmp_path):
+    settings = cfg.validate({"data_dir": str(tmp_path / "data"), "storage_dir": str(tmp_path / "storage"),
+                             "disk_management": {"hard_limit_gb": 0.002, "pause_threshold_gb": 0.0015,
+                                                 "resume_threshold_gb": 0.001}})
+    served = tmp_path / "served"
+    served.mkdir()
+    (served / "huge.mp4").write_bytes(os.urandom(3_000_000))
+    out = tmp_path / "storage" / "videos" / "huge.media"
+    # The GET says its length: the share written when stopped sizes the whole.
+    with MediaServer(served) as server, pytest.raises(DownloadFailed) as raised:
+        download_episode("huge", server.url("huge.mp4"), out, settings, expected_size_mb=0.2)
+    message = str(raised.value)
+    assert raised.value.permanent and "never fits" in message and "MB" in message
+    assert "hard limit of 2 MB" in message, message
     assert list(out.parent.iterdir()) == []
 
 

@@ -8,7 +8,7 @@ import time
 import pytest
 
 from scribeflow import config as cfg
-from scribeflow.download import DiskFull, DownloadFailed, SizeExceeded, backoff_seconds, classify, download_episode
+from scribeflow.download import DiskFull, DownloadFailed, backoff_seconds, classify, download_episode
 from support.server import MediaServer
 
 BACKOFF = 0.2
@@ -155,12 +155,14 @@ def test_a_web_page_instead_of_media_is_permanent(speech_dir, config, out):
     assert info.value.permanent and leftovers(out) == []
 
 
-def test_a_file_larger_than_declared_is_stopped_and_permanent(speech_dir, config, out):
+def test_a_file_larger_than_declared_is_stopped_then_tried_once_with_what_was_measured(
+        speech_dir, config, out, caplog):
     with MediaServer(speech_dir, faults={"/ep05.mp4": ["understated"] * 10}) as server:
-        with pytest.raises(SizeExceeded, match="past its declared") as info:
-            download_episode("ep", server.url("ep05.mp4"), out, config)
-    assert info.value.permanent and "expected_size_mb" in str(info.value)
-    assert leftovers(out) == []
+        result = download_episode("ep", server.url("ep05.mp4"), out, config)
+    assert "past its declared" in caplog.text and "trying once more" in caplog.text
+    assert result["size_source"] == "measured by the attempt that was stopped"
+    assert out.read_bytes() == (speech_dir / "ep05.mp4").read_bytes()
+    assert leftovers(out) == [out.name]
 
 
 def test_garbage_bytes_are_permanent_and_removed(tmp_path, config, out):

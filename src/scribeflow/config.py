@@ -162,6 +162,8 @@ AUDIO_HEADROOM_MB = 200
 DEFAULT_VIDEO_SIZE_MB = 600
 MIN_FREE_GB = 1
 ACCOUNTING_MARGIN_MB = 64
+OUTPUTS_PER_EPISODE_MB = 8
+MAX_WRITE_RATE_MB_PER_S = 250
 
 
 def resolve_sizes(dm: dict) -> dict:
@@ -183,6 +185,12 @@ def resolve_sizes(dm: dict) -> dict:
     if dm.get("accounting_margin_mb") is None:
         # A transcript's temporary file while it is written, a job's first log lines.
         dm["accounting_margin_mb"] = min(float(ACCOUNTING_MARGIN_MB), hard * 1000 / 100)
+    if dm.get("outputs_per_episode_mb") is None:
+        dm["outputs_per_episode_mb"] = min(float(OUTPUTS_PER_EPISODE_MB), margin_mb / 40)
+    if dm.get("max_write_rate_mb_per_s") is None:
+        # The watchdog's slack (rate x interval) at most a twentieth of the in-flight margin.
+        interval = dm.get("watch_interval_seconds") or 0.05
+        dm["max_write_rate_mb_per_s"] = min(float(MAX_WRITE_RATE_MB_PER_S), margin_mb / 20 / interval)
     return dm
 
 
@@ -317,6 +325,9 @@ class DiskManagement(_Section):
     check_interval_seconds: float
     reconcile_interval_seconds: float
     accounting_margin_mb: float
+    outputs_per_episode_mb: float
+    watch_interval_seconds: float
+    max_write_rate_mb_per_s: float
     cache_duration_seconds: float
     max_concurrent_downloads: int
     max_concurrent_transcriptions: int
@@ -354,6 +365,7 @@ class Download(_Section):
     min_start_interval_seconds: float
     exempt_hosts: tuple[str, ...]
     size_estimate_margin: float
+    hls_prefer_native: bool
     fixup: str
 
 

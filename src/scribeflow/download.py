@@ -41,13 +41,13 @@ import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 
-from .config import MB, Download, Settings
+from .config import GB, MB, Download, Settings
+from .files import human_bytes
 from .layout import PARTIAL_SUFFIXES, STAGING_MARK
 from .media import MediaError, validate
+from .watchdog import BLOCK, DiskWatchdog, Stopped, slack_bytes
 
 log = logging.getLogger("scribeflow.download")
-
-BLOCK = 64 * 1024  # fixed read size: a download can overshoot its declared size by at most one block
 
 
 TRANSIENT_STATUS = {408, 425, 429, 500, 502, 503, 504, 520, 521, 522, 523, 524}
@@ -69,11 +69,18 @@ class DownloadFailed(RuntimeError):
 
 
 class SizeExceeded(DownloadFailed):
-    """The download grew past its declared size (the server understated it)."""
+    """The download grew past its declared size (the server understated it).
 
-    def __init__(self, message: str):
-        super().__init__(message + "; if the catalogue's expected_size_mb is too small, correct it, "
-                         "then `scribeflow retry` the episode", permanent=True)
+    With `written` (the bytes on disk when it was stopped) the episode is tried once
+    more, declaring what was measured (download_episode); without, it is permanent."""
+
+    def __init__(self, message: str, written: int | None = None, fraction: float | None = None,
+                 declared: int | None = None):
+        self.written, self.fraction, self.declared = written, fraction, declared
+        if written is None:
+            message += ("; if the catalogue's expected_size_mb is too small, correct it, "
+                        "then `scribeflow retry` the episode")
+        super().__init__(message, permanent=written is None)
 
 
 class DiskFull(DownloadFailed):
@@ -82,18 +89,17 @@ class DiskFull(DownloadFailed):
 
 
 def parse_rate(value) -> int | None:
-    """'50K', '4.2M', '1G' or a number of bytes per second."""
+    """'50K', '4.2M', '1G' or a number of bytes per second (yt-dlp's own parser)."""
+    from yt_dlp.utils import parse_bytes
+
     if value in (None, ""):
         return None
     if isinstance(value, (int, float)):
         return int(value)
-    text = str(value).strip().upper().removesuffix("B").removesuffix("I")
-    factor = {"K": 1024, "M": 1024**2, "G": 1024**3}.get(text[-1:], 1)
-    number = text[:-1] if factor != 1 else text
-    try:
-        return int(float(number) * factor)
-    except ValueError:
-        raise ValueError(f"download.rate_limit: cannot read {value!r} as bytes per second") from None
+    rate = parse_bytes(str(value).strip().removesuffix("B").removesuffix("i"))
+    if rate is None:
+        raise ValueError(f"download.rate_limit: cannot read {value!r} as bytes per second")
+    return int(rate)
 
 
 class _YdlLog:
@@ -155,6 +161,10 @@ def ydl_options(dl: Download, out: Path, hooks: list, on_rate_limited=None) -> d
         "noresizebuffer": True,
         "updatetime": False,
         "fixup": dl.fixup,
+        # yt-dlp's own HLS downloader (AES-128 included, with pycryptodomex) even for
+        # formats whose protocol is `m3u8`; false hands those to ffmpeg. Either is capped
+        # by the watchdog (watchdog.py).
+        "hls_prefer_native": dl.hls_prefer_native,
     }
     optional = {
         "ratelimit": parse_rate(dl.rate_limit),
@@ -447,12 +457,18 @@ def requested_formats(info: dict) -> list[dict]:
     return list(info.get("requested_formats") or [info])
 
 
-def declare_size(ydl, info: dict, settings: Settings, episode: str, expected_size_mb: float | None):
+def declare_size(ydl, info: dict, settings: Settings, episode: str, expected_size_mb: float | None,
+                 measured: int | None = None):
     """(media bytes, reserved bytes, source): `media` caps what the download may write,
     `reserved` adds what post-processing copies (a merge or an ffmpeg fixup writes the
-    file once more before the parts are deleted)."""
+    file once more before the parts are deleted). `measured`: what an earlier attempt
+    that was stopped measured (download_episode), declared as it is."""
     dl, dm = settings.download, settings.disk_management
     formats = requested_formats(info)
+    fragmented = any(str(f.get("protocol") or "").startswith(("m3u8", "http_dash")) for f in formats)
+    copies = len(formats) > 1 or (fragmented and dl.fixup != "never")
+    if measured:
+        return measured, measured * (2 if copies else 1), "measured by the attempt that was stopped"
     sizes = []
     for fmt in formats:
         size = format_size(ydl, info, fmt, episode, probe=not expected_size_mb)
@@ -476,8 +492,6 @@ def declare_size(ydl, info: dict, settings: Settings, episode: str, expected_siz
         media, source = int(dm.default_video_size_mb * MB), "default_video_size_mb (yt-dlp gave no size)"
     if dl.max_filesize_mb:
         media = min(media, int(dl.max_filesize_mb * MB))
-    fragmented = any(str(f.get("protocol") or "").startswith(("m3u8", "http_dash")) for f in formats)
-    copies = len(formats) > 1 or (fragmented and dl.fixup != "never")
     return media, media * (2 if copies else 1), source
 
 
@@ -495,16 +509,73 @@ def download_episode(episode: str, url: str, out: Path, settings: Settings, gate
                      expected_size_mb: float | None = None, hosts=None) -> dict:
     """Download `url` to `out` inside the disk gate and the host's politeness limits,
     then validate the media, retrying transient faults with backoff (see the module
-    docstring).
+    docstring). A download stopped for growing past its declared size is deleted at
+    once and tried once more, declaring what was measured, when that fits the budget;
+    else (or when it grows past that too) the episode can never fit and is given up.
 
     Returns {"bytes", "declared", "size_source", "format_id", "format", "ext",
     "protocol", "audio_only", "duration", "seconds", "attempts"}; raises
     DownloadFailed with the reason otherwise. Nothing is left at `out` on failure.
     """
+    measured = None
+    while True:
+        try:
+            return _download_with_retries(episode, url, Path(out), settings, gate, expected_size_mb, hosts,
+                                          measured)
+        except SizeExceeded as exc:
+            if exc.written is None:
+                raise
+            measured = _declare_after_stop(exc, settings, episode, retried=measured is not None)
+            log.warning("%s; its files were deleted; trying once more, declaring %s (measured)",
+                        exc, human_bytes(measured))
+
+
+def largest_download(settings: Settings) -> int:
+    """The largest reservation a download may ever hold under this budget (the gate's
+    can-ever-fit rule: with the audio headroom, within the hard limit)."""
+    dm = settings.disk_management
+    return int(dm.hard_limit_gb * GB - dm.audio_headroom_mb * MB)
+
+
+def reservation(settings: Settings, declared: int) -> int:
+    """What the gate reserves for a download that may write `declared` bytes: its cap
+    plus the slack the watchdog's interval allows at the fastest write rate (watchdog.py)."""
+    dm = settings.disk_management
+    return declared + slack_bytes(dm.max_write_rate_mb_per_s * MB, dm.watch_interval_seconds)
+
+
+def _declare_after_stop(exc: SizeExceeded, settings: Settings, episode: str, retried: bool) -> int:
+    """The media bytes to declare for the one retry after a stop: what was written,
+    extrapolated by the share of the stream it covered when that is known, else
+    doubled; raises a permanent failure when that can never fit (or after the retry)."""
+    written, declared = exc.written, exc.declared or exc.written
+    if exc.fraction and 0 < exc.fraction < 1:
+        estimate = written / exc.fraction * (1 + settings.download.size_estimate_margin)
+        how = f"{human_bytes(written)} written at {exc.fraction:.0%} of the stream"
+    else:
+        estimate = 2 * max(written, declared)
+        how = f"{human_bytes(written)} written of an unknown total"
+    estimate = int(math.ceil(estimate))
+    limit = largest_download(settings)
+    fix = (f"Set the catalogue's expected_size_mb to its real size, or raise disk_management.hard_limit_gb, "
+           f"then `scribeflow retry {episode}`")
+    if retried:
+        raise DownloadFailed(f"{episode}: the download grew past its declared size twice (declared "
+                             f"{human_bytes(declared)} after measuring it, stopped at {human_bytes(written)}): "
+                             f"it cannot be sized, so it never fits this budget. {fix}", permanent=True)
+    if reservation(settings, estimate) > limit:
+        raise DownloadFailed(f"{episode}: never fits: the download grew past its declared "
+                             f"{human_bytes(declared)} ({how}, about {human_bytes(estimate)} in all), more than "
+                             f"the {human_bytes(limit)} one download may take under the hard limit of "
+                             f"{human_bytes(settings.disk_management.hard_limit_gb * GB)}. {fix}", permanent=True)
+    return estimate
+
+
+def _download_with_retries(episode: str, url: str, out: Path, settings: Settings, gate, expected_size_mb,
+                           hosts, measured: int | None) -> dict:
     from .hosts import HostLimiter
 
     dl = settings.download
-    out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     hosts = hosts or HostLimiter.from_config(settings)
     if remove_partials(out):
@@ -513,7 +584,7 @@ def download_episode(episode: str, url: str, out: Path, settings: Settings, gate
         try:
             with hosts.slot(url, episode):
                 result = _attempt(episode, url, out, settings, gate, expected_size_mb,
-                                  on_rate_limited=lambda: hosts.slow_down(url))
+                                  on_rate_limited=lambda: hosts.slow_down(url), measured=measured)
             hosts.succeeded(url)
             return {**result, "attempts": attempt}
         except DownloadFailed as exc:
@@ -535,57 +606,77 @@ def download_episode(episode: str, url: str, out: Path, settings: Settings, gate
 
 
 def _attempt(episode: str, url: str, out: Path, settings: Settings, gate, expected_size_mb,
-             on_rate_limited=None) -> dict:
+             on_rate_limited=None, measured: int | None = None) -> dict:
     import yt_dlp
 
-    dl = settings.download
-    progress = {"limit": None, "last_log": 0.0, "files": {}}
+    dl, dm = settings.download, settings.disk_management
+    progress = {"limit": None, "last_log": 0.0, "files": {}, "fraction": None, "watchdog": None}
 
     def hook(status):
+        if progress["watchdog"] is not None:
+            progress["watchdog"].check()
         if status.get("status") != "downloading":
             return
         # downloaded_bytes is cumulative over a fragmented download's fragments, and
         # per file: a merge downloads one file per format.
         progress["files"][status.get("filename") or ""] = status.get("downloaded_bytes") or 0
         done = sum(progress["files"].values())
+        # The share of the stream written: of the file's length, or of yt-dlp's estimate
+        # of a fragmented stream's (its fragments so far, extrapolated).
+        total = status.get("total_bytes") or status.get("total_bytes_estimate")
+        if total:
+            progress["fraction"] = min(1.0, (status.get("downloaded_bytes") or 0) / total)
         if progress["limit"] is not None and done > progress["limit"]:
             raise SizeExceeded(
-                f"{episode}: download grew past its declared {progress['limit']} bytes; "
-                f"stopped at {done} bytes to hold the disk limit"
-            )
+                f"{episode}: download grew past its declared {human_bytes(progress['limit'])}; "
+                f"stopped at {human_bytes(done)} to hold the disk limit",
+                written=done, fraction=progress["fraction"], declared=progress["limit"])
         now = time.monotonic()
         if now - progress["last_log"] >= 10:
             progress["last_log"] = now
-            total = status.get("total_bytes") or status.get("total_bytes_estimate")
             pct = f"{100 * done / total:.0f}%" if total else "?"
             log.info("Downloading %s: %.1f MB (%s), %.2f MB/s", episode, done / MB, pct,
                      (status.get("speed") or 0) / MB)
 
     opts = ydl_options(dl, out, [hook], on_rate_limited)
+    opts["postprocessor_hooks"] = [lambda status: progress["watchdog"] and progress["watchdog"].check()]
     opts["outtmpl"] = str(out.with_name(staging_prefix(out))).replace("%", "%%") + "%(ext)s"
     started = time.monotonic()
     with yt_dlp.YoutubeDL(opts) as ydl:
         info = _extract(ydl, url, episode)
-        media, declared, source = declare_size(ydl, info, settings, episode, expected_size_mb)
+        media, declared, source = declare_size(ydl, info, settings, episode, expected_size_mb, measured)
         chosen = describe_format(info)
         progress["limit"] = media
+        reserved = reservation(settings, declared)
         log.info("Declared size of %s: %.2f MB (from %s)%s; format %s (%s%s)", episode, media / MB, source,
                  f", {declared / MB:.2f} MB reserved with the post-processing copy" if declared > media else "",
                  chosen["format_id"], "audio only" if chosen["audio_only"] else "with video", ", " +
                  chosen["protocol"])
         paths = [out, *_expected_files(ydl, info)]
+        watchdog = DiskWatchdog(out.parent, staging_prefix(out), cap=declared, reservation=reserved,
+                                interval=dm.watch_interval_seconds, extra=(out,), episode=episode)
         try:
-            if gate is None:
-                done = _run(ydl, info, episode)
-            else:
-                with gate.admitted(episode, declared + BLOCK, paths):
+            admission = gate.admitted(episode, reserved, paths) if gate is not None else contextlib.nullcontext()
+            with admission, watchdog:
+                progress["watchdog"] = watchdog
+                try:
                     done = _run(ydl, info, episode)
                     _finish(done, out, episode)
+                except (DownloadFailed, Stopped):
+                    if watchdog.tripped:  # whatever yt-dlp made of the stop (ffmpeg's exit code...)
+                        raise SizeExceeded(watchdog.tripped, written=max(watchdog.written_at_stop, media),
+                                           fraction=progress["fraction"], declared=media) from None
+                    raise
+                watchdog.check()  # a stop in the last interval: the file is not trusted
         except BaseException:
             remove_partials(out)
             raise
-    if gate is None:
-        _finish(done, out, episode)
+        finally:
+            progress["watchdog"] = None
+            log.info("Watchdog of %s: %d readings every %.0f ms, largest %s of %s reserved, fastest %s/s, "
+                     "%.3f s CPU", episode, watchdog.readings, dm.watch_interval_seconds * 1000,
+                     human_bytes(watchdog.peak), human_bytes(reserved), human_bytes(watchdog.fastest),
+                     watchdog.cpu_seconds)
     try:
         media_info = validate(out)
     except MediaError as exc:
@@ -595,6 +686,10 @@ def _attempt(episode: str, url: str, out: Path, settings: Settings, gate, expect
     size = out.stat().st_size
     log.info("Downloaded %s: %.2f MB (format %s), %.1f s of %s audio, in %.1f s", episode, size / MB,
              chosen["format_id"], media_info.duration, media_info.audio_codec, seconds)
+    if watchdog.fastest > dm.max_write_rate_mb_per_s * MB:
+        log.warning("%s was written at %s/s, faster than disk_management.max_write_rate_mb_per_s (%g MB/s): "
+                    "raise it, so that the slack reserved per download covers the watchdog's interval",
+                    episode, human_bytes(watchdog.fastest), dm.max_write_rate_mb_per_s)
     return {"bytes": size, "declared": declared, "size_source": source, **chosen,
             "duration": media_info.duration, "seconds": seconds}
 

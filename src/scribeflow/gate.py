@@ -75,7 +75,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .config import Settings
-from .disk import DiskMonitor, DiskUsage
+from .disk import ACTIVE_STAGES, DiskMonitor, DiskUsage
 from .files import allocated_bytes, human_bytes, is_disk_full
 from .layout import GATE_LOCK_FILE, STATE_FILE, Layout
 from .statefile import StateFile, alive
@@ -144,6 +144,7 @@ class DownloadGate:
         stall_timeout: float = 900.0,
         heartbeat_timeout: float | None = None,
         audio_headroom: int = 0,
+        outputs_per_episode: int = 0,
     ):
         self.monitor = monitor
         self.state_dir = Path(state_dir)
@@ -157,6 +158,9 @@ class DownloadGate:
         # Room downloads leave free under the hard limit so that an extraction can always
         # start: audio is written before its video is deleted.
         self.audio_headroom = int(audio_headroom)
+        # What each episode in flight may still write outside any reservation (its
+        # transcript, tokens, analysis, logs): kept free under the hard limit.
+        self.outputs_per_episode = int(outputs_per_episode)
 
     @classmethod
     def from_config(cls, settings: Settings, ledger=None) -> "DownloadGate":
@@ -168,6 +172,7 @@ class DownloadGate:
             check_interval=dm.check_interval_seconds,
             stall_timeout=dm.stall_timeout_seconds,
             audio_headroom=int(dm.audio_headroom_mb * 1_000_000),
+            outputs_per_episode=int(dm.outputs_per_episode_mb * 1_000_000),
         )
 
     # -- shared state --------------------------------------------------------------
@@ -252,13 +257,33 @@ class DownloadGate:
         reasons = self.monitor.pause_reasons(state["reasons"], usage.total, fs_available, declared, download)
         self._record_transition(state, reasons, usage)
         headroom = self.audio_headroom if download else 0
-        fits = usage.total + pending + declared + headroom <= self.monitor.hard_limit
+        outputs = self._outputs_reserve(state)
+        fits = usage.total + pending + declared + headroom + outputs <= self.monitor.hard_limit
+        if usage.total > self.monitor.hard_limit:
+            log.error("Disk usage %s is above the hard limit %s (another program, or files written outside the "
+                      "pipeline?): downloads pause until it falls to the resume threshold",
+                      human_bytes(usage.total), human_bytes(self.monitor.hard_limit))
         # Extraction ignores the pause (it is how space gets freed) but not the hard limit.
         admitted = fits and (not reasons or not download)
         reason = self._why_waiting(reasons, fits, usage, fs_available, declared)
         stalled = self._stalled(state, reasons, fits, usage, fs_available, declared, headroom)
         self._to_ledger("sample_disk", usage, paused=bool(reasons), min_interval=self.check_interval)
         return Decision(admitted, usage, pending, fs_available, bool(reasons), reason, stalled)
+
+    def _outputs_reserve(self, state: dict) -> int:
+        """outputs_per_episode for every episode in flight (a ledger row between downloading
+        and tokenized; at least every live holder and the asker): the transcripts,
+        tokens, analyses and logs they may still write, which no reservation covers."""
+        if not self.outputs_per_episode:
+            return 0
+        active = len(state["reservations"]) + len(state["consumers"]) + 1
+        if self.ledger is not None:
+            try:
+                counts = self.ledger.stage_counts()  # one small table, kept by triggers
+                active = max(active, sum(counts.get(s, 0) for s in ACTIVE_STAGES))
+            except Exception as exc:  # the ledger is history here: never fail a decision on it
+                log.debug("Could not count the episodes in flight: %s", exc)
+        return self.outputs_per_episode * active
 
     def _measure(self, state: dict) -> tuple[DiskUsage, int, int]:
         """Usage measured fresh, the bytes live admitted downloads may still write (dead
@@ -287,6 +312,8 @@ class DownloadGate:
                        f"needed (min_free_gb included), and the pipeline holds no video or audio it could free: "
                        f"other files fill it; free space there")
         elif (reasons or not fits) and not state["consumers"] and not state["reservations"]:
+            # (An extraction registers as a consumer only once admitted: one that waits
+            # frees nothing.)
             stalled = (f"no download, extraction or transcription is running while {gb(usage.temporary)} GB "
                        f"of video and audio wait (a failed transcription leaves its video; if jobs wait "
                        f"for cores, give Snakemake more cores than max_concurrent_downloads)")
@@ -357,11 +384,20 @@ class DownloadGate:
         return [r for r in reasons if isinstance(r, str)] if isinstance(reasons, list) else []
 
     def held_paths(self) -> tuple[set[str], bool]:
-        """Paths reserved by live downloads and extractions, and whether any job is live."""
-        with self._locked_state() as state:
-            self._prune(state)
-            paths = {p for r in state["reservations"].values() for p in r["paths"]}
-            return paths, bool(state["reservations"] or state["consumers"])
+        """Paths reserved by live downloads and extractions, and whether any job is live.
+        On a disk too full to write the state, read as it is (the orphan cleanup that
+        calls this is what frees the space)."""
+        try:
+            with self._locked_state() as state:
+                self._prune(state)
+        except OSError as exc:
+            if not is_disk_full(exc):
+                raise
+            log.warning("The gate's state cannot be written (%s); reading it as it is", exc)
+            state = {t: {k: h for k, h in (self._peek().get(t) or {}).items()
+                         if _valid_holder(h, t) and self._alive(h)} for t in TABLES}
+        paths = {p for r in state["reservations"].values() for p in r["paths"]}
+        return paths, bool(state["reservations"] or state["consumers"])
 
     # -- the API used by the rules ---------------------------------------------------
     def check(self, declared: int = 0, download: bool = True) -> Decision:

@@ -17,6 +17,15 @@ class MediaError(ValueError):
     """A media file is unusable; the message says why."""
 
 
+class AudioTooLong(MediaError):
+    """The audio decodes longer than the room reserved for it: nothing past the
+    reservation was written; `seconds` is the whole decoded duration, measured."""
+
+    def __init__(self, message: str, seconds: float):
+        super().__init__(message)
+        self.seconds = seconds
+
+
 @dataclass(frozen=True)
 class MediaInfo:
     duration: float  # seconds, from the audio packets actually present
@@ -73,13 +82,19 @@ def expected_audio_bytes(duration_s: float) -> int:
     return WAV_HEADER + int(duration_s * BYTES_PER_SECOND) + SAMPLE_RATE  # + 0.5 s of slack
 
 
-def extract_audio(src: str | Path, dst: str | Path) -> float:
+def extract_audio(src: str | Path, dst: str | Path, max_bytes: int | None = None) -> float:
     """Decode the first audio stream of `src` into 16 kHz mono 16-bit WAV at `dst`
-    (written atomically). Returns the audio duration in seconds."""
+    (written atomically). Returns the audio duration in seconds.
+
+    `max_bytes`: the WAV's reservation. Audio that decodes longer than that (timestamps
+    that reset, a container that understates its duration) stops being written there;
+    the rest is decoded only to measure it, and AudioTooLong says how long it is."""
     import av
 
     src, dst = Path(src), Path(dst)
     samples = 0
+    room = None if max_bytes is None else max(0, max_bytes - WAV_HEADER)
+    full = False
     with _open(src) as container, atomic_path(dst) as tmp:
         stream = _audio_stream(container, src)
         resampler = av.AudioResampler(format="s16", layout="mono", rate=SAMPLE_RATE)
@@ -89,10 +104,12 @@ def extract_audio(src: str | Path, dst: str | Path) -> float:
             out.setframerate(SAMPLE_RATE)
 
             def write(frames) -> None:
-                nonlocal samples
+                nonlocal samples, full
                 for chunk in frames:
                     data = chunk.to_ndarray().tobytes()
-                    out.writeframesraw(data)
+                    full = full or (room is not None and 2 * samples + len(data) > room)
+                    if not full:  # once full, the rest is only counted
+                        out.writeframesraw(data)
                     samples += len(data) // 2
 
             try:
@@ -101,8 +118,13 @@ def extract_audio(src: str | Path, dst: str | Path) -> float:
                 write(resampler.resample(None))  # what the resampler still holds
             except av.error.FFmpegError as exc:
                 raise MediaError(f"{src.name}: audio cannot be decoded ({exc})") from exc
-        if samples == 0:
-            raise MediaError(f"{src.name}: no audio could be decoded")
+            if samples == 0:
+                raise MediaError(f"{src.name}: no audio could be decoded")
+            if full:
+                seconds = samples / SAMPLE_RATE
+                raise AudioTooLong(f"{src.name}: its audio decodes to {seconds:.1f} s, longer than the "
+                                   f"{room / BYTES_PER_SECOND:.1f} s its container declares and its reservation "
+                                   f"holds; nothing past the reservation was written", seconds)
     return samples / SAMPLE_RATE
 
 

@@ -99,15 +99,27 @@ def download(*, settings: Settings, episode: str, url: str, video: str,
 
 
 def extract_audio(*, settings: Settings, episode: str, video: str, audio: str) -> None:
-    from .media import expected_audio_bytes, extract_audio as extract, validate
+    from .media import AudioTooLong, MediaError, expected_audio_bytes, extract_audio as extract, validate
 
     with _ledger_and_gate(settings) as (ledger, gate), _recorded(ledger, episode, settings, "extract_audio"):
         ledger.set_stage(episode, "extracting")
         info = validate(video)
-        # Reserve the WAV's size: the audio is written while the video still exists.
+        # Reserve the WAV's size: the audio is written while the video still exists. The
+        # writer stops at the reservation; audio that decodes longer than its container
+        # says is measured and extracted once more with what was measured reserved.
         reserve = expected_audio_bytes(max(info.duration, info.container_duration or 0))
-        with gate.consumer(episode, "extract"), gate.admitted(episode, reserve, [audio], download=False):
-            seconds = extract(video, audio)
+        for retry in (False, True):
+            # A consumer (work that frees space) only once admitted: one that waits frees nothing.
+            with gate.admitted(episode, reserve, [audio], download=False), gate.consumer(episode, "extract"):
+                try:
+                    seconds = extract(video, audio, max_bytes=reserve)
+                    break
+                except AudioTooLong as exc:
+                    if retry:
+                        raise MediaError(f"{exc} (twice)") from None
+                    log.warning("%s; extracting it once more with %s reserved", exc,
+                                human_bytes(expected_audio_bytes(exc.seconds)))
+                    reserve = expected_audio_bytes(exc.seconds)
         size = Path(audio).stat().st_size
         log.info("Extracted %.1f s of 16 kHz mono audio from %s: %.1f MB", seconds, episode, size / MB)
         ledger.set_stage(episode, "extracted", audio_size_bytes=size)
