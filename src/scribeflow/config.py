@@ -188,7 +188,7 @@ def resolve_sizes(dm: dict) -> dict:
     if dm.get("outputs_per_episode_mb") is None:
         dm["outputs_per_episode_mb"] = min(float(OUTPUTS_PER_EPISODE_MB), margin_mb / 40)
     if dm.get("max_write_rate_mb_per_s") is None:
-        # The watchdog's slack (rate x interval) at most a twentieth of the in-flight margin.
+        # The watchdog's slack (rate x 2 intervals) at most a tenth of the in-flight margin.
         interval = dm.get("watch_interval_seconds") or 0.05
         dm["max_write_rate_mb_per_s"] = min(float(MAX_WRITE_RATE_MB_PER_S), margin_mb / 20 / interval)
     return dm

@@ -380,6 +380,18 @@ def _dash_segments(fmt: dict) -> list[tuple[str, float, int | None]]:
     return segments
 
 
+def sampled_segments(seconds: list[float]) -> list[int]:
+    """The indices of the segments whose sizes are asked for (of segments lasting
+    `seconds` each; 0 is an init segment): all of a short stream, else the init
+    segment and evenly spread media segments."""
+    if len(seconds) <= MAX_SEGMENT_HEADS:
+        return list(range(len(seconds)))
+    media = [i for i, s in enumerate(seconds) if s > 0]
+    step = (len(media) - 1) / (MAX_SEGMENT_HEADS - 2)
+    return sorted({i for i, s in enumerate(seconds) if s == 0}
+                  | {media[round(k * step)] for k in range(MAX_SEGMENT_HEADS - 1)})
+
+
 def _segments_size(ydl, segments, headers, episode: str) -> Size | None:
     """The size of a fragmented stream from its segments: exact when the playlist
     gives byte ranges or every segment is asked for (HEAD), else the fastest sampled
@@ -388,13 +400,7 @@ def _segments_size(ydl, segments, headers, episode: str) -> Size | None:
         return None
     if all(n is not None for _, _, n in segments):
         return Size(sum(n for _, _, n in segments), f"the byte ranges of {len(segments)} segments", True)
-    if len(segments) <= MAX_SEGMENT_HEADS:
-        picked = list(range(len(segments)))
-    else:  # the init segment, then evenly spread media segments
-        media = [i for i, s in enumerate(segments) if s[1] > 0]
-        step = (len(media) - 1) / (MAX_SEGMENT_HEADS - 2)
-        picked = sorted({i for i, s in enumerate(segments) if s[1] == 0}
-                        | {media[round(k * step)] for k in range(MAX_SEGMENT_HEADS - 1)})
+    picked = sampled_segments([s[1] for s in segments])
     sizes = {}
     for i in picked:
         url, _, known = segments[i]
@@ -621,11 +627,15 @@ def _attempt(episode: str, url: str, out: Path, settings: Settings, gate, expect
         # per file: a merge downloads one file per format.
         progress["files"][status.get("filename") or ""] = status.get("downloaded_bytes") or 0
         done = sum(progress["files"].values())
-        # The share of the stream written: of the file's length, or of yt-dlp's estimate
-        # of a fragmented stream's (its fragments so far, extrapolated).
+        # The share of the stream written, on the low side (so that the whole is not
+        # underestimated): the fragments finished of a fragmented stream (what is written
+        # includes part of the next), or the share of a file whose length the server sent.
+        # (yt-dlp's total_bytes_estimate is no help: without lengths it equals what is done.)
         total = status.get("total_bytes") or status.get("total_bytes_estimate")
-        if total:
-            progress["fraction"] = min(1.0, (status.get("downloaded_bytes") or 0) / total)
+        if status.get("fragment_count") and status.get("fragment_index"):
+            progress["fraction"] = status["fragment_index"] / status["fragment_count"]
+        elif status.get("total_bytes"):
+            progress["fraction"] = (status.get("downloaded_bytes") or 0) / status["total_bytes"]
         if progress["limit"] is not None and done > progress["limit"]:
             raise SizeExceeded(
                 f"{episode}: download grew past its declared {human_bytes(progress['limit'])}; "
@@ -673,10 +683,11 @@ def _attempt(episode: str, url: str, out: Path, settings: Settings, gate, expect
             raise
         finally:
             progress["watchdog"] = None
-            log.info("Watchdog of %s: %d readings every %.0f ms, largest %s of %s reserved, fastest %s/s, "
-                     "%.3f s CPU", episode, watchdog.readings, dm.watch_interval_seconds * 1000,
+            log.info("Watchdog of %s: %d readings every %.0f ms (longest gap %.0f ms), largest %s of %s "
+                     "reserved, fastest %s/s, %.3f s CPU (peak_bytes=%d reserved_bytes=%d)", episode,
+                     watchdog.readings, dm.watch_interval_seconds * 1000, watchdog.longest_gap * 1000,
                      human_bytes(watchdog.peak), human_bytes(reserved), human_bytes(watchdog.fastest),
-                     watchdog.cpu_seconds)
+                     watchdog.cpu_seconds, watchdog.peak, reserved)
     try:
         media_info = validate(out)
     except MediaError as exc:

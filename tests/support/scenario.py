@@ -197,3 +197,52 @@ def run(workdir: Path, media: list[Path], model: str, hard_mb: float = 4.0, paus
             events = ledger.pause_events()
     return Result(proc.returncode, seconds, monitor.hard_limit, monitor.pause_threshold, monitor.resume_threshold,
                   sampler.samples, events, workdir, output)
+
+
+class AllocatedSampler(threading.Thread):
+    """The pipeline's bytes on disk as the filesystem allocates them (st_blocks x 512),
+    walked every `interval` seconds by a thread that shares no code with the pipeline:
+    `{storage_dir}/videos` and everything under `data_dir`, what the budget counts."""
+
+    def __init__(self, roots: list[Path], interval: float = 0.05):
+        super().__init__(daemon=True)
+        self.roots, self.interval = [Path(r) for r in roots], interval
+        self.samples: list[tuple[float, int]] = []
+        self.largest_file: dict[str, int] = {}
+        self.stopped = threading.Event()
+
+    def _walk(self, folder: Path) -> int:
+        total = 0
+        try:
+            entries = list(os.scandir(folder))
+        except OSError:
+            return 0
+        for e in entries:
+            try:
+                if e.is_dir(follow_symlinks=False):
+                    total += self._walk(Path(e.path))
+                else:
+                    size = e.stat(follow_symlinks=False).st_blocks * 512
+                    total += size
+                    if size > self.largest_file.get(e.name, 0):
+                        self.largest_file[e.name] = size
+            except OSError:
+                pass  # deleted between the listing and the stat
+        return total
+
+    def run(self):
+        while not self.stopped.is_set():
+            self.samples.append((time.time(), sum(self._walk(r) for r in dict.fromkeys(self.roots))))
+            self.stopped.wait(self.interval)
+
+    @property
+    def peak(self) -> int:
+        return max(total for _, total in self.samples)
+
+    def __enter__(self) -> "AllocatedSampler":
+        self.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stopped.set()
+        self.join()

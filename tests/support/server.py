@@ -303,3 +303,75 @@ def make_streams(src: str | os.PathLike, folder: str | os.PathLike, segment_seco
             f"</video>\n</body></html>\n")
         made["page"] = f"page/{stem}/index.html"
     return made
+
+
+# -- streams that misstate their size, for the hard-limit tests -----------------------------
+def make_aes_hls(src: str | os.PathLike, folder: str | os.PathLike, segment_seconds: int = 2,
+                 video_kbps: int = 3000) -> str:
+    """`src` as an AES-128 encrypted HLS media playlist (no master playlist, so no
+    BANDWIDTH anywhere) of `video_kbps` of picture in `segment_seconds` segments;
+    returns the playlist's path under `folder`. Served with hide_length, nothing says
+    its size."""
+    src, folder = Path(src).resolve(), Path(folder)
+    d = folder / "aes" / src.stem
+    d.mkdir(parents=True, exist_ok=True)
+    (d / "key.bin").write_bytes(bytes(range(16)))
+    (d / "keyinfo").write_text(f"key.bin\n{d / 'key.bin'}\n")
+    _ffmpeg("-i", str(src), "-c:v", "libx264", "-preset", "ultrafast", "-g", str(10 * segment_seconds),
+            "-b:v", f"{video_kbps}k", "-minrate", f"{video_kbps}k", "-maxrate", f"{video_kbps}k",
+            "-bufsize", f"{video_kbps}k", "-x264-params", "nal-hrd=cbr", "-c:a", "copy",
+            "-f", "hls", "-hls_time", str(segment_seconds), "-hls_playlist_type", "vod",
+            "-hls_key_info_file", "keyinfo", "-hls_segment_filename", "seg%03d.ts", "index.m3u8", cwd=d)
+    return f"aes/{src.stem}/index.m3u8"
+
+
+def make_understated_dash(src: str | os.PathLike, folder: str | os.PathLike, factor: int = 20) -> str:
+    """A DASH manifest whose bandwidth attributes say 1/`factor` of the real bitrates."""
+    import re as _re
+
+    made = make_streams(src, Path(folder) / "under", kinds=["dash"])["dash"]
+    manifest = Path(folder) / "under" / made
+    text = manifest.read_text()
+    manifest.write_text(_re.sub(r'bandwidth="(\d+)"', lambda m: f'bandwidth="{int(m.group(1)) // factor}"', text))
+    return f"under/{made}"
+
+
+def make_hls_larger_later(src: str | os.PathLike, folder: str | os.PathLike, sampled: set[int],
+                          segments: int = 20, low_kbps: int = 32, high_kbps: int = 600) -> str:
+    """An HLS media playlist of `segments` one-second segments where the ones at the
+    indices in `sampled` (those scribeflow asks the sizes of) come from a low-bitrate
+    encode and every other one from a high-bitrate encode of the same source (the same
+    audio): the samples understate the stream many times."""
+    src, folder = Path(src).resolve(), Path(folder)
+    d = folder / "later" / src.stem
+    for name, kbps in (("low", low_kbps), ("high", high_kbps)):
+        (d / name).mkdir(parents=True, exist_ok=True)
+        _ffmpeg("-i", str(src), "-map", "0:v", "-map", "0:a", "-c:v", "libx264", "-preset", "ultrafast",
+                "-g", "10", "-keyint_min", "10", "-sc_threshold", "0", "-b:v", f"{kbps}k", "-minrate", f"{kbps}k",
+                "-maxrate", f"{kbps}k", "-bufsize", f"{kbps}k", "-x264-params", "nal-hrd=cbr",
+                "-c:a", "aac", "-b:a", "48k", "-ac", "1", "-f", "hls", "-hls_time", "1", "-hls_playlist_type",
+                "vod", "-hls_segment_filename", "s%03d.ts", "index.m3u8", cwd=d / name)
+    lines = (d / "low" / "index.m3u8").read_text().splitlines()
+    out, n = [], 0
+    for line in lines:
+        if line and not line.startswith("#"):
+            line = f"{'low' if n in sampled else 'high'}/{line}"
+            n += 1
+        out.append(line)
+    if n < segments:
+        raise ValueError(f"{src.name}: {n} segments, fewer than {segments}: use a longer source")
+    (d / "index.m3u8").write_text("\n".join(out) + "\n")
+    return f"later/{src.stem}/index.m3u8"
+
+
+def make_restarting_ts(src: str | os.PathLike, folder: str | os.PathLike, times: int = 2) -> str:
+    """`src` as MPEG-TS, `times` copies one after the other, each starting its timestamps
+    again at zero: the container says one copy's duration, the audio decodes to all of them."""
+    src, folder = Path(src).resolve(), Path(folder)
+    d = folder / "restart"
+    d.mkdir(parents=True, exist_ok=True)
+    one = d / f"{src.stem}.one.ts"
+    _ffmpeg("-i", str(src), "-c:v", "copy", "-c:a", "copy", "-f", "mpegts", str(one), cwd=d)
+    (d / f"{src.stem}.ts").write_bytes(one.read_bytes() * times)
+    one.unlink()
+    return f"restart/{src.stem}.ts"
