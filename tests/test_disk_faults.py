@@ -364,3 +364,39 @@ def test_check_reads_only_the_transcripts_written_since_its_last_clean_run(tmp_p
     (data / "transcripts" / "d.json").write_text(_json.dumps({"id": "d", **good}))
     assert check_consistency(config) == []
     assert "a: ledger says transcribed but" in " ".join(check_consistency(config, full=True))
+
+
+def test_the_starts_orphan_cleanup_frees_space_on_a_disk_too_full_to_write_the_gates_state(tmp_path):
+    """A run's start on a full disk: the gate's state cannot be written (it holds a dead
+    download to prune), yet the cleanup of the orphans an interrupted run left goes on
+    and frees them, and a live download's files are left alone."""
+    import socket
+
+    from scribeflow.recovery import clean_orphans
+
+    data = tmp_path / "fs"
+    with small_filesystem(data, "2m"):
+        settings = cfg.validate({"data_dir": str(data), "storage_dir": str(data)})
+        videos = data / "videos"
+        videos.mkdir()
+        orphans = [videos / "dead.media", videos / "gone@dl.mp4.part", videos / "gone@dl.mp4.part-Frag3.part"]
+        for path in orphans:
+            path.write_bytes(os.urandom(150 * KB))
+        (data / "transcripts").mkdir()
+        (data / "transcripts" / "dead.json").write_text("{}")  # transcribed: its video is an orphan
+        live = videos / "busy@dl.mp4.part"
+        live.write_bytes(os.urandom(50 * KB))
+        now = time.time()
+        holder = {"host": socket.gethostname(), "since": now, "beat": now, "kind": "download"}
+        (data / "gate").mkdir()
+        (data / "gate" / "state.json").write_text(json.dumps({"reasons": [], "paused_since": None, "consumers": {},
+            "reservations": {"dead": {**holder, "pid": 2**22 + 7, "id": "x", "bytes": 1, "paths": []},
+                             "live": {**holder, "pid": os.getpid(), "id": "busy", "bytes": 1,
+                                      "paths": [str(live)]}}}))
+        ballast = fill(data)
+        with pytest.raises(OSError):  # the disk is full: the gate's state cannot be written
+            (data / "gate" / "probe").write_bytes(b"x" * 65536)
+        files, freed = clean_orphans(settings)
+        assert files == 3 and freed >= 3 * 150 * KB
+        assert not any(p.exists() for p in orphans) and live.exists()
+        ballast.unlink()

@@ -217,3 +217,39 @@ def test_status_and_the_gate_share_one_pause_rule_and_one_stored_state(tmp_path)
     write(video, 560 * KB)
     assert not gate.check().paused and gate.pause_reasons() == []
     assert gate.monitor.get_breakdown(paused_for=gate.pause_reasons()).can_download
+
+
+def test_an_extraction_that_waits_for_space_nothing_can_free_stalls_instead_of_waiting_for_ever(
+        tmp_path, speech_dir):
+    """Another episode's video fills the budget and no job of it runs: the extraction
+    cannot be admitted, and since a waiting extraction frees nothing, nothing in flight
+    can free space: it fails after stall_timeout_seconds instead of holding its job slot
+    for ever (which deadlocked a run that an over-size download had filled)."""
+    import shutil
+
+    from scribeflow import config as cfg
+    from scribeflow import steps
+
+    settings = cfg.validate({"data_dir": str(tmp_path / "data"), "storage_dir": str(tmp_path / "data"),
+                             "disk_management": {"hard_limit_gb": 0.001, "pause_threshold_gb": 0.0008,
+                                                 "resume_threshold_gb": 0.0005, "stall_timeout_seconds": 1,
+                                                 "check_interval_seconds": 0.1, "cache_duration_seconds": 0}})
+    video = tmp_path / "data" / "videos" / "ep.media"
+    video.parent.mkdir(parents=True)
+    shutil.copy(speech_dir / "ep01.mp4", video)
+    (video.parent / "other.media").write_bytes(os.urandom(900_000))  # waiting for an extraction that never comes
+    raised = []
+
+    def extract():
+        try:
+            steps.extract_audio(settings=settings, episode="ep", video=str(video),
+                                audio=str(tmp_path / "data" / "audio" / "ep.wav"))
+        except BaseException as exc:
+            raised.append(exc)
+
+    worker = threading.Thread(target=extract, daemon=True)
+    worker.start()
+    worker.join(30)
+    assert not worker.is_alive(), "the extraction waited for space that nothing in flight could free"
+    assert isinstance(raised[0], DiskStalled) and "nothing in flight can free space" in str(raised[0])
+    assert not (tmp_path / "data" / "audio" / "ep.wav").exists()
