@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sqlite3
 import sys
 import time
 from pathlib import Path
@@ -58,7 +59,8 @@ def cmd_plots(args) -> int:
     from .plots import draw_all
 
     config = load_config(args)
-    reports = Layout.from_config(config).report_files(args.out)
+    # Read-only: the plots go where the operator is (or --out), never into data_dir.
+    reports = Layout.from_config(config).report_files(args.out or Path.cwd())
     disk, rate = reports["disk"], reports["throughput"]
     draw_all(config, disk, rate)
     print(f"{disk}\n{rate}")
@@ -73,7 +75,12 @@ def cmd_metrics(args) -> int:
         sys.stdout.write(metrics.text(config))
         return 0
     if args.serve is not None:
-        server, _ = metrics.serve(config, args.serve, args.address)
+        try:
+            server, _ = metrics.serve(config, args.serve, args.address)
+        except OSError as exc:
+            print(f"scribeflow metrics: cannot listen on {args.address}:{args.serve} ({exc.strerror}): another "
+                  f"program uses that port; choose another with --serve", file=sys.stderr)
+            return 2
         print(f"serving Prometheus metrics on http://{args.address}:{server.server_port}/metrics", flush=True)
     try:
         while True:
@@ -89,7 +96,12 @@ def cmd_metrics(args) -> int:
 def cmd_dashboard(args) -> int:
     from .dashboard import server
 
-    httpd = server(load_config(args), args.port, args.address, args.refresh)
+    try:
+        httpd = server(load_config(args), args.port, args.address, args.refresh)
+    except OSError as exc:
+        print(f"scribeflow dashboard: cannot listen on {args.address}:{args.port} ({exc.strerror}): another "
+              f"dashboard, or another program, uses that port; choose another with --port", file=sys.stderr)
+        return 2
     print(f"scribeflow dashboard on http://{args.address}:{httpd.server_port}/ (Ctrl-C stops it)", flush=True)
     try:
         httpd.serve_forever()
@@ -222,7 +234,7 @@ def main(argv=None) -> int:
 
     plots = sub.add_parser("plots", help="draw disk usage and throughput plots from the ledger")
     add_config_options(plots)
-    plots.add_argument("--out", type=Path, default=None, help="folder (default {data_dir}/reports)")
+    plots.add_argument("--out", type=Path, default=None, help="folder (default: the current directory)")
     plots.set_defaults(func=cmd_plots)
     add_failure_commands(sub)
     add_operator_commands(sub)
@@ -240,6 +252,12 @@ def main(argv=None) -> int:
         return args.func(args)
     except (ConfigError, CatalogueError) as exc:
         print(f"scribeflow {args.command}: {exc}", file=sys.stderr)
+        return 2
+    except sqlite3.Error as exc:  # the read-only commands open the ledger read-only: they never repair it
+        where = Layout.from_config(load_config(args)).ledger
+        print(f"scribeflow {args.command}: cannot read the ledger {where}: {exc}. If a run holds it, try again "
+              f"in a moment; if it is damaged, `scribeflow check` says so and the next `snakemake` run moves it "
+              f"aside and rebuilds it from the files.", file=sys.stderr)
         return 2
     except BrokenPipeError:
         # `scribeflow status | head -5`: the reader has what it wanted. Point stdout at

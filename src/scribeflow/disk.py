@@ -142,6 +142,7 @@ class DiskMonitor:
         reconcile_interval: float = 0.0,
         margin_bytes: int = 0,
         state_dir: str | os.PathLike | None = None,
+        read_only: bool = False,
     ):
         if not resume_threshold_bytes < pause_threshold_bytes < hard_limit_bytes:
             raise ValueError("need resume < pause < hard")
@@ -158,12 +159,15 @@ class DiskMonitor:
         self.reconcile_interval = float(reconcile_interval)
         self.margin_bytes = int(margin_bytes) if self.reconcile_interval else 0
         self.state_dir = Path(state_dir).absolute() if state_dir else self.layout.gate
+        # The operator's commands (status, metrics, the dashboard): never reconcile (a
+        # write); without a record, walk everything, which is exact.
+        self.read_only = read_only
         self._cached: tuple[float, DiskUsage] | None = None
         self._db: tuple[tuple, sf_ledger.LedgerReader] | None = None
         self._accounted = {self.data_dir / rel: spec for rel, spec in PER_EPISODE.items()}
 
     @classmethod
-    def from_config(cls, settings: Settings) -> "DiskMonitor":
+    def from_config(cls, settings: Settings, read_only: bool = False) -> "DiskMonitor":
         from .config import GB, MB
 
         dm = settings.disk_management
@@ -177,6 +181,7 @@ class DiskMonitor:
             min_free_bytes=int(dm.min_free_gb * GB),
             reconcile_interval=dm.reconcile_interval_seconds,
             margin_bytes=int(dm.accounting_margin_mb * MB),
+            read_only=read_only,
         )
 
     # -- measuring ---------------------------------------------------------------
@@ -194,6 +199,8 @@ class DiskMonitor:
         if not self.reconcile_interval:
             return self._scan(accounted=False)
         record = self._record()
+        if record is None and self.read_only:
+            return self._scan(accounted=False)
         if record is None:
             # First look at this data_dir (or a damaged record): the one walk that cannot
             # be avoided; it is small then.

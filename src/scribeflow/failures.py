@@ -28,7 +28,7 @@ import time
 from .config import Settings
 from .files import atomic_write_text, ids_with_suffix
 from .layout import MARKER_SUFFIX, Layout
-from .ledger import Ledger
+from .ledger import Ledger, LedgerReader
 
 def given_up(data_dir: str | os.PathLike | Layout) -> set[str]:
     """Ids of the episodes the workflow skips (one directory listing, no ledger access)."""
@@ -107,7 +107,7 @@ def report(settings: Settings) -> list[dict]:
             markers[episode] = {}
     rows = {}
     if layout.ledger.exists():
-        with Ledger(layout.ledger) as ledger:
+        with LedgerReader(layout.ledger) as ledger:
             for episode, attempts, error, at in ledger.failed():
                 rows[episode] = {"id": episode, "attempts": attempts, "reason": error, "failed_at": at}
     for episode, marker in markers.items():

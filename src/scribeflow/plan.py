@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass
 from .config import GB, MB, Settings
 from .failures import given_up
 from .layout import Layout
-from .ledger import HOUR, Ledger
+from .ledger import HOUR, Ledger, LedgerReader
 from .media import BYTES_PER_SECOND
 
 # Defaults when nothing is measured yet.
@@ -71,7 +71,7 @@ def gather(settings: Settings, catalogue, options: dict) -> Inputs:
     db = Layout.from_config(settings).ledger
     done = 0
     if db.exists():
-        with Ledger(db) as ledger:
+        with LedgerReader(db) as ledger:
             seen = measured(ledger)
             done = ledger.transcribed_count()
     done += len(given_up(settings.data_dir))  # failed for good: not to be done again

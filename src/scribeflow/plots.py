@@ -16,7 +16,7 @@ import matplotlib.dates as mdates  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
 
 from .config import GB, DiskManagement, Settings  # noqa: E402
-from .ledger import Ledger, thin_peaks  # noqa: E402
+from .ledger import Ledger, LedgerReader, thin_peaks  # noqa: E402
 
 
 def use_fonts() -> None:
@@ -156,6 +156,9 @@ def _save(fig, out) -> Path:
 
 
 def draw_all(settings: Settings, disk_png: str | Path, throughput_png: str | Path) -> None:
-    with Ledger.for_config(settings) as ledger:
+    """Both plots, from the ledger read only (LedgerReader raises when there is none yet)."""
+    from .layout import Layout
+
+    with LedgerReader(Layout.from_config(settings).ledger) as ledger:
         disk_usage(ledger, settings.disk_management, disk_png)
         throughput(ledger, throughput_png)

@@ -22,7 +22,7 @@ from .failures import given_up
 from .files import human_bytes
 from .gate import DownloadGate
 from .layout import Layout
-from .ledger import HOUR, STAGES, TRANSCRIBED, Ledger
+from .ledger import HOUR, STAGES, TRANSCRIBED, Ledger, LedgerReader
 from .plan import measured
 
 
@@ -132,7 +132,7 @@ def disk_growth(ledger: Ledger, now: float) -> dict:
 
 def snapshot(settings: Settings, now: float | None = None) -> dict:
     now = now or time.time()
-    monitor = DiskMonitor.from_config(settings)
+    monitor = DiskMonitor.from_config(settings, read_only=True)
     layout = Layout.from_config(settings)
     gate = DownloadGate(monitor, layout.gate)  # the default heartbeat timeout
     # Whether downloads may start: the gate's rule, from the gate's own pause.
@@ -141,7 +141,7 @@ def snapshot(settings: Settings, now: float | None = None) -> dict:
     stages, pauses, failures, rates, growth, window, last_update, memory = {}, [], [], {}, {}, {}, None, {}
     gave_up = given_up(settings.data_dir)  # failed episodes the workflow no longer tries
     if db.exists():
-        with Ledger(db) as ledger:
+        with LedgerReader(db) as ledger:
             stages = ledger.stage_counts()
             pauses = ledger.pause_events()
             failures = [dict(zip(("id", "attempts", "last_error"), r[:3]), given_up=r[0] in gave_up)
