@@ -58,7 +58,11 @@ def test_a_download_that_grows_past_its_declared_size_is_stopped_and_tried_once_
     assert [p.name for p in out.parent.iterdir()] == ["big.media"]
 
 
-def test_a_download_that_grows_past_its_measured_size_too_is_given_up(tmp_path, config):
+def test_a_download_that_grows_past_its_measured_size_too_is_given_up(tmp_path):
+    # No length anywhere: the retry declares the room above the pause threshold (~0.6 MB here).
+    config = cfg.validate({"data_dir": str(tmp_path / "data"), "storage_dir": str(tmp_path / "storage"),
+                           "disk_management": {"hard_limit_gb": 0.004, "pause_threshold_gb": 0.003,
+                                               "resume_threshold_gb": 0.002}})
     served = tmp_path / "served"
     served.mkdir()
     (served / "huge.mp4").write_bytes(os.urandom(3_000_000))  # never validated: stopped long before

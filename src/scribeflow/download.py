@@ -552,17 +552,21 @@ def reservation(settings: Settings, declared: int) -> int:
 
 def _declare_after_stop(exc: SizeExceeded, settings: Settings, episode: str, retried: bool) -> int:
     """The media bytes to declare for the one retry after a stop: what was written,
-    extrapolated by the share of the stream it covered when that is known, else
-    doubled; raises a permanent failure when that can never fit (or after the retry)."""
+    extrapolated by the share of the stream it covered when that is known; else (ffmpeg
+    reports no share) twice what was written, or the room above the pause threshold when
+    that is more (one download of unknown size then has the in-flight margin to itself).
+    Raises a permanent failure when that can never fit (or after the retry)."""
+    dm = settings.disk_management
     written, declared = exc.written, exc.declared or exc.written
+    limit = largest_download(settings)
     if exc.fraction and 0 < exc.fraction < 1:
         estimate = written / exc.fraction * (1 + settings.download.size_estimate_margin)
         how = f"{human_bytes(written)} written at {exc.fraction:.0%} of the stream"
     else:
-        estimate = 2 * max(written, declared)
+        room = int(dm.in_flight_gb * GB - dm.audio_headroom_mb * MB) - (reservation(settings, 0))
+        estimate = max(2 * max(written, declared), min(room, limit - reservation(settings, 0)))
         how = f"{human_bytes(written)} written of an unknown total"
     estimate = int(math.ceil(estimate))
-    limit = largest_download(settings)
     fix = (f"Set the catalogue's expected_size_mb to its real size, or raise disk_management.hard_limit_gb, "
            f"then `scribeflow retry {episode}`")
     if retried:

@@ -16,22 +16,19 @@ bytes -- every `interval` seconds, and stops the download when they reach its ca
    nor reports progress), it truncates them, which frees their blocks at once even
    while the writer holds them open.
 
-A child writes what it read, less what it buffers (ffmpeg's muxer holds seconds of media
-and writes them in one burst), so each reading takes the larger of the files' bytes and
-the bytes the download's children have read (Linux's rchar, sockets included): the
-files never lead that count, and it grows no faster than the link.
-
-The bound. Let R be the fastest that reading can grow (the link or the disk, whichever
-is slower) and P the interval. A reading at or below cap + BLOCK lets the download go on
-(BLOCK covers a file's last, partly filled filesystem block and the writer's block in
-flight); the next reading, and the kill it sends, come within LATE x P of it (one
-interval, plus as much again for a loaded machine's scheduling and the kill), so the
-files grow by at most R x LATE x P before the stop. They never exceed
-cap + BLOCK + R x LATE x P, which is the download's reservation (download.reservation:
-slack = R_max x LATE x P + BLOCK, R_max being disk_management.max_write_rate_mb_per_s):
-the hard limit holds by construction. The fastest growth and the longest gap between
-readings are logged, and a download that grew faster than R_max is reported with the
-key to raise.
+The bound. Let R be the fastest the files can grow and P the interval. R is the link's
+rate for yt-dlp's own downloaders, but a writer that buffers writes in bursts: ffmpeg's
+muxer holds up to seconds of media and writes them at once (measured: its output grew at
+10 MB/s from a 2 MB/s server), so R is the disk's rate over one such burst. A reading at
+or below cap + BLOCK lets the download go on (BLOCK covers a file's last, partly filled
+filesystem block and the block yt-dlp has in flight); the next reading, and the kill it
+sends, come within LATE x P of it (one interval, plus as much again for a loaded
+machine's scheduling and the kill), so the files grow by at most R x LATE x P before the
+stop. They never exceed cap + BLOCK + R x LATE x P, which is the download's reservation
+(download.reservation: slack = R_max x LATE x P + BLOCK, R_max being
+disk_management.max_write_rate_mb_per_s): the hard limit holds by construction. The
+fastest growth and the longest gap between readings are logged, and a download that grew
+faster than R_max is reported with the key to raise.
 """
 
 from __future__ import annotations
@@ -55,7 +52,6 @@ BLOCK = 64 * 1024  # yt-dlp's fixed read size (download.ydl_options: buffersize,
 # A reading may come late (a loaded machine schedules the thread late, and the child it
 # kills writes until the kernel stops it): the slack covers this many intervals.
 LATE = 2
-CHILD_SCAN = 5  # readings between two listings of the download's child processes
 
 
 def slack_bytes(max_rate_bytes_per_s: float, interval: float) -> int:
@@ -77,8 +73,7 @@ class DiskWatchdog:
         self.episode = episode
         self.tripped: str | None = None
         self.written_at_stop = 0
-        self.peak = 0  # the largest reading of the files on disk
-        self.peak_read = 0  # the largest of those and what the children read
+        self.peak = 0  # the largest reading
         self.readings = 0
         self.fastest = 0.0  # bytes per second, the fastest growth between two readings
         self.longest_gap = 0.0  # seconds, the longest time between two readings
@@ -90,8 +85,6 @@ class DiskWatchdog:
         self._own = psutil.Process()
         # Children alive before the download (none, in a job) are not the download's.
         self._before = {(p.pid, _created(p)) for p in self._children()}
-        self._known: list = []
-        self._discovered = False
 
     def __enter__(self) -> "DiskWatchdog":
         self._thread.start()
@@ -119,48 +112,21 @@ class DiskWatchdog:
                 total += allocated_bytes(os.stat(path))
         return total
 
-    def children_read(self) -> int:
-        """The bytes the download's child processes have read (sockets included: Linux's
-        rchar). A child writes what it has read, less its buffers, never more: ffmpeg's
-        muxer holds seconds of media and writes them at once, so its file lags its reads.
-        The children are listed every CHILD_SCAN readings (a listing reads every process
-        of the machine); their counters at every reading."""
-        self._discovered = False
-        if self.readings % CHILD_SCAN == 0:
-            known = {c.pid for c in self._known}
-            self._known = self._new_children()
-            self._discovered = any(c.pid not in known for c in self._known)
-        total = 0
-        for child in self._known:
-            with contextlib.suppress(psutil.Error, AttributeError):
-                total += child.io_counters().read_chars
-        return total
-
-    def _reading(self) -> tuple[int, int]:
-        """(bytes on disk, what the cap is checked against: those, or what the children read
-        when more)."""
-        on_disk = self.measure()
-        return on_disk, max(on_disk, self.children_read())
-
     def _run(self) -> None:
         started_cpu = time.thread_time()
-        _, last = self._reading()
-        last_t = time.monotonic()
+        last, last_t = self.measure(), time.monotonic()
         try:
             while not self._stopped.wait(self.interval):
-                on_disk, now_bytes = self._reading()
-                now_t = time.monotonic()
+                now_bytes, now_t = self.measure(), time.monotonic()
                 self.readings += 1
-                self.peak = max(self.peak, on_disk)
-                self.peak_read = max(self.peak_read, now_bytes)
-                if not self._discovered:  # a child seen for the first time brings its whole count
-                    self.fastest = max(self.fastest, (now_bytes - last) / max(now_t - last_t, 1e-6))
+                self.peak = max(self.peak, now_bytes)
+                self.fastest = max(self.fastest, (now_bytes - last) / max(now_t - last_t, 1e-6))
                 self.longest_gap = max(self.longest_gap, now_t - last_t)
                 if self.tripped is None:
                     # One block over the cap: a file's last filesystem block is allocated whole.
                     if now_bytes > self.cap + BLOCK:
-                        self._trip(now_bytes, f"its files reached {human_bytes(now_bytes)} on disk (or in "
-                                              f"what its ffmpeg read), its cap is {human_bytes(self.cap)}")
+                        self._trip(now_bytes, f"its files reached {human_bytes(now_bytes)} on disk, its cap "
+                                              f"is {human_bytes(self.cap)}")
                 elif now_bytes > last:
                     self._truncate()  # a writer that neither reports nor is a child
                     self._kill()
