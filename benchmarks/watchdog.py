@@ -105,7 +105,7 @@ def main() -> int:
         size = (tmp / "served" / direct).stat().st_size
         print(f"media: {size / MB:.0f} MB; stopped downloads declare {size / 3 / MB:.0f} MB; "
               f"interval 50 ms; {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
-        print(f"{'MB/s':>5} {'downloader':<10} {'complete: s':>11} {'CPU s':>7} {'CPU/s':>6} | "
+        print(f"{'MB/s':>5} {'downloader':<10} {'complete: s':>11} {'got MB/s':>8} {'CPU s':>7} {'CPU/s':>6} | "
               f"{'stop: by':<9} {'past cap':>9} {'slack':>8} {'past reservation':>16}")
         for rate in args.rates:
             for label, name, native in (("yt-dlp", direct, True), ("ffmpeg", hls, False)):
@@ -119,7 +119,8 @@ def main() -> int:
                 slack = reservation(settings, cap) - cap
                 past_cap = stop["walked_peak"] - cap
                 past_reservation = max(0, stop["walked_peak"] - reservation(settings, cap))
-                print(f"{rate:>5.0f} {label:<10} {full['seconds']:>11.1f} {full['cpu']:>7.3f} "
+                print(f"{rate:>5.0f} {label:<10} {full['seconds']:>11.1f} {size / MB / full['seconds']:>8.1f} "
+                      f"{full['cpu']:>7.3f} "
                       f"{full['cpu'] / max(full['seconds'], 1e-9):>6.3f} | {stop['stopped_by']:<9} "
                       f"{past_cap / MB:>7.2f}MB {slack / MB:>6.1f}MB {past_reservation:>15d}B", flush=True)
                 if full["outcome"] != "complete" or stop["outcome"] != "stopped":

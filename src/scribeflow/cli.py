@@ -6,7 +6,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sqlite3
 import sys
 import time
 from pathlib import Path
@@ -247,13 +246,14 @@ def main(argv=None) -> int:
         return run(args.workdir, cores=args.cores, snakefile=args.snakefile)
     from .catalogue import CatalogueError
     from .config import ConfigError
+    from .ledger import Error as LedgerError
 
     try:
         return args.func(args)
     except (ConfigError, CatalogueError) as exc:
         print(f"scribeflow {args.command}: {exc}", file=sys.stderr)
         return 2
-    except sqlite3.Error as exc:  # the read-only commands open the ledger read-only: they never repair it
+    except LedgerError as exc:  # the read-only commands open the ledger read-only: they never repair it
         where = Layout.from_config(load_config(args)).ledger
         print(f"scribeflow {args.command}: cannot read the ledger {where}: {exc}. If a run holds it, try again "
               f"in a moment; if it is damaged, `scribeflow check` says so and the next `snakemake` run moves it "

@@ -6,6 +6,7 @@ and by the workflow's `plots` rule for `snakemake --report`.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 from pathlib import Path
 
@@ -156,9 +157,17 @@ def _save(fig, out) -> Path:
 
 
 def draw_all(settings: Settings, disk_png: str | Path, throughput_png: str | Path) -> None:
-    """Both plots, from the ledger read only (LedgerReader raises when there is none yet)."""
+    """Both plots, from the ledger read only; before the first run (no ledger yet), from an
+    empty one made elsewhere: the limits are drawn, nothing is written to data_dir."""
+    import tempfile
+
     from .layout import Layout
 
-    with LedgerReader(Layout.from_config(settings).ledger) as ledger:
+    db = Layout.from_config(settings).ledger
+    with contextlib.ExitStack() as stack:
+        if not db.exists():
+            db = Path(stack.enter_context(tempfile.TemporaryDirectory())) / db.name
+            stack.enter_context(Ledger(db))
+        ledger = stack.enter_context(LedgerReader(db))
         disk_usage(ledger, settings.disk_management, disk_png)
         throughput(ledger, throughput_png)
