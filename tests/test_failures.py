@@ -58,18 +58,22 @@ def test_unusable_media_in_extraction_is_permanent_other_crashes_are_not(config,
 def test_a_transcription_that_keeps_failing_is_given_up_after_max_attempts(config, ledger):
     config = cfg.updated(config, {"transcribe": {"max_attempts": 3}})
     ledger.set_stage("oom", "downloading")  # one download, then transcriptions that fail
+    crash = RuntimeError("CTranslate2 failed on this audio")
     for run in (1, 2):
         ledger.set_stage("oom", "transcribing")
-        assert not failures.record(config, ledger, "oom", "transcribe", MemoryError("CUDA out of memory"))
-        # Ctrl-C in the middle of a transcription is not the episode's fault: never counted.
+        assert not failures.record(config, ledger, "oom", "transcribe", crash)
+        # Ctrl-C, SIGTERM or the GPU out of memory in the middle of a transcription are not
+        # the episode's fault: never counted.
         assert not failures.record(config, ledger, "oom", "transcribe", KeyboardInterrupt())
+        assert not failures.record(config, ledger, "oom", "transcribe",
+                                   RuntimeError("CUDA failed with error out of memory"))
     assert failures.given_up(config.data_dir) == set()
     # An interruption is not a failure: the episode is back where it was, marked interrupted.
     assert failures.render(failures.report(config)) == "No failed episodes."
     job = ledger.job("oom")
     assert job["stage"] == "extracted" and job["last_error"].startswith("interrupted during transcribe")
-    assert job["transcribe_failures"] == 2
-    assert failures.record(config, ledger, "oom", "transcribe", MemoryError("CUDA out of memory"))
+    assert job["transcribe_failures"] == 2 and job["failure_kind"] == "interrupted"
+    assert failures.record(config, ledger, "oom", "transcribe", crash)
     marker = json.loads((Layout.of(config.data_dir).failed / "oom.json").read_text())
     assert (marker["step"], marker["attempts"], marker["permanent"]) == ("transcribe", 3, False)
     assert failures.retry(config, ["oom"]) == ["oom"]
@@ -212,3 +216,28 @@ def test_a_transcription_step_that_crashes_on_its_audio_is_given_up_on_the_third
     assert not Path(outputs["json"]).exists()
     (row,) = failures.report(config)
     assert (row["step"], row["attempts"], row["given_up"]) == ("transcribe", 3, True)
+
+
+def test_failures_are_charged_to_whom_they_belong(config, ledger):
+    """The host's or the environment's failures (403, 5xx, timeouts, extractor errors, a
+    full or stalled disk) never count against an episode, however often; an interruption
+    (SIGTERM) puts it back; `scribeflow failed` groups them by kind."""
+    from scribeflow.download import DiskFull
+    from scribeflow.gate import DiskStalled
+
+    host_faults = [DownloadFailed("ep: HTTP 403 (Forbidden)", status=403, kind="host"),
+                   DownloadFailed("ep: HTTP 503", transient=True, kind="host"),
+                   DiskFull("ep: the disk is full (ENOSPC) while downloading", transient=True),
+                   DiskStalled("downloads paused for 900 s and nothing in flight can free space")]
+    for _ in range(3):
+        for exc in host_faults:
+            assert not fail_download(config, ledger, "ep", exc)
+    job = ledger.job("ep")
+    assert job["attempts"] == 0 and job["failure_kind"] == "host"
+    assert failures.given_up(config.data_dir) == set()
+    assert not fail_download(config, ledger, "cut", KeyboardInterrupt("SIGTERM"))
+    job = ledger.job("cut")
+    assert job["stage"] == "queued" and job["attempts"] == 0 and "SIGTERM" in job["last_error"]
+    fail_download(config, ledger, "gone", DownloadFailed("gone: HTTP 404", permanent=True))
+    text = failures.render(failures.report(config))
+    assert text.index("the episode's own") < text.index("gone") < text.index("the host's") < text.index("  ep  ")

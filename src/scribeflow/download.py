@@ -60,12 +60,15 @@ class DownloadFailed(RuntimeError):
     when the server said so)."""
 
     def __init__(self, message: str, permanent: bool = False, transient: bool = False,
-                 retry_after: float | None = None, status: int | None = None):
+                 retry_after: float | None = None, status: int | None = None, kind: str | None = None):
         super().__init__(message)
         self.permanent = permanent
         self.transient = transient and not permanent
         self.retry_after = retry_after
         self.status = status  # the HTTP status, when the server answered with an error
+        # Whose failure (failures.kind): the host's (or the environment's) is never
+        # counted against the episode and feeds the host's circuit breaker (hosts.py).
+        self.kind = "episode" if permanent else (kind or "episode")
 
 
 class SizeExceeded(DownloadFailed):
@@ -86,6 +89,9 @@ class SizeExceeded(DownloadFailed):
 class DiskFull(DownloadFailed):
     """ENOSPC: the partial file is removed and the gate holds the next attempt until
     the filesystem has room again."""
+
+    def __init__(self, message: str, **kw):
+        super().__init__(message, kind="host", **kw)
 
 
 def parse_rate(value) -> int | None:
@@ -240,11 +246,17 @@ def _retry_after(response) -> float | None:
         return None
 
 
+def yt_dlp_version() -> str:
+    from yt_dlp.version import __version__
+
+    return f"yt-dlp {__version__}"
+
+
 def classify(exc: BaseException, episode: str) -> DownloadFailed:
     """A DownloadFailed saying whether `exc` (from yt-dlp or the network) is permanent,
     transient or neither, with a message a user can act on."""
     from yt_dlp.networking.exceptions import HTTPError, TransportError
-    from yt_dlp.utils import UnsupportedError
+    from yt_dlp.utils import ExtractorError, UnsupportedError
 
     if isinstance(exc, DownloadFailed):
         return exc
@@ -258,15 +270,22 @@ def classify(exc: BaseException, episode: str) -> DownloadFailed:
             if status in PERMANENT_STATUS:
                 return DownloadFailed(f"{episode}: HTTP {status} ({e.reason}): the episode is gone from "
                                       f"the server", permanent=True)
+            # 401/403 (a signed URL expired, cookies expired, a ban), 429, 5xx: the host's.
             return DownloadFailed(f"{episode}: HTTP {status} ({e.reason})", transient=status in TRANSIENT_STATUS
-                                  or status >= 500, retry_after=_retry_after(e.response), status=status)
+                                  or status >= 500, retry_after=_retry_after(e.response), status=status,
+                                  kind="host")
         if isinstance(e, OSError) and e.errno == errno.ENOSPC:
             return DiskFull(f"{episode}: the disk is full (ENOSPC) while downloading", transient=True)
         if isinstance(e, UnsupportedError):
             return DownloadFailed(f"{episode}: no media at this address (yt-dlp found no video: the server "
                                   f"sent a web page or an unsupported format)", permanent=True)
         if isinstance(e, (TransportError, TimeoutError, ConnectionError)):
-            return DownloadFailed(f"{message} (network error)", transient=True)
+            return DownloadFailed(f"{message} (network error)", transient=True, kind="host")
+    for e in _chain(exc):
+        if isinstance(e, ExtractorError):
+            # A page yt-dlp can no longer read: the site changed, until yt-dlp is updated.
+            return DownloadFailed(f"{message} (yt-dlp's extractor failed: if many episodes of this site fail "
+                                  f"so, update yt-dlp; {yt_dlp_version()} is in use)", kind="host")
     # Anything else, including a download-phase error yt-dlp already retried `retries`
     # times with our backoff ("Giving up after N retries"): retrying it again here would
     # multiply the retries. The next run tries again.

@@ -41,12 +41,38 @@ def is_permanent(exc: BaseException) -> bool:
     return bool(getattr(exc, "permanent", False)) or isinstance(exc, MediaError)
 
 
+# Whose failure it was, and so what it costs the episode:
+EPISODE = "episode"  # its own (gone, unsupported, never fits, undecodable): counted, given up
+HOST = "host"  # the host's or the environment's (403/5xx, timeouts, extractor errors, a full disk): never counted
+INTERRUPTED = "interrupted"  # Ctrl-C, SIGTERM, out of GPU memory: back to the stage before, not counted
+KINDS = (EPISODE, HOST, INTERRUPTED)
+# GPU out of memory, as CTranslate2 and CUDA say it: the GPU was busy, not the episode bad.
+_OUT_OF_MEMORY = ("CUDA out of memory", "CUDA failed with error out of memory", "CUDA_ERROR_OUT_OF_MEMORY",
+                  "CUBLAS_STATUS_ALLOC_FAILED")
+
+
+def kind(exc: BaseException) -> str:
+    """EPISODE, HOST or INTERRUPTED: a failure says its kind (DownloadFailed.kind, the
+    gate's DiskStalled), an interruption or GPU out of memory is INTERRUPTED, and
+    anything else is the episode's."""
+    if interrupted(exc):
+        return INTERRUPTED
+    if is_permanent(exc):
+        return EPISODE
+    said = getattr(exc, "kind", None)
+    if said in KINDS:
+        return said
+    if any(marker in str(exc) for marker in _OUT_OF_MEMORY):
+        return INTERRUPTED
+    return EPISODE
+
+
 # The stage an episode is back at when `step` is interrupted.
 BEFORE_STEP = {"download": "queued", "extract_audio": "downloaded", "transcribe": "extracted"}
-INTERRUPTED = "interrupted"
 
 
 def interrupted(exc: BaseException) -> bool:
+    """Ctrl-C, or SIGTERM (steps.setup_logging makes it a KeyboardInterrupt in a job)."""
     return isinstance(exc, KeyboardInterrupt)
 
 
@@ -55,13 +81,21 @@ def record(settings: Settings, ledger: Ledger, episode: str, step: str, exc: Bas
     the failure is permanent, or its downloads (transcriptions) have failed in
     download.max_attempts (transcribe.max_attempts) runs. An interruption (Ctrl-C) is
     not a failure: the episode goes back to the stage before `step`, marked
-    interrupted. Returns whether it was given up."""
-    if interrupted(exc):
-        ledger.set_stage(episode, BEFORE_STEP.get(step, "queued"),
-                         last_error=f"{INTERRUPTED} during {step} (Ctrl-C or SIGINT); the next run starts it again")
+    interrupted. Neither is the host's or the environment's failure counted (kind):
+    the episode is tried again by the next run, however often. Returns whether it was
+    given up."""
+    what = kind(exc)
+    if what != EPISODE and step == "download":
+        ledger.uncount_attempt(episode)  # counted when the download started
+    if what == INTERRUPTED:
+        ledger.set_stage(episode, BEFORE_STEP.get(step, "queued"), failure_kind=INTERRUPTED,
+                         last_error=f"{INTERRUPTED} during {step} ({exc or type(exc).__name__}); the next run "
+                                    f"starts it again")
         return False
     reason = f"{type(exc).__name__}: {exc}"[:2000]
-    ledger.set_stage(episode, "failed", last_error=reason)
+    ledger.set_stage(episode, "failed", last_error=reason, failure_kind=what)
+    if what == HOST:
+        return False
     if step == "transcribe":
         attempts, limit = ledger.add_transcribe_failure(episode), settings.transcribe.max_attempts
     else:
@@ -108,11 +142,13 @@ def report(settings: Settings) -> list[dict]:
     rows = {}
     if layout.ledger.exists():
         with LedgerReader(layout.ledger) as ledger:
-            for episode, attempts, error, at in ledger.failed():
-                rows[episode] = {"id": episode, "attempts": attempts, "reason": error, "failed_at": at}
+            for episode, attempts, error, at, failure_kind in ledger.failed():
+                rows[episode] = {"id": episode, "attempts": attempts, "reason": error, "failed_at": at,
+                                 "kind": failure_kind or EPISODE}
     for episode, marker in markers.items():
         row = rows.setdefault(episode, {"id": episode, "attempts": marker.get("attempts"),
-                                        "reason": marker.get("reason"), "failed_at": marker.get("failed_at")})
+                                        "reason": marker.get("reason"), "failed_at": marker.get("failed_at"),
+                                        "kind": EPISODE})
         row["step"] = marker.get("step")
         row["permanent"] = bool(marker.get("permanent"))
     for row in rows.values():
@@ -122,15 +158,26 @@ def report(settings: Settings) -> list[dict]:
     return sorted(rows.values(), key=lambda r: r["id"])
 
 
+KIND_HEADINGS = {
+    EPISODE: "the episode's own (counted; given up when permanent or after max_attempts runs)",
+    HOST: "the host's or the environment's (never counted: the next run tries them again)",
+    INTERRUPTED: "interrupted (never counted)",
+}
+
+
 def render(rows: list[dict]) -> str:
     if not rows:
         return "No failed episodes."
     given = sum(r["given_up"] for r in rows)
     lines = [f"{len(rows)} failed episode(s): {given} given up (skipped until `scribeflow retry`), "
              f"{len(rows) - given} to be tried again by the next run."]
-    for r in rows:
-        what = ("permanent" if r["permanent"] else "given up") if r["given_up"] else "will retry"
-        lines.append(f"  {r['id']}  [{what}, {r['attempts'] or 0} attempt(s)]  {r['reason'] or '?'}")
+    for failure_kind in KINDS:
+        group = [r for r in rows if r.get("kind", EPISODE) == failure_kind]
+        if group:
+            lines.append(f"{len(group)} {KIND_HEADINGS[failure_kind]}:")
+        for r in group:
+            what = ("permanent" if r["permanent"] else "given up") if r["given_up"] else "will retry"
+            lines.append(f"  {r['id']}  [{what}, {r['attempts'] or 0} attempt(s)]  {r['reason'] or '?'}")
     return "\n".join(lines)
 
 

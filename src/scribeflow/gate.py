@@ -86,7 +86,10 @@ TABLES = ("reservations", "consumers")
 
 
 class DiskStalled(RuntimeError):
-    """Downloads are paused and nothing in flight can free space."""
+    """Downloads are paused and nothing in flight can free space: the environment's
+    failure, never counted against the episode (failures.kind)."""
+
+    kind = "host"
 
 
 class NeverFits(DiskStalled):

@@ -72,7 +72,9 @@ CREATE TABLE IF NOT EXISTS jobs (
     transcribe_failures INTEGER NOT NULL DEFAULT 0,
     source TEXT,
     worker_rss_bytes INTEGER,
-    worker_gpu_bytes INTEGER
+    worker_gpu_bytes INTEGER,
+    -- whose failure the last one was: episode, host or interrupted (failures.kind)
+    failure_kind TEXT
 );
 -- (stage, id): the ids of the episodes in some stages come from the index alone
 -- (scribeflow check reads the transcribed ones: 171,881 at month four).
@@ -170,8 +172,8 @@ TOTALS_SCHEMA = [s.strip() for s in _TOTALS_TABLES.split(";") if s.strip()] + [
     _totals_trigger("UPDATE", {"NEW": 1, "OLD": -1}),
     _totals_trigger("DELETE", {"OLD": -1}),
 ]
-# The ledger's format: PRAGMA user_version. 1: totals kept by triggers.
-VERSION = 1
+# The ledger's format: PRAGMA user_version. 1: totals kept by triggers; 2: failure_kind.
+VERSION = 2
 
 
 def thin_peaks(samples: list, max_points: int) -> list:
@@ -378,9 +380,9 @@ class _Queries:
                                  (changed_since,)).fetchall()
 
     def failed(self) -> list[tuple]:
-        """(id, attempts, last_error, failed_at) of the failed episodes, by id; attempts are
-        those of the failing step (FAILED_ATTEMPTS_SQL)."""
-        return self.conn.execute(f"SELECT id, {FAILED_ATTEMPTS_SQL}, last_error, failed_at FROM jobs "
+        """(id, attempts, last_error, failed_at, failure_kind) of the failed episodes, by id;
+        attempts are those of the failing step (FAILED_ATTEMPTS_SQL)."""
+        return self.conn.execute(f"SELECT id, {FAILED_ATTEMPTS_SQL}, last_error, failed_at, failure_kind FROM jobs "
                                  "WHERE stage = 'failed' ORDER BY id").fetchall()
 
     def failed_count(self) -> int:
@@ -626,7 +628,7 @@ class Ledger(_Queries):
             raise ValueError(f"unknown stage {stage!r}")
         allowed = {"declared_bytes", "video_size_bytes", "audio_size_bytes", "transcript_size_bytes",
                    "video_deleted", "audio_deleted", "last_error", "source", "worker_rss_bytes",
-                   "worker_gpu_bytes"}
+                   "worker_gpu_bytes", "failure_kind"}
         unknown = set(fields) - allowed
         if unknown:
             raise ValueError(f"unknown ledger fields {sorted(unknown)}")
@@ -663,6 +665,15 @@ class Ledger(_Queries):
             with self.transaction() as c:
                 c.execute(f"UPDATE jobs SET {', '.join(f'{k} = ?' for k in fields)} WHERE id = ?",
                           (*fields.values(), episode))
+
+        self._write(write)
+
+    def uncount_attempt(self, episode: str) -> None:
+        """Take back the attempt counted when the download started: its failure was not the
+        episode's (the host's, the environment's, an interruption)."""
+        def write():
+            with self.transaction() as c:
+                c.execute("UPDATE jobs SET attempts = MAX(0, attempts - 1) WHERE id = ?", (episode,))
 
         self._write(write)
 

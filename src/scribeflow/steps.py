@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import signal
 import sys
 from pathlib import Path
 
@@ -44,8 +45,21 @@ def setup_logging(log_path: str | Path | None) -> None:
             print(f"scribeflow: {kind.__name__}: {exc} (traceback in {log_path})", file=sys.stderr)
 
         sys.excepthook = excepthook
+        interrupt_on_sigterm()
     logging.basicConfig(level=logging.INFO, handlers=handlers, force=True,
                         format="%(asctime)s %(levelname)-5s %(name)s: %(message)s")
+
+
+def interrupt_on_sigterm() -> None:
+    """SIGTERM (run-chunks stopping a chunk, Slurm at a job's time limit or on preemption,
+    systemd) interrupts a job as Ctrl-C does: a KeyboardInterrupt, so that the step
+    records the interruption, puts the episode back and counts nothing (failures.record),
+    and its files are cleaned up, instead of dying with the row left as it was."""
+    def interrupt(signum, frame):
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second SIGTERM ends it at once
+        raise KeyboardInterrupt("SIGTERM")
+
+    signal.signal(signal.SIGTERM, interrupt)
 
 
 def job_settings(snakemake) -> Settings:
@@ -70,7 +84,8 @@ def _recorded(ledger: Ledger, episode: str, settings: Settings | None = None, st
         yield
     except BaseException as exc:
         if failures.interrupted(exc):
-            log.warning("%s: %s interrupted; the next run starts it again", episode, step or "step")
+            log.warning("%s: %s interrupted (%s); the next run starts it again", episode, step or "step",
+                        exc or "Ctrl-C")
         else:
             log.error("%s failed: %s", episode, exc)
         ledger.on_full = None  # recording a failure never waits for space
