@@ -159,12 +159,17 @@ def cmd_failed(args) -> int:
 
 
 def cmd_retry(args) -> int:
-    from .failures import retry
+    from .failures import retry, retry_host
 
-    if bool(args.ids) == args.all:
-        print("scribeflow retry: give episode ids or --all, not both", file=sys.stderr)
+    if (bool(args.ids) + args.all + bool(args.host)) != 1:
+        print("scribeflow retry: give episode ids, --all or --host HOST (one of them)", file=sys.stderr)
         return 2
     config = load_config(args)
+    if args.host:
+        resumed, ids = retry_host(config, args.host)
+        print(f"{args.host}: " + ("resumed (it was paused)" if resumed else "not paused") + f"; {len(ids)} of its "
+              f"failed episode(s) will be tried again by the next run" + (f": {', '.join(ids)}" if ids else ""))
+        return 0
     try:
         ids = retry(config, None if args.all else args.ids)
     except ValueError as exc:
@@ -192,6 +197,8 @@ def add_failure_commands(sub) -> None:
     retry = sub.add_parser("retry", help="make failed episodes eligible again for the next run")
     retry.add_argument("ids", nargs="*", help="episode ids (see `scribeflow failed`)")
     retry.add_argument("--all", action="store_true", help="every failed episode")
+    retry.add_argument("--host", help="resume a host its circuit breaker paused, and make its failed or deferred "
+                                      "episodes eligible again")
     retry.set_defaults(func=cmd_retry)
     check = sub.add_parser("check", help="check that the ledger agrees with the files on disk")
     check.add_argument("--json", action="store_true")

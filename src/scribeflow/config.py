@@ -364,6 +364,11 @@ class Download(_Section):
     max_per_host: int
     min_start_interval_seconds: float
     exempt_hosts: tuple[str, ...]
+    host_breaker_failures: int
+    host_probe_seconds: float
+    host_max_probe_seconds: float
+    host_wait_seconds: float
+    max_url_age_seconds: float
     size_estimate_margin: float
     hls_prefer_native: bool
     fixup: str

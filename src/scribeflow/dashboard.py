@@ -115,7 +115,7 @@ PAGE = """<!DOCTYPE html>
  <div class="card"><h2>Disk, last 24 h</h2><svg id="history" width="100%" height="110"></svg></div>
  <div class="card"><h2>Stages</h2><table id="stages"></table></div>
  <div class="card"><h2>Failures</h2><div id="failures-summary"></div><table id="failures"></table></div>
- <div class="card"><h2>Pauses</h2><div id="pauses"></div></div>
+ <div class="card"><h2>Pauses</h2><div id="pauses"></div><div id="hosts"></div></div>
 </div>
 <script>
 const $ = id => document.getElementById(id);
@@ -168,6 +168,7 @@ async function refresh(){
     $("failures-summary").innerHTML=f.length?`<span class="bad">${f.length} failed</span> (${gave} given up, ${f.length-gave} to be tried again)`:'<span class="ok">no failures</span>';
     $("failures").innerHTML=f.slice(0,20).map(x=>`<tr><td>${esc(x.id)}</td><td>${x.given_up?"given up":"will retry"}</td><td>${esc((x.last_error||"").slice(0,120))}</td></tr>`).join("");
     $("pauses").textContent=`${s.pauses.count} pause(s), ${span(s.pauses.total_seconds)} in all`+(s.pauses.open?", paused now":"");
+    $("hosts").innerHTML=Object.entries(s.hosts_paused||{}).map(([h,x])=>`<div class="bad">host ${esc(h)} paused for ${span(s.at-x.since)}: ${esc(x.reason||"")}</div>`).join("");
     $("updated").textContent="updated "+new Date().toLocaleTimeString(); $("error").textContent="";
   }catch(err){$("error").textContent="cannot read the status: "+err;}
 }

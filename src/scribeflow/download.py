@@ -609,9 +609,11 @@ def _download_with_retries(episode: str, url: str, out: Path, settings: Settings
     hosts = hosts or HostLimiter.from_config(settings)
     if remove_partials(out):
         log.info("Removed a previous attempt's partial files for %s", episode)
-    for attempt in range(1, dl.retries + 2):
+    attempt, tries, waiting_since = 0, 0, None
+    while True:
+        attempt += 1
         try:
-            with hosts.slot(url, episode):
+            with hosts.slot(url, episode, waiting_since=waiting_since):
                 result = _attempt(episode, url, out, settings, gate, expected_size_mb,
                                   on_rate_limited=lambda: hosts.slow_down(url), measured=measured)
             hosts.succeeded(url)
@@ -621,17 +623,24 @@ def _download_with_retries(episode: str, url: str, out: Path, settings: Settings
             if isinstance(exc, DiskFull):
                 log.warning("%s; removed its partial file (%.1f MB): downloads pause until space returns",
                             exc, freed / MB)
-            if not exc.transient or attempt > dl.retries:
-                if exc.transient:
-                    exc.args = (f"{exc} (gave up after {attempt} attempt(s))",)
+            if exc.kind == "host" and not isinstance(exc, DiskFull) and hosts.failed(url, str(exc)):
+                # The host is paused: this download waits for it (or probes it) in its
+                # slot, up to host_wait_seconds in all, without spending its retries.
+                waiting_since = waiting_since or time.time()
+                continue
+            tries += 1
+            # The host's failures (a 403, an extractor error) are retried like transient
+            # ones: the host's breaker pauses it when they keep coming.
+            if not (exc.transient or exc.kind == "host") or tries > dl.retries:
+                if exc.transient or exc.kind == "host":
+                    exc.args = (f"{exc} (gave up after {tries} attempt(s))",)
                 raise
-            delay = backoff_seconds(dl, attempt, exc.retry_after)
+            delay = backoff_seconds(dl, tries, exc.retry_after)
             if exc.status == 429:  # slow the whole host down, in every process
                 delay = max(delay, hosts.slow_down(url, exc.retry_after))
             log.warning("Attempt %d of %d for %s failed: %s; retrying in %.1f s",
-                        attempt, dl.retries + 1, episode, exc, delay)
+                        tries, dl.retries + 1, episode, exc, delay)
             time.sleep(delay)
-    raise AssertionError("unreachable")
 
 
 def _attempt(episode: str, url: str, out: Path, settings: Settings, gate, expected_size_mb,
@@ -677,6 +686,7 @@ def _attempt(episode: str, url: str, out: Path, settings: Settings, gate, expect
     started = time.monotonic()
     with yt_dlp.YoutubeDL(opts) as ydl:
         info = _extract(ydl, url, episode)
+        extracted_at = time.monotonic()
         media, declared, source = declare_size(ydl, info, settings, episode, expected_size_mb, measured)
         chosen = describe_format(info)
         progress["limit"] = media
@@ -693,7 +703,24 @@ def _attempt(episode: str, url: str, out: Path, settings: Settings, gate, expect
             with admission, watchdog:
                 progress["watchdog"] = watchdog
                 try:
-                    done = _run(ydl, info, episode)
+                    # Signed media URLs expire (minutes to hours) while downloads are paused:
+                    # an old extraction is done again now that the download may start.
+                    age = time.monotonic() - extracted_at
+                    if age > dl.max_url_age_seconds:
+                        log.info("%s: extracted %.0f s ago, before the gate admitted it: extracting again for "
+                                 "fresh media URLs", episode, age)
+                        info = _fresh(ydl, url, episode, info, settings, declared)
+                    try:
+                        done = _run(ydl, info, episode)
+                    except DownloadFailed as exc:
+                        if exc.status != 403:
+                            raise
+                        # A 403 on a media URL: most often a signed URL that expired. One fresh
+                        # extraction before it counts as anything.
+                        log.warning("%s; extracting again for fresh media URLs", exc)
+                        remove_partials(out)
+                        info = _fresh(ydl, url, episode, info, settings, declared)
+                        done = _run(ydl, info, episode)
                     _finish(done, out, episode)
                 except (DownloadFailed, Stopped):
                     if watchdog.tripped:  # whatever yt-dlp made of the stop (ffmpeg's exit code...)
@@ -726,6 +753,18 @@ def _attempt(episode: str, url: str, out: Path, settings: Settings, gate, expect
                     episode, human_bytes(watchdog.fastest), dm.max_write_rate_mb_per_s)
     return {"bytes": size, "declared": declared, "size_source": source, **chosen,
             "duration": media_info.duration, "seconds": seconds}
+
+
+def _fresh(ydl, url: str, episode: str, info: dict, settings: Settings, declared: int) -> dict:
+    """The episode extracted again (fresh signed URLs), its format chosen again; the same
+    reservation holds unless the new choice declares more, which is tried again later."""
+    fresh = _extract(ydl, url, episode)
+    if describe_format(fresh)["format_id"] != describe_format(info)["format_id"]:
+        _, again, _ = declare_size(ydl, fresh, settings, episode, None)
+        if again > declared:
+            raise DownloadFailed(f"{episode}: extracted again, it now declares {human_bytes(again)}, more than "
+                                 f"the {human_bytes(declared)} reserved", transient=True, kind="host")
+    return fresh
 
 
 def _expected_files(ydl, info: dict) -> list[Path]:

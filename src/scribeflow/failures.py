@@ -181,6 +181,19 @@ def render(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def retry_host(settings: Settings, host: str) -> tuple[bool, list[str]]:
+    """`scribeflow retry --host H`: resume the host if its circuit breaker paused it, and
+    make its failed episodes (deferred, or given up) eligible again. (resumed, ids)."""
+    from .catalogue import load
+    from .hosts import HostLimiter, host_of
+
+    resumed = HostLimiter.from_config(settings).resume(host)
+    catalogue = load(settings.catalogue)
+    failed = {r["id"] for r in report(settings)}
+    ids = sorted(e for e in failed if e in catalogue.index and host_of(catalogue.at[e, "url"]) == host.lower())
+    return resumed, retry(settings, ids) if ids else []
+
+
 def retry(settings: Settings, ids: list[str] | None = None) -> list[str]:
     """Make failed episodes eligible again: remove their markers and reset their ledger
     rows to 'queued' with no attempts and no error. `ids=None`: every failed episode.

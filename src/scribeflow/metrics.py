@@ -69,6 +69,11 @@ class SnapshotCollector:
                 if isinstance(value, (int, float)):
                     rates.add_metric([stage, window], value)
         yield rates
+        hosts = GaugeMetricFamily("scribeflow_host_paused_since_seconds",
+                                  "Paused hosts (circuit breaker): when each was paused (Unix time)", labels=["host"])
+        for host, h in (s.get("hosts_paused") or {}).items():
+            hosts.add_metric([host], h["since"])
+        yield hosts
         failures = s["failures"]
         failed = GaugeMetricFamily("scribeflow_failed_episodes", "Failed episodes", labels=["given_up"])
         given = sum(1 for f in failures if f.get("given_up"))

@@ -144,8 +144,8 @@ def snapshot(settings: Settings, now: float | None = None) -> dict:
         with LedgerReader(db) as ledger:
             stages = ledger.stage_counts()
             pauses = ledger.pause_events()
-            failures = [dict(zip(("id", "attempts", "last_error"), r[:3]), given_up=r[0] in gave_up)
-                        for r in ledger.failed()]
+            failures = [dict(zip(("id", "attempts", "last_error"), r[:3]), given_up=r[0] in gave_up,
+                             kind=r[4] or "episode") for r in ledger.failed()]
             rates = measured_rates(ledger, now)
             rates["per_job"] = measured(ledger)
             growth = disk_growth(ledger, now)
@@ -170,7 +170,10 @@ def snapshot(settings: Settings, now: float | None = None) -> dict:
         rate, basis = tph.get("overall", 0), "overall"
     eta_s = remaining / rate * HOUR if rate and remaining else (0.0 if not remaining else None)
     paused_now = any(p["ended_at"] is None for p in pauses)
+    from .hosts import HostLimiter
+
     return {
+        "hosts_paused": HostLimiter.from_config(settings).paused(),
         "at": now,
         "catalogue_episodes": total,
         "stages": {s: stages.get(s, 0) for s in STAGES},
@@ -229,6 +232,12 @@ def render(s: dict) -> str:
     p = s["pauses"]
     lines.append(f"Download pauses: {p['count']} ({duration(p['total_seconds'])} in all)"
                  + (", paused now" if p["open"] else ""))
+    for host, h in (s.get("hosts_paused") or {}).items():
+        probe = h.get("next_probe")
+        lines.append(f"Host paused: {host} since {dt.datetime.fromtimestamp(h['since']).isoformat(timespec='seconds')}"
+                     f" ({duration(s['at'] - h['since'])}): {h.get('reason')}"
+                     + (f"; next probe in {duration(max(0.0, probe - s['at']))}" if probe else "")
+                     + f"; its episodes wait; `scribeflow retry --host {host}` resumes it now")
     r, g, e = s["rates"], s["disk_growth"], s["eta"]
     w = r.get("window") or {}
     if any(w.get("per_hour", {}).values()):
