@@ -32,6 +32,7 @@ import os
 import re
 import sys
 import threading
+import time
 from pathlib import Path
 
 _RANGE = re.compile(r"bytes=(\d+)-(\d*)$")
@@ -47,6 +48,7 @@ HTML_PAGE = b"<!DOCTYPE html><html><head><title>Sign in</title></head><body><p>P
 class MediaHandler(http.server.BaseHTTPRequestHandler):
     root: Path
     rate_bytes_per_s: float | None = None  # throttle, so tests can watch downloads in flight
+    signed_ttl: float | None = None  # seconds a signed media URL lives (see _signed)
     hide_length: bool = False  # no Content-Length, like a chunked stream: the body ends at close
     faults: dict  # the fault plan, shared with MediaServer (see the module docstring)
     requests: list  # (method, path, fault) of every request, in order
@@ -84,7 +86,42 @@ class MediaHandler(http.server.BaseHTTPRequestHandler):
             self.requests.append((self.command, name, fault))
         return fault
 
+    def _signed(self, body: bool) -> bool:
+        """Signed URLs (signed_ttl): /signed/NAME.html is a player page whose <video> points
+        to /NAME?exp=NOW+TTL, as a streaming site signs its media URLs; a request whose exp
+        has passed gets 403. True when the request was answered here."""
+        from urllib.parse import parse_qs, urlsplit
+
+        if self.signed_ttl is None:
+            return False
+        parts = urlsplit(self.path)
+        if parts.path.startswith("/signed/") and parts.path.endswith(".html"):
+            media = parts.path[len("/signed/"):-len(".html")]
+            page = (f'<!DOCTYPE html><html><head><title>{media}</title></head><body><video controls>'
+                    f'<source src="/{media}?exp={time.time() + self.signed_ttl:.0f}" type="video/mp4"></video>'
+                    f'</body></html>').encode()
+            with self.lock:
+                self.requests.append((self.command, parts.path, "ok"))
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html; charset=utf-8")
+            self.send_header("Content-Length", str(len(page)))
+            self.end_headers()
+            if body:
+                self.wfile.write(page)
+            return True
+        exp = parse_qs(parts.query).get("exp")
+        if exp and float(exp[0]) < time.time():
+            with self.lock:
+                self.requests.append((self.command, parts.path, "403 expired"))
+            self.send_response(403)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return True
+        return False
+
     def _serve(self, body: bool):
+        if self._signed(body):
+            return
         fault = self._next_fault()
         status, _, retry_after = fault.partition(":")
         if status.isdigit():
@@ -187,7 +224,7 @@ class MediaServer:
     """`with MediaServer(folder) as server: server.url("a.mp4")` — stops on exit."""
 
     def __init__(self, root: str | os.PathLike, rate_bytes_per_s: float | None = None, hide_length: bool = False,
-                 faults: dict | None = None, host: str = "127.0.0.1"):
+                 faults: dict | None = None, host: str = "127.0.0.1", signed_ttl: float | None = None):
         self.faults: dict[str, list[str]] = {}
         self.requests: list[tuple[str, str, str]] = []
         self._lock = threading.Lock()
@@ -197,6 +234,7 @@ class MediaServer:
             self.plan(key, plan)
         handler = type("Handler", (MediaHandler,), {
             "root": Path(root).resolve(), "rate_bytes_per_s": rate_bytes_per_s, "hide_length": hide_length,
+            "signed_ttl": signed_ttl,
             "faults": self.faults, "requests": self.requests, "lock": self._lock, "stopping": self._stopping,
             "released": self._released})
         if not host.startswith("127."):
