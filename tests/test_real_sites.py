@@ -102,7 +102,7 @@ def test_a_signed_url_that_expires_while_the_gate_holds_the_download_is_extracte
     data = tmp_path / "data"
     (data / "videos").mkdir(parents=True)
     ballast = data / "ballast.bin"  # another program's file: downloads pause until it goes
-    ballast.write_bytes(os.urandom(3_300_000))
+    ballast.write_bytes(os.urandom(3_700_000))
     with MediaServer(speech_dir, signed_ttl=20) as server:
         catalogue = write_catalogue(tmp_path / "episodes.csv", [{"id": "ep01", "url": server.url("signed/ep01.mp4.html")}])
         config = workflow_config(tmp_path, catalogue, model_path,
