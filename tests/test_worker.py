@@ -180,7 +180,7 @@ def test_the_workflow_loads_the_model_once_and_writes_gzip_transcripts(tmp_path,
         job_log = (logs / "transcribe" / f"{row['id']}.log").read_text()
         assert "Transcribed by the worker" in job_log and "Loaded model" not in job_log
         assert "Started a transcription worker" not in job_log
-    (worker_log,) = (logs / "transcribe_worker").iterdir()
+    (worker_log,) = (logs / "transcribe_worker").glob("*.log")  # beside it: .log.stderr, for native crashes
     deadline = time.monotonic() + 10
     while "exiting" not in worker_log.read_text() and time.monotonic() < deadline:
         time.sleep(0.2)
@@ -207,3 +207,50 @@ def test_prestart_starts_one_worker_without_waiting_and_the_jobs_use_it(tmp_path
     finally:
         worker.stop(tc, data)
     assert not worker.prestart({**tc, "worker": {"enabled": False}}, data)
+
+
+def test_a_hung_worker_is_killed_and_replaced_and_the_episode_transcribed(tmp_path, wav, model_path, monkeypatch):
+    """A worker that never answers (a wedged CUDA call; here a test hook) is killed when the
+    request's timeout (start_timeout_seconds + factor x the audio's duration) passes, a new
+    one is started and the episode transcribed."""
+    flag = tmp_path / "hang-once"
+    flag.write_text("")
+    monkeypatch.setenv("SCRIBEFLOW_TEST_WORKER_FAULT", f"hang-once:{flag}")
+    tc, data = settings(model_path, start_timeout_seconds=8, request_timeout_factor=1), tmp_path / "data"
+    died = []
+    started = time.monotonic()
+    try:
+        result = worker.transcribe(tc, data, wav, decode_options(tc, "en"), "clip", on_worker_died=died.append)
+        assert "hello world" in result["segments"][0]["text"].lower()
+        second = ping(tc, data)["pid"]
+    finally:
+        worker.stop(tc, data)
+    assert 8 <= time.monotonic() - started < 60
+    assert len(died) == 1 and isinstance(died[0], worker.WorkerHung) and "did not answer" in str(died[0])
+    pid = int(re.search(r"pid (\d+)", str(died[0])).group(1))
+    assert pid != second and not _alive(pid)
+
+
+def test_out_of_gpu_memory_is_retried_on_the_same_model_with_a_smaller_batch(tmp_path, wav, model_path, monkeypatch):
+    """CUDA out of memory (simulated by a test hook: no GPU here) with batch 8: the worker
+    decodes again with 4, then 2, on the model it holds, and answers."""
+    monkeypatch.setenv("SCRIBEFLOW_TEST_WORKER_FAULT", "oom-above:2")
+    tc, data = {**settings(model_path), "batch_size": 8}, tmp_path / "data"
+    try:
+        result = worker.transcribe(tc, data, wav, decode_options(tc, "en"), "clip")
+        assert ping(tc, data)["served"] == 1
+    finally:
+        worker.stop(tc, data)
+    assert "hello world" in result["segments"][0]["text"].lower()
+    log = _wait_for(worker.log_path(data, worker.worker_key(tc, data)).read_text(), tc, data)
+    assert "with batch 8" in log and "again with batch 4" in log and "again with batch 2" in log
+    assert log.count("Loaded model") == 1
+
+
+def _alive(pid: int) -> bool:
+    import psutil
+
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False

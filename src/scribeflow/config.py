@@ -394,6 +394,8 @@ class Worker(_Section):
     enabled: bool
     idle_timeout_seconds: float
     start_timeout_seconds: float
+    request_timeout_factor: float | None
+    log_max_mb: float
 
 
 @_frozen

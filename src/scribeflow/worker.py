@@ -23,11 +23,14 @@ outputs atomically, so temp() deletion, the disk gate and dry-runs are unchanged
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
+import logging.handlers
 import os
 import select
+import signal
 import socket
 import struct
 import subprocess
@@ -56,8 +59,49 @@ class WorkerDied(WorkerUnavailable):
     inside CTranslate2, kill -9): perhaps because of this very audio."""
 
 
+class WorkerHung(WorkerDied):
+    """The worker did not answer within the request's timeout (a wedged CUDA call, a
+    deadlock): it was killed, and the next request starts a new one."""
+
+
+class NoSecondModel(WorkerUnavailable):
+    """On a GPU, the worker could not serve twice: the job does not load a second copy of
+    the model beside one that may still hold the GPU's memory. The environment's
+    failure, not the episode's (failures.kind): the next run tries again."""
+
+    kind = "host"
+
+
 class WorkerError(RuntimeError):
     """The worker ran the request and it failed (the same would fail in-process)."""
+
+
+def on_gpu(tc: dict) -> bool:
+    """Whether the model runs on a GPU (device cuda, or auto with one present)."""
+    device = tc.get("device", "auto")
+    if device in ("cuda", "cpu"):
+        return device == "cuda"
+    try:
+        import ctranslate2
+
+        return ctranslate2.get_cuda_device_count() > 0
+    except Exception:
+        return False
+
+
+def request_timeout(tc: dict, audio: str | Path) -> float:
+    """How long a transcription request may take before the worker counts as hung: the
+    model's load (start_timeout_seconds) plus request_timeout_factor (4 on a CPU, 1 on a
+    GPU) seconds per second of audio."""
+    from .media import BYTES_PER_SECOND, WAV_HEADER
+
+    wc = tc.get("worker", {})
+    try:
+        seconds = max(0, os.path.getsize(audio) - WAV_HEADER) / BYTES_PER_SECOND
+    except OSError:
+        seconds = 0.0
+    factor = wc.get("request_timeout_factor") or (1.0 if on_gpu(tc) else 4.0)
+    return wc.get("start_timeout_seconds", 120) + seconds * factor
 
 
 def _code_version() -> str:
@@ -92,6 +136,12 @@ def log_path(data_dir: str | Path, key: str) -> Path:
     return Layout.of(data_dir).worker_logs / f"{socket.gethostname()}-{key}.log"
 
 
+def _peer_pid(sock: socket.socket) -> int:
+    pid, _uid, _gid = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
+                                                          struct.calcsize("3i")))
+    return pid
+
+
 def _peer_uid(sock: socket.socket) -> int:
     _pid, uid, _gid = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
                                                           struct.calcsize("3i")))
@@ -111,16 +161,27 @@ def transcribe(tc: dict, data_dir: str | Path, audio: str | Path, options: dict,
     can serve) from a model loaded in this process. `on_worker_died(exc)` is called first
     when the worker died with the request in hand; it may raise to stop there."""
     if enabled(tc):
-        try:
-            started = time.monotonic()
-            raw = request(tc, data_dir, {"op": "transcribe", "audio": os.path.abspath(audio),
-                                         "options": options, "episode": episode})
-            log.info("Transcribed by the worker in %.1f s", time.monotonic() - started)
-            return raw
-        except WorkerUnavailable as exc:
-            if isinstance(exc, WorkerDied) and on_worker_died is not None:
-                on_worker_died(exc)
-            log.warning("No transcription worker (%s): loading the model in this job", exc)
+        timeout = request_timeout(tc, audio)
+        for attempt in (1, 2):  # a worker that dies or hangs is replaced once
+            try:
+                started = time.monotonic()
+                raw = request(tc, data_dir, {"op": "transcribe", "audio": os.path.abspath(audio),
+                                             "options": options, "episode": episode}, timeout=timeout)
+                log.info("Transcribed by the worker in %.1f s", time.monotonic() - started)
+                return raw
+            except WorkerDied as exc:
+                if on_worker_died is not None and attempt == 1:  # counted once per job
+                    on_worker_died(exc)
+                failure = exc
+                if attempt == 1:
+                    log.warning("%s; starting a new worker", exc)
+            except WorkerUnavailable as exc:
+                failure = exc
+                break
+        if on_gpu(tc):
+            raise NoSecondModel(f"{episode}: the transcription worker failed twice ({failure}); not loading a "
+                                f"second copy of the model on the GPU. The next run tries again")
+        log.warning("No transcription worker (%s): loading the model in this job", failure)
     from .transcribe import load_model, run_model
 
     result = run_model(load_model(tc), audio, options, label=episode)
@@ -151,7 +212,10 @@ def process_memory() -> dict:
             "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "gpu_bytes": gpu}
 
 
-def request(tc: dict, data_dir: str | Path, message: dict, start: bool = True) -> dict:
+def request(tc: dict, data_dir: str | Path, message: dict, start: bool = True, timeout: float | None = None) -> dict:
+    """Send `message` to this configuration's worker (started when needed) and return its
+    result. `timeout`: seconds to wait for the answer; a worker that takes longer is
+    killed (WorkerHung)."""
     key = worker_key(tc, data_dir)
     sock = _connect(key)
     if sock is None:
@@ -161,7 +225,17 @@ def request(tc: dict, data_dir: str | Path, message: dict, start: bool = True) -
     with sock:
         try:
             sock.sendall(json.dumps(message).encode() + b"\n")
+            sock.settimeout(timeout)
             line = sock.makefile("rb").readline()
+        except socket.timeout:
+            import psutil
+
+            pid = _peer_pid(sock)
+            with contextlib.suppress(OSError, psutil.Error):
+                os.kill(pid, signal.SIGKILL)
+                psutil.Process(pid).wait(10)  # gone, and its socket with it, before a new one starts
+            raise WorkerHung(f"the transcription worker (pid {pid}) did not answer within {timeout:.0f} s "
+                             f"(worker.request_timeout_factor): killed it; see {log_path(data_dir, key)}") from None
         except OSError as exc:
             raise WorkerDied(f"connection to the worker failed: {exc}") from None
     if not line:
@@ -219,14 +293,16 @@ def _spawn(tc: dict, data_dir: str | Path, key: str) -> tuple[subprocess.Popen, 
     logfile = log_path(data_dir, key)
     try:
         logfile.parent.mkdir(parents=True, exist_ok=True)
-        out = open(logfile, "ab")
+        # The worker logs to `logfile` itself, rotated (main); this file holds what no
+        # logger writes (a native crash's last words), from this start only.
+        out = open(logfile.with_name(logfile.name + ".stderr"), "wb")
     except OSError as exc:
         raise WorkerUnavailable(f"cannot write the worker's log {logfile}: {exc}") from None
     from .transcribe import thread_env
 
     # Not the threads of the job that happens to start it; the code its key names: this package.
     env = child_env(thread_env(tc, os.environ))
-    spec = json.dumps({"tc": tc, "data_dir": str(data_dir), "key": key})
+    spec = json.dumps({"tc": tc, "data_dir": str(data_dir), "key": key, "log": str(logfile)})
     with out:
         try:
             proc = subprocess.Popen([sys.executable, "-m", "scribeflow.worker", spec], stdin=subprocess.DEVNULL,
@@ -320,6 +396,27 @@ class _Server:
                 self.active -= 1
                 self.last = time.monotonic()
 
+    def decode(self, message: dict, conn: socket.socket) -> dict:
+        """run_model on the loaded model; out of GPU memory, the same request again with
+        half the batch, down to one window at a time, before anything else."""
+        from .transcribe import GPU_BATCH_SIZE, run_model
+
+        options = dict(message["options"])
+        while True:
+            try:
+                _test_fault(options)
+                return run_model(self.model, message["audio"], options, should_stop=lambda: _hung_up(conn),
+                                 label=message.get("episode", ""))
+            except Exception as exc:
+                batch = options.get("batch_size") or 0
+                if batch == "auto":
+                    batch = GPU_BATCH_SIZE if self.model.model.device == "cuda" else 0
+                if not _out_of_memory(exc) or not isinstance(batch, int) or batch <= 1:
+                    raise
+                options["batch_size"] = batch // 2
+                log.warning("%s: out of GPU memory with batch %d (%s): again with batch %d on the same model",
+                            message.get("episode"), batch, exc, batch // 2)
+
     def answer(self, message: dict, conn: socket.socket) -> dict:
         op = message.get("op")
         if op == "ping":
@@ -329,12 +426,9 @@ class _Server:
             return {"ok": True, "result": None}
         if op != "transcribe":
             return {"ok": False, "error": f"unknown op {op!r}"}
-        from .transcribe import run_model
-
         started = time.monotonic()
         try:
-            result = run_model(self.model, message["audio"], message["options"],
-                               should_stop=lambda: _hung_up(conn), label=message.get("episode", ""))
+            result = self.decode(message, conn)
             result["memory"] = process_memory()
         except Exception as exc:  # reported to the job, which fails with it
             log.exception("%s failed", message.get("episode"))
@@ -343,6 +437,27 @@ class _Server:
         log.info("%s: %.1f s of audio in %.1f s", message.get("episode"), result["duration"],
                  time.monotonic() - started)
         return {"ok": True, "result": result}
+
+
+def _out_of_memory(exc: BaseException) -> bool:
+    from .failures import kind
+
+    return kind(exc) == "interrupted"
+
+
+def _test_fault(options: dict) -> None:
+    """SCRIBEFLOW_TEST_WORKER_FAULT, for the tests only: "hang-once:FILE" hangs the first
+    request while FILE exists (deleting it), "oom-above:N" fails every batch larger than N
+    as CUDA does when the GPU's memory is full."""
+    fault = os.environ.get("SCRIBEFLOW_TEST_WORKER_FAULT", "")
+    what, _, arg = fault.partition(":")
+    if what == "hang-once" and os.path.exists(arg):
+        os.unlink(arg)
+        log.warning("test hook: hanging")
+        threading.Event().wait()
+    batch = options.get("batch_size") or 0
+    if what == "oom-above" and isinstance(batch, int) and batch > int(arg):
+        raise RuntimeError(f"CUDA failed with error out of memory (test hook, batch {batch})")
 
 
 def _hung_up(conn: socket.socket) -> bool:
@@ -358,6 +473,11 @@ def main(argv: list[str]) -> int:
 
     spec = json.loads(argv[0])
     setup_logging(None)
+    if spec.get("log"):  # a worker lives for days: its log rotates
+        max_bytes = int(spec["tc"].get("worker", {}).get("log_max_mb", 20) * 1_000_000)
+        handler = logging.handlers.RotatingFileHandler(spec["log"], maxBytes=max_bytes, backupCount=3)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-5s %(name)s: %(message)s"))
+        logging.getLogger().handlers = [handler]
     return _Server(spec["tc"], spec["key"]).run()
 
 
