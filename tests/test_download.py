@@ -58,14 +58,21 @@ def test_a_download_that_grows_past_its_declared_size_is_stopped_and_tried_once_
     assert [p.name for p in out.parent.iterdir()] == ["big.media"]
 
 
-def test_a_download_that_grows_past_its_measured_size_too_is_given_up(tmp_path):
-    # No length anywhere: the retry declares the room above the pause threshold (~0.6 MB here).
-    config = cfg.validate({"data_dir": str(tmp_path / "data"), "storage_dir": str(tmp_path / "storage"),
-                           "disk_management": {"hard_limit_gb": 0.004, "pause_threshold_gb": 0.003,
-                                               "resume_threshold_gb": 0.002}})
+def small_budget(tmp_path, hard_mb: float):
+    """Settings with a budget of `hard_mb`, and a 3 MB file of noise to serve (never
+    validated: every download of it is stopped long before its end)."""
     served = tmp_path / "served"
     served.mkdir()
-    (served / "huge.mp4").write_bytes(os.urandom(3_000_000))  # never validated: stopped long before
+    (served / "huge.mp4").write_bytes(os.urandom(3_000_000))
+    gb = hard_mb / 1000
+    return served, cfg.validate({"data_dir": str(tmp_path / "data"), "storage_dir": str(tmp_path / "storage"),
+                                 "disk_management": {"hard_limit_gb": gb, "pause_threshold_gb": gb * 0.75,
+                                                     "resume_threshold_gb": gb / 2}})
+
+
+def test_a_download_that_grows_past_its_measured_size_too_is_given_up(tmp_path):
+    # No length anywhere: the retry declares the room above the pause threshold (~0.6 MB here).
+    served, config = small_budget(tmp_path, 4)
     out = tmp_path / "storage" / "videos" / "huge.media"
     with MediaServer(served, hide_length=True) as server, pytest.raises(DownloadFailed) as raised:
         download_episode("huge", server.url("huge.mp4"), out, config, expected_size_mb=0.1)
@@ -75,12 +82,7 @@ def test_a_download_that_grows_past_its_measured_size_too_is_given_up(tmp_path):
 
 
 def test_a_download_whose_measured_size_cannot_fit_the_budget_never_fits(tmp_path):
-    settings = cfg.validate({"data_dir": str(tmp_path / "data"), "storage_dir": str(tmp_path / "storage"),
-                             "disk_management": {"hard_limit_gb": 0.002, "pause_threshold_gb": 0.0015,
-                                                 "resume_threshold_gb": 0.001}})
-    served = tmp_path / "served"
-    served.mkdir()
-    (served / "huge.mp4").write_bytes(os.urandom(3_000_000))
+    served, settings = small_budget(tmp_path, 2)
     out = tmp_path / "storage" / "videos" / "huge.media"
     # The GET says its length: the share written when stopped sizes the whole.
     with MediaServer(served) as server, pytest.raises(DownloadFailed) as raised:
