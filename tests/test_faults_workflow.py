@@ -26,7 +26,11 @@ from support.fixtures import SENTENCES, make_speech_video
 from scribeflow.recovery import check_consistency
 from support.server import MediaServer
 
-FAST_RETRIES = {"retries": 1, "retry_backoff_seconds": 0.05, "socket_timeout": 2, "max_attempts": 2}
+# Every episode here is on one host (the loopback server): its circuit breaker may pause it
+# while the flaky episode fails; a paused host is probed each second and a download waits
+# for it 10 s at most before it is deferred.
+FAST_RETRIES = {"retries": 1, "retry_backoff_seconds": 0.05, "socket_timeout": 2, "max_attempts": 2,
+                "host_probe_seconds": 1, "host_max_probe_seconds": 2, "host_wait_seconds": 10}
 
 
 def scribeflow(tmp: Path, *args: str, capsys) -> tuple[int, str]:
@@ -110,7 +114,7 @@ def test_faulty_episodes_fail_alone_and_are_given_up_until_retried(tmp_path, fau
         "GET /ep02.mp4": ["ok", "cut"],  # cut mid-body: yt-dlp resumes with Range
         "/removed.mp4": ["410"] * 99,
         "/page.mp4": ["html"] * 99,
-        "/ep03.mp4": ["503"] * 999,  # down for two runs: transient, then given up
+        "/ep03.mp4": ["503"] * 999,  # down for two runs: the host's fault, never given up
     }
     with MediaServer(faulty_media, faults=plan) as server:
         names = {"ep01": "ep01", "ep02": "ep02", "gone": "gone", "removed": "removed", "page": "page",
