@@ -81,3 +81,18 @@ def test_a_download_that_waits_too_long_for_its_host_is_deferred_and_retry_host_
     assert hosts.resume("cdn.example.org") and hosts.paused() == {}
     with hosts.slot(URL, "ep"):
         pass
+
+
+def test_a_burst_of_extractor_errors_pauses_the_host_saying_to_update_yt_dlp(tmp_path):
+    from yt_dlp.utils import ExtractorError
+    from yt_dlp.version import __version__
+
+    from scribeflow.download import classify
+
+    failure = classify(ExtractorError("Unable to extract video data; please report this issue"), "ep")
+    assert failure.kind == "host" and not failure.permanent and __version__ in str(failure)
+    hosts = limiter(tmp_path)
+    for _ in range(5):
+        hosts.failed(URL, str(failure))
+    reason = hosts.paused()["cdn.example.org"]["reason"]
+    assert reason.startswith("its pages no longer parse: update yt-dlp") and __version__ in reason

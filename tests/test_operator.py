@@ -171,6 +171,11 @@ def test_the_dashboard_in_a_headless_browser(tmp_path):
     if not _chromium():
         pytest.skip("needs a headless browser (Debian: apt-get install chromium)")
     _, data = _a_run(tmp_path)
+    from scribeflow.hosts import HostLimiter
+
+    breaker = HostLimiter(data / "hosts")
+    for _ in range(5):  # a host whose downloads keep failing: paused by its circuit breaker
+        breaker.failed("https://cdn.example.org/ep.mp4", "HTTP 503 (Service Unavailable)")
     proc = subprocess.Popen([sys.executable, "-m", "scribeflow.cli", "dashboard", "--configfile", "run.yaml",
                              "--port", "0", "--refresh", "1"], cwd=tmp_path, stdout=subprocess.PIPE, text=True)
     try:
@@ -181,6 +186,7 @@ def test_the_dashboard_in_a_headless_browser(tmp_path):
         assert 'id="gauge-used"' in page and "downloads paused" in page
         assert "dead" in page and "HTTP 404" in page and "1 failed</span> (1 given up" in page
         assert "2 episodes left" in page and "1 pause(s)" in page
+        assert re.search(r"host cdn\.example\.org paused for [^:]+: HTTP 503", page), page[-3000:]
         # While the run goes: the next look shows the new figures.
         from scribeflow.ledger import Ledger
 
