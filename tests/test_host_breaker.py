@@ -87,12 +87,12 @@ def test_a_burst_of_extractor_errors_pauses_the_host_saying_to_update_yt_dlp(tmp
     from yt_dlp.utils import ExtractorError
     from yt_dlp.version import __version__
 
-    from scribeflow.download import classify
+    from scribeflow.download import breaker_reason, classify
 
     failure = classify(ExtractorError("Unable to extract video data; please report this issue"), "ep")
     assert failure.kind == "host" and not failure.permanent and __version__ in str(failure)
     hosts = limiter(tmp_path)
     for _ in range(5):
-        hosts.failed(URL, str(failure))
+        hosts.failed(URL, breaker_reason(failure))
     reason = hosts.paused()["cdn.example.org"]["reason"]
     assert reason.startswith("its pages no longer parse: update yt-dlp") and __version__ in reason

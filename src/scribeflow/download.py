@@ -246,6 +246,14 @@ def _retry_after(response) -> float | None:
         return None
 
 
+def breaker_reason(exc: DownloadFailed) -> str:
+    """What a host's circuit breaker says of a failure: for yt-dlp's extractor failing on
+    the site's pages (the site changed), what to do first."""
+    if "yt-dlp's extractor failed" in str(exc):
+        return f"its pages no longer parse: update yt-dlp ({yt_dlp_version()} in use); {exc}"
+    return str(exc)
+
+
 def yt_dlp_version() -> str:
     from yt_dlp.version import __version__
 
@@ -623,7 +631,7 @@ def _download_with_retries(episode: str, url: str, out: Path, settings: Settings
             if isinstance(exc, DiskFull):
                 log.warning("%s; removed its partial file (%.1f MB): downloads pause until space returns",
                             exc, freed / MB)
-            if exc.kind == "host" and not isinstance(exc, DiskFull) and hosts.failed(url, str(exc)):
+            if exc.kind == "host" and not isinstance(exc, DiskFull) and hosts.failed(url, breaker_reason(exc)):
                 # The host is paused: this download waits for it (or probes it) in its
                 # slot, up to host_wait_seconds in all, without spending its retries.
                 waiting_since = waiting_since or time.time()

@@ -72,7 +72,7 @@ BEFORE_STEP = {"download": "queued", "extract_audio": "downloaded", "transcribe"
 
 
 def interrupted(exc: BaseException) -> bool:
-    """Ctrl-C, or SIGTERM (steps.setup_logging makes it a KeyboardInterrupt in a job)."""
+    """Ctrl-C, or SIGTERM (logs.interrupt_on_sigterm makes it a KeyboardInterrupt in a job)."""
     return isinstance(exc, KeyboardInterrupt)
 
 

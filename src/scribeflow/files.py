@@ -28,6 +28,14 @@ def ids_with_suffix(folder: str | os.PathLike, suffix: str, among=None) -> set[s
         return set()
 
 
+def file_entries(folder: str | os.PathLike) -> list[os.DirEntry]:
+    """The regular files in `folder` (not links), as directory entries; [] when it is missing."""
+    try:
+        return [e for e in os.scandir(folder) if e.is_file(follow_symlinks=False)]
+    except FileNotFoundError:
+        return []
+
+
 def allocated_bytes(st: os.stat_result) -> int:
     """Bytes the file occupies on disk (st_blocks are 512-byte units), not its apparent size."""
     return st.st_blocks * 512

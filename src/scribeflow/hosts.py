@@ -283,10 +283,6 @@ class HostLimiter:
                 return True
             trip = entry["failing"] >= self.breaker_failures or (len(recent) >= 10 and sum(recent) * 2 > len(recent))
             if trip:
-                if "yt-dlp's extractor failed" in reason:  # the site changed: say what to do first
-                    from .download import yt_dlp_version
-
-                    reason = f"its pages no longer parse: update yt-dlp ({yt_dlp_version()} in use); {reason}"
                 entry.update(paused_since=now, paused_reason=reason[:400], probe_wait=self.probe_seconds,
                              probe_at=now + self.probe_seconds, probe=None)
                 log.error("The host %s is paused: %d of its recent downloads failed for the host's reasons, "

@@ -540,7 +540,7 @@ class Ledger(_Queries):
     def _recover(self, problem: str, timeout: float) -> None:
         """Move the unreadable ledger aside and rebuild it from the files on disk; one
         process does it while the others wait, then find the rebuilt one."""
-        from .recovery import rebuild_ledger
+        from .rebuild import rebuild_ledger
 
         if self.conn is not None:
             with contextlib.suppress(sqlite3.Error):

@@ -1,6 +1,8 @@
 """Roll-ups of per-job logs and benchmark records: a finished episode keeps its outputs,
 not eight small files of how they were made.
 
+Also a job's logging set-up (setup_logging), for the steps and the worker.
+
 Snakemake writes one log ({data_dir}/logs/RULE/{id}.log) and one benchmark record
 ({data_dir}/benchmarks/RULE/{id}.tsv) per job, four jobs per episode: two million
 files over the whole catalogue, which every directory listing and every walk of the
@@ -25,6 +27,7 @@ import fcntl
 import gzip
 import logging
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -36,6 +39,40 @@ from .layout import EPISODE_RULES, MARKER_SUFFIX, STATS_SUFFIX, Layout
 log = logging.getLogger("scribeflow.logs")
 
 HEADER = "==> {} <=="
+
+
+def setup_logging(log_path: str | Path | None) -> None:
+    """A job's log: everything in its log file; on the console (shared by every job of
+    the run) only warnings and errors, and a failure as one line that points to the
+    file, not a traceback. Without a log file (the worker), everything goes to stderr."""
+    console = logging.StreamHandler(sys.stderr)
+    handlers: list[logging.Handler] = [console]
+    if log_path:
+        Path(log_path).parent.mkdir(parents=True, exist_ok=True)
+        handlers.append(logging.FileHandler(log_path, mode="w"))
+        console.setLevel(logging.WARNING)
+        console.addFilter(lambda record: not getattr(record, "file_only", False))
+
+        def excepthook(kind, exc, tb):
+            log.error("Traceback of the failure", exc_info=(kind, exc, tb), extra={"file_only": True})
+            print(f"scribeflow: {kind.__name__}: {exc} (traceback in {log_path})", file=sys.stderr)
+
+        sys.excepthook = excepthook
+        interrupt_on_sigterm()
+    logging.basicConfig(level=logging.INFO, handlers=handlers, force=True,
+                        format="%(asctime)s %(levelname)-5s %(name)s: %(message)s")
+
+
+def interrupt_on_sigterm() -> None:
+    """SIGTERM (run-chunks stopping a chunk, Slurm at a job's time limit or on preemption,
+    systemd) interrupts a job as Ctrl-C does: a KeyboardInterrupt, so that the step
+    records the interruption, puts the episode back and counts nothing (failures.record),
+    and its files are cleaned up, instead of dying with the row left as it was."""
+    def interrupt(signum, frame):
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second SIGTERM ends it at once
+        raise KeyboardInterrupt("SIGTERM")
+
+    signal.signal(signal.SIGTERM, interrupt)
 
 
 def finished(data_dir: str | os.PathLike | Layout) -> set[str]:

@@ -23,7 +23,8 @@ from dataclasses import asdict, dataclass
 from .config import GB, MB, Settings
 from .failures import given_up
 from .layout import Layout
-from .ledger import HOUR, Ledger, LedgerReader
+from .ledger import HOUR, LedgerReader
+from .rates import duration, measured
 from .media import BYTES_PER_SECOND
 
 # Defaults when nothing is measured yet.
@@ -52,16 +53,6 @@ class Inputs:
     extraction_slots: int
     transcription_slots: int  # max_concurrent_transcriptions: a cap over all GPUs of one run
     sources: dict
-
-
-def measured(ledger: Ledger) -> dict:
-    """Per-job speeds and sizes from finished episodes in the ledger."""
-    n, download_bps, transcription, extraction, video, duration, transcript = ledger.job_averages(BYTES_PER_SECOND)
-    row = (n, download_bps and download_bps / MB, transcription, extraction, video and video / MB, duration,
-           transcript and transcript / 1000.0)
-    keys = ("episodes", "download_mb_per_s", "transcription_speed", "extraction_speed", "video_mb",
-            "duration_s", "transcript_kb")
-    return {k: v for k, v in zip(keys, row) if v}
 
 
 def gather(settings: Settings, catalogue, options: dict) -> Inputs:
@@ -183,7 +174,6 @@ def plan(settings: Settings, catalogue, gpus: list[int], options: dict) -> dict:
 
 
 def render(p: dict) -> str:
-    from .status import duration  # here: status imports this module
     i = p["inputs"]
     src = i["sources"]
     lines = [

@@ -1,5 +1,5 @@
 """After a crash: remove temporary files that no pending job needs, and check that
-the ledger agrees with the files on disk.
+the ledger agrees with the files on disk (an unreadable ledger is rebuilt by rebuild.py).
 
 Snakemake does not clean up temp() files of an interrupted run (snakemake #3742),
 and a killed download leaves its .part behind. Files that a live process of a
@@ -18,10 +18,10 @@ from pathlib import Path
 
 from .config import Settings
 from .failures import given_up
-from .files import allocated_bytes, atomic_write_text
+from .files import allocated_bytes, atomic_write_text, file_entries
 from .gate import DownloadGate
-from .layout import (AUDIO_SUFFIX, JSON_SUFFIXES, MARKER_SUFFIX, PARTIAL_SUFFIXES, STAGING_MARK, STATS_SUFFIX,
-                     TOKENS_SUFFIX, VIDEO_SUFFIX, Layout, transcript_suffix)
+from .layout import (AUDIO_SUFFIX, JSON_SUFFIXES, PARTIAL_SUFFIXES, STAGING_MARK, TOKENS_SUFFIX, VIDEO_SUFFIX,
+                     Layout, transcript_suffix)
 
 log = logging.getLogger("scribeflow.recovery")
 STALE_TMP_SECONDS = 600  # an atomic-write temp file this old belongs to no live writer
@@ -95,50 +95,6 @@ def clean_orphans(settings: Settings, keep=()) -> tuple[int, int]:
     return len(doomed), freed
 
 
-def rebuild_ledger(ledger, data_dir: str | os.PathLike | Layout) -> dict[str, int]:
-    """Fill an empty ledger from what the files on disk prove: a transcript (or, when
-    transcripts are deleted after tokenization, tokens or an analysis) means the episode
-    got that far; a failed marker, that it failed. The run's start enqueues the rest of
-    the catalogue as queued. Returns the episodes per stage written."""
-    from .files import ids_with_suffix
-
-    layout = Layout.of(data_dir)
-    found: dict[str, tuple[str, float, int | None]] = {}  # id -> (stage, at, transcript bytes)
-    for stage, folder, suffixes in (("transcribed", layout.transcripts, JSON_SUFFIXES),
-                                    ("tokenized", layout.tokens, (TOKENS_SUFFIX,)),
-                                    ("analyzed", layout.episode_stats, (STATS_SUFFIX,))):
-        for entry in _entries(folder):
-            name = entry.name
-            suffix = next((x for x in suffixes if name.endswith(x)), None)
-            if suffix is None or name.startswith("."):
-                continue
-            st = entry.stat()
-            size = allocated_bytes(st) if stage == "transcribed" else found.get(name[: -len(suffix)], (0, 0, None))[2]
-            found[name[: -len(suffix)]] = (stage, st.st_mtime, size)
-    failed = {}
-    for episode in ids_with_suffix(layout.failed, MARKER_SUFFIX):
-        try:
-            failed[episode] = json.loads(layout.failed_marker(episode).read_text())
-        except (OSError, ValueError):
-            failed[episode] = {}
-    ledger.restore(found, {episode: (marker.get("failed_at") or time.time(),
-                                     marker.get("reason") or "failed (marker without a reason)",
-                                     marker.get("step"), int(marker.get("attempts") or 1))
-                           for episode, marker in failed.items()})
-    counts: dict[str, int] = {}
-    for stage, *_ in found.values():
-        counts[stage] = counts.get(stage, 0) + 1
-    counts["failed"] = len(failed)
-    return counts
-
-
-def _entries(folder: Path):
-    try:
-        return [e for e in os.scandir(folder) if e.is_file(follow_symlinks=False)]
-    except FileNotFoundError:
-        return []
-
-
 def _names(folder: Path) -> list[str]:
     """The names in `folder`: one listing, no stat (171,881 transcripts at month four)."""
     try:
@@ -161,7 +117,7 @@ def _temp_files(folder: Path) -> list[Path]:
 
 
 def _files(folder: Path):
-    return [Path(e.path) for e in _entries(folder)]
+    return [Path(e.path) for e in file_entries(folder)]
 
 
 def check_consistency(settings: Settings, full: bool = False) -> list[str]:

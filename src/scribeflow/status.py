@@ -23,7 +23,7 @@ from .files import human_bytes
 from .gate import DownloadGate
 from .layout import Layout
 from .ledger import HOUR, STAGES, TRANSCRIBED, Ledger, LedgerReader
-from .plan import measured
+from .rates import duration, measured
 
 
 def catalogue_rows(path) -> int | None:
@@ -199,14 +199,6 @@ def snapshot(settings: Settings, now: float | None = None) -> dict:
                 "rate_per_hour": rate, "basis": basis},
         "failures": failures,
     }
-
-
-def duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "unknown"
-    days, rest = divmod(int(seconds), 86400)
-    hours, rest = divmod(rest, 3600)
-    return f"{days} d {hours} h" if days else f"{hours} h {rest // 60} min" if hours else f"{rest // 60} min {rest % 60} s"
 
 
 def render(s: dict) -> str:

@@ -11,14 +11,13 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import signal
-import sys
 from pathlib import Path
 
 from . import failures
 from .config import MB, Settings
 from .files import human_bytes
 from .gate import DownloadGate, gb
+from .logs import setup_logging  # noqa: F401  (the rules' scripts call steps.setup_logging)
 from .ledger import Ledger
 from .slots import Slots
 
@@ -26,40 +25,6 @@ log = logging.getLogger("scribeflow")
 
 # What a transcript records of its download (download.download_episode's result).
 SOURCE_KEYS = ("format_id", "format", "ext", "protocol", "audio_only", "size_source")
-
-
-def setup_logging(log_path: str | Path | None) -> None:
-    """A job's log: everything in its log file; on the console (shared by every job of
-    the run) only warnings and errors, and a failure as one line that points to the
-    file, not a traceback. Without a log file (the worker), everything goes to stderr."""
-    console = logging.StreamHandler(sys.stderr)
-    handlers: list[logging.Handler] = [console]
-    if log_path:
-        Path(log_path).parent.mkdir(parents=True, exist_ok=True)
-        handlers.append(logging.FileHandler(log_path, mode="w"))
-        console.setLevel(logging.WARNING)
-        console.addFilter(lambda record: not getattr(record, "file_only", False))
-
-        def excepthook(kind, exc, tb):
-            log.error("Traceback of the failure", exc_info=(kind, exc, tb), extra={"file_only": True})
-            print(f"scribeflow: {kind.__name__}: {exc} (traceback in {log_path})", file=sys.stderr)
-
-        sys.excepthook = excepthook
-        interrupt_on_sigterm()
-    logging.basicConfig(level=logging.INFO, handlers=handlers, force=True,
-                        format="%(asctime)s %(levelname)-5s %(name)s: %(message)s")
-
-
-def interrupt_on_sigterm() -> None:
-    """SIGTERM (run-chunks stopping a chunk, Slurm at a job's time limit or on preemption,
-    systemd) interrupts a job as Ctrl-C does: a KeyboardInterrupt, so that the step
-    records the interruption, puts the episode back and counts nothing (failures.record),
-    and its files are cleaned up, instead of dying with the row left as it was."""
-    def interrupt(signum, frame):
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second SIGTERM ends it at once
-        raise KeyboardInterrupt("SIGTERM")
-
-    signal.signal(signal.SIGTERM, interrupt)
 
 
 def job_settings(snakemake) -> Settings:

@@ -469,7 +469,7 @@ def _hung_up(conn: socket.socket) -> bool:
 
 
 def main(argv: list[str]) -> int:
-    from .steps import setup_logging
+    from .logs import setup_logging
 
     spec = json.loads(argv[0])
     setup_logging(None)
