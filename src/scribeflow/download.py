@@ -730,12 +730,12 @@ def _attempt(episode: str, url: str, out: Path, settings: Settings, gate, expect
                         info = _fresh(ydl, url, episode, info, settings, declared)
                         done = _run(ydl, info, episode)
                     _finish(done, out, episode)
+                    watchdog.check()  # a stop in the last interval: the file is not trusted
                 except (DownloadFailed, Stopped):
                     if watchdog.tripped:  # whatever yt-dlp made of the stop (ffmpeg's exit code...)
                         raise SizeExceeded(watchdog.tripped, written=max(watchdog.written_at_stop, media),
                                            fraction=progress["fraction"], declared=media) from None
                     raise
-                watchdog.check()  # a stop in the last interval: the file is not trusted
         except BaseException:
             remove_partials(out)
             raise
