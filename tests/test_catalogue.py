@@ -125,7 +125,7 @@ def test_cached_catalogue_is_reused_until_the_file_changes(tmp_path):
     path.write_text("id,url\nep1,http://a.example/1\nep2,http://a.example/2\n")
     cache = tmp_path / "cache"
     assert list(load(path, cache_dir=cache).index) == ["ep1", "ep2"]
-    (pkl,) = cache.glob("catalogue-*.pkl")
+    (pkl,) = cache.glob("catalogue-*.arrow")
     stamp = pkl.stat().st_mtime_ns
     assert list(load(path, "2/2", cache_dir=cache).index) == ["ep2"]
     assert pkl.stat().st_mtime_ns == stamp  # reused, not rewritten
@@ -143,10 +143,20 @@ def test_unreadable_cache_is_replaced(tmp_path):
     path.write_text("id,url\nep1,http://a.example/1\n")
     cache = tmp_path / "cache"
     load(path, cache_dir=cache)
-    (pkl,) = cache.glob("catalogue-*.pkl")
-    pkl.write_bytes(b"not a pickle")
+    (arrow,) = cache.glob("catalogue-*.arrow")
+    arrow.write_bytes(b"not an Arrow file")
     assert list(load(path, cache_dir=cache).index) == ["ep1"]
-    assert pkl.read_bytes() != b"not a pickle"
+    assert arrow.read_bytes() != b"not an Arrow file"
+
+
+def test_the_cached_catalogue_is_the_validated_one_column_for_column(tmp_path):
+    path = tmp_path / "c.csv"
+    path.write_text("id,url,series,season,duration_s,expected_size_mb,language\n"
+                    "a,http://a.example/1,Show A,1,1440,300.5,ja\nb,http://a.example/2,,,,,\n")
+    cache = tmp_path / "cache"
+    first, again = load(path, cache_dir=cache), load(path, cache_dir=cache)
+    assert list(cache.glob("catalogue-*.arrow"))
+    pd.testing.assert_frame_equal(first, again)
 
 
 def test_a_language_is_a_whisper_code_refused_by_row_before_any_download(tmp_path):

@@ -253,3 +253,19 @@ def test_an_extraction_that_waits_for_space_nothing_can_free_stalls_instead_of_w
     assert not worker.is_alive(), "the extraction waited for space that nothing in flight could free"
     assert isinstance(raised[0], DiskStalled) and "nothing in flight can free space" in str(raised[0])
     assert not (tmp_path / "data" / "audio" / "ep.wav").exists()
+
+
+def test_a_holder_whose_pid_was_given_to_another_process_is_not_alive():
+    """A holder records its pid and its start time (psutil): a pid the kernel has since
+    given to another process does not keep a dead job's reservation alive."""
+    import socket
+
+    from scribeflow.statefile import alive, this_process
+
+    host = socket.gethostname()
+    me = {**this_process(), "host": host}
+    assert alive(me, host, 60)
+    assert not alive({**me, "created": me["created"] - 3600}, host, 60)  # same pid, another process
+    assert alive({"pid": os.getpid(), "host": host}, host, 60)  # an older state file: pid only
+    assert not alive({"pid": 2**22 + 11, "host": host}, host, 60)
+    assert alive({"pid": 1, "host": "elsewhere", "beat": time.time()}, host, 60)  # another host: its beat

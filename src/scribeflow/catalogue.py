@@ -7,7 +7,7 @@ the file once instead of once per bad row.
 from __future__ import annotations
 
 import hashlib
-import pickle
+import json
 import re
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -168,25 +168,39 @@ def load(path: str | Path, chunk: str | None = None, cache_dir: str | Path | Non
 
 
 def validated(path: str | Path, cache_dir: str | Path) -> pd.DataFrame:
-    """The validated catalogue, from the cache when the file's identity has not changed."""
+    """The validated catalogue, from the cache when the file's identity has not changed.
+    The cache is an Arrow (Feather) file with its key in the schema's metadata: data, not
+    code, so a file someone put there cannot run anything when it is read."""
+    import pyarrow as pa
+    from pyarrow import feather
+
     path = Path(path)
-    key = _cache_key(path)
-    cache = Path(cache_dir) / f"catalogue-{hashlib.sha1(str(path.absolute()).encode()).hexdigest()[:16]}.pkl"
+    key = json.dumps(_cache_key(path))
+    cache = Path(cache_dir) / f"catalogue-{hashlib.sha1(str(path.absolute()).encode()).hexdigest()[:16]}.arrow"
     try:
-        with open(cache, "rb") as f:
-            cached_key, df = pickle.load(f)
-        if cached_key == key:
+        table = feather.read_table(cache)
+        meta = table.schema.metadata or {}
+        if meta.get(b"scribeflow_key") == key.encode():
+            df = table.to_pandas()
+            # Arrow gives strings back as pandas' str dtype with NaN; validation left them
+            # Python objects with None (an empty language is None, not NaN).
+            for column in json.loads(meta.get(b"scribeflow_objects", b"[]")):
+                df[column] = df[column].astype(object).where(df[column].notna(), None)
             return df
-    except (OSError, EOFError, pickle.UnpicklingError, ValueError, TypeError, AttributeError, ImportError):
+    except (OSError, ValueError, pa.ArrowException):
         pass  # missing, stale or unreadable: validate again
     df = validate(read_table(path), source=f"catalogue {path}")
     from .files import atomic_path
 
     try:
-        with atomic_path(cache) as tmp, open(tmp, "wb") as f:
-            pickle.dump((key, df), f, protocol=pickle.HIGHEST_PROTOCOL)
-    except OSError:
-        pass  # a read-only working directory only loses the speed-up
+        table = pa.Table.from_pandas(df, preserve_index=False)
+        objects = json.dumps([c for c in df.columns if df[c].dtype == object])
+        table = table.replace_schema_metadata({**(table.schema.metadata or {}), b"scribeflow_key": key.encode(),
+                                               b"scribeflow_objects": objects.encode()})
+        with atomic_path(cache) as tmp:
+            feather.write_feather(table, tmp)
+    except (OSError, pa.ArrowException):
+        pass  # a read-only working directory (or a column Arrow cannot hold) only loses the speed-up
     return df
 
 

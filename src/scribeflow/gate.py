@@ -78,7 +78,7 @@ from .config import Settings
 from .disk import ACTIVE_STAGES, DiskMonitor, DiskUsage
 from .files import allocated_bytes, human_bytes, is_disk_full
 from .layout import GATE_LOCK_FILE, STATE_FILE, Layout
-from .statefile import StateFile, alive
+from .statefile import StateFile, alive, this_process
 
 log = logging.getLogger("scribeflow.gate")
 
@@ -240,7 +240,7 @@ class DownloadGate:
                 del state[table][token]
 
     def _holder(self, **extra) -> dict:
-        return {"pid": os.getpid(), "host": self.host, "since": time.time(), "beat": time.time(), **extra}
+        return {**this_process(), "host": self.host, "since": time.time(), "beat": time.time(), **extra}
 
     @staticmethod
     def _remaining(reservation: dict) -> int:

@@ -43,7 +43,7 @@ from urllib.parse import urlsplit
 
 from .config import Settings
 from .layout import HOSTS_LOCK_FILE, STATE_FILE, Layout
-from .statefile import StateFile, alive
+from .statefile import StateFile, alive, this_process
 
 log = logging.getLogger("scribeflow.hosts")
 
@@ -163,7 +163,7 @@ class HostLimiter:
                     return False
                 now = time.time()
                 if not entry.get("probe") and now >= entry.get("probe_at", 0):
-                    entry["probe"] = {"pid": os.getpid(), "machine": self.machine, "id": episode, "since": now,
+                    entry["probe"] = {**this_process(), "machine": self.machine, "id": episode, "since": now,
                                       "beat": now}
                     log.warning("%s probes the paused host %s (paused since %s: %s)", episode, host,
                                 time.strftime("%H:%M:%S", time.localtime(entry["paused_since"])),
@@ -195,7 +195,7 @@ class HostLimiter:
                 wait = max(entry["backoff_until"] - now, entry["last_start"] + self.min_interval - now, 0.0)
                 full = self.max_per_host > 0 and len(entry["holders"]) >= self.max_per_host
                 if wait <= 0 and not full:
-                    entry["holders"][token] = {"pid": os.getpid(), "machine": self.machine, "id": episode,
+                    entry["holders"][token] = {**this_process(), "machine": self.machine, "id": episode,
                                                "since": now, "beat": now}
                     entry["last_start"] = now
                     break

@@ -25,6 +25,8 @@ import threading
 import time
 from pathlib import Path
 
+import psutil
+
 log = logging.getLogger("scribeflow.statefile")
 
 _MUTEXES: dict[str, threading.Lock] = {}
@@ -120,15 +122,32 @@ class StateFile:
         return None
 
 
+def this_process() -> dict:
+    """What a holder records of the process that holds: its pid and its start time, so
+    that a pid the kernel has since given to another process is not taken as alive."""
+    return {"pid": os.getpid(), "created": _created(os.getpid())}
+
+
+def _created(pid: int) -> float | None:
+    try:
+        return psutil.Process(pid).create_time()
+    except psutil.Error:
+        return None
+
+
 def alive(holder: dict, this_host: str, heartbeat_timeout: float, host_key: str = "host") -> bool:
-    """Whether the process that holds `holder` lives: on this host, ask the kernel; on
-    another one, trust a heartbeat newer than `heartbeat_timeout` seconds."""
+    """Whether the process that holds `holder` lives: on this host, ask the kernel (psutil:
+    the pid, and its start time when the holder recorded one); on another one, trust a
+    heartbeat newer than `heartbeat_timeout` seconds."""
     if holder.get(host_key) == this_host:
         try:
-            os.kill(holder["pid"], 0)
-            return True
-        except ProcessLookupError:
+            process = psutil.Process(holder["pid"])
+            if process.status() == psutil.STATUS_ZOMBIE:
+                return False
+            created = holder.get("created")
+            return created is None or abs(process.create_time() - created) < 0.01
+        except psutil.NoSuchProcess:
             return False
-        except PermissionError:
+        except psutil.AccessDenied:
             return True
     return time.time() - holder.get("beat", 0) < heartbeat_timeout
