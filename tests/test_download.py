@@ -138,3 +138,19 @@ def test_media_without_audio_or_with_garbage_fails_clearly(tmp_path):
     garbage.write_bytes(b"\x00\x13junk" * 4000)
     with pytest.raises(MediaError, match="not a readable media file"):
         validate(garbage)
+
+
+def test_the_retry_declares_what_fits_and_never_fits_only_when_even_the_least_whole_cannot(tmp_path):
+    """Stopped at 1.5 MB within its 2nd of 4 fragments (25-50 % written): the whole is at
+    least 3 MB. Under a 4 MB budget the extrapolation from 25 % (7.5 MB) and the least
+    whole plus the margin do not fit, the least whole does: it is declared. Stopped at
+    1.5 MB within its 2nd of 10 (10-20 %): at least 7.5 MB, never fits."""
+    from scribeflow.download import SizeExceeded, _declare_after_stop
+
+    _, settings = small_budget(tmp_path, 4)
+    fits = SizeExceeded("ep: stopped", written=1_500_000, fraction=(0.25, 0.5), declared=1_000_000)
+    assert _declare_after_stop(fits, settings, "ep", retried=False) == 3_000_000
+    never = SizeExceeded("ep: stopped", written=1_500_000, fraction=(0.1, 0.2), declared=1_000_000)
+    with pytest.raises(DownloadFailed, match=r"never fits.*at least 7.5 MB in all") as raised:
+        _declare_after_stop(never, settings, "ep", retried=False)
+    assert raised.value.permanent

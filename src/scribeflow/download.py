@@ -77,7 +77,7 @@ class SizeExceeded(DownloadFailed):
     With `written` (the bytes on disk when it was stopped) the episode is tried once
     more, declaring what was measured (download_episode); without, it is permanent."""
 
-    def __init__(self, message: str, written: int | None = None, fraction: float | None = None,
+    def __init__(self, message: str, written: int | None = None, fraction: tuple[float, float] | None = None,
                  declared: int | None = None):
         self.written, self.fraction, self.declared = written, fraction, declared
         if written is None:
@@ -578,31 +578,40 @@ def reservation(settings: Settings, declared: int) -> int:
 
 
 def _declare_after_stop(exc: SizeExceeded, settings: Settings, episode: str, retried: bool) -> int:
-    """The media bytes to declare for the one retry after a stop: what was written,
-    extrapolated by the share of the stream it covered when that is known; else (ffmpeg
-    reports no share) twice what was written, or the room above the pause threshold when
-    that is more (one download of unknown size then has the in-flight margin to itself).
-    Raises a permanent failure when that can never fit (or after the retry)."""
+    """The media bytes to declare for the one retry after a stop. The whole is at least
+    what was written over the larger share of the stream it covered (`exc.fraction`: at
+    least, at most; unknown for ffmpeg, which reports none). The declaration is the first
+    of these that fits the budget: the smaller share's extrapolation (plus
+    size_estimate_margin), or without a share twice what was written or the room above
+    the pause threshold when that is more (one download of unknown size then has the
+    in-flight margin to itself); the least whole plus the margin; the least whole.
+    Raises a permanent failure when even the least whole can never fit (or after the retry)."""
     dm = settings.disk_management
+    margin = 1 + settings.download.size_estimate_margin
     written, declared = exc.written, exc.declared or exc.written
     limit = largest_download(settings)
-    if exc.fraction and 0 < exc.fraction < 1:
-        estimate = written / exc.fraction * (1 + settings.download.size_estimate_margin)
-        how = f"{human_bytes(written)} written at {exc.fraction:.0%} of the stream"
+    room = int(dm.in_flight_gb * GB - dm.audio_headroom_mb * MB) - reservation(settings, 0)
+    unknown = max(2 * max(written, declared), min(room, limit - reservation(settings, 0)))
+    low, high = exc.fraction or (0.0, 0.0)
+    if 0 < high and low < 1:
+        at_least = written / high
+        share = f"{low:.0%}" if low == high else f"{low:.0%}-{high:.0%}"
+        how = f"{human_bytes(written)} written at {share} of the stream: at least {human_bytes(at_least)} in all"
+        first = written / low * margin if low else unknown
     else:
-        room = int(dm.in_flight_gb * GB - dm.audio_headroom_mb * MB) - (reservation(settings, 0))
-        estimate = max(2 * max(written, declared), min(room, limit - reservation(settings, 0)))
+        at_least, first = written, unknown
         how = f"{human_bytes(written)} written of an unknown total"
-    estimate = int(math.ceil(estimate))
+    fitting = [e for e in (first, at_least * margin, at_least) if reservation(settings, int(math.ceil(e))) <= limit]
+    estimate = int(math.ceil(max(fitting[0], at_least))) if fitting else int(math.ceil(at_least))
     fix = (f"Set the catalogue's expected_size_mb to its real size, or raise disk_management.hard_limit_gb, "
            f"then `scribeflow retry {episode}`")
     if retried:
         raise DownloadFailed(f"{episode}: the download grew past its declared size twice (declared "
                              f"{human_bytes(declared)} after measuring it, stopped at {human_bytes(written)}): "
                              f"it cannot be sized, so it never fits this budget. {fix}", permanent=True)
-    if reservation(settings, estimate) > limit:
+    if reservation(settings, at_least) > limit:
         raise DownloadFailed(f"{episode}: never fits: the download grew past its declared "
-                             f"{human_bytes(declared)} ({how}, about {human_bytes(estimate)} in all), more than "
+                             f"{human_bytes(declared)} ({how}), more than "
                              f"the {human_bytes(limit)} one download may take under the hard limit of "
                              f"{human_bytes(settings.disk_management.hard_limit_gb * GB)}. {fix}", permanent=True)
     return estimate
@@ -667,15 +676,17 @@ def _attempt(episode: str, url: str, out: Path, settings: Settings, gate, expect
         # per file: a merge downloads one file per format.
         progress["files"][status.get("filename") or ""] = status.get("downloaded_bytes") or 0
         done = sum(progress["files"].values())
-        # The share of the stream written, on the low side (so that the whole is not
-        # underestimated): the fragments finished of a fragmented stream (what is written
-        # includes part of the next), or the share of a file whose length the server sent.
-        # (yt-dlp's total_bytes_estimate is no help: without lengths it equals what is done.)
+        # The share of the stream written, as (at least, at most): for a fragmented stream,
+        # what is written includes part of the fragment in progress; for a file whose
+        # length the server sent, exact. (yt-dlp's total_bytes_estimate is no help: without
+        # lengths it equals what is done.)
         total = status.get("total_bytes") or status.get("total_bytes_estimate")
-        if status.get("fragment_count") and status.get("fragment_index"):
-            progress["fraction"] = status["fragment_index"] / status["fragment_count"]
+        if status.get("fragment_count"):  # between the fragments finished and those begun
+            index, count = status.get("fragment_index") or 0, status["fragment_count"]
+            progress["fraction"] = (index / count, min(1.0, (index + 1) / count))
         elif status.get("total_bytes"):
-            progress["fraction"] = (status.get("downloaded_bytes") or 0) / status["total_bytes"]
+            share = (status.get("downloaded_bytes") or 0) / status["total_bytes"]
+            progress["fraction"] = (share, share)
         if progress["limit"] is not None and done > progress["limit"]:
             raise SizeExceeded(
                 f"{episode}: download grew past its declared {human_bytes(progress['limit'])}; "
