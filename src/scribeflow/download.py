@@ -601,8 +601,6 @@ def _declare_after_stop(exc: SizeExceeded, settings: Settings, episode: str, ret
     else:
         at_least, first = written, unknown
         how = f"{human_bytes(written)} written of an unknown total"
-    fitting = [e for e in (first, at_least * margin, at_least) if reservation(settings, int(math.ceil(e))) <= limit]
-    estimate = int(math.ceil(max(fitting[0], at_least))) if fitting else int(math.ceil(at_least))
     fix = (f"Set the catalogue's expected_size_mb to its real size, or raise disk_management.hard_limit_gb, "
            f"then `scribeflow retry {episode}`")
     if retried:
@@ -614,7 +612,9 @@ def _declare_after_stop(exc: SizeExceeded, settings: Settings, episode: str, ret
                              f"{human_bytes(declared)} ({how}), more than "
                              f"the {human_bytes(limit)} one download may take under the hard limit of "
                              f"{human_bytes(settings.disk_management.hard_limit_gb * GB)}. {fix}", permanent=True)
-    return estimate
+    # Each is at least the least whole, which fits (above): the first that fits is declared.
+    return next(e for e in (math.ceil(c) for c in (first, at_least * margin, at_least))
+                if reservation(settings, e) <= limit)
 
 
 def _download_with_retries(episode: str, url: str, out: Path, settings: Settings, gate, expected_size_mb,
@@ -648,8 +648,9 @@ def _download_with_retries(episode: str, url: str, out: Path, settings: Settings
             tries += 1
             # The host's failures (a 403, an extractor error) are retried like transient
             # ones: the host's breaker pauses it when they keep coming.
-            if not (exc.transient or exc.kind == "host") or tries > dl.retries:
-                if exc.transient or exc.kind == "host":
+            retryable = exc.transient or exc.kind == "host"
+            if not retryable or tries > dl.retries:
+                if retryable:
                     exc.args = (f"{exc} (gave up after {tries} attempt(s))",)
                 raise
             delay = backoff_seconds(dl, tries, exc.retry_after)
@@ -680,7 +681,6 @@ def _attempt(episode: str, url: str, out: Path, settings: Settings, gate, expect
         # what is written includes part of the fragment in progress; for a file whose
         # length the server sent, exact. (yt-dlp's total_bytes_estimate is no help: without
         # lengths it equals what is done.)
-        total = status.get("total_bytes") or status.get("total_bytes_estimate")
         if status.get("fragment_count"):  # between the fragments finished and those begun
             index, count = status.get("fragment_index") or 0, status["fragment_count"]
             progress["fraction"] = (index / count, min(1.0, (index + 1) / count))
@@ -695,6 +695,7 @@ def _attempt(episode: str, url: str, out: Path, settings: Settings, gate, expect
         now = time.monotonic()
         if now - progress["last_log"] >= 10:
             progress["last_log"] = now
+            total = status.get("total_bytes") or status.get("total_bytes_estimate")
             pct = f"{100 * done / total:.0f}%" if total else "?"
             log.info("Downloading %s: %.1f MB (%s), %.2f MB/s", episode, done / MB, pct,
                      (status.get("speed") or 0) / MB)
@@ -715,8 +716,8 @@ def _attempt(episode: str, url: str, out: Path, settings: Settings, gate, expect
                  chosen["format_id"], "audio only" if chosen["audio_only"] else "with video", ", " +
                  chosen["protocol"])
         paths = [out, *_expected_files(ydl, info)]
-        watchdog = DiskWatchdog(out.parent, staging_prefix(out), cap=declared, reservation=reserved,
-                                interval=dm.watch_interval_seconds, extra=(out,), episode=episode)
+        watchdog = DiskWatchdog(out.parent, staging_prefix(out), cap=declared, interval=dm.watch_interval_seconds,
+                                extra=(out,), episode=episode)
         try:
             admission = gate.admitted(episode, reserved, paths) if gate is not None else contextlib.nullcontext()
             with admission, watchdog:

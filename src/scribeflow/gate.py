@@ -262,10 +262,6 @@ class DownloadGate:
         headroom = self.audio_headroom if download else 0
         outputs = self._outputs_reserve(state)
         fits = usage.total + pending + declared + headroom + outputs <= self.monitor.hard_limit
-        if usage.total > self.monitor.hard_limit:
-            log.error("Disk usage %s is above the hard limit %s (another program, or files written outside the "
-                      "pipeline?): downloads pause until it falls to the resume threshold",
-                      human_bytes(usage.total), human_bytes(self.monitor.hard_limit))
         # Extraction ignores the pause (it is how space gets freed) but not the hard limit.
         admitted = fits and (not reasons or not download)
         reason = self._why_waiting(reasons, fits, usage, fs_available, declared)
@@ -334,6 +330,10 @@ class DownloadGate:
         state["reasons"] = reasons
         if reasons and not was_paused:
             state["paused_since"] = time.time()
+            if usage.total > self.monitor.hard_limit:  # said once, as the pause begins
+                log.error("Disk usage %s is above the hard limit %s (another program, or files written outside "
+                          "the pipeline?): downloads pause until it falls to the resume threshold",
+                          human_bytes(usage.total), human_bytes(self.monitor.hard_limit))
             log.warning(
                 "Disk usage exceeded threshold (%s GB >= %s GB), pausing downloads",
                 gb(usage.total), gb(self.monitor.pause_threshold),

@@ -64,11 +64,11 @@ class DiskWatchdog:
     allocated bytes (see the module docstring). Use as a context manager around the
     download; `tripped` is the reason it stopped it, or None."""
 
-    def __init__(self, folder: str | os.PathLike, prefix: str, cap: int, reservation: int,
-                 interval: float = 0.05, extra: tuple = (), episode: str = ""):
+    def __init__(self, folder: str | os.PathLike, prefix: str, cap: int, interval: float = 0.05,
+                 extra: tuple = (), episode: str = ""):
         self.folder, self.prefix = Path(folder), prefix
         self.extra = [Path(p) for p in extra]
-        self.cap, self.reservation = int(cap), int(reservation)
+        self.cap = int(cap)
         self.interval = float(interval)
         self.episode = episode
         self.tripped: str | None = None
@@ -78,13 +78,12 @@ class DiskWatchdog:
         self.fastest = 0.0  # bytes per second, the fastest growth between two readings
         self.longest_gap = 0.0  # seconds, the longest time between two readings
         self.cpu_seconds = 0.0  # the thread's own CPU time
-        self.killed: list[str] = []
-        self.truncated: list[str] = []
         self._stopped = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True, name=f"watchdog-{episode}")
         self._own = psutil.Process()
-        # Children alive before the download (none, in a job) are not the download's.
-        self._before = {(p.pid, _created(p)) for p in self._children()}
+        # Children alive before the download (none, in a job) are not the download's
+        # (psutil compares processes by pid and start time).
+        self._before = set(self._children())
 
     def __enter__(self) -> "DiskWatchdog":
         self._thread.start()
@@ -147,15 +146,11 @@ class DiskWatchdog:
         except psutil.Error:
             return []
 
-    def _new_children(self) -> list:
-        return [c for c in self._children() if (c.pid, _created(c)) not in self._before]
-
     def _kill(self) -> None:
-        for child in self._new_children():
+        for child in set(self._children()) - self._before:
             with contextlib.suppress(psutil.Error):
                 name = child.name()
                 child.kill()
-                self.killed.append(name)
                 log.warning("%s: killed %s (pid %d), which was writing the download", self.episode, name,
                             child.pid)
 
@@ -163,7 +158,6 @@ class DiskWatchdog:
         for path in self.files():
             with contextlib.suppress(OSError):
                 os.truncate(path, 0)
-                self.truncated.append(path.name)
 
     def check(self) -> None:
         """Raise the stop in the downloading thread (the progress hook calls it)."""
@@ -174,9 +168,3 @@ class DiskWatchdog:
 class Stopped(RuntimeError):
     """The watchdog stopped the download (raised in yt-dlp's progress hook)."""
 
-
-def _created(process) -> float:
-    try:
-        return process.create_time()
-    except psutil.Error:
-        return 0.0
