@@ -23,8 +23,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from scribeflow.analysis import LEMMA_COUNTS, build_corpus  # noqa: E402
-from scribeflow.tokens import tokenize_transcript, write_tokens  # noqa: E402
+from scribeflow.stages.analysis import LEMMA_COUNTS, build_corpus  # noqa: E402
+from scribeflow.stages.tokens import tokenize_transcript, write_tokens  # noqa: E402
 
 JAPANESE = [
     "今日は良い天気ですね。", "猫が走っていた。", "昨日テレビでニュースを見ました。",

@@ -48,8 +48,10 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 sys.path.insert(0, str(REPO / "tests"))  # the test tools: tests/support
 
-from scribeflow import config as sf_config  # noqa: E402
-from scribeflow.transcribe import decode_options, packaged_model, thread_env  # noqa: E402
+from scribeflow.config import settings as sf_config  # noqa: E402
+from scribeflow.stages.transcription.decode import decode_options  # noqa: E402
+from support.models import packaged_model  # noqa: E402
+from scribeflow.stages.transcription.model import thread_env  # noqa: E402
 
 CATALOGUE_EPISODES = 171_881
 EPISODE_MINUTES = 24
@@ -214,7 +216,7 @@ def limit(spec: dict) -> None:
     """The limit (run in its own process): one model, the batched pipeline, a loop."""
     from faster_whisper import BatchedInferencePipeline, WhisperModel, decode_audio
 
-    from scribeflow.transcribe import resolve_device
+    from scribeflow.stages.transcription.model import resolve_device
 
     tc, options = spec["tc"], dict(spec["options"])
     device, compute_type = resolve_device(tc["device"], tc["compute_type"])  # as the workflow does
@@ -227,7 +229,7 @@ def limit(spec: dict) -> None:
         segments, _info = pipeline.transcribe(decode_audio(path), batch_size=batch_size, **options)
         out[Path(path).stem] = [{"start": s.start, "end": s.end, "text": s.text.strip()} for s in segments]
     # Compared after the workflow's hallucination guard (not timed: it takes microseconds).
-    from scribeflow.hallucination import Guard
+    from scribeflow.stages.transcription.hallucination import Guard
 
     guard = Guard.from_config(tc)
     print(json.dumps({k: [s["text"] for s in guard.apply(v)[0]] for k, v in out.items()}, ensure_ascii=False))
@@ -273,7 +275,7 @@ def run_pipeline(work: Path, tc: dict, episodes: list[Path], language: str, core
            "--configfile", str(work / "config.yaml"), "--cores", str(cores), *extra, "--quiet", "all", "--",
            *targets]
     wall, sampled, _ = timed(cmd, str(work), gpu, cwd=work, window=lambda: audio_waiting(work / "data" / "jobs.db"))
-    from scribeflow.transcribe import read_transcript
+    from scribeflow.stages.transcription.transcript import read_transcript
 
     texts = {e.stem: [s["text"] for s in read_transcript(work / "data" / "transcripts" / f"{e.stem}.json")["segments"]]
              for e in episodes}
@@ -335,7 +337,7 @@ def main() -> int:
         limit(json.loads(Path(args.limit_spec).read_text()))
         return 0
 
-    from scribeflow.transcribe import resolve_device
+    from scribeflow.stages.transcription.model import resolve_device
 
     device, _ = resolve_device(args.device, "auto")
     gpu = device == "cuda" and shutil.which("nvidia-smi") is not None

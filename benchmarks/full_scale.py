@@ -35,7 +35,7 @@ first start after a chunk also starts the roll-up of its logs), and the next 2,0
 Mind the space: 171,881 episodes take ~19 GB and ~700,000 files; each N's tree is
 deleted after it is measured unless --keep. --reuse lays each N's tree down once, in
 ROOT/full-scale-N, and keeps it for the next call. --only plan measures the chunk's
-plan alone; --each-speedup also plans it without scribeflow.snakemake_internals'
+plan alone; --each-speedup also plans it without scribeflow.integration.internals'
 speedups and without each one in turn (alternating, several rounds): what each saves.
 """
 
@@ -63,27 +63,27 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 import yaml  # noqa: E402
 
 from plan_scale import make_catalogue, timed  # noqa: E402
-from scribeflow import logs  # noqa: E402
-from scribeflow.disk import DiskMonitor  # noqa: E402
-from scribeflow.layout import EPISODE_RULES  # noqa: E402
-from scribeflow.ledger import Ledger, mark_clean  # noqa: E402
+from scribeflow.state import logs  # noqa: E402
+from scribeflow.budget.monitor import DiskMonitor  # noqa: E402
+from scribeflow.config.layout import EPISODE_RULES  # noqa: E402
+from scribeflow.state.ledger import Ledger, mark_clean  # noqa: E402
 
 DAY = 86400.0
 CHUNK = 2000
 FAILED = 300
 SIZES = {"tokens": 40_000, "lemmas": 15_000}
 LOG_LINES = {  # the demo's logs, one per rule
-    "download": "INFO  scribeflow.download: Declared size of {id}: 312 MB (from Content-Length); format mp4\n"
-                "INFO  scribeflow.gate: Disk usage: 212/300 GB (71%), downloading normally\n"
-                "INFO  scribeflow.download: Downloaded {id}: 312 MB (format mp4), 1440 s of aac audio, in 41 s\n",
+    "download": "INFO  scribeflow.stages.download: Declared size of {id}: 312 MB (from Content-Length); format mp4\n"
+                "INFO  scribeflow.budget.gate: Disk usage: 212/300 GB (71%), downloading normally\n"
+                "INFO  scribeflow.stages.download: Downloaded {id}: 312 MB (format mp4), 1440 s of aac audio, in 41 s\n",
     "extract_audio": "INFO  scribeflow: Extracted 1440.0 s of 16 kHz mono audio from {id}: 46.1 MB\n",
     "transcribe": "INFO  scribeflow: Transcribing {id}, video size: 312.0 MB\n"
-                  "INFO  scribeflow.worker: Transcribed by the worker in 61.2 s\n"
+                  "INFO  scribeflow.stages.transcription.worker: Transcribed by the worker in 61.2 s\n"
                   "INFO  scribeflow: Transcription complete (1440.0 s of audio, 312 segments), deleting video and "
                   "audio\nINFO  scribeflow: Freed 358.1 MB (video: 312.0 MB, audio: 46.1 MB)\n"
                   "INFO  scribeflow: Current disk usage: 231/300 GB (77%)\n",
-    "analyse_episode": "INFO  scribeflow.tokens: Tokenized transcripts/{id}.json (en): 3512 tokens in 312 segments\n"
-                       "INFO  scribeflow.analysis: Analysed {id}: 3512 tokens, 911 types\n",
+    "analyse_episode": "INFO  scribeflow.stages.tokens: Tokenized transcripts/{id}.json (en): 3512 tokens in 312 segments\n"
+                       "INFO  scribeflow.stages.analysis: Analysed {id}: 3512 tokens, 911 types\n",
 }
 BENCH_HEADER = "s\th:m:s\tmax_rss\tmax_vms\tmax_uss\tmax_pss\tio_in\tio_out\tmean_load\tcpu_time"
 BENCH_ROW = "61.94\t0:01:01\t29.18\t107.06\t16.79\t17.60\t0.00\t0.09\t4.17\t0.30"
@@ -189,7 +189,7 @@ def files_under(path: Path) -> int:
 
 
 def full_config(root: Path):
-    from scribeflow.config import for_run
+    from scribeflow.config.settings import for_run
 
     return for_run([str(root / "config.yaml")])
 
@@ -200,7 +200,7 @@ def percentiles(times: list[float]) -> str:
 
 
 def admissions(root: Path, runs: int) -> tuple[list[float], list[float]]:
-    from scribeflow.gate import DownloadGate
+    from scribeflow.budget.gate import DownloadGate
 
     config = full_config(root)
     data = Path(config.data_dir)
@@ -227,7 +227,7 @@ def admissions(root: Path, runs: int) -> tuple[list[float], list[float]]:
 def cli(root: Path, *args: str) -> tuple[float, float, str]:
     """Wall and CPU seconds of a fresh `scribeflow ARGS` (CPU: about the wall time on a
     quiet machine; this VM's other users come and go), and its output."""
-    cmd = [sys.executable, "-m", "scribeflow.cli", *args, "--configfile", str(root / "config.yaml")]
+    cmd = [sys.executable, "-m", "scribeflow.ops.cli", *args, "--configfile", str(root / "config.yaml")]
     with tempfile.TemporaryFile("w+") as out:
         t0 = time.perf_counter()
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=REPO)
@@ -288,7 +288,7 @@ def plan(root: Path) -> tuple[float, float, int | None]:
 def each_speedup(root: Path, rounds: int) -> dict:
     """The chunk's plan with every speedup, with none, and without each one in turn,
     alternating for `rounds` rounds: {variant: (median wall, median CPU)}."""
-    from scribeflow.snakemake_internals import SPEEDUPS
+    from scribeflow.integration.internals import SPEEDUPS
 
     names = [name for name, _ in SPEEDUPS]
     variants = {"all": "1", "none": "0",

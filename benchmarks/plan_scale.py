@@ -148,7 +148,7 @@ def plan_figures(args, base: Path) -> None:
         # Resume: half of chunk 1's episodes are done (their analysis exists), as after an
         # interruption; then the worst case, where half are transcribed but none analysed
         # (Snakemake then also plans, and drops, the jobs upstream of each transcript).
-        from scribeflow.catalogue import load as load_catalogue
+        from scribeflow.config.catalogue import load as load_catalogue
 
         ids = list(load_catalogue(catalogue, f"1/{chunks}").index)
         for folder, suffix in (("analysis/episodes", ".json"), ("analysis/lemmas", ".parquet"),

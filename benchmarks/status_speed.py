@@ -25,7 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from scribeflow.ledger import Ledger  # noqa: E402
+from scribeflow.state.ledger import Ledger  # noqa: E402
 
 DAY = 86400.0
 
@@ -83,7 +83,7 @@ def main() -> int:
         size = (root / "data" / "jobs.db").stat().st_size
         print(f"synthetic ledger: {args.episodes} episodes, {size / 1e6:.0f} MB, built in "
               f"{time.perf_counter() - t0:.1f} s")
-        cmd = [sys.executable, "-m", "scribeflow.cli", "status", "--config", f"catalogue={root}/episodes.csv",
+        cmd = [sys.executable, "-m", "scribeflow.ops.cli", "status", "--config", f"catalogue={root}/episodes.csv",
                f"data_dir={root}/data", f"storage_dir={root}/storage"]
         for flag in ([], ["--json"]):
             times = []

@@ -10,7 +10,7 @@ What is compared, on the same 20 speech clips (espeak-ng; SENTENCES joined by 4)
   (PyAV decoding, the disk gate, the ledger, the transcript files, temp() deletion);
   its targets are the transcripts (not the corpus stages, which the loop lacks).
   Both wall times are whole processes, Python start and imports included.
-Mode `worker` is the default workflow (the model stays loaded in scribeflow.worker);
+Mode `worker` is the default workflow (the model stays loaded in scribeflow.stages.transcription.worker);
 `in-process` is the one-model-load-per-job behaviour before it (transcribe.worker.enabled
 false). Same settings for all (the config's decode options; tiny.en by default).
 
@@ -41,8 +41,10 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 sys.path.insert(0, str(REPO / "tests"))  # the test tools: tests/support
 
-from scribeflow import config as sf_config  # noqa: E402
-from scribeflow.transcribe import decode_options, read_transcript, thread_env  # noqa: E402
+from scribeflow.config import settings as sf_config  # noqa: E402
+from scribeflow.stages.transcription.decode import decode_options  # noqa: E402
+from scribeflow.stages.transcription.transcript import read_transcript  # noqa: E402
+from scribeflow.stages.transcription.model import thread_env  # noqa: E402
 
 SENTENCES_PER_CLIP = 4
 
@@ -64,7 +66,7 @@ def loop(spec: dict) -> None:
     """The limit: plain faster-whisper, one model, a loop (run in its own process)."""
     from faster_whisper import BatchedInferencePipeline, WhisperModel, decode_audio
 
-    from scribeflow.transcribe import resolve_device
+    from scribeflow.stages.transcription.model import resolve_device
 
     tc, options = spec["tc"], dict(spec["options"])
     device, compute_type = resolve_device(tc["device"], tc["compute_type"])  # as the pipeline does

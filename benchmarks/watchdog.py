@@ -31,8 +31,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the te
 from support.scenario import AllocatedSampler  # noqa: E402
 from support.server import MediaServer  # noqa: E402
 
-from scribeflow import config as cfg  # noqa: E402
-from scribeflow.download import DownloadFailed, _download_with_retries, reservation  # noqa: E402
+from scribeflow.config import settings as cfg  # noqa: E402
+from scribeflow.stages.download import DownloadFailed, _download_with_retries, reservation  # noqa: E402
 
 MB = 1_000_000
 WATCHDOG = re.compile(r"([\d.]+) s CPU \(peak_bytes=(\d+) reserved_bytes=(\d+)\)")

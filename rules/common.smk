@@ -13,16 +13,16 @@ from snakemake.exceptions import WorkflowError
 if importlib.util.find_spec("scribeflow") is None:
     sys.path.insert(0, str(Path(workflow.basedir) / "src"))
 
-from scribeflow import catalogue as sf_catalogue
-from scribeflow import config as sf_config
-from scribeflow import failures as sf_failures
-from scribeflow import snakemake_internals as sf_internals
+from scribeflow.config import catalogue as sf_catalogue
+from scribeflow.config import settings as sf_config
+from scribeflow.state import failures as sf_failures
+from scribeflow.integration import internals as sf_internals
 from scribeflow.files import ids_with_suffix
-from scribeflow.layout import WORKFLOW_CACHE, Layout
+from scribeflow.config.layout import WORKFLOW_CACHE, Layout
 
 try:
     # Validated once (defaults filled into `config`, which every job gets); the rules
-    # read SETTINGS, the jobs rebuild it from their config (scribeflow.steps.Job).
+    # read SETTINGS, the jobs rebuild it from their config (scribeflow.stages.steps.Job).
     SETTINGS = sf_config.validate(config)
     # Every process parses this (each chunk, each cluster job): reuse the validated
     # catalogue while the file is unchanged.
@@ -36,7 +36,7 @@ except (sf_config.ConfigError, sf_catalogue.CatalogueError) as exc:
 # while another workflow parses this one as its module.
 sf_internals.apply(workflow, SETTINGS.snakemake_speedups)
 
-# Every path of the run (scribeflow.layout); the rules declare its {episode} patterns.
+# Every path of the run (scribeflow.config.layout); the rules declare its {episode} patterns.
 LAYOUT = Layout.from_config(SETTINGS)
 DISK = SETTINGS.disk_management
 CLEANUP = DISK.cleanup
@@ -156,18 +156,18 @@ def analysis_targets(wildcards=None):
 # -- cluster ---------------------------------------------------------------------
 def transcribe_runtime(wildcards, attempt):
     """Slurm time limit (minutes) from the catalogue's duration_s; see profiles/slurm."""
-    from scribeflow.cluster import transcribe_runtime_minutes
+    from scribeflow.integration.cluster import transcribe_runtime_minutes
 
     return transcribe_runtime_minutes(row(wildcards.episode, "duration_s"), attempt)
 
 
 onstart:
-    from scribeflow.ledger import Ledger
-    from scribeflow.recovery import clean_orphans
+    from scribeflow.state.ledger import Ledger
+    from scribeflow.budget.cleanup import clean_orphans
 
     if not workflow.local_exec:
         # Jobs on other nodes share the gate and the ledger only through file locks.
-        from scribeflow.cluster import local_lock_problem
+        from scribeflow.integration.cluster import local_lock_problem
 
         problem = local_lock_problem(LAYOUT.data_dir)
         if problem:
@@ -186,9 +186,9 @@ onstart:
     with Ledger.for_config(SETTINGS, verify=True) as ledger:
         ledger.enqueue(CATALOGUE.index)
         ledger.start_run()
-    # Finished episodes' per-job logs and benchmark records, into one roll-up (scribeflow.logs),
+    # Finished episodes' per-job logs and benchmark records, into one roll-up (scribeflow.state.logs),
     # in a process of its own: the start does not wait for it.
-    from scribeflow.logs import start_rollup
+    from scribeflow.state.logs import start_rollup
 
     if start_rollup(LAYOUT):
         print(
@@ -197,7 +197,7 @@ onstart:
     # The model loads while the first audio is extracted. Locally only: a cluster job
     # starts the worker of its own node.
     if workflow.local_exec and any(job.rule.name == "transcribe" for job in jobs):
-        from scribeflow import worker
+        from scribeflow.stages.transcription import worker
 
         if worker.prestart(SETTINGS.transcribe.as_dict(), LAYOUT.data_dir):
             print(

@@ -22,22 +22,22 @@ rule transcribe:
         "../scripts/transcribe.py"
 
 
-# The transcription worker (scribeflow.worker) keeps the model loaded between jobs; let
+# The transcription worker (scribeflow.stages.transcription.worker) keeps the model loaded between jobs; let
 # it go when the run ends rather than after its idle timeout (it holds GPU memory).
 # Snakemake keeps one onsuccess and one onerror handler: the run's ends, for every rule.
 # (The log roll-up runs at the next run's start, so a run's logs stay where Snakemake
 # and `scribeflow failed` point until then.)
 onsuccess:
-    from scribeflow import worker
-    from scribeflow.ledger import end_run
+    from scribeflow.stages.transcription import worker
+    from scribeflow.state.ledger import end_run
 
     worker.stop(SETTINGS.transcribe.as_dict(), LAYOUT.data_dir)
     end_run(SETTINGS)
 
 
 onerror:
-    from scribeflow import worker
-    from scribeflow.ledger import end_run
+    from scribeflow.stages.transcription import worker
+    from scribeflow.state.ledger import end_run
 
     worker.stop(SETTINGS.transcribe.as_dict(), LAYOUT.data_dir)
     end_run(SETTINGS)

@@ -1,4 +1,4 @@
-from scribeflow import steps
+from scribeflow.stages import steps
 
 steps.setup_logging(snakemake.log[0])
 steps.corpus(

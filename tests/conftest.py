@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from support.fixtures import SENTENCES, make_speech_video
 from support.server import MediaServer
 
@@ -95,7 +94,7 @@ def run_snakemake(tmp: Path, config: dict, *args: str, check: bool = True, timeo
 
 def scribeflow(cwd: Path, *args: str) -> str:
     """Run the `scribeflow` command as a user would; return its standard output."""
-    proc = subprocess.run([sys.executable, "-m", "scribeflow.cli", *args], cwd=cwd, capture_output=True,
+    proc = subprocess.run([sys.executable, "-m", "scribeflow.ops.cli", *args], cwd=cwd, capture_output=True,
                           text=True, timeout=120)
     if proc.returncode != 0:
         raise AssertionError(f"scribeflow {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr[-4000:]}")

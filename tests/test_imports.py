@@ -1,27 +1,54 @@
-"""The package's imports go one way: no module imports, directly or through others, a
-module that imports it back (function-level imports included: they are circles too,
-only deferred). Read with ast; nothing is imported."""
+"""The package's imports go one way: down the floors of docs/development.md's picture
+(ops -> stages -> budget -> state -> config -> files, integration), and never round a
+circle (function-level imports included: they are circles too, only deferred). Read with
+ast; nothing is imported."""
 
 import ast
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "scribeflow"
+# The floors, lowest first: a module imports from its own floor or the floors below.
+FLOORS = {"files": 0, "figures": 0, "integration": 0, "config": 1, "state": 2, "budget": 3, "stages": 4, "ops": 5}
 
 
-def import_graph() -> dict[str, set[str]]:
-    modules = {p.stem for p in PACKAGE.glob("*.py")}
+def module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def import_graph(package: Path = PACKAGE) -> dict[str, set[str]]:
+    """Each module (dotted, under scribeflow; "" is the package itself) and the modules of
+    the package it imports."""
+    modules = {module_name(p) for p in package.rglob("*.py")}
+
+    def resolve(name: str) -> str | None:
+        name = name.removeprefix("scribeflow").removeprefix(".")
+        while name not in modules and "." in name:
+            name = name.rpartition(".")[0]
+        return name if name in modules else None
+
     graph = {}
-    for path in PACKAGE.glob("*.py"):
+    for path in package.rglob("*.py"):
+        me = module_name(path)
         deps = set()
         for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.ImportFrom) and node.level == 1:
-                deps |= {node.module.split(".")[0]} if node.module else {a.name for a in node.names}
-            elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("scribeflow."):
-                deps.add(node.module.split(".")[1])
+            if isinstance(node, ast.ImportFrom) and node.level:
+                raise AssertionError(f"{path}: a relative import (write scribeflow.… in full, as everywhere else)")
+            if isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "scribeflow":
+                for alias in node.names:  # `from scribeflow.config import settings`: the module settings
+                    deps.add(resolve(f"{node.module}.{alias.name}"))
             elif isinstance(node, ast.Import):
-                deps |= {a.name.split(".")[1] for a in node.names if a.name.startswith("scribeflow.")}
-        graph[path.stem] = (deps & modules) - {path.stem, "__init__"}
+                deps |= {resolve(a.name) for a in node.names if a.name.split(".")[0] == "scribeflow"}
+        graph[me] = deps - {None, me}
     return graph
+
+
+def floor(module: str) -> int:
+    return FLOORS.get(module.split(".")[0], 0)
+
+
+def upward(graph: dict[str, set[str]]) -> list[str]:
+    return sorted(f"{m} -> {d}" for m, deps in graph.items() for d in deps if floor(d) > floor(m))
 
 
 def circles(graph: dict[str, set[str]]) -> list[list[str]]:
@@ -57,9 +84,25 @@ def circles(graph: dict[str, set[str]]) -> list[list[str]]:
 
 def test_no_import_circles():
     graph = import_graph()
-    assert len(graph) > 30 and "ledger" in graph["disk"]  # the graph is read, not empty
+    assert len(graph) > 40 and "state.ledger" in graph["budget.monitor"]  # the graph is read, not empty
     assert circles(graph) == []
 
 
-def test_the_circle_finder_finds_a_circle():
+def test_imports_go_down_the_floors():
+    graph = import_graph()
+    assert set(FLOORS) >= {m.split(".")[0] for m in graph if m}  # every subpackage has its floor
+    assert upward(graph) == []
+
+
+def test_the_checks_find_a_circle_and_an_upward_import(tmp_path):
     assert circles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+    for name, text in {"__init__.py": "", "state/__init__.py": "", "ops/__init__.py": "", "ops/cli.py": "",
+                       "state/ledger.py": "from scribeflow.ops.cli import main\n"}.items():
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        (tmp_path / name).write_text(text)
+    global PACKAGE
+    saved, PACKAGE = PACKAGE, tmp_path
+    try:
+        assert upward(import_graph(tmp_path)) == ["state.ledger -> ops.cli"]
+    finally:
+        PACKAGE = saved

@@ -19,7 +19,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from conftest import REPO, workflow_config, write_catalogue
 
 PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())
@@ -96,10 +95,10 @@ def test_pyproject_and_environment_yml_name_the_same_dependencies():
 
 
 def test_the_schema_is_package_data():
-    from scribeflow import config
+    from scribeflow.config import settings as config
 
-    assert config.SCHEMA_PATH.is_file() and config.SCHEMA_PATH.parent == REPO / "src" / "scribeflow"
-    assert "schema.yaml" in PYPROJECT["tool"]["setuptools"]["package-data"]["scribeflow"]
+    assert config.SCHEMA_PATH.is_file() and config.SCHEMA_PATH.parent == REPO / "src" / "scribeflow" / "config"
+    assert "schema.yaml" in PYPROJECT["tool"]["setuptools"]["package-data"]["scribeflow.config"]
 
 
 def site_packages() -> list[str]:

@@ -7,7 +7,6 @@ import os
 import tempfile
 from pathlib import Path
 
-
 # Up to this many candidates, one stat each costs less than listing a folder of a
 # month four's 171,881 names (~5 us a stat, ~1 us a listed name, warm).
 STAT_AT_MOST = 5000
@@ -34,6 +33,24 @@ def file_entries(folder: str | os.PathLike) -> list[os.DirEntry]:
         return [e for e in os.scandir(folder) if e.is_file(follow_symlinks=False)]
     except FileNotFoundError:
         return []
+
+
+def file_paths(folder: str | os.PathLike) -> list[Path]:
+    """The regular files in `folder` (not links), as paths; [] when it is missing."""
+    return [Path(e.path) for e in file_entries(folder)]
+
+
+def entry_names(folder: str | os.PathLike) -> list[str]:
+    """The names in `folder`: one listing, no stat (171,881 transcripts at month four)."""
+    try:
+        return os.listdir(folder)
+    except FileNotFoundError:
+        return []
+
+
+def is_temp(name: str) -> bool:
+    """An atomic write's temporary file (atomic_path: .NAME.XXXX.tmp)."""
+    return name.startswith(".") and name.endswith(".tmp")
 
 
 def allocated_bytes(st: os.stat_result) -> int:

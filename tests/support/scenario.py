@@ -20,14 +20,14 @@ from pathlib import Path
 import psutil
 import yaml
 
-from scribeflow.config import MB
-from scribeflow.disk import DiskMonitor
-from .fixtures import SENTENCES, make_speech_video
-from scribeflow.gate import is_paused
-from scribeflow.layout import Layout
-from .server import MediaServer
+from scribeflow.budget.gate import is_paused
+from scribeflow.budget.monitor import DiskMonitor
+from scribeflow.config.layout import Layout
+from scribeflow.config.settings import MB
 
-REPO = Path(__file__).resolve().parents[2]
+from . import REPO
+from .fixtures import SENTENCES, make_speech_video
+from .server import MediaServer
 
 
 @dataclass
@@ -191,7 +191,7 @@ def run(workdir: Path, media: list[Path], model: str, hard_mb: float = 4.0, paus
     events = []
     db = Layout(workdir / "data").ledger
     if db.exists():
-        from scribeflow.ledger import Ledger
+        from scribeflow.state.ledger import Ledger
 
         with Ledger(db) as ledger:
             events = ledger.pause_events()

@@ -1,0 +1,205 @@
+"""`scribeflow plan`: what a run of the catalogue will look like, before it starts.
+
+An estimate of the whole run. Each stage has a capacity in episodes
+per hour; the smallest is the bottleneck and sets the throughput and the ETA. The
+disk then behaves in one of two ways:
+
+- transcription (or extraction) is the bottleneck: downloads run ahead until the
+  pause threshold, so usage saws between the resume and pause thresholds (mean in
+  the middle) and the episodes in flight are whatever fits in that space;
+- downloading is the bottleneck: videos are transcribed as soon as they land, so
+  only the downloads in progress and the episodes being processed are on disk.
+
+Rates come from the ledger when a run has measured them (download MB/s per job,
+transcription and extraction speed in multiples of real time per job), else from
+the options, whose defaults are stated with their source.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass
+
+from scribeflow.config.layout import Layout
+from scribeflow.config.settings import GB, MB, Settings
+from scribeflow.ops.rates import duration, measured
+from scribeflow.stages.media import BYTES_PER_SECOND
+from scribeflow.state.failures import given_up
+from scribeflow.state.ledger import HOUR, LedgerReader
+
+# Defaults when nothing is measured yet.
+ASSUMED = {
+    "download_mb_per_s": (10.0, "10 MB/s per download"),
+    # faster-whisper's published benchmark: large-v3, fp16, beam 5, 13 min of audio in 52 s
+    # on an RTX 2080 Ti; one transcription job per GPU.
+    "transcription_speed": (15.0, "faster-whisper benchmark: large-v3 fp16 beam 5, ~15x real time per GPU"),
+    "extraction_speed": (300.0, "PyAV decode + resample to 16 kHz mono, ~300x real time per core"),
+    "duration_s": (24 * 60.0, "a 24-minute episode"),
+    "transcript_kb": (50.0, "50 KB per transcript"),
+}
+
+
+@dataclass
+class Inputs:
+    episodes: int
+    remaining: int
+    video_mb: float  # mean per episode
+    duration_s: float  # mean per episode
+    transcript_kb: float
+    download_mb_per_s: float
+    transcription_speed: float  # x real time, one job
+    extraction_speed: float  # x real time, one job
+    download_slots: int
+    extraction_slots: int
+    transcription_slots: int  # max_concurrent_transcriptions: a cap over all GPUs of one run
+    sources: dict
+
+
+def gather(settings: Settings, catalogue, options: dict) -> Inputs:
+    """Combine the catalogue, the ledger's measurements and the options (which win)."""
+    dm = settings.disk_management
+    seen: dict = {}
+    db = Layout.from_config(settings).ledger
+    done = 0
+    if db.exists():
+        with LedgerReader(db) as ledger:
+            seen = measured(ledger)
+            done = ledger.transcribed_count()
+    done += len(given_up(settings.data_dir))  # failed for good: not to be done again
+    n_measured = seen.pop("episodes", 0)
+    sources, values = {}, {}
+    for key, (default, why) in ASSUMED.items():
+        if options.get(key) is not None:
+            values[key], sources[key] = options[key], "given"
+        elif key in seen:
+            values[key], sources[key] = seen[key], f"measured on {n_measured} episode(s)"
+        else:
+            values[key], sources[key] = default, f"assumed ({why})"
+
+    # The catalogue's own sizes and durations where it has them.
+    def column_mean(col, fallback):
+        if col in catalogue.columns and catalogue[col].notna().any():
+            known = catalogue[col].notna().sum()
+            mean = catalogue[col].fillna(fallback).astype(float).mean()
+            return mean, f"catalogue ({known} of {len(catalogue)} rows; the rest {fallback:g})"
+        return fallback, None
+
+    fallback_video = seen.get("video_mb", dm.default_video_size_mb)
+    video_mb, src = column_mean("expected_size_mb", fallback_video)
+    sources["video_mb"] = src or (f"measured on {n_measured} episode(s)" if "video_mb" in seen
+                                  else f"default_video_size_mb ({dm.default_video_size_mb:g})")
+    duration, src = column_mean("duration_s", values["duration_s"])
+    sources["duration_s"] = src or sources["duration_s"]
+    cores = options.get("cores") or os.cpu_count() or 1
+    # The slots the run really gets: one job slot left for the work that frees space, and
+    # Snakemake's disk_gb units (whole GB, at least one per download).
+    downloads = min(dm.download_slots(cores), max(1, int(dm.in_flight_gb)) // max(1, -(-int(video_mb) // 1000)))
+    sources["download_slots"] = (f"min(max_concurrent_downloads {dm.max_concurrent_downloads}, {cores} cores - 1, "
+                                 f"disk_gb units)")
+    return Inputs(
+        episodes=len(catalogue), remaining=max(0, len(catalogue) - done), video_mb=video_mb,
+        duration_s=duration, transcript_kb=values["transcript_kb"],
+        download_mb_per_s=values["download_mb_per_s"], transcription_speed=values["transcription_speed"],
+        extraction_speed=values["extraction_speed"],
+        download_slots=max(1, downloads), extraction_slots=max(1, cores - max(1, downloads)),
+        transcription_slots=dm.max_concurrent_transcriptions, sources=sources,
+    )
+
+
+def estimate(settings: Settings, inp: Inputs, gpus: int) -> dict:
+    """Capacities, bottleneck, steady-state disk and ETA with `gpus` transcription workers."""
+    dm = settings.disk_management
+    hard, pause, resume = (x * GB for x in (dm.hard_limit_gb, dm.pause_threshold_gb, dm.resume_threshold_gb))
+    video = inp.video_mb * MB
+    audio = inp.duration_s * BYTES_PER_SECOND
+    workers = min(gpus, inp.transcription_slots)
+    capacity = {
+        "download": inp.download_slots * inp.download_mb_per_s * MB / video * HOUR,
+        "extract_audio": inp.extraction_slots * inp.extraction_speed * HOUR / inp.duration_s,
+        "transcribe": workers * inp.transcription_speed * HOUR / inp.duration_s,
+    }
+    bottleneck = min(capacity, key=capacity.get)
+    rate = capacity[bottleneck]
+    # Permanent outputs grow through the run; take their mean over it.
+    permanent_end = inp.episodes * inp.transcript_kb * 1000
+    permanent_mean = (inp.episodes - inp.remaining / 2) * inp.transcript_kb * 1000
+    remaining_bytes = inp.remaining * (video + audio)
+    if permanent_end + remaining_bytes < pause:
+        # Everything left fits below the pause threshold: downloads never pause.
+        in_flight = inp.remaining
+        usage = permanent_mean + remaining_bytes / 2
+        behaviour = (f"everything left ({remaining_bytes / GB:.3g} GB of video and audio) fits below the "
+                     f"pause threshold: downloads never pause")
+    elif bottleneck == "download":
+        # Videos are consumed as they land: downloads in progress (half done on average)
+        # plus the episodes being extracted or transcribed.
+        processing = min(gpus, inp.download_slots)
+        in_flight = inp.download_slots + processing
+        usage = permanent_mean + inp.download_slots * video / 2 + processing * (video + audio)
+        behaviour = "downloads are the bottleneck: the disk stays well below the pause threshold"
+    else:
+        usage = (pause + resume) / 2
+        in_flight = min(inp.remaining, max(0.0, (usage - permanent_mean) / video))
+        behaviour = (f"{bottleneck} is the bottleneck: downloads run ahead and pause, usage saws between "
+                     f"the resume and pause thresholds")
+    hours = inp.remaining / rate if rate else float("inf")
+    warnings = []
+    if permanent_end > resume:
+        warnings.append(f"the permanent outputs alone ({permanent_end / GB:.0f} GB) would pass the resume "
+                        f"threshold: downloads would stall before the end")
+    if workers < gpus:
+        warnings.append(f"max_concurrent_transcriptions ({inp.transcription_slots}) lets only {workers} of "
+                        f"{gpus} GPUs work: raise it to use them all")
+    if video + audio > hard - pause:
+        warnings.append(f"one episode ({(video + audio) / GB:.2f} GB of video and audio) is larger than the "
+                        f"margin above the pause threshold ({(hard - pause) / GB:.0f} GB)")
+    return {
+        "gpus": gpus,
+        "capacity_per_hour": {k: round(v, 2) for k, v in capacity.items()},
+        "bottleneck": bottleneck,
+        "episodes_per_hour": round(rate, 2),
+        "steady_state_disk_gb": round(usage / GB, 3),
+        "episodes_in_flight": round(in_flight),
+        "behaviour": behaviour,
+        "permanent_outputs_at_end_gb": round(permanent_end / GB, 2),
+        "eta_hours": round(hours, 3),
+        "eta_days": round(hours / 24, 1),
+        "warnings": warnings,
+    }
+
+
+def plan(settings: Settings, catalogue, gpus: list[int], options: dict) -> dict:
+    inp = gather(settings, catalogue, options)
+    return {"inputs": asdict(inp), "scenarios": [estimate(settings, inp, g) for g in gpus]}
+
+
+def render(p: dict) -> str:
+    i = p["inputs"]
+    src = i["sources"]
+    lines = [
+        f"Catalogue: {i['episodes']} episodes, {i['remaining']} still to do",
+        f"Per episode: {i['video_mb']:.0f} MB of video [{src['video_mb']}], "
+        f"{i['duration_s'] / 60:.1f} min [{src['duration_s']}], "
+        f"{i['transcript_kb']:.0f} KB transcript [{src['transcript_kb']}]",
+        f"Per job: download {i['download_mb_per_s']:g} MB/s [{src['download_mb_per_s']}] x "
+        f"{i['download_slots']} slots [{src['download_slots']}]; transcription {i['transcription_speed']:g}x real time "
+        f"[{src['transcription_speed']}]; extraction {i['extraction_speed']:g}x real time "
+        f"[{src['extraction_speed']}] x {i['extraction_slots']} cores",
+        "",
+        f"{'GPUs':>4}  {'download/h':>10}  {'extract/h':>9}  {'transcribe/h':>12}  {'bottleneck':<13}"
+        f"{'disk GB':>8}  {'in flight':>9}  {'ETA':>12}",
+    ]
+    for s in p["scenarios"]:
+        c = s["capacity_per_hour"]
+        eta = duration(s["eta_hours"] * HOUR) if s["eta_hours"] != float("inf") else "never"
+        lines.append(f"{s['gpus']:>4}  {c['download']:>10.1f}  {c['extract_audio']:>9.1f}  "
+                     f"{c['transcribe']:>12.1f}  {s['bottleneck']:<13}{s['steady_state_disk_gb']:>8.3g}  "
+                     f"{s['episodes_in_flight']:>9}  {eta:>12}")
+    seen = set()
+    for s in p["scenarios"]:
+        if s["behaviour"] not in seen:
+            seen.add(s["behaviour"])
+            lines.append(f"  {s['gpus']} GPU(s): {s['behaviour']}")
+        lines += [f"  warning ({s['gpus']} GPU(s)): {w}" for w in s["warnings"]]
+    lines.append(f"Permanent transcripts at the end: {p['scenarios'][0]['permanent_outputs_at_end_gb']:g} GB")
+    return "\n".join(lines)

@@ -1,0 +1,267 @@
+"""`scribeflow status`: the ledger's view of a run — how far, how fast, how full,
+what failed, and when it will be done.
+
+Everything comes from a few aggregate queries on jobs.db, so it answers in well
+under a second on a 171,881-episode ledger and can run beside a live workflow (it
+only reads; readers never block the writers for long in the rollback journal). Disk
+usage comes from the disk accounting (disk.py): the temporary folders are walked, the
+folders that grow with every finished episode are not, so it costs the same in month
+four as on day one.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from collections import Counter
+from pathlib import Path
+
+from scribeflow.budget.gate import DownloadGate
+from scribeflow.budget.monitor import DiskMonitor
+from scribeflow.config.layout import Layout
+from scribeflow.config.settings import MB, Settings
+from scribeflow.files import human_bytes
+from scribeflow.ops.rates import duration, measured
+from scribeflow.state.failures import given_up
+from scribeflow.state.ledger import HOUR, STAGES, TRANSCRIBED, Ledger, LedgerReader
+
+
+def catalogue_rows(path) -> int | None:
+    """How many episodes the whole catalogue holds (not just this chunk), cheaply."""
+    path = Path(path)
+    try:
+        if path.suffix.lower() in (".parquet", ".pq"):
+            import pyarrow.parquet as pq
+
+            return pq.ParquetFile(path).metadata.num_rows
+        with path.open("rb") as f:
+            lines = sum(chunk.count(b"\n") for chunk in iter(lambda: f.read(1 << 20), b""))
+            f.seek(max(0, path.stat().st_size - 1))
+            last_unterminated = f.read(1) not in (b"\n", b"")
+        return max(0, lines + last_unterminated - 1)  # minus the header
+    except OSError:
+        return None
+
+
+def measured_rates(ledger: Ledger, now: float) -> dict:
+    """Throughput and speeds measured from the jobs table."""
+    t = ledger.throughput(now - HOUR)
+    first = t["first"]
+
+    def per_hour(count, end):
+        span = (end or now) - first if first else 0
+        return round(count / (span / HOUR), 2) if count and span > 0 else 0.0
+
+    return {
+        "downloads_per_hour": {"last_hour": float(t["downloads_since"]),
+                               "overall": per_hour(t["downloads"], t["last_download"])},
+        "transcriptions_per_hour": {"last_hour": float(t["transcribed_since"]),
+                                    "overall": per_hour(t["transcribed"], t["last_transcription"])},
+        "avg_mb_freed_per_transcription": round((t["freed_avg"] or 0) / MB, 3),
+        "permanent_growth_mb_per_hour": round(per_hour(t["transcript_bytes"] or 0, t["last_transcription"]) / MB, 4),
+        "transcribed": t["transcribed"],
+    }
+
+
+STAGE_DONE = {"downloads": "downloaded_at", "extractions": "extracted_at", "transcriptions": "transcribed_at"}
+
+
+def window_rates(ledger: Ledger, now: float) -> dict:
+    """Episodes through each stage per hour over the last hour, or since the earliest
+    run that is still going (or ended within the hour) when that is later: a window never
+    longer than the run's data, so that a run two minutes old is not measured over an
+    hour it was not running."""
+    start = max(now - HOUR, ledger.run_start(now - HOUR) or 0)
+    window = max(now - start, 60.0)
+    counts = ledger.reached_since(STAGE_DONE.values(), start)
+    basis = "last hour" if start == now - HOUR else f"this run's {window / 60:.0f} min"
+    return {"window_seconds": round(window), "started_at": start, "basis": basis,
+            "per_hour": {name: round(n * HOUR / window, 2) for name, n in zip(STAGE_DONE, counts)}}
+
+
+def bottleneck(stages: dict, paused: bool) -> str:
+    """The stage the work waits for: transcription while downloads are paused for space,
+    else the stage with the longest queue in front of it, else the downloads."""
+    if paused:
+        return "transcription (downloads are paused until it frees space)"
+    queues = {"transcription": stages.get("extracted", 0), "audio extraction": stages.get("downloaded", 0)}
+    stage, waiting = max(queues.items(), key=lambda kv: kv[1])
+    if waiting >= 2:
+        return f"{stage} ({waiting} episodes wait for it)"
+    return "downloads (the later stages keep up)"
+
+
+def run_state(gate: DownloadGate, stages: dict, last_update: float | None, now: float) -> dict:
+    """Whether a run is alive: the gate's live holders (a download, extraction or
+    transcription in flight, by process id or heartbeat), Snakemake's lock in the
+    working directory, and when the ledger last changed. Reads only."""
+    holders = [h.get("kind", "job") for h in gate.live_holders()]
+    locks = Path(".snakemake") / "locks"
+    locked = locks.is_dir() and any(locks.iterdir())
+    recent = last_update is not None and now - last_update < 120
+    in_flight = sum(stages.get(x, 0) for x in ("downloading", "extracting", "transcribing"))
+    if holders:
+        counts = Counter(holders)
+        detail = "jobs in flight: " + ", ".join(f"{n} {kind}" for kind, n in sorted(counts.items()))
+        is_alive = True
+    elif recent:
+        detail, is_alive = "the ledger changed in the last 2 minutes", True
+    else:
+        is_alive = False
+        detail = "no job in flight"
+        if locked:
+            detail += ("; Snakemake's lock is left in .snakemake/locks (a killed run: `snakemake --unlock`, "
+                       "then run again)")
+        if in_flight:
+            detail += f"; {in_flight} episode(s) were in flight when it stopped: the next run starts them again"
+    return {"alive": is_alive, "detail": detail, "holders": len(holders), "snakemake_lock": locked}
+
+
+def disk_growth(ledger: Ledger, now: float) -> dict:
+    """Trend of the measured disk usage in MB per hour (least-squares slope, so that the
+    pause/resume sawtooth does not swing it): over the last hour and over the whole run."""
+    def slope(since: float):
+        n, sx, sy, sxx, sxy = ledger.usage_sums(since)
+        den = n * sxx - sx * sx if n and n > 1 else 0
+        return round((n * sxy - sx * sy) / den, 3) if den > 1e-12 else None
+
+    first = ledger.first_sample_at()
+    return {"last_hour_mb_per_hour": slope(now - HOUR),
+            "overall_mb_per_hour": slope(first) if first is not None else None}
+
+
+def snapshot(settings: Settings, now: float | None = None) -> dict:
+    now = now or time.time()
+    monitor = DiskMonitor.from_config(settings, read_only=True)
+    layout = Layout.from_config(settings)
+    gate = DownloadGate(monitor, layout.gate)  # the default heartbeat timeout
+    # Whether downloads may start: the gate's rule, from the gate's own pause.
+    breakdown = monitor.get_breakdown(paused_for=gate.pause_reasons())
+    db = layout.ledger
+    stages, pauses, failures, rates, growth, window, last_update, memory = {}, [], [], {}, {}, {}, None, {}
+    gave_up = given_up(settings.data_dir)  # failed episodes the workflow no longer tries
+    if db.exists():
+        with LedgerReader(db) as ledger:
+            stages = ledger.stage_counts()
+            pauses = ledger.pause_events()
+            failures = [dict(zip(("id", "attempts", "last_error"), r[:3]), given_up=r[0] in gave_up,
+                             kind=r[4] or "episode") for r in ledger.failed()]
+            rates = measured_rates(ledger, now)
+            rates["per_job"] = measured(ledger)
+            growth = disk_growth(ledger, now)
+            window = window_rates(ledger, now)
+            last_update = ledger.last_update()
+            rss, gpu = ledger.peak_memory()
+            memory = {"peak_rss_bytes": rss, "gpu_bytes": gpu}
+    paused_s = sum((p["ended_at"] or now) - p["started_at"] for p in pauses)
+    # Old pauses are kept one row per day (Ledger.thin_history); `events` counts them.
+    pause_count = sum(p.get("events") or 1 for p in pauses)
+
+    in_ledger = sum(stages.values())
+    total = max(catalogue_rows(settings.catalogue) or 0, in_ledger)
+    done = sum(stages.get(s, 0) for s in TRANSCRIBED)
+    remaining = max(0, total - done - len(gave_up))
+    tph = rates.get("transcriptions_per_hour", {})
+    # The current run's rate over a window never longer than the run (at most an hour);
+    # when nothing runs, the whole history's.
+    if window.get("per_hour", {}).get("transcriptions"):
+        rate, basis = window["per_hour"]["transcriptions"], window["basis"]
+    else:
+        rate, basis = tph.get("overall", 0), "overall"
+    eta_s = remaining / rate * HOUR if rate and remaining else (0.0 if not remaining else None)
+    paused_now = any(p["ended_at"] is None for p in pauses)
+    from scribeflow.budget.hosts import HostLimiter
+
+    return {
+        "hosts_paused": HostLimiter.from_config(settings).paused(),
+        "at": now,
+        "catalogue_episodes": total,
+        "stages": {s: stages.get(s, 0) for s in STAGES},
+        "not_started": max(0, total - in_ledger),
+        "disk": {
+            **breakdown.usage.as_dict(),
+            "hard_limit": monitor.hard_limit,
+            "pause_threshold": monitor.pause_threshold,
+            "resume_threshold": monitor.resume_threshold,
+            "percent_of_hard_limit": round(breakdown.percentage, 2),
+            "filesystem_available": breakdown.filesystem_available,
+            "can_download": breakdown.can_download,
+        },
+        "pauses": {"count": pause_count, "total_seconds": round(paused_s, 1), "open": paused_now},
+        "rates": {**rates, "window": window},
+        "bottleneck": bottleneck(stages, paused_now),
+        "run": run_state(gate, stages, last_update, now),
+        "transcription_memory": memory,
+        "disk_growth": growth,
+        "eta": {"remaining_episodes": remaining, "seconds": round(eta_s) if eta_s is not None else None,
+                "at": dt.datetime.fromtimestamp(now + eta_s).isoformat(timespec="minutes")
+                if eta_s is not None else None,
+                "rate_per_hour": rate, "basis": basis},
+        "failures": failures,
+    }
+
+
+def render(s: dict) -> str:
+    d = s["disk"]
+    done = sum(s["stages"][x] for x in TRANSCRIBED)
+    total = s["catalogue_episodes"] or 1
+    run = s.get("run") or {}
+    lines = [f"Episodes: {done} of {s['catalogue_episodes']} transcribed ({100 * done / total:.1f}%)",
+             f"Run: {'alive' if run.get('alive') else 'not running'} ({run.get('detail', 'unknown')})",
+             "By stage:"]
+    lines += [f"  {stage:<13}{n:>9}" for stage, n in s["stages"].items() if n]
+    if s["not_started"]:
+        lines.append(f"  {'not started':<13}{s['not_started']:>9}")
+    lines.append(f"Disk: {human_bytes(d['total'])} of {human_bytes(d['hard_limit'])} "
+                 f"({d['percent_of_hard_limit']:.2g}%); pause at {human_bytes(d['pause_threshold'])}, "
+                 f"resume at {human_bytes(d['resume_threshold'])}")
+    for key in ("videos", "partial", "audio", "transcripts", "tokens", "analysis", "cache", "db", "logs", "other"):
+        if d[key]:
+            lines.append(f"  {key:<13}{human_bytes(d[key]):>10}")
+    if d.get("margin"):
+        lines.append(f"  {'margin':<13}{human_bytes(d['margin']):>10}  (accounting_margin_mb: writes not yet "
+                     f"attributed)")
+    p = s["pauses"]
+    lines.append(f"Download pauses: {p['count']} ({duration(p['total_seconds'])} in all)"
+                 + (", paused now" if p["open"] else ""))
+    for host, h in (s.get("hosts_paused") or {}).items():
+        probe = h.get("next_probe")
+        lines.append(f"Host paused: {host} since {dt.datetime.fromtimestamp(h['since']).isoformat(timespec='seconds')}"
+                     f" ({duration(s['at'] - h['since'])}): {h.get('reason')}"
+                     + (f"; next probe in {duration(max(0.0, probe - s['at']))}" if probe else "")
+                     + f"; its episodes wait; `scribeflow retry --host {host}` resumes it now")
+    r, g, e = s["rates"], s["disk_growth"], s["eta"]
+    w = r.get("window") or {}
+    if any(w.get("per_hour", {}).values()):
+        lines.append(f"Rates ({w['basis']}): " + ", ".join(f"{n:g} {name}/h" for name, n in w["per_hour"].items())
+                     + f"; bottleneck: {s.get('bottleneck')}")
+    if r.get("downloads_per_hour"):
+        lines += [
+            f"Downloads per hour: {r['downloads_per_hour']['last_hour']:g} last hour, "
+            f"{r['downloads_per_hour']['overall']:g} overall",
+            f"Transcriptions per hour: {r['transcriptions_per_hour']['last_hour']:g} last hour, "
+            f"{r['transcriptions_per_hour']['overall']:g} overall",
+            f"Freed per transcription: {r['avg_mb_freed_per_transcription']:g} MB on average",
+            f"Permanent outputs grow {r['permanent_growth_mb_per_hour']:g} MB/h"
+            + (f"; disk usage changed {g['last_hour_mb_per_hour']:+g} MB/h over the last hour"
+               if g.get("last_hour_mb_per_hour") is not None else ""),
+        ]
+    m = s.get("transcription_memory") or {}
+    if m.get("peak_rss_bytes"):
+        lines.append(f"Transcription memory: up to {human_bytes(m['peak_rss_bytes'])} resident"
+                     + (f", {human_bytes(m['gpu_bytes'])} of GPU memory" if m.get("gpu_bytes") else "")
+                     + f" (Slurm: mem_mb of at least {int(m['peak_rss_bytes'] * 1.25 / 2**20)} for transcribe)")
+    lines.append(f"ETA: {e['remaining_episodes']} episodes left, "
+                 + (f"done in {duration(e['seconds'])} ({e['at']}) at {e['rate_per_hour']:g}/h ({e['basis']})"
+                    if e["seconds"] else "done" if e["seconds"] == 0 else "no rate measured yet"))
+    if s["failures"]:
+        reasons = Counter(f["last_error"] for f in s["failures"])
+        gave_up = sum(f["given_up"] for f in s["failures"])
+        lines.append(f"Failed episodes: {len(s['failures'])} ({gave_up} given up, {len(s['failures']) - gave_up} "
+                     f"to be tried again by the next run), by reason:")
+        lines += [f"  {n:>6} x {reason}" for reason, n in reasons.most_common(10)]
+        shown = ", ".join(f["id"] for f in s["failures"][:10])
+        more = len(s["failures"]) - 10
+        lines.append(f"  episodes: {shown}" + (f" and {more} more" if more > 0 else ""))
+        lines.append("  (`scribeflow failed` lists them all; `scribeflow retry IDS` tries given-up ones again)")
+    return "\n".join(lines)

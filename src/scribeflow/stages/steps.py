@@ -1,0 +1,198 @@
+"""One function per rule: the work, the disk gate and the ledger, so the rules stay thin.
+
+Each step records its stage transitions in the ledger and, on failure, the stage
+'failed' with the reason before re-raising, so that `scribeflow status` can say what
+went wrong and Snakemake still sees the job fail. A permanent failure (or one too
+many) also gives the episode up, so that later runs skip it (failures.py).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+from pathlib import Path
+
+from scribeflow.budget.gate import DownloadGate, gb
+from scribeflow.budget.slots import Slots
+from scribeflow.config.settings import MB, Settings
+from scribeflow.files import human_bytes
+from scribeflow.state import failures
+from scribeflow.state.ledger import Ledger
+from scribeflow.state.logs import setup_logging  # noqa: F401  (the rules' scripts call steps.setup_logging)
+
+log = logging.getLogger("scribeflow")
+
+# What a transcript records of its download (download.download_episode's result).
+SOURCE_KEYS = ("format_id", "format", "ext", "protocol", "audio_only", "size_source")
+
+
+def job_settings(snakemake) -> Settings:
+    """A job's settings: its config was validated (defaults filled) when the workflow was
+    parsed, so this only builds the typed object (no schema, no validation)."""
+    return Settings.from_validated(snakemake.config)
+
+
+@contextlib.contextmanager
+def _ledger_and_gate(settings: Settings):
+    """The ledger and the gate of a step: a ledger write that meets a full disk waits at
+    the gate for space (and the download that needs it pauses there), instead of failing."""
+    gate = DownloadGate.from_config(settings)
+    with Ledger.for_config(settings, on_full=gate.wait_for_space) as ledger:
+        gate.ledger = ledger
+        yield ledger, gate
+
+
+@contextlib.contextmanager
+def _recorded(ledger: Ledger, episode: str, settings: Settings | None = None, step: str = ""):
+    try:
+        yield
+    except BaseException as exc:
+        if failures.interrupted(exc):
+            log.warning("%s: %s interrupted (%s); the next run starts it again", episode, step or "step",
+                        exc or "Ctrl-C")
+        else:
+            log.error("%s failed: %s", episode, exc)
+        ledger.on_full = None  # recording a failure never waits for space
+        with contextlib.suppress(Exception):
+            if settings is None:
+                if not failures.interrupted(exc):
+                    ledger.set_stage(episode, "failed", last_error=f"{type(exc).__name__}: {exc}"[:2000])
+            elif failures.record(settings, ledger, episode, step, exc):
+                log.error("Gave %s up: later runs skip it until `scribeflow retry %s`", episode, episode)
+        raise
+
+
+def download(*, settings: Settings, episode: str, url: str, video: str,
+             expected_size_mb: float | None = None) -> None:
+    from scribeflow.stages.download import download_episode
+
+    with _ledger_and_gate(settings) as (ledger, gate), _recorded(ledger, episode, settings, "download"):
+        ledger.set_stage(episode, "downloading")
+        result = download_episode(episode, url, Path(video), settings, gate=gate,
+                                  expected_size_mb=expected_size_mb)
+        # What was downloaded, for the transcript (written by another job) and the ledger.
+        source = {key: result.get(key) for key in SOURCE_KEYS}
+        source.update(bytes=result["bytes"], declared_bytes=result["declared"])
+        ledger.set_stage(episode, "downloaded", video_size_bytes=result["bytes"],
+                         declared_bytes=result["declared"], video_deleted=0, source=json.dumps(source))
+
+
+def extract_audio(*, settings: Settings, episode: str, video: str, audio: str) -> None:
+    from scribeflow.stages.media import AudioTooLong, MediaError, expected_audio_bytes, validate
+    from scribeflow.stages.media import extract_audio as extract
+
+    with _ledger_and_gate(settings) as (ledger, gate), _recorded(ledger, episode, settings, "extract_audio"):
+        ledger.set_stage(episode, "extracting")
+        info = validate(video)
+        # Reserve the WAV's size: the audio is written while the video still exists. The
+        # writer stops at the reservation; audio that decodes longer than its container
+        # says is measured and extracted once more with what was measured reserved.
+        reserve = expected_audio_bytes(max(info.duration, info.container_duration or 0))
+        for retry in (False, True):
+            # A consumer (work that frees space) only once admitted: one that waits frees nothing.
+            with gate.admitted(episode, reserve, [audio], download=False), gate.consumer(episode, "extract"):
+                try:
+                    seconds = extract(video, audio, max_bytes=reserve)
+                    break
+                except AudioTooLong as exc:
+                    if retry:
+                        raise MediaError(f"{exc} (twice)") from None
+                    log.warning("%s; extracting it once more with %s reserved", exc,
+                                human_bytes(expected_audio_bytes(exc.seconds)))
+                    reserve = expected_audio_bytes(exc.seconds)
+        size = Path(audio).stat().st_size
+        log.info("Extracted %.1f s of 16 kHz mono audio from %s: %.1f MB", seconds, episode, size / MB)
+        ledger.set_stage(episode, "extracted", audio_size_bytes=size)
+
+
+def transcribe(*, settings: Settings, episode: str, audio: str, outputs: dict[str, str], video: str,
+               language: str | None = None) -> None:
+    """`outputs`: the rule's named outputs ({"json": ..., "srt": ...}), written by this job;
+    `video`: the download's path (gone by now, unless kept)."""
+    from scribeflow.stages.transcription import worker
+    from scribeflow.stages.transcription.decode import decode_options
+    from scribeflow.stages.transcription.transcript import build_transcript, write_transcript
+
+    # As plain data: it goes to the worker process and into the transcript.
+    tc = settings.transcribe.as_dict()
+    with _ledger_and_gate(settings) as (ledger, gate), _recorded(ledger, episode, settings, "transcribe"):
+        video_gone = not Path(video).exists()
+        ledger.set_stage(episode, "transcribing", video_deleted=int(video_gone))
+        job = ledger.job(episode) or {}
+        video_mb = (job.get("video_size_bytes") or 0) / MB
+        # Slots cap transcriptions across processes (overlapping chunk runs), not only in this one.
+        with Slots.transcription(settings).hold(episode), gate.consumer(episode, "transcribe"):
+            log.info("Transcribing %s, video size: %.1f MB", episode, video_mb)
+            # The catalogue's language column wins over the config's.
+            options = decode_options(tc, language or settings.transcribe.language)
+            raw = worker.transcribe(tc, settings.data_dir, audio, options, episode,
+                                    on_worker_died=lambda exc: failures.worker_died(settings, ledger, episode, exc))
+            result = build_transcript(raw, episode, tc, options)
+            if job.get("source"):
+                result["source"] = json.loads(job["source"])
+            # Before the transcript exists: from then on a concurrent run's orphan cleanup may delete the audio.
+            audio_mb = Path(audio).stat().st_size / MB
+            size = write_transcript(result, outputs)
+        # Snakemake deletes the temp() audio as soon as this job ends.
+        audio_deleted = settings.disk_management.cleanup.delete_audio_after_transcription
+        # The memory of the process that transcribed (the worker, or this job): for sizing.
+        memory = raw.get("memory") or {}
+        ledger.set_stage(episode, "transcribed", transcript_size_bytes=size, audio_deleted=int(audio_deleted),
+                         worker_rss_bytes=memory.get("peak_rss_bytes"), worker_gpu_bytes=memory.get("gpu_bytes"))
+        if memory:
+            log.info("Transcription memory: %s resident at peak%s", human_bytes(memory.get("peak_rss_bytes") or 0),
+                     f", {human_bytes(memory['gpu_bytes'])} of GPU memory" if memory.get("gpu_bytes") else "")
+        log.info("Transcription complete (%.1f s of audio, %d segments), deleting video and audio",
+                 result["duration"], len(result["segments"]))
+        # What this step frees is its audio: the video went when its audio was extracted.
+        freed = audio_mb if audio_deleted else 0
+        log.info("Freed %.1f MB (audio; the video, %.1f MB, %s)", freed, video_mb,
+                 "was freed when its audio was extracted" if video_gone else "is kept")
+        # A fresh look at the gate: records a disk sample, and may resume downloads.
+        usage, monitor = gate.check(download=False).usage, gate.monitor
+        log.info("Current disk usage: %s/%s GB (%.0f%%)", gb(usage.total - audio_mb * MB),
+                 gb(monitor.hard_limit), 100 * (usage.total - audio_mb * MB) / monitor.hard_limit)
+
+
+def analyse_episode(*, settings: Settings, episode: str, transcript: str, tokens: str | None, stats: str,
+                    lemmas: str, language: str | None = None) -> None:
+    """Tokenize a transcript and analyse the tokens, in one job: a job less per episode
+    is ~1.5 ms less of Snakemake's planning per episode (docs/benchmarks.md)."""
+    from scribeflow.stages.analysis import analyse_tokens
+    from scribeflow.stages.tokens import tokenize_file
+
+    with _ledger_and_gate(settings) as (ledger, _), _recorded(ledger, episode):
+        table, meta = tokenize_file(transcript, tokens, language)
+        ledger.set_stage(episode, "tokenized")
+        cleanup = settings.disk_management.cleanup
+        if cleanup.delete_transcript_after_tokenization:
+            log.info("delete_transcript_after_tokenization: Snakemake deletes %s now", transcript)
+        analyse_tokens(table, meta, stats, lemmas)
+        ledger.set_stage(episode, "analyzed")
+        if cleanup.delete_tokens_after_analysis:
+            log.info("delete_tokens_after_analysis: the tokens of %s are not kept", episode)
+
+
+def corpus(*, settings: Settings, stats_pattern: str, lemmas_pattern: str, outputs: dict) -> None:
+    """The corpus tables over every analysed episode of the whole catalogue: with
+    `chunk`, the run of each slice adds its episodes to what earlier slices analysed."""
+    from scribeflow.config.catalogue import load
+    from scribeflow.stages.analysis import build_corpus
+
+    catalogue = load(settings.catalogue)
+    has_series = "series" in catalogue.columns
+    entries = []
+    for episode in catalogue.index:
+        stats, lemmas = (p.replace("{episode}", episode) for p in (stats_pattern, lemmas_pattern))
+        if Path(stats).is_file() and Path(lemmas).is_file():
+            series = catalogue.at[episode, "series"] if has_series else None
+            entries.append((episode, stats, lemmas, _series_name(series)))
+    log.info("Building the corpus from %d of %d catalogue episodes", len(entries), len(catalogue))
+    build_corpus(entries, outputs, lemma=settings.analysis.lemma)
+
+
+def _series_name(value) -> str | None:
+    if value is None or value != value:  # NaN: an empty cell
+        return None
+    return " ".join(str(value).split()) or None  # a tab or newline would break the TSVs

@@ -1,0 +1,99 @@
+"""Decoding: run_model() is the one place that calls faster-whisper. It runs in the job
+itself or in the long-lived worker (worker.py), which returns the same plain dict."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+from scribeflow.stages.media import SAMPLE_RATE
+from scribeflow.stages.transcription.language import LANGUAGE_WINDOWS, WINDOW_SECONDS, vote_language
+
+log = logging.getLogger(__name__)
+
+# `transcribe` config keys that are faster-whisper transcribe() options.
+DECODE_KEYS = ("beam_size", "vad_filter", "condition_on_previous_text", "word_timestamps",
+               "hallucination_silence_threshold", "initial_prompt")
+
+
+def decode_options(tc: dict, language: str | None) -> dict:
+    """faster-whisper transcribe() options; batch_size > 0 selects BatchedInferencePipeline
+    ("auto": GPU_BATCH_SIZE on a GPU, sequential on a CPU, decided where the model is loaded);
+    `language_windows` (when the language is not given) how many windows vote on it."""
+    options = {k: tc[k] for k in DECODE_KEYS if k in tc}
+    options["language"] = language
+    batch_size = tc.get("batch_size", 0)
+    batch_size = batch_size if batch_size in ("auto", None) or isinstance(batch_size, int) else int(batch_size)
+    if batch_size:
+        options["batch_size"] = batch_size
+    windows = tc.get("language_detection", {}).get("windows", LANGUAGE_WINDOWS)
+    if language is None and windows:
+        options["language_windows"] = windows
+    return options
+
+
+# batch_size "auto" on a GPU: 30-s windows decoded at once (a dense 24-min episode is ~53
+# after VAD; two episodes at once put up to 32 in flight). Not measured on a GPU yet:
+# benchmarks/episode_throughput.py --batch-sizes 8,16,32 (docs/transcription.md).
+GPU_BATCH_SIZE = 16
+
+
+class Cancelled(RuntimeError):
+    pass
+
+
+PROGRESS_SECONDS = 30.0  # a long transcription says where it is this often
+
+
+def run_model(model, audio, options: dict, should_stop=None, label: str = "") -> dict:
+    """Transcribe `audio` (a WAV path or float32 samples) into a plain, JSON-able dict:
+    {"language", "language_probability", "duration", "segments": [{start, end, text[, words]}]}.
+    `should_stop()`, asked after each segment, abandons the work (its job went away).
+    Every PROGRESS_SECONDS the log says how far into the audio it is (`label`: the episode)."""
+    if isinstance(audio, (str, Path)):
+        from scribeflow.stages.media import read_wav
+
+        audio = read_wav(audio)
+    options = dict(options)
+    batch_size = options.pop("batch_size", 0)
+    if batch_size == "auto":
+        batch_size = GPU_BATCH_SIZE if model.model.device == "cuda" else 0
+    windows = options.pop("language_windows", 0)
+    detection = {"method": "given"} if options.get("language") else None
+    if options.get("language") is None and windows and len(audio) >= SAMPLE_RATE:  # under 1 s: faster-whisper's
+        detection = vote_language(model, audio, windows)
+        options["language"] = detection["language"]
+    if batch_size:
+        from faster_whisper import BatchedInferencePipeline
+
+        if not options.get("vad_filter", True) and len(audio) > WINDOW_SECONDS * SAMPLE_RATE:
+            # Without VAD the batched pipeline refuses audio over 30 s unless told where to cut.
+            step = WINDOW_SECONDS
+            options["clip_timestamps"] = [{"start": t, "end": min(t + step, len(audio) / SAMPLE_RATE)}
+                                          for t in range(0, -(-len(audio) // SAMPLE_RATE), step)]
+        segments, info = BatchedInferencePipeline(model).transcribe(audio, batch_size=batch_size, **options)
+    else:
+        segments, info = model.transcribe(audio, **options)
+    out = []
+    total, last_said = len(audio) / SAMPLE_RATE, time.monotonic()
+    for seg in segments:  # a generator: decoding happens here
+        if should_stop is not None and should_stop():
+            raise Cancelled("the job went away")
+        if time.monotonic() - last_said >= PROGRESS_SECONDS:
+            last_said = time.monotonic()
+            log.info("%s: transcribed %.0f s of %.0f s (%.0f%%)", label or "transcription", seg.end, total,
+                     100 * seg.end / total if total else 100)
+        item = {"start": round(seg.start, 3), "end": round(seg.end, 3), "text": seg.text.strip()}
+        if seg.words is not None:
+            item["words"] = [{"start": round(w.start, 3), "end": round(w.end, 3), "word": w.word,
+                              "probability": round(w.probability, 4)} for w in seg.words]
+        out.append(item)
+    if detection is None:  # faster-whisper's own detection (language_detection.windows: 0)
+        detection = {"method": "faster-whisper"}
+    probability = detection.get("probability", info.language_probability)
+    # What CTranslate2 actually runs (int8 on a CPU is int8_float32), for the transcript's options.
+    return {"language": info.language, "language_probability": round(probability, 4),
+            "language_detection": detection,
+            "duration": round(len(audio) / SAMPLE_RATE, 3), "segments": out,
+            "device": model.model.device, "compute_type": model.model.compute_type, "batch_size": batch_size}

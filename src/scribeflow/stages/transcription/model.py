@@ -1,0 +1,66 @@
+"""Loading the Whisper model: its thread settings, its device and compute type."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+
+from scribeflow.config.models import check_model_dir
+
+log = logging.getLogger(__name__)
+
+# Keys that decide the loaded model (a worker serves one combination).
+LOAD_KEYS = ("model", "device", "compute_type", "cpu_threads", "num_workers")
+# What Snakemake sets to a job's thread count (snakemake/shell.py).
+THREAD_VARS = ("OMP_NUM_THREADS", "GOTO_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
+               "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS")
+
+
+def thread_env(tc: dict, env) -> dict:
+    """`env` with the model's thread settings. Snakemake sets OMP_NUM_THREADS, MKL_NUM_THREADS,
+    OPENBLAS_NUM_THREADS, ... to the job's threads (1); they would slow the model (and numpy's
+    feature extraction) down and even change the text. The model's threads are
+    transcribe.cpu_threads (0: the libraries' defaults)."""
+    env = dict(env)
+    for var in THREAD_VARS:
+        if tc.get("cpu_threads"):
+            env[var] = str(tc["cpu_threads"])
+        else:
+            env.pop(var, None)
+    return env
+
+
+def resolve_device(device: str, compute_type: str) -> tuple[str, str]:
+    """`auto` made concrete: the GPU whenever CTranslate2 sees one, and there float16
+    (faster-whisper's choice for GPUs; CTranslate2's own `auto` would pick the quantized
+    int8_float16). A GPU that lacks float16 and every CPU keep CTranslate2's `auto`.
+    So a run gets the GPU and float16 even where `--config` on the command line has
+    replaced `--profile gpu`'s settings."""
+    import ctranslate2
+
+    if device == "auto":
+        device = "cuda" if ctranslate2.get_cuda_device_count() > 0 else "cpu"
+    if compute_type == "auto" and device == "cuda" and "float16" in ctranslate2.get_supported_compute_types("cuda"):
+        compute_type = "float16"
+    return device, compute_type
+
+
+def load_model(tc: dict):
+    check_model_dir(tc["model"])
+    # Before CTranslate2 and its MKL are loaded: they read these once.
+    env = thread_env(tc, os.environ)
+    for var in THREAD_VARS:
+        if var in env:
+            os.environ[var] = env[var]
+        else:
+            os.environ.pop(var, None)
+    from faster_whisper import WhisperModel
+
+    started = time.monotonic()
+    device, compute_type = resolve_device(tc["device"], tc["compute_type"])
+    model = WhisperModel(tc["model"], device=device, compute_type=compute_type,
+                         cpu_threads=tc.get("cpu_threads", 0), num_workers=tc.get("num_workers", 1))
+    log.info("Loaded model %s (%s, %s) in %.1f s", tc["model"], model.model.device, model.model.compute_type,
+             time.monotonic() - started)
+    return model

@@ -1,0 +1,488 @@
+"""A long-lived transcription worker, so that the model is loaded once, not once per job.
+
+Each Snakemake transcribe job is a new Python process; loading the model there costs
+seconds per episode (large-v3 on a GPU: about as long as transcribing). Instead the
+first job starts a worker that loads the model and answers requests on a Unix socket;
+later jobs connect to it. The job still reads nothing but the reply and writes its own
+outputs atomically, so temp() deletion, the disk gate and dry-runs are unchanged.
+
+- One worker per (user, host, data_dir, model settings, CUDA_VISIBLE_DEVICES, Slurm job,
+  Python, code version): the key names an abstract Unix socket (Linux), which leaves no
+  file behind after a crash and has no path-length limit. Binding it is the lock: of two
+  workers started at once, the second exits.
+- Both ends check the peer's uid (SO_PEERCRED): another user can neither use nor pose
+  as the worker.
+- The worker exits after `idle_timeout_seconds` without a request, when asked (the
+  workflow's onsuccess/onerror), or, under Slurm, with its allocation.
+- Whatever goes wrong with the worker (cannot start, dies, the model fails to load
+  there), the job loads the model itself: a transcript never depends on the worker.
+  A worker that dies with the request in hand counts first as a failed transcription
+  of the episode (failures.worker_died): a file that kills it would kill the job as well.
+  A failure of the transcription itself (bad audio, unknown language) is not retried.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import logging.handlers
+import os
+import select
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+from scribeflow import child_env
+from scribeflow.config.layout import Layout
+
+log = logging.getLogger("scribeflow.stages.transcription.worker")
+
+PROTOCOL = 1
+EXIT_ADDRESS_IN_USE = 3
+# The files whose code a running worker executes: a change to any of them starts a new one.
+_CODE = ("transcription/worker.py", "transcription/model.py", "transcription/language.py",
+         "transcription/decode.py", "media.py")
+_started: list[subprocess.Popen] = []  # held, so Python does not warn that they still run
+
+
+class WorkerUnavailable(RuntimeError):
+    """No worker could serve the request; the caller transcribes in-process."""
+
+
+class WorkerDied(WorkerUnavailable):
+    """The worker took the request and died before it answered (killed for memory, a crash
+    inside CTranslate2, kill -9): perhaps because of this very audio."""
+
+
+class WorkerHung(WorkerDied):
+    """The worker did not answer within the request's timeout (a wedged CUDA call, a
+    deadlock): it was killed, and the next request starts a new one."""
+
+
+class NoSecondModel(WorkerUnavailable):
+    """On a GPU, the worker could not serve twice: the job does not load a second copy of
+    the model beside one that may still hold the GPU's memory. The environment's
+    failure, not the episode's (failures.kind): the next run tries again."""
+
+    kind = "host"
+
+
+class WorkerError(RuntimeError):
+    """The worker ran the request and it failed (the same would fail in-process)."""
+
+
+def on_gpu(tc: dict) -> bool:
+    """Whether the model runs on a GPU (device cuda, or auto with one present)."""
+    device = tc.get("device", "auto")
+    if device in ("cuda", "cpu"):
+        return device == "cuda"
+    try:
+        import ctranslate2
+
+        return ctranslate2.get_cuda_device_count() > 0
+    except Exception:
+        return False
+
+
+def request_timeout(tc: dict, audio: str | Path) -> float:
+    """How long a transcription request may take before the worker counts as hung: the
+    model's load (start_timeout_seconds) plus request_timeout_factor (4 on a CPU, 1 on a
+    GPU) seconds per second of audio."""
+    from scribeflow.stages.media import BYTES_PER_SECOND, WAV_HEADER
+
+    wc = tc.get("worker", {})
+    try:
+        seconds = max(0, os.path.getsize(audio) - WAV_HEADER) / BYTES_PER_SECOND
+    except OSError:
+        seconds = 0.0
+    factor = wc.get("request_timeout_factor") or (1.0 if on_gpu(tc) else 4.0)
+    return wc.get("start_timeout_seconds", 120) + seconds * factor
+
+
+def _code_version() -> str:
+    h = hashlib.sha256()
+    for name in _CODE:
+        h.update((Path(__file__).parents[1] / name).read_bytes())
+    return h.hexdigest()[:12]
+
+
+def worker_key(tc: dict, data_dir: str | Path) -> str:
+    from scribeflow.stages.transcription.model import LOAD_KEYS
+
+    ident = {
+        "protocol": PROTOCOL,
+        "code": _code_version(),
+        "load": {k: tc.get(k) for k in LOAD_KEYS},
+        "data_dir": os.path.realpath(data_dir),
+        "uid": os.getuid(),
+        "host": socket.gethostname(),
+        "gpus": os.environ.get("CUDA_VISIBLE_DEVICES"),
+        "slurm_job": os.environ.get("SLURM_JOB_ID"),
+        "python": sys.executable,
+    }
+    return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:24]
+
+
+def address(key: str) -> str:
+    return f"\0scribeflow-transcribe-{key}"  # leading NUL: Linux abstract namespace
+
+
+def log_path(data_dir: str | Path, key: str) -> Path:
+    return Layout.of(data_dir).worker_logs / f"{socket.gethostname()}-{key}.log"
+
+
+def _peer_pid(sock: socket.socket) -> int:
+    pid, _uid, _gid = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
+                                                          struct.calcsize("3i")))
+    return pid
+
+
+def _peer_uid(sock: socket.socket) -> int:
+    _pid, uid, _gid = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
+                                                          struct.calcsize("3i")))
+    return uid
+
+
+# ---------------------------------------------------------------- client side
+
+
+def enabled(tc: dict) -> bool:
+    return tc.get("worker", {}).get("enabled", True)
+
+
+def transcribe(tc: dict, data_dir: str | Path, audio: str | Path, options: dict, episode: str = "",
+               on_worker_died=None) -> dict:
+    """run_model()'s result for `audio`: from the worker when enabled, else (or when no worker
+    can serve) from a model loaded in this process. `on_worker_died(exc)` is called first
+    when the worker died with the request in hand; it may raise to stop there."""
+    if enabled(tc):
+        timeout = request_timeout(tc, audio)
+        for attempt in (1, 2):  # a worker that dies or hangs is replaced once
+            try:
+                started = time.monotonic()
+                raw = request(tc, data_dir, {"op": "transcribe", "audio": os.path.abspath(audio),
+                                             "options": options, "episode": episode}, timeout=timeout)
+                log.info("Transcribed by the worker in %.1f s", time.monotonic() - started)
+                return raw
+            except WorkerDied as exc:
+                if on_worker_died is not None and attempt == 1:  # counted once per job
+                    on_worker_died(exc)
+                failure = exc
+                if attempt == 1:
+                    log.warning("%s; starting a new worker", exc)
+            except WorkerUnavailable as exc:
+                failure = exc
+                break
+        if on_gpu(tc):
+            raise NoSecondModel(f"{episode}: the transcription worker failed twice ({failure}); not loading a "
+                                f"second copy of the model on the GPU. The next run tries again")
+        log.warning("No transcription worker (%s): loading the model in this job", failure)
+    from scribeflow.stages.transcription.decode import run_model
+    from scribeflow.stages.transcription.model import load_model
+
+    result = run_model(load_model(tc), audio, options, label=episode)
+    result["memory"] = process_memory()
+    return result
+
+
+def process_memory() -> dict:
+    """The memory of the process that transcribed: resident now, its peak, and on a GPU
+    the device memory nvidia-smi counts for it (None without one). What a transcription
+    needs, for sizing a machine or Slurm's mem_mb."""
+    import resource
+    import shutil
+    import subprocess
+
+    import psutil
+
+    gpu = None
+    if shutil.which("nvidia-smi"):
+        try:
+            out = subprocess.run(["nvidia-smi", "--query-compute-apps=pid,used_memory", "--format=csv,noheader,nounits"],
+                                 capture_output=True, text=True, timeout=10).stdout
+            gpu = sum(int(mib) * 2**20 for pid, mib in (line.split(",") for line in out.splitlines() if "," in line)
+                      if int(pid) == os.getpid()) or None
+        except (OSError, ValueError, subprocess.SubprocessError):
+            gpu = None
+    return {"rss_bytes": psutil.Process().memory_info().rss,
+            "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "gpu_bytes": gpu}
+
+
+def request(tc: dict, data_dir: str | Path, message: dict, start: bool = True, timeout: float | None = None) -> dict:
+    """Send `message` to this configuration's worker (started when needed) and return its
+    result. `timeout`: seconds to wait for the answer; a worker that takes longer is
+    killed (WorkerHung)."""
+    key = worker_key(tc, data_dir)
+    sock = _connect(key)
+    if sock is None:
+        if not start:
+            raise WorkerUnavailable("no worker is running")
+        sock = _start(tc, data_dir, key)
+    with sock:
+        try:
+            sock.sendall(json.dumps(message).encode() + b"\n")
+            sock.settimeout(timeout)
+            line = sock.makefile("rb").readline()
+        except socket.timeout:
+            import psutil
+
+            pid = _peer_pid(sock)
+            with contextlib.suppress(OSError, psutil.Error):
+                os.kill(pid, signal.SIGKILL)
+                psutil.Process(pid).wait(10)  # gone, and its socket with it, before a new one starts
+            raise WorkerHung(f"the transcription worker (pid {pid}) did not answer within {timeout:.0f} s "
+                             f"(worker.request_timeout_factor): killed it; see {log_path(data_dir, key)}") from None
+        except OSError as exc:
+            raise WorkerDied(f"connection to the worker failed: {exc}") from None
+    if not line:
+        raise WorkerDied(f"the worker closed the connection; see {log_path(data_dir, key)}")
+    reply = json.loads(line)
+    if not reply.get("ok"):
+        raise WorkerError(reply.get("error", "unknown error"))
+    return reply.get("result")
+
+
+def stop(tc: dict, data_dir: str | Path) -> bool:
+    """Ask this configuration's worker to exit once its requests in flight are answered."""
+    try:
+        request(tc, data_dir, {"op": "shutdown"}, start=False)
+        return True
+    except (WorkerUnavailable, WorkerError, OSError, ValueError):
+        return False
+
+
+def _connect(key: str) -> socket.socket | None:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.connect(address(key))
+    except (ConnectionRefusedError, FileNotFoundError):
+        sock.close()
+        return None
+    if _peer_uid(sock) != os.getuid():
+        sock.close()
+        raise WorkerUnavailable("the worker's socket belongs to another user")
+    return sock
+
+
+def prestart(tc: dict, data_dir: str | Path) -> bool:
+    """Start this configuration's worker now, without waiting for it: the run calls this
+    at its start, so that the model loads while the first audio is extracted rather than
+    after. False when the worker is disabled, already runs, or cannot start (the first
+    job then starts one, or loads the model itself)."""
+    if not enabled(tc):
+        return False
+    key = worker_key(tc, data_dir)
+    try:
+        sock = _connect(key)
+        if sock is not None:
+            sock.close()
+            return False
+        _spawn(tc, data_dir, key)
+    except WorkerUnavailable as exc:
+        log.warning("Could not start a transcription worker early: %s", exc)
+        return False
+    return True
+
+
+def _spawn(tc: dict, data_dir: str | Path, key: str) -> tuple[subprocess.Popen, Path]:
+    """A worker process, detached (it outlives the job or run that starts it), and its log."""
+    logfile = log_path(data_dir, key)
+    try:
+        logfile.parent.mkdir(parents=True, exist_ok=True)
+        # The worker logs to `logfile` itself, rotated (main); this file holds what no
+        # logger writes (a native crash's last words), from this start only.
+        out = open(logfile.with_name(logfile.name + ".stderr"), "wb")
+    except OSError as exc:
+        raise WorkerUnavailable(f"cannot write the worker's log {logfile}: {exc}") from None
+    from scribeflow.stages.transcription.model import thread_env
+
+    # Not the threads of the job that happens to start it; the code its key names: this package.
+    env = child_env(thread_env(tc, os.environ))
+    spec = json.dumps({"tc": tc, "data_dir": str(data_dir), "key": key, "log": str(logfile)})
+    with out:
+        try:
+            proc = subprocess.Popen([sys.executable, "-m", "scribeflow.stages.transcription.worker", spec], stdin=subprocess.DEVNULL,
+                                    stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        except OSError as exc:
+            raise WorkerUnavailable(f"cannot start a worker: {exc}") from None
+    _started.append(proc)
+    log.info("Started a transcription worker (pid %d, log %s)", proc.pid, logfile)
+    return proc, logfile
+
+
+def _start(tc: dict, data_dir: str | Path, key: str) -> socket.socket:
+    """Start a worker and connect to it. The worker listens before it loads the model, so
+    this returns quickly; the request then waits for the load."""
+    wc = tc.get("worker", {})
+    proc, logfile = _spawn(tc, data_dir, key)
+    deadline = time.monotonic() + wc.get("start_timeout_seconds", 120)
+    while time.monotonic() < deadline:
+        sock = _connect(key)
+        if sock is not None:
+            return sock
+        code = proc.poll()
+        if code is not None and code != EXIT_ADDRESS_IN_USE:
+            raise WorkerUnavailable(f"the worker exited with code {code}; see {logfile}")
+        time.sleep(0.02)
+    raise WorkerUnavailable(f"the worker did not listen within {wc.get('start_timeout_seconds', 120)} s")
+
+
+# ---------------------------------------------------------------- worker side
+
+
+class _Server:
+    def __init__(self, tc: dict, key: str):
+        self.tc, self.key = tc, key
+        self.idle = tc.get("worker", {}).get("idle_timeout_seconds", 120)
+        self.lock = threading.Lock()
+        self.active, self.last, self.stopping, self.served = 0, time.monotonic(), False, 0
+
+    def run(self) -> int:
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            listener.bind(address(self.key))
+        except OSError:
+            log.info("Another worker holds this key; exiting")
+            return EXIT_ADDRESS_IN_USE
+        listener.listen(64)
+        log.info("Worker %d listening (key %s); loading the model", os.getpid(), self.key)
+        from scribeflow.stages.transcription.model import load_model
+
+        try:
+            self.model = load_model(self.tc)
+        except Exception:  # the jobs waiting get EOF and load the model themselves, with its error
+            log.exception("Could not load the model")
+            return 1
+        with self.lock:  # idle from now: a slow load must not use up the wait for the first job
+            self.last = time.monotonic()
+        listener.settimeout(0.2)
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except socket.timeout:
+                with self.lock:
+                    quiet = self.active == 0 and (self.stopping or time.monotonic() - self.last > self.idle)
+                if quiet:
+                    break
+                continue
+            if _peer_uid(conn) != os.getuid():
+                conn.close()
+                continue
+            with self.lock:
+                self.active += 1
+            threading.Thread(target=self.handle, args=(conn,), daemon=True).start()
+        listener.close()
+        log.info("Worker %d exiting after %d transcription(s)%s", os.getpid(), self.served,
+                 " (asked to)" if self.stopping else f" ({self.idle:g} s idle)")
+        return 0
+
+    def handle(self, conn: socket.socket) -> None:
+        try:
+            with conn:
+                line = conn.makefile("rb").readline()
+                if not line:
+                    return
+                message = json.loads(line)
+                reply = self.answer(message, conn)
+                conn.sendall(json.dumps(reply).encode() + b"\n")
+        except OSError as exc:
+            log.warning("Connection lost: %s", exc)
+        finally:
+            with self.lock:
+                self.active -= 1
+                self.last = time.monotonic()
+
+    def decode(self, message: dict, conn: socket.socket) -> dict:
+        """run_model on the loaded model; out of GPU memory, the same request again with
+        half the batch, down to one window at a time, before anything else."""
+        from scribeflow.stages.transcription.decode import GPU_BATCH_SIZE, run_model
+
+        options = dict(message["options"])
+        while True:
+            try:
+                _test_fault(options)
+                return run_model(self.model, message["audio"], options, should_stop=lambda: _hung_up(conn),
+                                 label=message.get("episode", ""))
+            except Exception as exc:
+                batch = options.get("batch_size") or 0
+                if batch == "auto":
+                    batch = GPU_BATCH_SIZE if self.model.model.device == "cuda" else 0
+                if not _out_of_memory(exc) or not isinstance(batch, int) or batch <= 1:
+                    raise
+                options["batch_size"] = batch // 2
+                log.warning("%s: out of GPU memory with batch %d (%s): again with batch %d on the same model",
+                            message.get("episode"), batch, exc, batch // 2)
+
+    def answer(self, message: dict, conn: socket.socket) -> dict:
+        op = message.get("op")
+        if op == "ping":
+            return {"ok": True, "result": {"pid": os.getpid(), "key": self.key, "served": self.served}}
+        if op == "shutdown":
+            self.stopping = True
+            return {"ok": True, "result": None}
+        if op != "transcribe":
+            return {"ok": False, "error": f"unknown op {op!r}"}
+        started = time.monotonic()
+        try:
+            result = self.decode(message, conn)
+            result["memory"] = process_memory()
+        except Exception as exc:  # reported to the job, which fails with it
+            log.exception("%s failed", message.get("episode"))
+            return {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
+        self.served += 1
+        log.info("%s: %.1f s of audio in %.1f s", message.get("episode"), result["duration"],
+                 time.monotonic() - started)
+        return {"ok": True, "result": result}
+
+
+def _out_of_memory(exc: BaseException) -> bool:
+    from scribeflow.state.failures import kind
+
+    return kind(exc) == "interrupted"
+
+
+def _test_fault(options: dict) -> None:
+    """SCRIBEFLOW_TEST_WORKER_FAULT, for the tests only: "hang-once:FILE" hangs the first
+    request while FILE exists (deleting it), "oom-above:N" fails every batch larger than N
+    as CUDA does when the GPU's memory is full."""
+    fault = os.environ.get("SCRIBEFLOW_TEST_WORKER_FAULT", "")
+    what, _, arg = fault.partition(":")
+    if what == "hang-once" and os.path.exists(arg):
+        os.unlink(arg)
+        log.warning("test hook: hanging")
+        threading.Event().wait()
+    batch = options.get("batch_size") or 0
+    if what == "oom-above" and isinstance(batch, int) and batch > int(arg):
+        raise RuntimeError(f"CUDA failed with error out of memory (test hook, batch {batch})")
+
+
+def _hung_up(conn: socket.socket) -> bool:
+    """The job sends nothing after its request: readable now means it went away."""
+    try:
+        return bool(select.select([conn], [], [], 0)[0]) and conn.recv(1, socket.MSG_PEEK) == b""
+    except OSError:
+        return True
+
+
+def main(argv: list[str]) -> int:
+    from scribeflow.state.logs import setup_logging
+
+    spec = json.loads(argv[0])
+    setup_logging(None)
+    if spec.get("log"):  # a worker lives for days: its log rotates
+        max_bytes = int(spec["tc"].get("worker", {}).get("log_max_mb", 20) * 1_000_000)
+        handler = logging.handlers.RotatingFileHandler(spec["log"], maxBytes=max_bytes, backupCount=3)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-5s %(name)s: %(message)s"))
+        logging.getLogger().handlers = [handler]
+    return _Server(spec["tc"], spec["key"]).run()
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
