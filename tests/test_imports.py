@@ -4,6 +4,7 @@ circle (function-level imports included: they are circles too, only deferred). R
 ast; nothing is imported."""
 
 import ast
+import re
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "scribeflow"
@@ -106,3 +107,11 @@ def test_the_checks_find_a_circle_and_an_upward_import(tmp_path):
         assert upward(import_graph(tmp_path)) == ["state.ledger -> ops.cli"]
     finally:
         PACKAGE = saved
+
+
+def test_the_development_guide_names_every_module():
+    guide = (PACKAGE.parents[1] / "docs" / "development.md").read_text()
+    listed = set(re.findall(r"^\| `([\w/]+\.py)` \|", guide, re.M))
+    modules = {str(p.relative_to(PACKAGE)) for p in PACKAGE.rglob("*.py") if p.name != "__init__.py"}
+    assert modules - listed == set(), "modules missing from docs/development.md's table"
+    assert listed - modules - {"__init__.py"} == set(), "the table names modules that are gone"

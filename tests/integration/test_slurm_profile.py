@@ -105,13 +105,16 @@ def test_transcription_time_limit_follows_the_episode_length():
     assert transcribe_runtime_minutes(24 * 60, attempt=2) == 54
 
 
-MOUNTINFO = r"""22 1 98:0 / / rw,relatime - ext4 /dev/root rw
-40 22 0:50 / /shared rw,relatime shared:7 - nfs4 fs:/export rw,vers=4.2,local_lock=none,addr=10.0.0.1
-41 22 0:51 / /scratch\040nolock rw,relatime - nfs fs:/scratch rw,vers=3,nolock,addr=10.0.0.1
-42 22 0:52 / /lustre rw - lustre mds@o2ib:/fs rw,localflock
-43 40 0:53 / /shared/posix rw - nfs4 fs:/p rw,vers=4.1,local_lock=posix
-44 22 0:54 / /fast rw - nfs4 fs:/f rw,vers=4.2,nocto,local_lock=none
-"""
+# As psutil.disk_partitions(all=True) gives them (it reads the kernel's mount table; a space
+# in a mount point arrives unescaped).
+MOUNTS = [SimpleNamespace(**dict(zip(("device", "mountpoint", "fstype", "opts"), row))) for row in [
+    ("/dev/root", "/", "ext4", "rw,relatime"),
+    ("fs:/export", "/shared", "nfs4", "rw,relatime,vers=4.2,local_lock=none,addr=10.0.0.1"),
+    ("fs:/scratch", "/scratch nolock", "nfs", "rw,relatime,vers=3,nolock,addr=10.0.0.1"),
+    ("mds@o2ib:/fs", "/lustre", "lustre", "rw,localflock"),
+    ("fs:/p", "/shared/posix", "nfs4", "rw,vers=4.1,local_lock=posix"),
+    ("fs:/f", "/fast", "nfs4", "rw,vers=4.2,nocto,local_lock=none"),
+]]
 
 
 @pytest.mark.parametrize("path, problem", [
@@ -125,8 +128,15 @@ MOUNTINFO = r"""22 1 98:0 / / rw,relatime - ext4 /dev/root rw
 def test_cluster_runs_refuse_node_local_locks(path, problem):
     from scribeflow.integration.cluster import local_lock_problem
 
-    message = local_lock_problem(path, MOUNTINFO)
+    message = local_lock_problem(path, MOUNTS)
     if problem is None:
         assert message is None
     else:
         assert problem in message and path in message and "disk budget" in message
+
+
+def test_the_mount_of_a_path_on_this_machine_is_found():
+    from scribeflow.integration.cluster import mount_of
+
+    point, fstype, options = mount_of("/proc/self")
+    assert (point, fstype) == ("/proc", "proc") and options

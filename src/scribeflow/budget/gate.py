@@ -532,13 +532,18 @@ class DownloadGate:
         state.pop("rebuilt_at", None)
         return False
 
+    def largest(self, download: bool = True) -> int:
+        """The largest write this budget can ever admit: within the hard limit, with the
+        audio headroom beside a download."""
+        return self.monitor.hard_limit - (self.audio_headroom if download else 0)
+
     def _check_can_ever_fit(self, episode: str, declared: int, download: bool) -> None:
         """Fail at once, without waiting or holding anything, when no amount of freed
         space admits this write: larger than the hard limit, or than the filesystem."""
         m = self.monitor
         headroom = self.audio_headroom if download else 0
         what = "download" if download else "audio"
-        if declared + headroom > m.hard_limit:
+        if declared > self.largest(download):
             raise NeverFits(
                 f"{episode}: its {what} ({human_bytes(declared)} declared"
                 + (f" + {human_bytes(headroom)} audio headroom" if headroom else "")

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import math
 import os
-import re
 from pathlib import Path
 
 # Snakefile parse (the whole catalogue), model load, writing the outputs.
@@ -47,33 +46,27 @@ LOCAL_ONLY_LOCKS = {
 }
 
 
-def _unescape(field: str) -> str:
-    """mountinfo escapes space, tab, newline and backslash as octal (\\040)."""
-    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m[1], 8)), field)
+def mount_of(path: str | os.PathLike, partitions=None) -> tuple[str, str, set[str]]:
+    """(mount point, filesystem type, options) of the mount holding `path`: the deepest of
+    psutil's partitions (every mount, as the kernel lists them) that contains it."""
+    if partitions is None:
+        import psutil
 
-
-def mount_of(path: str | os.PathLike, mountinfo: str | None = None) -> tuple[str, str, set[str]]:
-    """(mount point, filesystem type, options) of the mount holding `path` (Linux)."""
-    if mountinfo is None:
-        mountinfo = Path("/proc/self/mountinfo").read_text()
+        partitions = psutil.disk_partitions(all=True)
     target = Path(os.path.realpath(path))
     best = ("/", "", set())
-    for line in mountinfo.splitlines():
-        left, sep, right = line.partition(" - ")
-        if not sep:
-            continue
-        fields, extra = left.split(), right.split()
-        point = _unescape(fields[4])
-        if (target == Path(point) or Path(point) in target.parents) and len(point) >= len(best[0]):
-            options = set(fields[5].split(",")) | set(extra[2].split(",") if len(extra) > 2 else ())
-            best = (point, extra[0], options)
+    for part in partitions:
+        point = Path(part.mountpoint)
+        if (target == point or point in target.parents) and len(part.mountpoint) >= len(best[0]):
+            best = (part.mountpoint, part.fstype, set(part.opts.split(",")))
     return best
 
 
-def local_lock_problem(path: str | os.PathLike, mountinfo: str | None = None) -> str | None:
-    """Why locked state under `path` would not be shared reliably between nodes, or None."""
+def local_lock_problem(path: str | os.PathLike, partitions=None) -> str | None:
+    """Why locked state under `path` would not be shared reliably between nodes, or None.
+    `partitions`: psutil.disk_partitions(all=True)'s rows (by default, this machine's)."""
     try:
-        point, fstype, options = mount_of(path, mountinfo)
+        point, fstype, options = mount_of(path, partitions)
     except OSError:
         return None  # not Linux: nothing to tell
     bad = [o for o in LOCAL_ONLY_LOCKS.get(fstype, ()) if o in options]

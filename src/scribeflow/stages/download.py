@@ -370,31 +370,21 @@ def _fetch_text(ydl, url: str, headers: dict | None, episode: str) -> str:
 
 def _hls_segments(ydl, fmt: dict, episode: str) -> list[tuple[str, float, int | None]]:
     """(url, seconds, bytes when the playlist says) of every segment of an HLS media
-    playlist, the init segment (EXT-X-MAP) first with 0 seconds."""
+    playlist (parsed by the m3u8 library), the init segments (EXT-X-MAP) first with 0
+    seconds. A master playlist: its first variant."""
+    import m3u8
+
     url = fmt.get("url") or ""
-    text = _fetch_text(ydl, url, fmt.get("http_headers"), episode)
-    if "#EXT-X-STREAM-INF" in text:  # a master playlist: its first variant
-        variant = next((ln.strip() for ln in text.splitlines() if ln.strip() and not ln.startswith("#")), None)
-        if not variant:
+    playlist = m3u8.loads(_fetch_text(ydl, url, fmt.get("http_headers"), episode), uri=url)
+    if playlist.is_variant:
+        if not playlist.playlists:
             return []
-        url = urllib.parse.urljoin(url, variant)
-        text = _fetch_text(ydl, url, fmt.get("http_headers"), episode)
-    segments, seconds, length = [], 0.0, None
-    for line in (ln.strip() for ln in text.splitlines()):
-        if line.startswith("#EXTINF:"):
-            try:
-                seconds = float(line[8:].split(",")[0])
-            except ValueError:
-                seconds = 0.0
-        elif line.startswith("#EXT-X-BYTERANGE:"):
-            length = int(line.split(":", 1)[1].split("@")[0])
-        elif line.startswith("#EXT-X-MAP:"):
-            uri = re.search(r'URI="([^"]+)"', line)
-            if uri:
-                segments.append((urllib.parse.urljoin(url, uri.group(1)), 0.0, None))
-        elif line and not line.startswith("#"):
-            segments.append((urllib.parse.urljoin(url, line), seconds, length))
-            seconds, length = 0.0, None
+        url = playlist.playlists[0].absolute_uri
+        playlist = m3u8.loads(_fetch_text(ydl, url, fmt.get("http_headers"), episode), uri=url)
+    segments = [(init.absolute_uri, 0.0, None) for init in playlist.segment_map if init.uri]
+    for seg in playlist.segments:
+        length = int(seg.byterange.split("@")[0]) if seg.byterange else None
+        segments.append((seg.absolute_uri, float(seg.duration or 0), length))
     return segments
 
 
@@ -564,10 +554,10 @@ def download_episode(episode: str, url: str, out: Path, settings: Settings, gate
 
 
 def largest_download(settings: Settings) -> int:
-    """The largest reservation a download may ever hold under this budget (the gate's
-    can-ever-fit rule: with the audio headroom, within the hard limit)."""
-    dm = settings.disk_management
-    return int(dm.hard_limit_gb * GB - dm.audio_headroom_mb * MB)
+    """The largest reservation a download may ever hold under this budget (the gate's rule)."""
+    from scribeflow.budget.gate import DownloadGate
+
+    return DownloadGate.from_config(settings).largest(download=True)
 
 
 def reservation(settings: Settings, declared: int) -> int:
