@@ -79,7 +79,7 @@ def job_wall(data: Path, rule: str) -> dict[str, float]:
 
 def worker_stats(data: Path) -> dict:
     stats = {}
-    for log in (data / "logs").rglob("worker*.log"):
+    for log in (data / "logs" / "transcribe_worker").glob("*.log"):
         for line in log.read_text(errors="replace").splitlines():
             if "Worker stats: " in line:
                 stats = json.loads(line.split("Worker stats: ", 1)[1])

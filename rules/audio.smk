@@ -14,5 +14,8 @@ rule extract_audio:
     priority: 50
     conda:
         "../environment.yml"
+    params:
+        # The vote on the language (speech.py finds its windows' speech here) runs without one.
+        language=lambda wc: row(wc.episode, "language"),
     script:
         "../scripts/extract_audio.py"

@@ -6,4 +6,5 @@ steps.extract_audio(
     episode=snakemake.wildcards.episode,
     video=snakemake.input.video,
     audio=snakemake.output.audio,
+    language=snakemake.params.language,
 )

@@ -3,6 +3,7 @@
 import json
 import re
 import sqlite3
+import time
 import zipfile
 
 import pytest
@@ -52,6 +53,22 @@ def test_catalogue_to_transcripts(tmp_path, media_server, model_path):
         assert len(list((tmp_path / "data" / "logs" / rule).glob("*.log"))) == 6
         assert len(list((tmp_path / "data" / "benchmarks" / rule).glob("*.tsv"))) == 6
     assert "Freed" in (tmp_path / "data" / "logs" / "transcribe" / "ep01.log").read_text()
+    # The speech was found on the extraction's side: no VAD ran in the transcription, and
+    # every job logged its CPU as it ended.
+    for rule in ("download", "extract_audio", "transcribe", "analyse_episode"):
+        for log in (tmp_path / "data" / "logs" / rule).glob("*.log"):
+            assert re.search(r"Job CPU: [0-9.]+ s", log.read_text()), log
+    for n in range(1, 7):
+        assert "Found the speech (Silero VAD)" in (tmp_path / "data" / "logs" / "extract_audio" / f"ep{n:02d}.log"
+                                                   ).read_text()
+        assert "The VAD ran" not in (tmp_path / "data" / "logs" / "transcribe" / f"ep{n:02d}.log").read_text()
+    worker_log = next((tmp_path / "data" / "logs" / "transcribe_worker").glob("*.log"))
+    deadline = time.monotonic() + 30  # the worker writes its figures as it exits, asked to at the run's end
+    while "Worker stats" not in worker_log.read_text() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    stats = json.loads(re.findall(r"Worker stats: (.*)", worker_log.read_text())[-1])
+    assert stats["requests"] == 6 and (stats["vad_saved"], stats["vad_ran"]) == (6, 0)
+    assert 0 < stats["busy_seconds"] <= stats["wall_seconds"]
 
     # Nothing left to do afterwards, and the dry run does not re-plan downloads.
     dry = run_snakemake(tmp_path, config, "-n", "--cores", "1")

@@ -16,6 +16,7 @@ from scribeflow.config.layout import (
     AUDIO_SUFFIX,
     JSON_SUFFIXES,
     PARTIAL_SUFFIXES,
+    SPEECH_SUFFIX,
     STAGING_MARK,
     TOKENS_SUFFIX,
     VIDEO_SUFFIX,
@@ -66,9 +67,14 @@ def clean_orphans(settings: Settings, keep=()) -> tuple[int, int]:
                     cleanup.delete_video_after_transcription and (done(episode) or has_audio)):
                 doomed.append(path)
     for path in file_paths(audio):
-        if str(path.absolute()) in busy or path.suffix != AUDIO_SUFFIX:
+        if str(path.absolute()) in busy:
             continue
-        if path.stem in abandoned or (cleanup.delete_audio_after_transcription and done(path.stem)):
+        if path.name.endswith(SPEECH_SUFFIX):  # useful only beside its WAV, until the transcript
+            episode = path.name.removesuffix(SPEECH_SUFFIX)
+            if episode in abandoned or done(episode) or not layout.audio_file(episode).is_file():
+                doomed.append(path)
+        elif path.suffix == AUDIO_SUFFIX and (
+                path.stem in abandoned or (cleanup.delete_audio_after_transcription and done(path.stem))):
             doomed.append(path)
     # With the corpus cleanup flags, a transcript is temporary once tokenized, and
     # tokens once analysed (rules/corpus.smk's paths).

@@ -26,6 +26,9 @@ PARTIAL_SUFFIXES = (".part", ".ytdl")
 STAGING_MARK = "@dl."
 VIDEO_SUFFIX = ".media"
 AUDIO_SUFFIX = ".wav"
+# Beside the WAV until the transcript exists: the VAD's output, saved by the extraction
+# (stages/transcription/speech.py).
+SPEECH_SUFFIX = ".speech.npz"
 TOKENS_SUFFIX = ".parquet"
 STATS_SUFFIX = ".json"
 LEMMAS_SUFFIX = ".parquet"
@@ -152,6 +155,9 @@ class Layout:
 
     def audio_file(self, episode: str) -> Path:
         return self.audio / f"{episode}{AUDIO_SUFFIX}"
+
+    def speech_file(self, episode: str) -> Path:
+        return self.audio / f"{episode}{SPEECH_SUFFIX}"
 
     @property
     def transcripts(self) -> Path:

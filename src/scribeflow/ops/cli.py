@@ -77,9 +77,7 @@ def cmd_metrics(args) -> int:
         try:
             server, _ = metrics.serve(config, args.serve, args.address)
         except OSError as exc:
-            print(f"scribeflow metrics: cannot listen on {args.address}:{args.serve} ({exc.strerror}): another "
-                  f"program uses that port; choose another with --serve", file=sys.stderr)
-            return 2
+            return _cannot_listen("metrics", args.address, args.serve, exc, "--serve")
         print(f"serving Prometheus metrics on http://{args.address}:{server.server_port}/metrics", flush=True)
     try:
         while True:
@@ -92,15 +90,19 @@ def cmd_metrics(args) -> int:
         return 0
 
 
+def _cannot_listen(command: str, address: str, port: int, exc: OSError, option: str) -> int:
+    print(f"scribeflow {command}: cannot listen on {address}:{port} ({exc.strerror}): another program uses "
+          f"that port; choose another with {option}", file=sys.stderr)
+    return 2
+
+
 def cmd_dashboard(args) -> int:
     from scribeflow.ops.dashboard import server
 
     try:
         httpd = server(load_config(args), args.port, args.address, args.refresh)
     except OSError as exc:
-        print(f"scribeflow dashboard: cannot listen on {args.address}:{args.port} ({exc.strerror}): another "
-              f"dashboard, or another program, uses that port; choose another with --port", file=sys.stderr)
-        return 2
+        return _cannot_listen("dashboard", args.address, args.port, exc, "--port")
     print(f"scribeflow dashboard on http://{args.address}:{httpd.server_port}/ (Ctrl-C stops it)", flush=True)
     try:
         httpd.serve_forever()

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from scribeflow.budget.gate import DownloadGate, gb
 from scribeflow.budget.slots import Slots
+from scribeflow.config.layout import Layout
 from scribeflow.config.settings import MB, Settings
 from scribeflow.files import human_bytes
 from scribeflow.state import failures
@@ -78,7 +79,7 @@ def download(*, settings: Settings, episode: str, url: str, video: str,
                          declared_bytes=result["declared"], video_deleted=0, source=json.dumps(source))
 
 
-def extract_audio(*, settings: Settings, episode: str, video: str, audio: str) -> None:
+def extract_audio(*, settings: Settings, episode: str, video: str, audio: str, language: str | None = None) -> None:
     from scribeflow.stages.media import AudioTooLong, MediaError, expected_audio_bytes, validate
     from scribeflow.stages.media import extract_audio as extract
 
@@ -103,7 +104,34 @@ def extract_audio(*, settings: Settings, episode: str, video: str, audio: str) -
                     reserve = expected_audio_bytes(exc.seconds)
         size = Path(audio).stat().st_size
         log.info("Extracted %.1f s of 16 kHz mono audio from %s: %.1f MB", seconds, episode, size / MB)
+        _find_speech(settings, episode, audio, language)
         ledger.set_stage(episode, "extracted", audio_size_bytes=size)
+
+
+def _find_speech(settings: Settings, episode: str, audio: str, language: str | None) -> None:
+    """The VAD's output for the transcription, found here, on a CPU job beside other
+    episodes' work, so that none runs in the transcription worker's path (speech.py).
+    Best effort: without it the transcription runs the VAD itself."""
+    import time
+
+    from scribeflow.stages.media import read_wav
+    from scribeflow.stages.transcription import speech
+    from scribeflow.stages.transcription.decode import decode_options
+
+    options = decode_options(settings.transcribe.as_dict(), language or settings.transcribe.language)
+    if not options.get("vad_filter", True):
+        return
+    target = Layout.from_config(settings).speech_file(episode)
+    started = time.monotonic()
+    try:
+        size = speech.save(speech.compute(read_wav(audio), options.get("language_windows", 0)), target)
+    except Exception as exc:  # never the extraction's failure
+        log.warning("%s: could not find its speech ahead of the transcription (%s); the transcription will",
+                    episode, exc)
+        target.unlink(missing_ok=True)
+        return
+    log.info("Found the speech (Silero VAD) in %.1f s, for the transcription: %s", time.monotonic() - started,
+             human_bytes(size))
 
 
 def transcribe(*, settings: Settings, episode: str, audio: str, outputs: dict[str, str], video: str,
@@ -126,14 +154,21 @@ def transcribe(*, settings: Settings, episode: str, audio: str, outputs: dict[st
             log.info("Transcribing %s, video size: %.1f MB", episode, video_mb)
             # The catalogue's language column wins over the config's.
             options = decode_options(tc, language or settings.transcribe.language)
+            speech_file = Layout.from_config(settings).speech_file(episode)
             raw = worker.transcribe(tc, settings.data_dir, audio, options, episode,
-                                    on_worker_died=lambda exc: failures.worker_died(settings, ledger, episode, exc))
+                                    on_worker_died=lambda exc: failures.worker_died(settings, ledger, episode, exc),
+                                    speech_file=speech_file if speech_file.is_file() else None)
+            vad = raw.get("vad_calls") or {}
+            if vad.get("ran"):
+                log.info("The VAD ran %d time(s) in the transcription (%d answered from the extraction's)",
+                         vad["ran"], vad.get("saved", 0))
             result = build_transcript(raw, episode, tc, options)
             if job.get("source"):
                 result["source"] = json.loads(job["source"])
             # Before the transcript exists: from then on a concurrent run's orphan cleanup may delete the audio.
             audio_mb = Path(audio).stat().st_size / MB
             size = write_transcript(result, outputs)
+            speech_file.unlink(missing_ok=True)  # of no use once the transcript exists
         # Snakemake deletes the temp() audio as soon as this job ends.
         audio_deleted = settings.disk_management.cleanup.delete_audio_after_transcription
         # The memory of the process that transcribed (the worker, or this job): for sizing.

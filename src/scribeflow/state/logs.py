@@ -22,6 +22,7 @@ crash in between leaves both, and readers take the newest copy.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import fcntl
 import gzip
@@ -59,8 +60,18 @@ def setup_logging(log_path: str | Path | None) -> None:
 
         sys.excepthook = excepthook
         interrupt_on_sigterm()
+        atexit.register(_log_job_cpu)
     logging.basicConfig(level=logging.INFO, handlers=handlers, force=True,
                         format="%(asctime)s %(levelname)-5s %(name)s: %(message)s")
+
+
+def _log_job_cpu() -> None:
+    """The job's CPU as it ends, in its log: Python's start, the workflow's parse, the step,
+    and the children it waited for (benchmarks/cpu_budget.py adds these up per stage)."""
+    import resource
+
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    log.info("Job CPU: %.3f s", own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime)
 
 
 def interrupt_on_sigterm() -> None:

@@ -13,8 +13,8 @@ import pytest
 from conftest import leftover_temp_files, recall, run_snakemake, workflow_config, write_catalogue
 from support.fixtures import SENTENCES, make_speech_video
 
-from scribeflow.stages.media import extract_audio
-from scribeflow.stages.transcription import worker
+from scribeflow.stages.media import extract_audio, read_wav
+from scribeflow.stages.transcription import speech, worker
 from scribeflow.stages.transcription.decode import decode_options
 from scribeflow.stages.transcription.transcript import read_transcript
 
@@ -44,17 +44,30 @@ def test_the_worker_transcribes_like_the_job_itself_and_loads_the_model_once(tmp
         first = worker.transcribe(tc, data, wav, options, "clip")
         pid = ping(tc, data)["pid"]
         second = worker.transcribe(tc, data, wav, options, "clip")
-        assert ping(tc, data) == {"pid": pid, "key": worker.worker_key(tc, data), "served": 2}
+        state = ping(tc, data)
+        assert {k: state[k] for k in ("pid", "key", "served")} == {"pid": pid, "key": worker.worker_key(tc, data),
+                                                                   "served": 2}
+        # The model's share of the worker's time, and where its VAD came from: it ran there.
+        stats = state["stats"]
+        assert stats["requests"] == 2 and 0 < stats["busy_seconds"] <= stats["wall_seconds"]
+        assert (stats["vad_saved"], stats["vad_ran"]) == (0, 2) and stats["cpu_seconds"] > 0
+        # The speech found at extraction: the worker runs no VAD, and transcribes the same.
+        found = tmp_path / "clip.speech.npz"
+        speech.save(speech.compute(read_wav(wav), 0), found)
+        third = worker.transcribe(tc, data, wav, options, "clip", speech_file=found)
+        assert third.pop("vad_calls") == {"saved": 1, "ran": 0}
+        assert ping(tc, data)["stats"]["vad_ran"] == 2
     finally:
         assert worker.stop(tc, data)
     in_process = worker.transcribe({**tc, "worker": {"enabled": False}}, data, wav, options)
     # Each says how much memory the process that transcribed held (for sizing machines).
-    memories = [r.pop("memory") for r in (first, second, in_process)]
+    memories = [r.pop("memory") for r in (first, second, third, in_process)]
     assert all(m["peak_rss_bytes"] >= m["rss_bytes"] > 50 * 2**20 and m["gpu_bytes"] is None for m in memories)
     assert first == second == in_process
+    assert {k: v for k, v in first.items() if k != "vad_calls"} == third
     assert "hello world" in first["segments"][0]["text"].lower() and first["segments"][0]["words"]
     log = worker.log_path(data, worker.worker_key(tc, data)).read_text()
-    assert log.count("Loaded model") == 1 and "exiting after 2 transcription(s) (asked to)" in _wait_for(log, tc, data)
+    assert log.count("Loaded model") == 1 and "exiting after 3 transcription(s) (asked to)" in _wait_for(log, tc, data)
 
     # Other model settings, another worker.
     assert worker.worker_key({**tc, "compute_type": "float32"}, data) != worker.worker_key(tc, data)
@@ -205,7 +218,9 @@ def test_prestart_starts_one_worker_without_waiting_and_the_jobs_use_it(tmp_path
         assert not worker.prestart(tc, data)  # one already runs
         pid = ping(tc, data)["pid"]
         worker.transcribe(tc, data, wav, decode_options(tc, "en"), "clip")
-        assert ping(tc, data) == {"pid": pid, "key": worker.worker_key(tc, data), "served": 1}
+        state = ping(tc, data)
+        assert {k: state[k] for k in ("pid", "key", "served")} == {"pid": pid, "key": worker.worker_key(tc, data),
+                                                                   "served": 1}
     finally:
         worker.stop(tc, data)
     assert not worker.prestart({**tc, "worker": {"enabled": False}}, data)

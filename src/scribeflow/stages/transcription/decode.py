@@ -3,11 +3,13 @@ itself or in the long-lived worker (worker.py), which returns the same plain dic
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from pathlib import Path
 
 from scribeflow.stages.media import SAMPLE_RATE
+from scribeflow.stages.transcription import stand_in
 from scribeflow.stages.transcription.language import LANGUAGE_WINDOWS, WINDOW_SECONDS, vote_language
 
 log = logging.getLogger(__name__)
@@ -46,11 +48,18 @@ class Cancelled(RuntimeError):
 PROGRESS_SECONDS = 30.0  # a long transcription says where it is this often
 
 
-def run_model(model, audio, options: dict, should_stop=None, label: str = "") -> dict:
+def run_model(model, audio, options: dict, should_stop=None, label: str = "", speech=None, model_lock=None) -> dict:
     """Transcribe `audio` (a WAV path or float32 samples) into a plain, JSON-able dict:
     {"language", "language_probability", "duration", "segments": [{start, end, text[, words]}]}.
     `should_stop()`, asked after each segment, abandons the work (its job went away).
-    Every PROGRESS_SECONDS the log says how far into the audio it is (`label`: the episode)."""
+    Every PROGRESS_SECONDS the log says how far into the audio it is (`label`: the episode).
+
+    `speech`: the VAD's output saved by the audio extraction (speech.py), so that no VAD
+    runs here. `model_lock`: held while the model works (the vote's encoder, the
+    decoding) and only then; the worker's, so that one request's CPU work (reading the
+    WAV, features) overlaps another's decoding."""
+    from scribeflow.stages.transcription import speech as saved_speech
+
     if isinstance(audio, (str, Path)):
         from scribeflow.stages.media import read_wav
 
@@ -61,34 +70,30 @@ def run_model(model, audio, options: dict, should_stop=None, label: str = "") ->
         batch_size = GPU_BATCH_SIZE if model.model.device == "cuda" else 0
     windows = options.pop("language_windows", 0)
     detection = {"method": "given"} if options.get("language") else None
-    if options.get("language") is None and windows and len(audio) >= SAMPLE_RATE:  # under 1 s: faster-whisper's
-        detection = vote_language(model, audio, windows)
-        options["language"] = detection["language"]
-    if batch_size:
-        from faster_whisper import BatchedInferencePipeline
+    model_lock = model_lock or contextlib.nullcontext()
+    with saved_speech.precomputed(speech) as vad:
+        if options.get("language") is None and windows and len(audio) >= SAMPLE_RATE:  # under 1 s: faster-whisper's
+            detection = vote_language(model, audio, windows, model_lock)
+            options["language"] = detection["language"]
+        # transcribe() does the VAD, the chunking and the features at once, and the model's
+        # work when the segments are read (below); with no language, its detection too.
+        with model_lock if options.get("language") is None else contextlib.nullcontext():
+            if batch_size:
+                from faster_whisper import BatchedInferencePipeline
 
-        if not options.get("vad_filter", True) and len(audio) > WINDOW_SECONDS * SAMPLE_RATE:
-            # Without VAD the batched pipeline refuses audio over 30 s unless told where to cut.
-            step = WINDOW_SECONDS
-            options["clip_timestamps"] = [{"start": t, "end": min(t + step, len(audio) / SAMPLE_RATE)}
-                                          for t in range(0, -(-len(audio) // SAMPLE_RATE), step)]
-        segments, info = BatchedInferencePipeline(model).transcribe(audio, batch_size=batch_size, **options)
-    else:
-        segments, info = model.transcribe(audio, **options)
-    out = []
-    total, last_said = len(audio) / SAMPLE_RATE, time.monotonic()
-    for seg in segments:  # a generator: decoding happens here
-        if should_stop is not None and should_stop():
-            raise Cancelled("the job went away")
-        if time.monotonic() - last_said >= PROGRESS_SECONDS:
-            last_said = time.monotonic()
-            log.info("%s: transcribed %.0f s of %.0f s (%.0f%%)", label or "transcription", seg.end, total,
-                     100 * seg.end / total if total else 100)
-        item = {"start": round(seg.start, 3), "end": round(seg.end, 3), "text": seg.text.strip()}
-        if seg.words is not None:
-            item["words"] = [{"start": round(w.start, 3), "end": round(w.end, 3), "word": w.word,
-                              "probability": round(w.probability, 4)} for w in seg.words]
-        out.append(item)
+                if not options.get("vad_filter", True) and len(audio) > WINDOW_SECONDS * SAMPLE_RATE:
+                    # Without VAD the batched pipeline refuses audio over 30 s unless told where to cut.
+                    step = WINDOW_SECONDS
+                    options["clip_timestamps"] = [{"start": t, "end": min(t + step, len(audio) / SAMPLE_RATE)}
+                                                  for t in range(0, -(-len(audio) // SAMPLE_RATE), step)]
+                segments, info = BatchedInferencePipeline(model).transcribe(audio, batch_size=batch_size, **options)
+            else:
+                segments, info = model.transcribe(audio, **options)
+        if stand_in.active():
+            segments = stand_in.segments(_speech_spans(audio, batch_size, options))
+    total = len(audio) / SAMPLE_RATE
+    with model_lock:  # a generator: decoding happens as it is read
+        out = [_item(seg) for seg in _progress(segments, should_stop, label, total)]
     if detection is None:  # faster-whisper's own detection (language_detection.windows: 0)
         detection = {"method": "faster-whisper"}
     probability = detection.get("probability", info.language_probability)
@@ -96,4 +101,37 @@ def run_model(model, audio, options: dict, should_stop=None, label: str = "") ->
     return {"language": info.language, "language_probability": round(probability, 4),
             "language_detection": detection,
             "duration": round(len(audio) / SAMPLE_RATE, 3), "segments": out,
-            "device": model.model.device, "compute_type": model.model.compute_type, "batch_size": batch_size}
+            "device": model.model.device, "compute_type": model.model.compute_type, "batch_size": batch_size,
+            "vad_calls": vad}
+
+
+def _progress(segments, should_stop, label: str, total: float):
+    last_said = time.monotonic()
+    for seg in segments:
+        if should_stop is not None and should_stop():
+            raise Cancelled("the job went away")
+        if time.monotonic() - last_said >= PROGRESS_SECONDS:
+            last_said = time.monotonic()
+            log.info("%s: transcribed %.0f s of %.0f s (%.0f%%)", label or "transcription", seg.end, total,
+                     100 * seg.end / total if total else 100)
+        yield seg
+
+
+def _item(seg) -> dict:
+    item = {"start": round(seg.start, 3), "end": round(seg.end, 3), "text": seg.text.strip()}
+    if seg.words is not None:
+        item["words"] = [{"start": round(w.start, 3), "end": round(w.end, 3), "word": w.word,
+                          "probability": round(w.probability, 4)} for w in seg.words]
+    return item
+
+
+def _speech_spans(audio, batch_size, options: dict) -> list[tuple[float, float]]:
+    """The stretches of speech (seconds) the decoding would read: the stand-in's segments."""
+    from faster_whisper.vad import VadOptions, get_speech_timestamps
+
+    if not options.get("vad_filter", True):
+        return [(0.0, len(audio) / SAMPLE_RATE)]
+    # The batched pipeline's VAD settings (faster_whisper.transcribe), else the default ones.
+    vad = VadOptions(max_speech_duration_s=WINDOW_SECONDS, min_silence_duration_ms=160) if batch_size \
+        else VadOptions(**(options.get("vad_parameters") or {}))
+    return [(c["start"] / SAMPLE_RATE, c["end"] / SAMPLE_RATE) for c in get_speech_timestamps(audio, vad)]

@@ -104,8 +104,9 @@ class _Lookup:
 
 
 def _get_vad_model():
-    probabilities = getattr(_local, "probabilities", None)
-    return _Lookup(probabilities) if probabilities else _real_get_vad_model()
+    if getattr(_local, "active", False):  # inside precomputed(): answered, or run and counted
+        return _Lookup(_local.probabilities or {})
+    return _real_get_vad_model()
 
 
 def install() -> None:
@@ -126,9 +127,9 @@ def precomputed(probabilities: dict[str, np.ndarray] | None):
     that holds, afterwards, how many VAD calls were answered from them and how many ran."""
     install()
     counts = {"saved": 0, "ran": 0}
-    _local.probabilities, _local.hits, _local.misses = probabilities, 0, 0
+    _local.active, _local.probabilities, _local.hits, _local.misses = True, probabilities, 0, 0
     try:
         yield counts
     finally:
         counts["saved"], counts["ran"] = _local.hits, _local.misses
-        _local.probabilities = None
+        _local.active, _local.probabilities = False, None

@@ -48,7 +48,7 @@ PROTOCOL = 1
 EXIT_ADDRESS_IN_USE = 3
 # The files whose code a running worker executes: a change to any of them starts a new one.
 _CODE = ("transcription/worker.py", "transcription/model.py", "transcription/language.py",
-         "transcription/decode.py", "media.py")
+         "transcription/decode.py", "transcription/speech.py", "transcription/stand_in.py", "media.py")
 _started: list[subprocess.Popen] = []  # held, so Python does not warn that they still run
 
 
@@ -158,16 +158,18 @@ def enabled(tc: dict) -> bool:
 
 
 def transcribe(tc: dict, data_dir: str | Path, audio: str | Path, options: dict, episode: str = "",
-               on_worker_died=None) -> dict:
+               on_worker_died=None, speech_file: str | Path | None = None) -> dict:
     """run_model()'s result for `audio`: from the worker when enabled, else (or when no worker
     can serve) from a model loaded in this process. `on_worker_died(exc)` is called first
-    when the worker died with the request in hand; it may raise to stop there."""
+    when the worker died with the request in hand; it may raise to stop there. `speech_file`:
+    the VAD's output saved by the extraction (speech.py), when there is one."""
     if enabled(tc):
         timeout = request_timeout(tc, audio)
         for attempt in (1, 2):  # a worker that dies or hangs is replaced once
             try:
                 started = time.monotonic()
                 raw = request(tc, data_dir, {"op": "transcribe", "audio": os.path.abspath(audio),
+                                             "speech": speech_file and os.path.abspath(speech_file),
                                              "options": options, "episode": episode}, timeout=timeout)
                 log.info("Transcribed by the worker in %.1f s", time.monotonic() - started)
                 return raw
@@ -184,10 +186,11 @@ def transcribe(tc: dict, data_dir: str | Path, audio: str | Path, options: dict,
             raise NoSecondModel(f"{episode}: the transcription worker failed twice ({failure}); not loading a "
                                 f"second copy of the model on the GPU. The next run tries again")
         log.warning("No transcription worker (%s): loading the model in this job", failure)
+    from scribeflow.stages.transcription import speech
     from scribeflow.stages.transcription.decode import run_model
     from scribeflow.stages.transcription.model import load_model
 
-    result = run_model(load_model(tc), audio, options, label=episode)
+    result = run_model(load_model(tc), audio, options, label=episode, speech=speech.load(speech_file))
     result["memory"] = process_memory()
     return result
 
@@ -337,12 +340,51 @@ def _start(tc: dict, data_dir: str | Path, key: str) -> socket.socket:
 # ---------------------------------------------------------------- worker side
 
 
+class ModelTime:
+    """The model, one request's work at a time, and how long it was busy. A request reads
+    its WAV and computes its features without it, so that the next request's inputs are
+    ready while this one decodes; `busy` over `wall` (first request to last reply) is the
+    share of the worker's time the model worked: on a GPU, the share it could be busy."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._stats = threading.Lock()
+        self.busy, self.first, self.last, self.requests, self.vad_saved, self.vad_ran = 0.0, None, None, 0, 0, 0
+
+    def __enter__(self):
+        self._lock.acquire()
+        self._since = time.monotonic()
+        return self
+
+    def __exit__(self, *exc):
+        self.busy += time.monotonic() - self._since
+        self._lock.release()
+
+    def request(self, started: float, vad: dict | None) -> None:
+        with self._stats:
+            self.first = started if self.first is None else min(self.first, started)
+            self.last, self.requests = time.monotonic(), self.requests + 1
+            self.vad_saved += (vad or {}).get("saved", 0)
+            self.vad_ran += (vad or {}).get("ran", 0)
+
+    def stats(self) -> dict:
+        import resource
+
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        wall = (self.last - self.first) if self.first is not None else 0.0
+        return {"requests": self.requests, "busy_seconds": round(self.busy, 3), "wall_seconds": round(wall, 3),
+                "busy_share": round(self.busy / wall, 4) if wall else None,
+                "cpu_seconds": round(usage.ru_utime + usage.ru_stime, 3),
+                "vad_saved": self.vad_saved, "vad_ran": self.vad_ran}
+
+
 class _Server:
     def __init__(self, tc: dict, key: str):
         self.tc, self.key = tc, key
         self.idle = tc.get("worker", {}).get("idle_timeout_seconds", 120)
         self.lock = threading.Lock()
         self.active, self.last, self.stopping, self.served = 0, time.monotonic(), False, 0
+        self.model_time = ModelTime()
 
     def run(self) -> int:
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -381,6 +423,7 @@ class _Server:
         listener.close()
         log.info("Worker %d exiting after %d transcription(s)%s", os.getpid(), self.served,
                  " (asked to)" if self.stopping else f" ({self.idle:g} s idle)")
+        log.info("Worker stats: %s", json.dumps(self.model_time.stats()))
         return 0
 
     def handle(self, conn: socket.socket) -> None:
@@ -402,6 +445,7 @@ class _Server:
     def decode(self, message: dict, conn: socket.socket) -> dict:
         """run_model on the loaded model; out of GPU memory, the same request again with
         half the batch, down to one window at a time, before anything else."""
+        from scribeflow.stages.transcription import speech
         from scribeflow.stages.transcription.decode import GPU_BATCH_SIZE, run_model
 
         options = dict(message["options"])
@@ -409,7 +453,8 @@ class _Server:
             try:
                 _test_fault(options)
                 return run_model(self.model, message["audio"], options, should_stop=lambda: _hung_up(conn),
-                                 label=message.get("episode", ""))
+                                 label=message.get("episode", ""), speech=speech.load(message.get("speech")),
+                                 model_lock=self.model_time)
             except Exception as exc:
                 batch = options.get("batch_size") or 0
                 if batch == "auto":
@@ -423,7 +468,8 @@ class _Server:
     def answer(self, message: dict, conn: socket.socket) -> dict:
         op = message.get("op")
         if op == "ping":
-            return {"ok": True, "result": {"pid": os.getpid(), "key": self.key, "served": self.served}}
+            return {"ok": True, "result": {"pid": os.getpid(), "key": self.key, "served": self.served,
+                                           "stats": self.model_time.stats()}}
         if op == "shutdown":
             self.stopping = True
             return {"ok": True, "result": None}
@@ -432,6 +478,7 @@ class _Server:
         started = time.monotonic()
         try:
             result = self.decode(message, conn)
+            self.model_time.request(started, result.get("vad_calls"))
             result["memory"] = process_memory()
         except Exception as exc:  # reported to the job, which fails with it
             log.exception("%s failed", message.get("episode"))
