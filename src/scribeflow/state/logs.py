@@ -66,12 +66,22 @@ def setup_logging(log_path: str | Path | None) -> None:
 
 
 def _log_job_cpu() -> None:
-    """The job's CPU as it ends, in its log: Python's start, the workflow's parse, the step,
-    and the children it waited for (benchmarks/cpu_budget.py adds these up per stage)."""
+    """The job's CPU as it ends, in its log: this script's process (Python's start, the
+    step) and the children it waited for; and, where Snakemake spawned a process for the
+    job, that process's own (the workflow's parse, the job's start) until now.
+    benchmarks/cpu_budget.py adds these up per stage."""
     import resource
 
+    import psutil
+
     own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-    log.info("Job CPU: %.3f s", own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime)
+    spawner = ""
+    with contextlib.suppress(psutil.Error, AttributeError):
+        parent = psutil.Process().parent()
+        if "snakemake" in " ".join(parent.cmdline()) and "--target-jobs" in parent.cmdline():
+            times = parent.cpu_times()
+            spawner = f", its Snakemake process {times.user + times.system:.3f} s"
+    log.info("Job CPU: %.3f s%s", own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime, spawner)
 
 
 def interrupt_on_sigterm() -> None:

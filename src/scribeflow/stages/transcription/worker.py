@@ -311,8 +311,9 @@ def _spawn(tc: dict, data_dir: str | Path, key: str) -> tuple[subprocess.Popen, 
     spec = json.dumps({"tc": tc, "data_dir": str(data_dir), "key": key, "log": str(logfile)})
     with out:
         try:
-            proc = subprocess.Popen([sys.executable, "-m", "scribeflow.stages.transcription.worker", spec], stdin=subprocess.DEVNULL,
-                                    stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+            proc = subprocess.Popen([sys.executable, "-m", "scribeflow.stages.transcription.worker", spec],
+                                    stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=env,
+                                    start_new_session=True)
         except OSError as exc:
             raise WorkerUnavailable(f"cannot start a worker: {exc}") from None
     _started.append(proc)
