@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 from scribeflow.stages.media import SAMPLE_RATE
-from scribeflow.stages.transcription import stand_in
+from scribeflow.stages.transcription import coverage, stand_in
 from scribeflow.stages.transcription.language import LANGUAGE_WINDOWS, WINDOW_SECONDS, vote_language
 
 log = logging.getLogger(__name__)
@@ -89,11 +89,22 @@ def run_model(model, audio, options: dict, should_stop=None, label: str = "", sp
                 segments, info = BatchedInferencePipeline(model).transcribe(audio, batch_size=batch_size, **options)
             else:
                 segments, info = model.transcribe(audio, **options)
+        # The speech the coverage is measured on (answered from the saved VAD output too).
+        speech_spans = _speech_spans(audio, 0, {}) if options.get("vad_filter", True) else None
         if stand_in.active():
             segments = stand_in.segments(_speech_spans(audio, batch_size, options))
     total = len(audio) / SAMPLE_RATE
+    speech_report = None
     with model_lock:  # a generator: decoding happens as it is read
         out = [_item(seg) for seg in _progress(segments, should_stop, label, total)]
+        if speech_spans is not None and not stand_in.active():
+            out, speech_report = coverage.refill(model, audio, out, speech_spans, {**options, "language": info.language},
+                                                 _item)
+            if speech_report["refilled"]:
+                log.warning("%s: %d stretch(es) of speech no segment covered, decoded again: %s",
+                            label or "transcription", len(speech_report["refilled"]),
+                            ", ".join(f"{r['start']:.0f}-{r['end']:.0f} s ({r['segments']} segment(s), {r['how']})"
+                                      for r in speech_report["refilled"]))
     if detection is None:  # faster-whisper's own detection (language_detection.windows: 0)
         detection = {"method": "faster-whisper"}
     probability = detection.get("probability", info.language_probability)
@@ -102,7 +113,7 @@ def run_model(model, audio, options: dict, should_stop=None, label: str = "", sp
             "language_detection": detection,
             "duration": round(len(audio) / SAMPLE_RATE, 3), "segments": out,
             "device": model.model.device, "compute_type": model.model.compute_type, "batch_size": batch_size,
-            "vad_calls": vad}
+            "vad_calls": vad, "speech": speech_report}
 
 
 def _progress(segments, should_stop, label: str, total: float):

@@ -35,6 +35,8 @@ def build_transcript(raw: dict, episode: str, tc: dict, options: dict) -> dict:
         "text": " ".join(s["text"] for s in segments if s["text"]),
         "segments": segments,
         "hallucinations": report,
+        # Speech found by the VAD and covered by the segments, and what was decoded again (coverage.py).
+        "speech": raw.get("speech"),
     }
 
 

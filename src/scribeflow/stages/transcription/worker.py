@@ -48,7 +48,8 @@ PROTOCOL = 1
 EXIT_ADDRESS_IN_USE = 3
 # The files whose code a running worker executes: a change to any of them starts a new one.
 _CODE = ("transcription/worker.py", "transcription/model.py", "transcription/language.py",
-         "transcription/decode.py", "transcription/speech.py", "transcription/stand_in.py", "media.py")
+         "transcription/decode.py", "transcription/speech.py", "transcription/stand_in.py",
+         "transcription/coverage.py", "media.py")
 _started: list[subprocess.Popen] = []  # held, so Python does not warn that they still run
 
 
