@@ -67,7 +67,7 @@ def test_catalogue_to_transcripts(tmp_path, media_server, model_path):
     while "Worker stats" not in worker_log.read_text() and time.monotonic() < deadline:
         time.sleep(0.2)
     stats = json.loads(re.findall(r"Worker stats: (.*)", worker_log.read_text())[-1])
-    assert stats["requests"] == 6 and (stats["vad_saved"], stats["vad_ran"]) == (6, 0)
+    assert stats["requests"] == 6 and (stats["vad_saved"], stats["vad_ran"]) == (12, 0)  # decoding, coverage
     assert 0 < stats["busy_seconds"] <= stats["wall_seconds"]
 
     # Nothing left to do afterwards, and the dry run does not re-plan downloads.

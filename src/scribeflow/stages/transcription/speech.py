@@ -95,17 +95,20 @@ class _Lookup:
         self.probabilities = probabilities
 
     def __call__(self, audio: np.ndarray, *args, **kwargs):
-        found = self.probabilities.get(_key(audio))
+        key = _key(audio)  # before the model: it writes into its input
+        found = self.probabilities.get(key)
         if found is not None:
             _local.hits = getattr(_local, "hits", 0) + 1
             return found.copy()
         _local.misses = getattr(_local, "misses", 0) + 1
-        return _real_get_vad_model()(audio, *args, **kwargs)
+        found = _real_get_vad_model()(audio, *args, **kwargs)
+        self.probabilities[key] = found.copy()  # asked again (the coverage check): answered
+        return found
 
 
 def _get_vad_model():
-    if getattr(_local, "active", False):  # inside precomputed(): answered, or run and counted
-        return _Lookup(_local.probabilities or {})
+    if getattr(_local, "active", False):  # inside precomputed(): answered, or run, kept and counted
+        return _Lookup(_local.probabilities)
     return _real_get_vad_model()
 
 
@@ -123,11 +126,12 @@ def install() -> None:
 
 @contextlib.contextmanager
 def precomputed(probabilities: dict[str, np.ndarray] | None):
-    """Within: this thread's VAD answers from `probabilities` where it can. Yields a dict
-    that holds, afterwards, how many VAD calls were answered from them and how many ran."""
+    """Within: this thread's VAD answers from `probabilities` where it can, and keeps what
+    it runs for a second call on the same audio. Yields a dict that holds, afterwards, how
+    many VAD calls were answered ("saved") and how many ran."""
     install()
     counts = {"saved": 0, "ran": 0}
-    _local.active, _local.probabilities, _local.hits, _local.misses = True, probabilities, 0, 0
+    _local.active, _local.probabilities, _local.hits, _local.misses = True, dict(probabilities or {}), 0, 0
     try:
         yield counts
     finally:
