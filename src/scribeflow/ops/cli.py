@@ -261,6 +261,7 @@ def main(argv=None) -> int:
     add_failure_commands(sub)
     add_operator_commands(sub)
     add_run_chunks(sub)
+    add_evaluate(sub)
     args = parser.parse_args(argv)
 
     if args.command == "demo":
@@ -287,6 +288,42 @@ def main(argv=None) -> int:
         # /dev/null so that the interpreter's final flush does not fail again.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+
+
+def cmd_evaluate(args) -> int:
+    from scribeflow.config.models import ModelError
+    from scribeflow.ops import evaluate
+
+    settings = load_config(args)
+    tc = settings.transcribe.as_dict()
+    try:
+        episodes = evaluate.pairs(args.paths)
+        rows = evaluate.evaluate(episodes, args.model or [tc["model"]], tc, args.language or settings.transcribe.language)
+    except (evaluate.EvaluateError, ModelError) as exc:
+        print(f"scribeflow evaluate: {exc}", file=sys.stderr)
+        return 2
+    print(evaluate.render(rows))
+    tsv, png = evaluate.write(rows, args.out)
+    print(f"\nWrote {tsv}, {png} and the transcripts' text in {args.out / 'transcripts'}")
+    return 0
+
+
+def add_evaluate(sub) -> None:
+    p = sub.add_parser("evaluate", help="transcription quality against subtitles, on your own episodes, per model",
+                       description="Transcribe episodes that have subtitles with one or more model settings and "
+                       "print each one's character error rate against the subtitles' dialogue, real-time factor, "
+                       "hallucination-guard findings, language-vote agreement and speech coverage "
+                       "(docs/transcription.md).")
+    p.add_argument("paths", nargs="+", type=Path,
+                   help="media files, or folders of them, each with its subtitle beside it (NAME.ass, NAME.ja.srt, ...)")
+    p.add_argument("--model", action="append", metavar="MODEL",
+                   help="a faster-whisper model name or a CTranslate2 directory; repeat to compare "
+                        "(default: transcribe.model)")
+    p.add_argument("--language", default=None, help="the episodes' language (default: transcribe.language, else the vote)")
+    p.add_argument("--out", type=Path, default=Path("evaluation"),
+                   help="folder for evaluate.tsv, evaluate.png and the transcripts (default ./evaluation)")
+    add_config_options(p)
+    p.set_defaults(func=cmd_evaluate)
 
 
 def cmd_run_chunks(args) -> int:
