@@ -69,3 +69,34 @@ def test_the_script_tells_a_translation_from_a_transcript():
     assert subtitles.script_share("Nice weather today. Yeah, let's go!", "ja") == 0.0
     assert subtitles.script_share("Nice weather today.", "en") == 1.0
     assert subtitles.script_share("OK、行こう！", "ja-JP") == pytest.approx(3 / 5)
+
+
+VTT_JA = "WEBVTT\n\n00:00:01.000 --> 00:00:03.000\n今日はいい天気だね。\n\n00:00:04.000 --> 00:00:06.000\nそうだね、行こう！\n"
+VTT_EN = "WEBVTT\n\n00:00:01.000 --> 00:00:03.000\nNice weather today.\n\n00:00:04.000 --> 00:00:06.000\nYeah, let's go!\n"
+
+
+def test_the_pages_tracks_are_fetched_without_the_media_and_a_translation_is_refused(tmp_path):
+    from support.server import MediaServer
+
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "video.mp4").write_bytes(b"\x00" * 100_000)
+    (site / "ep.ja.vtt").write_text(VTT_JA, encoding="utf-8")
+    (site / "ep.en.vtt").write_text(VTT_EN, encoding="utf-8")
+    (site / "watch.html").write_text(
+        '<!DOCTYPE html><html><head><title>Episode 1</title></head><body><video controls src="video.mp4">'
+        '<track kind="subtitles" srclang="ja" src="ep.ja.vtt"><track kind="subtitles" srclang="en" src="ep.en.vtt">'
+        "</video></body></html>", encoding="utf-8")
+    with MediaServer(site) as server:
+        found = subtitles.page_subtitles(server.url("watch.html"), "ep01", ["ja", "ja-JP", "jpn"], tmp_path / "subs")
+        english = subtitles.page_subtitles(server.url("watch.html"), "ep02", ["en"], tmp_path / "subs")
+        assert server.requests and not [p for _, p, _ in server.requests if p.endswith("video.mp4")]
+    assert [p.name for p in found] == ["ep01.ja.vtt"] and [p.name for p in english] == ["ep02.en.vtt"]
+    segments, path, refused = subtitles.choose(found, "ja", duration=8)
+    assert path == found[0] and refused == [] and [s["text"] for s in segments] == ["今日はいい天気だね。",
+                                                                                  "そうだね、行こう！"]
+    # A Japanese episode's English track is a translation: refused, the episode is transcribed.
+    segments, path, refused = subtitles.choose(english, "ja", duration=8)
+    assert segments is None and path is None and "ep02.en.vtt: 0% of its letters are in ja's script" in refused[0]
+    # Dialogue over 5 s of a 24-min episode is no transcript of it either.
+    assert subtitles.choose(found, "ja", duration=1440)[0] is None

@@ -112,3 +112,56 @@ def covered_seconds(segments: list[dict]) -> float:
             total += seg["end"] - start
         end = max(end, seg["end"])
     return total
+
+
+def page_subtitles(url: str, episode: str, languages: list[str], dest: str | Path, automatic: bool = False,
+                   socket_timeout: float = 30) -> list[Path]:
+    """The source page's own subtitle tracks in `languages`, fetched by yt-dlp without the
+    media (skip_download): manual tracks, and automatic captions only if `automatic`.
+    Written as `dest`/{episode}.{lang}.{ext}; returns their paths (none: an empty list)."""
+    from yt_dlp import YoutubeDL
+
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    before = set(dest.glob(f"{episode}.*"))
+    options = {"skip_download": True, "writesubtitles": True, "writeautomaticsub": automatic,
+               "subtitleslangs": list(languages), "subtitlesformat": "ass/ssa/srt/vtt/best",
+               "outtmpl": str(dest / episode).replace("%", "%%") + ".%(ext)s", "noplaylist": True,
+               "quiet": True, "no_warnings": True, "noprogress": True, "socket_timeout": socket_timeout}
+    with YoutubeDL(options) as ydl:
+        ydl.extract_info(url, download=True)
+    return sorted(p for p in set(dest.glob(f"{episode}.*")) - before
+                  if p.suffix.lower() in (".ass", ".ssa", ".srt", ".vtt"))
+
+
+def choose(candidates: list[str | Path], language: str, duration: float | None = None, min_coverage: float = 0.5,
+           min_script_share: float = 0.5, style_patterns=STYLE_PATTERNS) -> tuple[list[dict] | None, Path | None,
+                                                                                  list[str]]:
+    """The first usable subtitle of `candidates`: (its dialogue, its path, why each one
+    before it was refused). Usable: it reads, it has dialogue, its text is written in
+    `language`'s script (a Japanese show's English subtitles are a translation, not a
+    transcript), and, when the episode's `duration` is known, its dialogue spans at least
+    `min_coverage` of it. None when none is: the episode is transcribed."""
+    refused = []
+    for path in map(Path, candidates):
+        try:
+            segments = dialogue(load(path), style_patterns)
+        except SubtitleError as exc:
+            refused.append(str(exc))
+            continue
+        text = " ".join(s["text"] for s in segments)
+        if not segments:
+            refused.append(f"{path.name}: no dialogue (only signs, songs or comments)")
+            continue
+        share = script_share(text, language)
+        if share < min_script_share:
+            refused.append(f"{path.name}: {share:.0%} of its letters are in {language}'s script: a translation, "
+                           f"not a transcript")
+            continue
+        if duration:
+            span = segments[-1]["end"] - segments[0]["start"]
+            if span < min_coverage * duration:
+                refused.append(f"{path.name}: its dialogue spans {span:.0f} s of the episode's {duration:.0f} s")
+                continue
+        return segments, path, refused
+    return None, None, refused
