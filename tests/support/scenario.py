@@ -1,7 +1,7 @@
 """The disk integration scenario, scaled down, with a sampler that measures
 the pipeline's bytes on disk while the real workflow runs.
 
-Used by tests/test_disk_budget.py (assertions) and benchmarks/disk_budget.py
+Used by tests/budget/test_disk_budget.py (assertions) and benchmarks/disk_budget.py
 (figures). Needs espeak-ng and ffmpeg for the videos and the bundled tiny.en model.
 """
 

@@ -252,7 +252,7 @@ def check_transcribe(tc: Transcribe) -> None:
 
 # -- the typed settings -------------------------------------------------------------
 # One frozen dataclass per object of the schema, one field per property, named as the
-# key (tests/test_config.py checks that the two agree at every level). Values come
+# key (tests/config/test_config.py checks that the two agree at every level). Values come
 # from a validated dict, never from defaults written here: the schema holds those.
 
 

@@ -1,5 +1,5 @@
 """Every use scribeflow makes of Snakemake's internals: checked against the Snakemake
-versions in SUPPORTED, and tested (tests/test_speedups.py) on the installed one.
+versions in SUPPORTED, and tested (tests/integration/test_speedups.py) on the installed one.
 
 The speedups: costs Snakemake 9 pays for every job while planning, though they are the
 same for every job of a rule (or not needed to plan), paid once here. Each one's saving
