@@ -126,7 +126,7 @@ def run(args, episodes: list[Path], work: Path) -> dict:
         proc = subprocess.Popen(cmd, cwd=work, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         main = MainCpu(proc.pid)
         out = proc.stdout.read()
-        _, status, usage = os.wait4(proc.pid, 0)
+        _, status, _ = os.wait4(proc.pid, 0)
         wall = time.perf_counter() - started
         main.stop()
     if os.waitstatus_to_exitcode(status):
@@ -144,8 +144,7 @@ def run(args, episodes: list[Path], work: Path) -> dict:
         spawners += sum(p for _, p in cpu.values())
     stats = worker_stats(data)
     return {"wall": wall, "episodes": n, "rules": rules, "scheduler": main.seconds / n, "job_processes": spawners / n,
-            "worker": stats.get("cpu_seconds", 0.0) / n, "worker_stats": stats,
-            "run_cpu": (usage.ru_utime + usage.ru_stime) / n}
+            "worker": stats.get("cpu_seconds", 0.0) / n, "worker_stats": stats}
 
 
 class MainCpu:

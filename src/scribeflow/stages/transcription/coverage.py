@@ -65,6 +65,10 @@ def refill(model, audio, segments: list[dict], speech: list[tuple[float, float]]
     again on its own (`item` turns faster-whisper's segments into ours), and the coverage
     report. Runs where the model may be used (the caller holds it)."""
     refilled, added = [], []
+    # The run's options, on a piece of audio alone: no VAD, nothing skipped as silent.
+    again = {k: v for k, v in options.items()
+             if k not in ("batch_size", "clip_timestamps", "vad_parameters", "temperature")}
+    again.update(vad_filter=False, no_speech_threshold=None, condition_on_previous_text=False)
     for start, end in joined(uncovered(speech, segments)):
         if end - start < min_seconds:
             continue
@@ -72,10 +76,7 @@ def refill(model, audio, segments: list[dict], speech: list[tuple[float, float]]
         piece = audio[int(lo * SAMPLE_RATE):int(hi * SAMPLE_RATE)]
         found, how = [], None
         for attempt, temperature in (("greedy", 0.0), ("fallback", (0.0, 0.2, 0.4, 0.6, 0.8, 1.0))):
-            again = {k: v for k, v in options.items() if k not in ("batch_size", "clip_timestamps", "vad_parameters")}
-            again.update(temperature=temperature, vad_filter=False, no_speech_threshold=None,
-                         condition_on_previous_text=False)
-            pieces, _ = model.transcribe(piece, **again)
+            pieces, _ = model.transcribe(piece, **again, temperature=temperature)
             found = [item(s) for s in pieces]
             how = attempt
             if any(s["text"] for s in found):
