@@ -18,6 +18,7 @@ from scribeflow.config import settings as sf_config
 from scribeflow.state import failures as sf_failures
 from scribeflow.integration import internals as sf_internals
 from scribeflow.files import ids_with_suffix
+from scribeflow.stages.subtitles import Finder
 from scribeflow.config.layout import WORKFLOW_CACHE, Layout
 
 try:
@@ -103,6 +104,25 @@ if GIVEN_UP and not (workflow.remote_exec or workflow.subprocess_exec):
         )
 
 
+# Subtitles first (scribeflow.stages.subtitles): an episode with a usable local subtitle
+# is planned as one job that makes its transcript from it, with no download, audio or
+# model. A cluster job reads the verdicts its planning process made.
+SUBTITLES = Finder(
+    SETTINGS, LAYOUT, lambda e, c: row(e, c), judge=not workflow.remote_exec
+)
+
+
+def transcribe_input(wildcards):
+    """The subtitle's verdict (its dialogue) or the audio: what the transcript comes from."""
+    if SUBTITLES.subtitled(wildcards.episode):
+        return {"subtitle": str(LAYOUT.subtitle_verdict(wildcards.episode))}
+    return {"audio": str(LAYOUT.audio_file(wildcards.episode))}
+
+
+def transcription_slot(wildcards):
+    return 0 if SUBTITLES.subtitled(wildcards.episode) else 1
+
+
 def transcript_outputs():
     # transcribe.gzip: every transcript file ends in .gz (.json.gz is then the target).
     outputs = LAYOUT.transcript_patterns()
@@ -140,9 +160,23 @@ def missing_targets(pattern):
         if SETTINGS.corpus_only
         else [e for e in CATALOGUE.index if e not in done and e not in GIVEN_UP]
     )
+    if SUBTITLES.only:
+        todo = subtitled_only(todo)
     todo = todo or [e for e in CATALOGUE.index if e in done][:1]
     # Not expand(): it takes 2.6 s for 171,881 ids, this 0.03 s.
     return [pattern.format(episode=episode) for episode in todo]
+
+
+def subtitled_only(todo):
+    """policy only: the episodes that have, or may still find, a usable subtitle."""
+    kept = [e for e in todo if SUBTITLES.subtitled(e) or SUBTITLES.may_find(e)]
+    if len(kept) < len(todo) and not (workflow.remote_exec or workflow.subprocess_exec):
+        print(
+            f"scribeflow: {len(todo) - len(kept)} episode(s) have no usable subtitle and subtitles.policy "
+            f"is only: not transcribed (subtitles/ says why)",
+            file=sys.stderr,
+        )
+    return kept
 
 
 # An input function: a cluster job that re-parses the Snakefile never calls it.
@@ -183,9 +217,17 @@ onstart:
             f"scribeflow: removed {files} orphaned file(s) of an interrupted run, freed {freed / 1e6:.1f} MB"
         )
     # verify: a damaged ledger is found (and rebuilt from the files) before any job starts.
+    planned = [j.wildcards.episode for j in jobs if j.rule.name == "transcribe"]
+    subtitled = [e for e in planned if SUBTITLES.subtitled(e)]
     with Ledger.for_config(SETTINGS, verify=True) as ledger:
         ledger.enqueue(CATALOGUE.index)
+        ledger.plan_subtitled(subtitled)
         ledger.start_run()
+    if subtitled:
+        print(
+            f"scribeflow: {len(subtitled)} of {len(planned)} transcript(s) come from subtitles "
+            f"(no download, no model); {SUBTITLES.judged} subtitle verdict(s) made"
+        )
     # Finished episodes' per-job logs and benchmark records, into one roll-up (scribeflow.state.logs),
     # in a process of its own: the start does not wait for it.
     from scribeflow.state.logs import start_rollup
@@ -196,7 +238,7 @@ onstart:
         )
     # The model loads while the first audio is extracted. Locally only: a cluster job
     # starts the worker of its own node.
-    if workflow.local_exec and any(job.rule.name == "transcribe" for job in jobs):
+    if workflow.local_exec and len(subtitled) < len(planned):
         from scribeflow.stages.transcription import worker
 
         if worker.prestart(SETTINGS.transcribe.as_dict(), LAYOUT.data_dir):

@@ -17,5 +17,8 @@ rule download:
     params:
         url=lambda wc: row(wc.episode, "url"),
         expected_size_mb=lambda wc: row(wc.episode, "expected_size_mb"),
+        subtitle=lambda wc: row(wc.episode, "subtitle"),
+        language=lambda wc: row(wc.episode, "language"),
+        duration=lambda wc: row(wc.episode, "duration_s"),
     script:
         "../scripts/download.py"

@@ -1,6 +1,6 @@
 rule transcribe:
     input:
-        audio=rules.extract_audio.output.audio,
+        unpack(transcribe_input),
     output:
         **transcript_outputs(),
     log:
@@ -12,12 +12,13 @@ rule transcribe:
     conda:
         "../environment.yml"
     resources:
-        transcription_slots=1,
+        transcription_slots=transcription_slot,
         runtime=transcribe_runtime,
     params:
         # The download's path pattern: Snakemake fills in the wildcard, no function per job.
         video=str(rules.download.output.video),
         language=lambda wc: row(wc.episode, "language"),
+        duration=lambda wc: row(wc.episode, "duration_s"),
     script:
         "../scripts/transcribe.py"
 

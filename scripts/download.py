@@ -7,4 +7,7 @@ steps.download(
     url=snakemake.params.url,
     video=snakemake.output.video,
     expected_size_mb=snakemake.params.expected_size_mb,
+    subtitle=snakemake.params.subtitle,
+    language=snakemake.params.language,
+    duration=snakemake.params.duration,
 )

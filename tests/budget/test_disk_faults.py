@@ -308,7 +308,7 @@ def test_a_4_mb_budget_with_damaged_state_runs_and_gives_up_what_never_fits(tmp_
     out = proc.stdout + proc.stderr
     assert out.count("scribeflow: the ledger") == 1 and "(1 failed)" in out, out[-4000:]
     assert list(data.glob("jobs.db.corrupt-*")) and list((data / "gate").glob("state.json.corrupt-*"))
-    source = json.loads((data / "transcripts" / "ep01.json").read_text())["source"]
+    source = json.loads((data / "transcripts" / "ep01.json").read_text())["download"]
     assert source["bytes"] == (speech_dir / "ep01.mp4").stat().st_size and source["size_source"]
     assert proc.returncode == 1  # huge failed (keep-going carried on with ep01)
     marker = json.loads((data / "failed" / "huge.json").read_text())

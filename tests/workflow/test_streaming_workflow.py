@@ -66,7 +66,8 @@ def test_hls_dash_and_a_player_page_become_transcripts_under_the_hard_limit(tmp_
         assert "Declared size of" in log and "default_video_size_mb" not in log, log
         assert ("audio only" in log) is (kind != "hls_muxed"), log
         # The transcript says what was downloaded, and that it fitted what was declared.
-        source = t["source"]
+        assert t["source"] == "asr"
+        source = t["download"]
         assert source["audio_only"] is (kind != "hls_muxed") and source["format_id"], source
         assert 0 < source["bytes"] <= source["declared_bytes"] < 4 * source["bytes"] + 100_000, source
     assert leftover_temp_files(tmp_path) == []

@@ -19,6 +19,7 @@ REQUIRED = ("id", "url")
 NUMERIC = ("season", "episode", "duration_s", "expected_size_mb")
 ID_PATTERN = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,63}$")
 URL_PATTERN = re.compile(r"^https?://[^\s/?#]+[^\s]*$", re.IGNORECASE)
+SUBTITLE_SUFFIXES = (".ass", ".ssa", ".srt", ".vtt")
 MAX_REPORTED = 200  # more would drown the message; the count is always given
 
 
@@ -47,10 +48,11 @@ def read_table(path: str | Path) -> pd.DataFrame:
     )
 
 
-def validate(df: pd.DataFrame, source: str = "catalogue") -> pd.DataFrame:
+def validate(df: pd.DataFrame, source: str = "catalogue", base: str | Path | None = None) -> pd.DataFrame:
     """Return the catalogue with typed columns, or raise CatalogueError listing every bad row.
 
-    Row numbers are 1-based data rows (row 1 is the first row after the header).
+    Row numbers are 1-based data rows (row 1 is the first row after the header). `base`:
+    the folder a relative `subtitle` path is read from (the catalogue's own).
     """
     import pandas as pd
 
@@ -99,6 +101,9 @@ def validate(df: pd.DataFrame, source: str = "catalogue") -> pd.DataFrame:
             problems.append((i, "language", f"{df['language'][i]!r} is not a Whisper language code (ja, en, zh, ...)"))
         df["language"] = codes.astype(object).where(codes.notna(), None)
 
+    if "subtitle" in df.columns:
+        df["subtitle"] = _subtitles(df["subtitle"], Path(base) if base else Path.cwd(), problems)
+
     if problems:
         problems.sort()
         lines = [f"row {i + 1}, column {col}: {reason}" for i, col, reason in problems[:MAX_REPORTED]]
@@ -111,6 +116,29 @@ def validate(df: pd.DataFrame, source: str = "catalogue") -> pd.DataFrame:
         )
     df["id"] = ids.astype(str)
     return df
+
+
+def _subtitles(column, base: Path, problems: list) -> list:
+    """The subtitle column: an http(s) URL, or a subtitle file (relative to `base`) made
+    absolute, so that every job finds it whatever its working directory."""
+    values = []
+    for i, value in enumerate(column.tolist()):
+        value = value.strip() if isinstance(value, str) else None
+        if not value:
+            values.append(None)
+            continue
+        if URL_PATTERN.fullmatch(value):
+            values.append(value)
+            continue
+        path = (base / value).absolute()
+        if path.suffix.lower() not in SUBTITLE_SUFFIXES:
+            problems.append((i, "subtitle", f"{value!r} is neither an http(s) URL nor a subtitle file "
+                                            f"({', '.join(SUBTITLE_SUFFIXES)})"))
+        elif not path.is_file():
+            problems.append((i, "subtitle", f"no such file {str(path)!r} (a relative path is read from the "
+                                            f"catalogue's folder)"))
+        values.append(str(path))
+    return values
 
 
 def bad_rows(problems) -> int:
@@ -163,7 +191,8 @@ def load(path: str | Path, chunk: str | None = None, cache_dir: str | Path | Non
     unchanged: every Snakemake process (a chunk, a cluster job) parses the Snakefile,
     and reading plus validating 171,881 rows costs seconds, loading the cache ~0.05 s.
     """
-    df = validated(path, cache_dir) if cache_dir else validate(read_table(path), source=f"catalogue {path}")
+    df = validated(path, cache_dir) if cache_dir else validate(read_table(path), source=f"catalogue {path}",
+                                                              base=Path(path).parent)
     return select_chunk(df, chunk).set_index("id", drop=False)
 
 
@@ -189,7 +218,7 @@ def validated(path: str | Path, cache_dir: str | Path) -> pd.DataFrame:
             return df
     except (OSError, ValueError, pa.ArrowException):
         pass  # missing, stale or unreadable: validate again
-    df = validate(read_table(path), source=f"catalogue {path}")
+    df = validate(read_table(path), source=f"catalogue {path}", base=path.parent)
     from scribeflow.files import atomic_path
 
     try:

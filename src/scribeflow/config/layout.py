@@ -29,6 +29,7 @@ AUDIO_SUFFIX = ".wav"
 # Beside the WAV until the transcript exists: the VAD's output, saved by the extraction
 # (stages/transcription/speech.py).
 SPEECH_SUFFIX = ".speech.npz"
+SUBTITLE_SUFFIX = ".subtitle.json"  # subtitles/: what was found of an episode's subtitles, and its dialogue
 TOKENS_SUFFIX = ".parquet"
 STATS_SUFFIX = ".json"
 LEMMAS_SUFFIX = ".parquet"
@@ -224,6 +225,14 @@ class Layout:
         return {key: _join(self.corpus, name) for key, name in CORPUS_FILES.items()}
 
     @property
+    def subtitles(self) -> Path:
+        """What was found of each episode's subtitles (stages/subtitles.py): {id}.subtitle.json."""
+        return self.data_dir / "subtitles"
+
+    def subtitle_verdict(self, episode: str) -> Path:
+        return self.subtitles / f"{episode}{SUBTITLE_SUFFIX}"
+
+    @property
     def cache(self) -> Path:
         return self.data_dir / "cache"
 
@@ -329,6 +338,7 @@ class Layout:
             self.episode_stats: ("analysis", (STATS_SUFFIX,)),
             self.lemmas: ("analysis", (LEMMAS_SUFFIX,)),
             self.failed: ("other", (MARKER_SUFFIX,)),
+            self.subtitles: ("transcripts", (SUBTITLE_SUFFIX,)),
             **{self.logs / rule: ("logs", (".log",)) for rule in EPISODE_RULES},
             **{self.benchmarks / rule: ("logs", (".tsv",)) for rule in EPISODE_RULES},
         }

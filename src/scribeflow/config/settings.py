@@ -426,6 +426,19 @@ class Transcribe(_Section):
 
 
 @_frozen
+class Subtitles(_Section):
+    KEY = "subtitles"
+    policy: str
+    sources: tuple[str, ...]
+    folder: str | None
+    languages: tuple[str, ...]
+    automatic_captions: bool
+    min_coverage: float
+    min_script_share: float
+    style_patterns: tuple[str, ...] | None
+
+
+@_frozen
 class Analysis(_Section):
     KEY = "analysis"
     lemma: str
@@ -445,12 +458,13 @@ class Settings(_Section):
     disk_management: DiskManagement
     download: Download
     transcribe: Transcribe
+    subtitles: Subtitles
     analysis: Analysis
 
 
 _SECTIONS: dict[str, type[_Section]] = {
     cls.KEY: cls for cls in (DiskManagement, Cleanup, Download, Transcribe, LanguageDetection,
-                             Hallucinations, Worker, Analysis)
+                             Hallucinations, Worker, Subtitles, Analysis)
 }
 
 

@@ -139,10 +139,12 @@ def snapshot(settings: Settings, now: float | None = None) -> dict:
     breakdown = monitor.get_breakdown(paused_for=gate.pause_reasons())
     db = layout.ledger
     stages, pauses, failures, rates, growth, window, last_update, memory = {}, [], [], {}, {}, {}, None, {}
+    ledger_sources = (0, 0)
     gave_up = given_up(settings.data_dir)  # failed episodes the workflow no longer tries
     if db.exists():
         with LedgerReader(db) as ledger:
             stages = ledger.stage_counts()
+            ledger_sources = ledger.subtitled_counts()
             pauses = ledger.pause_events()
             failures = [dict(zip(("id", "attempts", "last_error"), r[:3]), given_up=r[0] in gave_up,
                              kind=r[4] or "episode") for r in ledger.failed()]
@@ -160,7 +162,9 @@ def snapshot(settings: Settings, now: float | None = None) -> dict:
     in_ledger = sum(stages.values())
     total = max(catalogue_rows(settings.catalogue) or 0, in_ledger)
     done = sum(stages.get(s, 0) for s in TRANSCRIBED)
-    remaining = max(0, total - done - len(gave_up))
+    subtitled, subtitled_todo = ledger_sources
+    # The ETA is the ASR's: transcripts from subtitles take seconds.
+    remaining = max(0, total - done - len(gave_up) - subtitled_todo)
     tph = rates.get("transcriptions_per_hour", {})
     # The current run's rate over a window never longer than the run (at most an hour);
     # when nothing runs, the whole history's.
@@ -176,6 +180,7 @@ def snapshot(settings: Settings, now: float | None = None) -> dict:
         "hosts_paused": HostLimiter.from_config(settings).paused(),
         "at": now,
         "catalogue_episodes": total,
+        "sources": {"subtitles": subtitled, "asr": done - subtitled, "subtitles_planned": subtitled_todo},
         "stages": {s: stages.get(s, 0) for s in STAGES},
         "not_started": max(0, total - in_ledger),
         "disk": {
@@ -206,7 +211,10 @@ def render(s: dict) -> str:
     done = sum(s["stages"][x] for x in TRANSCRIBED)
     total = s["catalogue_episodes"] or 1
     run = s.get("run") or {}
-    lines = [f"Episodes: {done} of {s['catalogue_episodes']} transcribed ({100 * done / total:.1f}%)",
+    src = s.get("sources") or {}
+    lines = [f"Episodes: {done} of {s['catalogue_episodes']} transcribed ({100 * done / total:.1f}%)"
+             + (f"; {src['subtitles']} from subtitles, {src['asr']} by ASR" if src.get("subtitles") else "")
+             + (f"; {src['subtitles_planned']} more planned from subtitles" if src.get("subtitles_planned") else ""),
              f"Run: {'alive' if run.get('alive') else 'not running'} ({run.get('detail', 'unknown')})",
              "By stage:"]
     lines += [f"  {stage:<13}{n:>9}" for stage, n in s["stages"].items() if n]

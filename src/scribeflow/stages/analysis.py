@@ -51,6 +51,9 @@ def episode_stats(table: pa.Table, meta: dict) -> dict:
     unknown = sum(bool(u) for u in table.column("unknown").to_pylist()) if meta["has_lexicon"] else None
     return {
         "id": meta["id"],
+        "source": meta.get("source", "asr"),
+        # The share of the speech Silero VAD found that the segments cover (ASR's transcripts).
+        "speech_coverage": meta.get("speech_coverage"),
         "language": meta["language"],
         "tokenizer": meta["tokenizer"],
         "duration_s": meta.get("duration"),

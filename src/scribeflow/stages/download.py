@@ -529,7 +529,7 @@ def describe_format(info: dict) -> dict:
 
 # -- one episode --------------------------------------------------------------------------
 def download_episode(episode: str, url: str, out: Path, settings: Settings, gate=None,
-                     expected_size_mb: float | None = None, hosts=None) -> dict:
+                     expected_size_mb: float | None = None, hosts=None, on_extracted=None) -> dict:
     """Download `url` to `out` inside the disk gate and the host's politeness limits,
     then validate the media, retrying transient faults with backoff (see the module
     docstring). A download stopped for growing past its declared size is deleted at
@@ -539,12 +539,15 @@ def download_episode(episode: str, url: str, out: Path, settings: Settings, gate
     Returns {"bytes", "declared", "size_source", "format_id", "format", "ext",
     "protocol", "audio_only", "duration", "seconds", "attempts"}; raises
     DownloadFailed with the reason otherwise. Nothing is left at `out` on failure.
+    `on_extracted(ydl, info)`, called with the page's extraction before any media request
+    or reservation, may take the episode another way (a subtitle): when it returns
+    something, nothing is downloaded and the result is {"subtitles": what it returned}.
     """
     measured = None
     while True:
         try:
             return _download_with_retries(episode, url, Path(out), settings, gate, expected_size_mb, hosts,
-                                          measured)
+                                          measured, on_extracted)
         except SizeExceeded as exc:
             if exc.written is None:
                 raise
@@ -608,7 +611,7 @@ def _declare_after_stop(exc: SizeExceeded, settings: Settings, episode: str, ret
 
 
 def _download_with_retries(episode: str, url: str, out: Path, settings: Settings, gate, expected_size_mb,
-                           hosts, measured: int | None) -> dict:
+                           hosts, measured: int | None, on_extracted=None) -> dict:
     from scribeflow.budget.hosts import HostLimiter
 
     dl = settings.download
@@ -622,7 +625,8 @@ def _download_with_retries(episode: str, url: str, out: Path, settings: Settings
         try:
             with hosts.slot(url, episode, waiting_since=waiting_since):
                 result = _attempt(episode, url, out, settings, gate, expected_size_mb,
-                                  on_rate_limited=lambda: hosts.slow_down(url), measured=measured)
+                                  on_rate_limited=lambda: hosts.slow_down(url), measured=measured,
+                                  on_extracted=on_extracted)
             hosts.succeeded(url)
             return {**result, "attempts": attempt}
         except DownloadFailed as exc:
@@ -652,7 +656,7 @@ def _download_with_retries(episode: str, url: str, out: Path, settings: Settings
 
 
 def _attempt(episode: str, url: str, out: Path, settings: Settings, gate, expected_size_mb,
-             on_rate_limited=None, measured: int | None = None) -> dict:
+             on_rate_limited=None, measured: int | None = None, on_extracted=None) -> dict:
     import yt_dlp
 
     dl, dm = settings.download, settings.disk_management
@@ -697,6 +701,9 @@ def _attempt(episode: str, url: str, out: Path, settings: Settings, gate, expect
     with yt_dlp.YoutubeDL(opts) as ydl:
         info = _extract(ydl, url, episode)
         extracted_at = time.monotonic()
+        taken = on_extracted(ydl, info) if on_extracted is not None else None
+        if taken:
+            return {"subtitles": taken}
         media, declared, source = declare_size(ydl, info, settings, episode, expected_size_mb, measured)
         chosen = describe_format(info)
         progress["limit"] = media

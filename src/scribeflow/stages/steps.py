@@ -65,13 +65,23 @@ def _recorded(ledger: Ledger, episode: str, settings: Settings | None = None, st
 
 
 def download(*, settings: Settings, episode: str, url: str, video: str,
-             expected_size_mb: float | None = None) -> None:
+             expected_size_mb: float | None = None, subtitle: str | None = None, language: str | None = None,
+             duration: float | None = None) -> None:
+    """`subtitle`: the catalogue's subtitle column. With subtitles first, a usable subtitle
+    at a URL (the column's, or a track of the page) is taken instead of the media: the
+    video is then an empty marker that the next steps pass on (subtitles.MARKER)."""
     from scribeflow.stages.download import download_episode
 
+    finder = _SubtitleSearch(settings, episode, subtitle, language, duration)
     with _ledger_and_gate(settings) as (ledger, gate), _recorded(ledger, episode, settings, "download"):
         ledger.set_stage(episode, "downloading")
+        if finder.from_column() is not None:
+            return _subtitle_marker(ledger, episode, video, finder)
         result = download_episode(episode, url, Path(video), settings, gate=gate,
-                                  expected_size_mb=expected_size_mb)
+                                  expected_size_mb=expected_size_mb,
+                                  on_extracted=lambda ydl, info: finder.from_page(ydl, info) or finder.fail_if_only())
+        if result.get("subtitles"):
+            return _subtitle_marker(ledger, episode, video, finder)
         # What was downloaded, for the transcript (written by another job) and the ledger.
         source = {key: result.get(key) for key in SOURCE_KEYS}
         source.update(bytes=result["bytes"], declared_bytes=result["declared"])
@@ -83,6 +93,10 @@ def extract_audio(*, settings: Settings, episode: str, video: str, audio: str, l
     from scribeflow.stages.media import AudioTooLong, MediaError, expected_audio_bytes, validate
     from scribeflow.stages.media import extract_audio as extract
 
+    if _is_marker(settings, episode, video):  # its download found a subtitle: nothing to extract
+        Path(audio).parent.mkdir(parents=True, exist_ok=True)
+        Path(audio).touch()
+        return
     with _ledger_and_gate(settings) as (ledger, gate), _recorded(ledger, episode, settings, "extract_audio"):
         ledger.set_stage(episode, "extracting")
         info = validate(video)
@@ -134,10 +148,13 @@ def _find_speech(settings: Settings, episode: str, audio: str, language: str | N
              human_bytes(size))
 
 
-def transcribe(*, settings: Settings, episode: str, audio: str, outputs: dict[str, str], video: str,
-               language: str | None = None) -> None:
+def transcribe(*, settings: Settings, episode: str, audio: str | None, outputs: dict[str, str], video: str,
+               language: str | None = None, subtitle: str | None = None, duration: float | None = None) -> None:
     """`outputs`: the rule's named outputs ({"json": ..., "srt": ...}), written by this job;
-    `video`: the download's path (gone by now, unless kept)."""
+    `video`: the download's path (gone by now, unless kept); `subtitle`: the verdict of a
+    usable subtitle, planned instead of the audio."""
+    if subtitle or _is_marker(settings, episode, audio):
+        return _transcript_from_subtitles(settings, episode, outputs, duration)
     from scribeflow.stages.transcription import worker
     from scribeflow.stages.transcription.decode import decode_options
     from scribeflow.stages.transcription.transcript import build_transcript, write_transcript
@@ -164,7 +181,7 @@ def transcribe(*, settings: Settings, episode: str, audio: str, outputs: dict[st
                          vad["ran"], vad.get("saved", 0))
             result = build_transcript(raw, episode, tc, options)
             if job.get("source"):
-                result["source"] = json.loads(job["source"])
+                result["download"] = json.loads(job["source"])
             # Before the transcript exists: from then on a concurrent run's orphan cleanup may delete the audio.
             audio_mb = Path(audio).stat().st_size / MB
             size = write_transcript(result, outputs)
@@ -174,6 +191,7 @@ def transcribe(*, settings: Settings, episode: str, audio: str, outputs: dict[st
         # The memory of the process that transcribed (the worker, or this job): for sizing.
         memory = raw.get("memory") or {}
         ledger.set_stage(episode, "transcribed", transcript_size_bytes=size, audio_deleted=int(audio_deleted),
+                         transcript_source="asr",
                          worker_rss_bytes=memory.get("peak_rss_bytes"), worker_gpu_bytes=memory.get("gpu_bytes"))
         if memory:
             log.info("Transcription memory: %s resident at peak%s", human_bytes(memory.get("peak_rss_bytes") or 0),
@@ -188,6 +206,135 @@ def transcribe(*, settings: Settings, episode: str, audio: str, outputs: dict[st
         usage, monitor = gate.check(download=False).usage, gate.monitor
         log.info("Current disk usage: %s/%s GB (%.0f%%)", gb(usage.total - audio_mb * MB),
                  gb(monitor.hard_limit), 100 * (usage.total - audio_mb * MB) / monitor.hard_limit)
+
+
+# -- subtitles first -----------------------------------------------------------------------
+class _SubtitleSearch:
+    """A download job's look for a subtitle at a URL: the catalogue's column, then the
+    page's tracks (from the extraction the download makes anyway: no page fetched twice,
+    no media requested). What it finds is the episode's verdict file."""
+
+    def __init__(self, settings: Settings, episode: str, column: str | None, language: str | None,
+                 duration: float | None):
+        from scribeflow.stages import subtitles
+
+        self.settings, self.episode, self.column, self.duration = settings, episode, column, duration
+        self.sub = settings.subtitles
+        self.language = language or settings.transcribe.language or self.sub.languages[0]
+        self.path = Layout.from_config(settings).subtitle_verdict(episode)
+        self.on = self.sub.policy != "never"
+        self.found: dict | None = None
+        self.refused: list[str] = list((subtitles.read_verdict(self.path) or {}).get("refused") or [])
+
+    def _judge(self, origin: str, paths: list[Path], file: str | None = None) -> dict | None:
+        from scribeflow.stages import subtitles
+
+        verdict = subtitles.judge([(origin, p) for p in paths], self.settings, self.language, self.duration)
+        verdict["found_by"] = "download"
+        if verdict["usable"] and file:
+            verdict["file"] = file
+        self.refused += verdict["refused"]
+        verdict["refused"] = self.refused
+        subtitles.write_verdict(self.path, verdict)
+        if verdict["usable"]:
+            self.found = verdict
+            log.info("%s: its transcript is the subtitle %s (%s, %d lines): no media is downloaded", self.episode,
+                     verdict["file"], origin, len(verdict["segments"]))
+        return self.found
+
+    def from_column(self) -> dict | None:
+        from scribeflow.stages import subtitles
+
+        if not (self.on and "column" in self.sub.sources and self.column and subtitles.is_url(self.column)):
+            return None
+        import tempfile
+
+        from yt_dlp import YoutubeDL
+        from yt_dlp.networking import Request
+
+        with tempfile.TemporaryDirectory() as tmp:
+            name = Path(self.column.split("?")[0]).name or "subtitle.srt"
+            path = Path(tmp) / f"{self.episode}.{name}"
+            try:
+                with YoutubeDL({"quiet": True, "no_warnings": True}) as ydl, ydl.urlopen(Request(self.column)) as r:
+                    path.write_bytes(r.read())
+            except Exception as exc:  # yt-dlp's network errors: the subtitle is not there; the media may be
+                self.refused.append(f"{self.column}: could not be fetched ({exc})")
+                log.warning("%s: its subtitle %s could not be fetched (%s)", self.episode, self.column, exc)
+                return None
+            return self._judge("column", [path], file=self.column)
+
+    def from_page(self, ydl, info: dict) -> dict | None:
+        """Called by the download with the page's extraction, before any media request."""
+        from scribeflow.stages import subtitles
+
+        if not (self.on and "page" in self.sub.sources and (info.get("subtitles") or (
+                self.sub.automatic_captions and info.get("automatic_captions")))):
+            return None
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as tmp:
+            paths = subtitles.page_tracks(ydl, info, self.episode, subtitles.languages_for(self.settings,
+                                                                                           self.language),
+                                          tmp, self.sub.automatic_captions)
+            if not paths:
+                tracks = ", ".join(sorted({*(info.get("subtitles") or {}), *(info.get("automatic_captions") or {})}))
+                self.refused.append(f"the page's tracks are in {tracks}: none in "
+                                    f"{', '.join(subtitles.languages_for(self.settings, self.language))}")
+                subtitles.write_verdict(self.path, {"usable": False, "found_by": "download", "language": self.language,
+                                                    "refused": self.refused})
+                return None
+            found = self._judge("page", paths)
+            if found:
+                found["file"] = f"{info.get('webpage_url') or ''}#{Path(found['file']).name}"
+                subtitles.write_verdict(self.path, found)
+            return found
+
+    def fail_if_only(self) -> None:
+        if self.on and self.sub.policy == "only" and self.found is None:
+            from scribeflow.stages.download import DownloadFailed
+
+            why = "; ".join(self.refused) or "none was found"
+            raise DownloadFailed(f"{self.episode}: no usable subtitle ({why}) and subtitles.policy is only: "
+                                 f"not downloaded", permanent=True)
+
+
+def _subtitle_marker(ledger: Ledger, episode: str, video: str, finder: _SubtitleSearch) -> None:
+    Path(video).parent.mkdir(parents=True, exist_ok=True)
+    Path(video).touch()
+    ledger.set_stage(episode, "downloaded", video_size_bytes=0, declared_bytes=0, video_deleted=0,
+                     transcript_source="subtitles")
+
+
+def _is_marker(settings: Settings, episode: str, path: str | None) -> bool:
+    """An empty video or audio that a download left for a subtitle it found."""
+    from scribeflow.stages import subtitles
+
+    try:
+        empty = path is not None and Path(path).stat().st_size == 0
+    except OSError:
+        return False
+    return empty and subtitles.usable(subtitles.read_verdict(Layout.from_config(settings).subtitle_verdict(episode)))
+
+
+def _transcript_from_subtitles(settings: Settings, episode: str, outputs: dict[str, str],
+                               duration: float | None) -> None:
+    from scribeflow.stages import subtitles
+    from scribeflow.stages.transcription.transcript import write_transcript
+
+    path = Layout.from_config(settings).subtitle_verdict(episode)
+    with Ledger.for_config(settings) as ledger, _recorded(ledger, episode, settings, "transcribe"):
+        verdict = subtitles.read_verdict(path)
+        if not subtitles.usable(verdict):
+            raise subtitles.SubtitleError(f"{path}: no usable subtitle any more; delete it and run again: the "
+                                          f"episode is then transcribed")
+        result = subtitles.transcript(verdict, episode, duration)
+        size = write_transcript(result, outputs)
+        # No transcribed_at: the ASR's rates and ETA count the ASR's transcripts only.
+        ledger.set_stage(episode, "transcribed", transcribed_at=None, transcript_size_bytes=size,
+                         transcript_source="subtitles")
+        log.info("Transcript of %s from its subtitle %s (%s): %d lines, no audio, no model", episode,
+                 verdict.get("file"), verdict.get("origin"), len(result["segments"]))
 
 
 def analyse_episode(*, settings: Settings, episode: str, transcript: str, tokens: str | None, stats: str,

@@ -15,6 +15,8 @@ touching times (a line split for a layout, an outline layer) becomes one segment
 
 from __future__ import annotations
 
+import json
+import os
 import re
 import unicodedata
 from pathlib import Path
@@ -114,24 +116,52 @@ def covered_seconds(segments: list[dict]) -> float:
     return total
 
 
-def page_subtitles(url: str, episode: str, languages: list[str], dest: str | Path, automatic: bool = False,
-                   socket_timeout: float = 30) -> list[Path]:
-    """The source page's own subtitle tracks in `languages`, fetched by yt-dlp without the
-    media (skip_download): manual tracks, and automatic captions only if `automatic`.
-    Written as `dest`/{episode}.{lang}.{ext}; returns their paths (none: an empty list)."""
+SUFFIXES = (".ass", ".ssa", ".srt", ".vtt")
+FORMATS = "ass/ssa/srt/vtt/best"  # yt-dlp's subtitlesformat: the richest first (ASS keeps the styles)
+
+
+def page_tracks(ydl, info: dict, episode: str, languages, dest: str | Path, automatic: bool = False) -> list[Path]:
+    """The tracks of an extracted page (`info`, from `ydl`'s extract_info) in `languages`:
+    manual ones, and automatic captions only if `automatic`, chosen by yt-dlp's own
+    process_subtitles and fetched through `ydl` (its cookies, headers and proxy), never the
+    media. Written as `dest`/{episode}.{lang}.{ext}; returns their paths."""
     from yt_dlp import YoutubeDL
 
+    selector = YoutubeDL({"writesubtitles": True, "writeautomaticsub": automatic, "subtitleslangs": list(languages),
+                          "subtitlesformat": FORMATS, "quiet": True, "no_warnings": True})
+    chosen = selector.process_subtitles(info.get("id") or episode, info.get("subtitles"),
+                                        info.get("automatic_captions")) or {}
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
-    before = set(dest.glob(f"{episode}.*"))
-    options = {"skip_download": True, "writesubtitles": True, "writeautomaticsub": automatic,
-               "subtitleslangs": list(languages), "subtitlesformat": "ass/ssa/srt/vtt/best",
-               "outtmpl": str(dest / episode).replace("%", "%%") + ".%(ext)s", "noplaylist": True,
-               "quiet": True, "no_warnings": True, "noprogress": True, "socket_timeout": socket_timeout}
+    paths = []
+    for lang, track in chosen.items():
+        ext = (track.get("ext") or "vtt").lower()
+        if f".{ext}" not in SUFFIXES:
+            continue
+        data = track.get("data")
+        if data is None:
+            from yt_dlp.networking import Request
+
+            with ydl.urlopen(Request(track["url"], headers=track.get("http_headers") or {})) as response:
+                data = response.read()
+        path = dest / f"{episode}.{lang}.{ext}"
+        path.write_bytes(data.encode("utf-8") if isinstance(data, str) else data)
+        paths.append(path)
+    return paths
+
+
+def page_subtitles(url: str, episode: str, languages, dest: str | Path, automatic: bool = False,
+                   socket_timeout: float = 30) -> list[Path]:
+    """The tracks of the page at `url` (page_tracks), its media never requested."""
+    from yt_dlp import YoutubeDL
+
+    options = {"skip_download": True, "noplaylist": True, "quiet": True, "no_warnings": True, "noprogress": True,
+               "socket_timeout": socket_timeout}
     with YoutubeDL(options) as ydl:
-        ydl.extract_info(url, download=True)
-    return sorted(p for p in set(dest.glob(f"{episode}.*")) - before
-                  if p.suffix.lower() in (".ass", ".ssa", ".srt", ".vtt"))
+        info = ydl.extract_info(url, download=False)
+        if info.get("_type") in ("playlist", "multi_video"):
+            info = next(e for e in info.get("entries") or [] if e)
+        return page_tracks(ydl, info, episode, languages, dest, automatic)
 
 
 def choose(candidates: list[str | Path], language: str, duration: float | None = None, min_coverage: float = 0.5,
@@ -165,3 +195,190 @@ def choose(candidates: list[str | Path], language: str, duration: float | None =
                 continue
         return segments, path, refused
     return None, None, refused
+
+
+# -- an episode's subtitles, found, judged and remembered ------------------------------------
+# subtitles/{id}.subtitle.json (Layout.subtitle_verdict) holds what was found: the chosen
+# file and its dialogue, or why each candidate was refused. Local files are judged once,
+# when a run is planned (the key says which files and which settings the verdict is for);
+# URLs and page tracks by the download job, which writes the same file.
+
+
+def languages_for(settings, language: str | None) -> list[str]:
+    """The configured subtitle languages, and the episode's catalogue language."""
+    langs = list(settings.subtitles.languages)
+    if language and language not in langs:
+        langs.append(language)
+    return langs
+
+
+def folder_listing(folder: str | Path | None) -> dict[str, list[Path]]:
+    """{stem: [paths]} of the subtitle files of `folder` ({id}.ass, {id}.ja.srt): one
+    directory read per process, not a stat per episode."""
+    listing: dict[str, list[Path]] = {}
+    if not folder:
+        return listing
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return listing
+    for entry in entries:
+        stem, suffix = os.path.splitext(entry.name)
+        if suffix.lower() in SUFFIXES:
+            listing.setdefault(stem, []).append(Path(entry.path))
+    return listing
+
+
+def local_candidates(episode: str, column: str | None, settings, listing: dict[str, list[Path]],
+                     language: str | None = None) -> list[tuple[str, Path]]:
+    """(origin, path) of the episode's local subtitle files, in the configured order: the
+    catalogue's column (a path, not a URL) and the folder's {id}.{ext} and {id}.{lang}.{ext}
+    in the languages' order."""
+    found = []
+    for source in settings.subtitles.sources:
+        if source == "column" and column and not is_url(column):
+            found.append(("column", Path(column)))
+        elif source == "folder":
+            for stem in (episode, *(f"{episode}.{lang}" for lang in languages_for(settings, language))):
+                found.extend(("folder", path) for path in sorted(listing.get(stem, ())))
+    return found
+
+
+def is_url(value: str) -> bool:
+    return value.lower().startswith(("http://", "https://"))
+
+
+def key_of(candidates: list[tuple[str, Path]], settings, language: str, duration: float | None) -> str:
+    """What a verdict on local files depends on: the files as they are and the settings."""
+    files = []
+    for origin, path in candidates:
+        try:
+            st = path.stat()
+            files.append([origin, str(path), st.st_size, st.st_mtime_ns])
+        except OSError:
+            files.append([origin, str(path), None, None])
+    sub = settings.subtitles
+    return json.dumps([files, language, duration, sub.min_coverage, sub.min_script_share,
+                       list(sub.style_patterns or STYLE_PATTERNS)], ensure_ascii=False)
+
+
+def judge(candidates: list[tuple[str, Path | str]], settings, language: str, duration: float | None,
+          key: str | None = None) -> dict:
+    """The verdict on `candidates` ([(origin, path)]): the first usable one's dialogue, or
+    why each was refused."""
+    sub = settings.subtitles
+    origins = {str(path): origin for origin, path in candidates}
+    segments, path, refused = choose([p for _, p in candidates], language, duration, sub.min_coverage,
+                                     sub.min_script_share, sub.style_patterns or STYLE_PATTERNS)
+    verdict = {"key": key, "usable": segments is not None, "language": language, "refused": refused}
+    if segments is not None:
+        verdict.update(origin=origins.get(str(path)), file=str(path), segments=segments)
+    return verdict
+
+
+def read_verdict(path: str | Path) -> dict | None:
+    """A verdict file, or None when there is none (or it is damaged: it is judged again)."""
+    try:
+        verdict = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return verdict if isinstance(verdict, dict) and "usable" in verdict else None
+
+
+def write_verdict(path: str | Path, verdict: dict) -> None:
+    from scribeflow.files import atomic_path
+
+    with atomic_path(path) as tmp:
+        Path(tmp).write_text(json.dumps(verdict, ensure_ascii=False), encoding="utf-8")
+
+
+def usable(verdict: dict | None) -> bool:
+    return bool(verdict and verdict.get("usable") and verdict.get("segments"))
+
+
+def transcript(verdict: dict, episode: str, duration: float | None = None) -> dict:
+    """The transcript of a usable verdict: ASR's shape (docs/outputs.md), `source: subtitles`."""
+    segments = [{"id": i, "start": s["start"], "end": s["end"], "text": s["text"]}
+                for i, s in enumerate(verdict["segments"])]
+    return {
+        "id": episode,
+        "language": verdict.get("language"),
+        "language_probability": None,
+        "duration": duration or (segments[-1]["end"] if segments else 0.0),
+        "source": "subtitles",
+        "subtitle": {"origin": verdict.get("origin"), "file": verdict.get("file"),
+                     "refused": verdict.get("refused") or []},
+        "text": " ".join(s["text"] for s in segments),
+        "segments": segments,
+    }
+
+
+class Finder:
+    """Which episodes have a usable subtitle, as a run is planned: the rules ask it per
+    episode. `row(episode, column)` reads the catalogue. A verdict on local files is made
+    once and kept in subtitles/ (`judge`: this process may judge; a cluster job only
+    reads what the planning process found); one made by a download job (a URL, a page
+    track) is taken as it is."""
+
+    def __init__(self, settings, layout, row, judge: bool = True):
+        self.settings, self.layout, self.row, self.may_judge = settings, layout, row, judge
+        self.sub = settings.subtitles
+        self._verdicts: dict[str, dict | None] = {}
+        self._listing = None
+        self.judged = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.sub.policy != "never"
+
+    @property
+    def only(self) -> bool:
+        return self.sub.policy == "only"
+
+    def listing(self) -> dict[str, list[Path]]:
+        if self._listing is None:
+            self._listing = folder_listing(self.sub.folder if "folder" in self.sub.sources else None)
+        return self._listing
+
+    def language(self, episode: str) -> str:
+        return self.row(episode, "language") or self.settings.transcribe.language or self.sub.languages[0]
+
+    def verdict(self, episode: str) -> dict | None:
+        if not self.enabled:
+            return None
+        if episode not in self._verdicts:
+            self._verdicts[episode] = self._verdict(episode)
+        return self._verdicts[episode]
+
+    def _verdict(self, episode: str) -> dict | None:
+        path = self.layout.subtitle_verdict(episode)
+        kept = read_verdict(path)
+        if kept and kept.get("found_by") == "download" and kept.get("usable"):
+            return kept  # found by a download job
+        language = self.language(episode)
+        candidates = local_candidates(episode, self.row(episode, "subtitle"), self.settings, self.listing(),
+                                      language)
+        if not candidates:
+            return kept
+        duration = self.row(episode, "duration_s")
+        key = key_of(candidates, self.settings, language, duration)
+        if kept and (kept.get("key") == key or not self.may_judge):
+            return kept
+        if not self.may_judge:
+            return None
+        verdict = judge(candidates, self.settings, language, duration, key)
+        self.judged += 1
+        try:
+            write_verdict(path, verdict)
+        except OSError:
+            pass  # a read-only data_dir (a plan): judged again next time
+        return verdict
+
+    def subtitled(self, episode: str) -> bool:
+        """A usable subtitle is known: the episode's transcript is made from it."""
+        return usable(self.verdict(episode))
+
+    def may_find(self, episode: str) -> bool:
+        """A download job may still find one: a URL in the column, or the page's tracks."""
+        column = self.row(episode, "subtitle")
+        return ("column" in self.sub.sources and bool(column) and is_url(column)) or "page" in self.sub.sources

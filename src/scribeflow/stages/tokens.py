@@ -141,6 +141,9 @@ def tokenize_transcript(transcript: dict, language: str | None = None) -> pa.Tab
     segments = transcript["segments"]
     meta = {
         "id": transcript.get("id"),
+        # asr or subtitles (a transcript from before sources were recorded: asr)
+        "source": transcript["source"] if isinstance(transcript.get("source"), str) else "asr",
+        "speech_coverage": (transcript.get("speech") or {}).get("coverage"),
         "language": language,
         "tokenizer": tokenizer.name,
         "has_lexicon": tokenizer.has_lexicon,

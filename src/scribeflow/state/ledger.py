@@ -74,7 +74,9 @@ CREATE TABLE IF NOT EXISTS jobs (
     worker_rss_bytes INTEGER,
     worker_gpu_bytes INTEGER,
     -- whose failure the last one was: episode, host or interrupted (failures.kind)
-    failure_kind TEXT
+    failure_kind TEXT,
+    -- what the transcript comes from: asr or subtitles (set for a subtitled one when planned)
+    transcript_source TEXT
 );
 -- (stage, id): the ids of the episodes in some stages come from the index alone
 -- (scribeflow check reads the transcribed ones: 171,881 at month four).
@@ -129,6 +131,10 @@ _MEANS = {  # name: a value whose mean over the transcribed rows status or plan 
 _SUMS = {  # name: a row's share of a total
     "downloads": "({r}.downloaded_at IS NOT NULL)",
     "transcribed": _A,
+    # Transcripts made from subtitles (no transcribed_at: the ASR's rates leave them out),
+    # and those planned but not made yet.
+    "subtitled": f"(COALESCE({{r}}.transcript_source, '') = 'subtitles' AND {_T})",
+    "subtitled_todo": f"(COALESCE({{r}}.transcript_source, '') = 'subtitles' AND NOT {_T} AND {{r}}.stage != 'failed')",
     "in_transcribed_stages": f"({_T})",
     "transcribed_stage_bytes": f"CASE WHEN {_T} THEN COALESCE({{r}}.transcript_size_bytes, 0) ELSE 0 END",
     "freed_bytes": f"""CASE WHEN {_T} THEN {{r}}.video_deleted * COALESCE({{r}}.video_size_bytes, 0)
@@ -172,8 +178,9 @@ TOTALS_SCHEMA = [s.strip() for s in _TOTALS_TABLES.split(";") if s.strip()] + [
     _totals_trigger("UPDATE", {"NEW": 1, "OLD": -1}),
     _totals_trigger("DELETE", {"OLD": -1}),
 ]
-# The ledger's format: PRAGMA user_version. 1: totals kept by triggers; 2: failure_kind.
-VERSION = 2
+# The ledger's format: PRAGMA user_version. 1: totals kept by triggers; 2: failure_kind;
+# 3: transcript_source.
+VERSION = 3
 
 
 def thin_peaks(samples: list, max_points: int) -> list:
@@ -336,6 +343,15 @@ class _Queries:
     def stage_counts(self) -> dict[str, int]:
         """{stage: episodes in it}, the stages no episode is in left out (kept by triggers)."""
         return dict(self.conn.execute("SELECT stage, n FROM stage_totals WHERE n > 0"))
+
+    def subtitled_counts(self) -> tuple[int, int]:
+        """(transcripts made from subtitles, subtitled episodes planned and not made yet);
+        (0, 0) from a ledger of an older format (a read-only reader cannot update it)."""
+        try:
+            done, todo = self._totals("subtitled", "subtitled_todo")
+        except sqlite3.OperationalError:
+            return 0, 0
+        return int(done or 0), int(todo or 0)
 
     def _totals(self, *names: str) -> tuple:
         return self.conn.execute(f"SELECT {', '.join(names)} FROM totals").fetchone() or (None,) * len(names)
@@ -532,6 +548,10 @@ class Ledger(_Queries):
                 return
             for name in declared.keys() - self._columns(c):
                 c.execute(f"ALTER TABLE jobs ADD COLUMN {name} {declared[name]}")
+            # The totals of an older format lack the newer sums: made again, then counted.
+            for event in ("insert", "update", "delete"):
+                c.execute(f"DROP TRIGGER IF EXISTS jobs_totals_{event}")
+            c.execute("DROP TABLE IF EXISTS totals")
             for statement in TOTALS_SCHEMA:
                 c.execute(statement)
             self._recount(c)
@@ -622,13 +642,26 @@ class Ledger(_Queries):
 
         return self._write(write)
 
+    def plan_subtitled(self, ids) -> None:
+        """Mark episodes whose transcripts will come from subtitles (status and plan leave
+        them out of the ASR's ETA); a transcribed one keeps what it was made from."""
+        ids = list(ids)
+
+        def write():
+            with self.transaction() as c:
+                c.executemany(f"UPDATE jobs SET transcript_source = 'subtitles' WHERE id = ? AND NOT {TRANSCRIBED_SQL} "
+                              f"AND transcript_source IS NOT 'subtitles'", ((i,) for i in ids))
+
+        if ids:
+            self._write(write)
+
     def set_stage(self, episode: str, stage: str, **fields) -> None:
         """Record a stage transition with its timestamp and any size/flag fields."""
         if stage not in STAGES:
             raise ValueError(f"unknown stage {stage!r}")
         allowed = {"declared_bytes", "video_size_bytes", "audio_size_bytes", "transcript_size_bytes",
                    "video_deleted", "audio_deleted", "last_error", "source", "worker_rss_bytes",
-                   "worker_gpu_bytes", "failure_kind"}
+                   "worker_gpu_bytes", "failure_kind", "transcript_source", "transcribed_at"}
         unknown = set(fields) - allowed
         if unknown:
             raise ValueError(f"unknown ledger fields {sorted(unknown)}")

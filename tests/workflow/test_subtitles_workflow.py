@@ -1,0 +1,122 @@
+"""Subtitles first, through the real workflow: a catalogue whose episodes' transcripts come
+from a subtitle file of the column, one of a folder, a page's own track, or ASR (no
+subtitle, or only a translation). Real Snakemake, yt-dlp against a server on 127.0.0.1,
+faster-whisper tiny.en for the ASR ones."""
+
+import json
+import shutil
+import sqlite3
+
+import pytest
+from conftest import run_snakemake, scribeflow, workflow_config, write_catalogue
+from support.server import MediaServer
+
+ASS_JA = r"""[Script Info]
+ScriptType: v4.00+
+
+[V4+ Styles]
+Format: Name, Fontname, Fontsize, PrimaryColour, SecondaryColour, OutlineColour, BackColour, Bold, Italic, Underline, StrikeOut, ScaleX, ScaleY, Spacing, Angle, BorderStyle, Outline, Shadow, Alignment, MarginL, MarginR, MarginV, Encoding
+Style: Default,Arial,60,&H00FFFFFF,&H000000FF,&H00000000,&H00000000,0,0,0,0,100,100,0,0,1,2,2,2,10,10,40,1
+
+[Events]
+Format: Layer, Start, End, Style, Name, MarginL, MarginR, MarginV, Effect, Text
+Dialogue: 0,0:00:00.50,0:00:02.00,Default,,0,0,0,,猫が魚を食べた。
+Dialogue: 0,0:00:01.00,0:00:02.00,Default,,0,0,0,,{\pos(960,100)}駅前
+Dialogue: 0,0:00:02.20,0:00:04.00,Default,,0,0,0,,明日も食べたい。
+"""
+SRT_JA = "1\n00:00:00,500 --> 00:00:02,000\n今日は雨が降っている。\n\n2\n00:00:02,500 --> 00:00:04,000\n傘を持って行こう。\n"
+VTT_JA = "WEBVTT\n\n00:00:00.500 --> 00:00:02.000\n犬と一緒に走った。\n\n00:00:02.500 --> 00:00:04.000\nとても楽しかった。\n"
+VTT_EN = "WEBVTT\n\n00:00:00.500 --> 00:00:02.000\nI ran with the dog.\n\n00:00:02.500 --> 00:00:04.000\nIt was fun.\n"
+
+
+def _page(name: str, video: str, tracks: dict[str, str]) -> str:
+    track = "".join(f'<track kind="subtitles" srclang="{lang}" src="{src}">' for lang, src in tracks.items())
+    return (f"<!DOCTYPE html><html><head><title>{name}</title></head><body>"
+            f'<video controls src="{video}">{track}</video></body></html>')
+
+
+@pytest.mark.slow
+def test_mixed_sources_in_one_run_and_no_media_for_the_subtitled(tmp_path, speech_dir, model_path):
+    site = tmp_path / "site"
+    site.mkdir()
+    for n in range(1, 6):
+        shutil.copy(speech_dir / f"ep{n:02d}.mp4", site / f"ep{n:02d}.mp4")
+    (site / "ep02.ja.vtt").write_text(VTT_JA, encoding="utf-8")
+    (site / "ep03.en.vtt").write_text(VTT_EN, encoding="utf-8")
+    (site / "watch02.html").write_text(_page("Episode 2", "ep02.mp4", {"ja": "ep02.ja.vtt"}), encoding="utf-8")
+    # English subtitles labelled Japanese (as sites do): the script tells the translation.
+    (site / "watch03.html").write_text(_page("Episode 3", "ep03.mp4", {"ja": "ep03.en.vtt"}), encoding="utf-8")
+    subs = tmp_path / "subs"
+    subs.mkdir()
+    (tmp_path / "ep01.ass").write_text(ASS_JA, encoding="utf-8")
+    (subs / "ep05.ja.srt").write_text(SRT_JA, encoding="utf-8")
+    (subs / "ep04.fr.srt").write_text(VTT_EN, encoding="utf-8")  # a language not asked for: not taken
+
+    with MediaServer(site) as server:
+        rows = [
+            # the column: a file beside the catalogue (a relative path)
+            {"id": "ep01", "url": server.url("ep01.mp4"), "language": "ja", "subtitle": "ep01.ass"},
+            {"id": "ep02", "url": server.url("watch02.html"), "language": "ja"},  # the page's Japanese track
+            # a Japanese episode whose page has English subtitles only: a translation, so ASR
+            # (tiny.en transcribes English whatever it is told: the test's speech is English)
+            {"id": "ep03", "url": server.url("watch03.html"), "language": "ja"},
+            {"id": "ep04", "url": server.url("ep04.mp4"), "language": "en"},  # nothing: ASR
+            {"id": "ep05", "url": server.url("ep05.mp4"), "language": "ja"},  # the folder's ep05.ja.srt
+        ]
+        catalogue = write_catalogue(tmp_path / "episodes.csv", rows)
+        config = workflow_config(tmp_path, catalogue, model_path, subtitles={"folder": str(subs)},
+                                 disk_management={"check_interval_seconds": 1})
+        config["subtitles"]["languages"] = ["ja"]
+        # The plan knows the local ones: no download, no audio for them.
+        dry = run_snakemake(tmp_path, config, "-n", "--cores", "2")
+        plan = dry.stdout + dry.stderr
+        assert "download" in plan and "ep01.media" not in plan and "ep05.media" not in plan, plan[-3000:]
+        run_snakemake(tmp_path, config, "--cores", "2")
+        requested = [path for _, path, _ in server.requests]
+
+    data = tmp_path / "data"
+    t = {e: json.loads((data / "transcripts" / f"{e}.json").read_text()) for e in ("ep01", "ep02", "ep03", "ep04",
+                                                                                  "ep05")}
+    # The column's ASS: dialogue only (the sign is gone), with its times.
+    assert t["ep01"]["source"] == "subtitles" and t["ep01"]["subtitle"]["origin"] == "column"
+    assert [(s["start"], s["end"], s["text"]) for s in t["ep01"]["segments"]] == [
+        (0.5, 2.0, "猫が魚を食べた。"), (2.2, 4.0, "明日も食べたい。")]
+    assert t["ep02"]["source"] == "subtitles" and t["ep02"]["subtitle"]["origin"] == "page"
+    assert t["ep02"]["text"] == "犬と一緒に走った。 とても楽しかった。"
+    assert t["ep05"]["source"] == "subtitles" and t["ep05"]["subtitle"]["file"].endswith("ep05.ja.srt")
+    assert t["ep03"]["source"] == t["ep04"]["source"] == "asr"
+    assert "I ran with the dog" not in t["ep03"]["text"] and t["ep03"]["model"] == model_path
+    # The server never saw a request for a subtitled episode's media; the ASR ones were fetched.
+    assert not [p for p in requested if p.endswith(("ep01.mp4", "ep02.mp4", "ep05.mp4"))], requested
+    assert [p for p in requested if p.endswith("ep03.mp4")] and [p for p in requested if p.endswith("ep04.mp4")]
+    assert any(p.endswith("ep02.ja.vtt") for p in requested)
+    # ep03's translation was refused, with its reason, in its verdict.
+    verdict = json.loads((data / "subtitles" / "ep03.subtitle.json").read_text())
+    assert not verdict["usable"] and "ep03.ja.vtt: 0% of its letters are in ja's script" in verdict["refused"][0]
+
+    # The budget: the subtitled episodes reserved nothing and had no audio; no download job
+    # ran for the local ones at all.
+    db = sqlite3.connect(data / "jobs.db")
+    rows_db = dict(db.execute("SELECT id, transcript_source FROM jobs"))
+    assert rows_db == {"ep01": "subtitles", "ep02": "subtitles", "ep03": "asr", "ep04": "asr", "ep05": "subtitles"}
+    sizes = dict(db.execute("SELECT id, COALESCE(video_size_bytes, 0) + COALESCE(declared_bytes, 0) FROM jobs"))
+    assert sizes["ep01"] == sizes["ep02"] == sizes["ep05"] == 0 and sizes["ep04"] > 10_000
+    assert not (data / "logs" / "download" / "ep01.log").exists()
+    assert not (data / "logs" / "extract_audio" / "ep05.log").exists()
+    ep02_log = (data / "logs" / "download" / "ep02.log").read_text()
+    assert "no media is downloaded" in ep02_log and "Declared size" not in ep02_log
+
+    # Tokens and the corpus include them, by source.
+    episodes = (data / "analysis" / "corpus" / "episodes.tsv").read_text().splitlines()
+    header = episodes[0].split("\t")
+    by_id = {line.split("\t")[header.index("id")]: line.split("\t") for line in episodes[1:]}
+    assert set(by_id) == {"ep01", "ep02", "ep03", "ep04", "ep05"}
+    assert by_id["ep01"][header.index("source")] == "subtitles" and by_id["ep04"][header.index("source")] == "asr"
+    frequency = (data / "analysis" / "corpus" / "lemma_frequency.tsv").read_text()
+    assert "食べる" in frequency and "猫" in frequency
+
+    # Status counts by source.
+    cli = ["--configfile", str(tmp_path / "config.yaml")]
+    snap = json.loads(scribeflow(tmp_path, "status", "--json", *cli))
+    assert snap["sources"] == {"subtitles": 3, "asr": 2, "subtitles_planned": 0}
+    assert "3 from subtitles" in scribeflow(tmp_path, "status", *cli)
