@@ -176,3 +176,26 @@ def test_the_language_codes_are_faster_whispers():
     from scribeflow.config.models import LANGUAGES
 
     assert LANGUAGES == set(_LANGUAGE_CODES)
+
+
+def test_the_subtitle_column_takes_urls_and_files_beside_the_catalogue(tmp_path):
+    (tmp_path / "subs").mkdir()
+    (tmp_path / "subs" / "a.ass").write_text("[Script Info]\n", encoding="utf-8")
+    (tmp_path / "episodes.csv").write_text(
+        "id,url,subtitle\n"
+        "a,http://x/a.mp4,subs/a.ass\n"
+        "b,http://x/b.mp4,https://subs.example/b.ja.srt\n"
+        "c,http://x/c.mp4,\n", encoding="utf-8")
+    df = load(tmp_path / "episodes.csv", cache_dir=tmp_path / "cache")
+    assert df.at["a", "subtitle"] == str(tmp_path / "subs" / "a.ass")  # absolute: any job's directory finds it
+    assert df.at["b", "subtitle"] == "https://subs.example/b.ja.srt" and df.at["c", "subtitle"] is None
+    assert load(tmp_path / "episodes.csv", cache_dir=tmp_path / "cache").at["a", "subtitle"] == df.at["a", "subtitle"]
+
+
+def test_a_missing_or_foreign_subtitle_file_is_named_with_its_row(tmp_path):
+    df = pd.DataFrame({"id": ["a", "b"], "url": ["http://x/a", "http://x/b"], "subtitle": ["gone.srt", "notes.txt"]})
+    with pytest.raises(CatalogueError) as err:
+        validate(df, base=tmp_path)
+    message = str(err.value)
+    assert f"row 1, column subtitle: no such file '{tmp_path / 'gone.srt'}'" in message
+    assert "row 2, column subtitle: 'notes.txt' is neither an http(s) URL nor a subtitle file" in message

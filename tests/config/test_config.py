@@ -176,7 +176,7 @@ def test_the_settings_have_exactly_the_schemas_keys_at_every_level():
         assert cls.KEY == where.rstrip(".")
         seen += 1
     objects = sum(1 for _ in _objects(cfg.load_schema()))
-    assert seen == objects == 9
+    assert seen == objects == 10
 
 
 def _objects(node):

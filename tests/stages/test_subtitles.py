@@ -100,3 +100,48 @@ def test_the_pages_tracks_are_fetched_without_the_media_and_a_translation_is_ref
     assert segments is None and path is None and "ep02.en.vtt: 0% of its letters are in ja's script" in refused[0]
     # Dialogue over 5 s of a 24-min episode is no transcript of it either.
     assert subtitles.choose(found, "ja", duration=1440)[0] is None
+
+
+def _settings(tmp_path, **subtitles):
+    from scribeflow.config.settings import validate
+
+    return validate({"data_dir": str(tmp_path / "data"), "subtitles": {"folder": str(tmp_path / "subs"), **subtitles}})
+
+
+def test_the_finder_takes_the_folders_files_by_language_and_judges_each_once(tmp_path):
+    from scribeflow.config.layout import Layout
+
+    subs = tmp_path / "subs"
+    subs.mkdir()
+    (subs / "ep01.en.srt").write_text("1\n00:00:01,000 --> 00:00:03,000\nHello there.\n", encoding="utf-8")
+    (subs / "ep01.ja.srt").write_text("1\n00:00:01,000 --> 00:00:03,000\n猫が走った。\n", encoding="utf-8")
+    (subs / "ep02.ass").write_text(ASS, encoding="utf-8")
+    settings = _settings(tmp_path)
+    rows = {("ep01", "language"): "ja", ("ep02", "language"): "ja", ("ep02", "duration_s"): 1440.0}
+    row = lambda e, c: rows.get((e, c))  # noqa: E731
+    finder = subtitles.Finder(settings, Layout.from_config(settings), row)
+    # ep01: the Japanese file (the English one is not in the languages asked for); ep02's
+    # dialogue spans 30 s of 24 min: refused, with its reason; ep03 has none.
+    assert finder.subtitled("ep01") and not finder.subtitled("ep02") and finder.verdict("ep03") is None
+    verdict = finder.verdict("ep01")
+    assert verdict["origin"] == "folder" and verdict["file"].endswith("ep01.ja.srt")
+    assert "spans 30 s of the episode's 1440 s" in subtitles.read_verdict(
+        Layout.from_config(settings).subtitle_verdict("ep02"))["refused"][0]
+    assert finder.judged == 2
+    # A new process: the verdicts are read, not judged again, until a file changes.
+    again = subtitles.Finder(settings, Layout.from_config(settings), row)
+    assert again.subtitled("ep01") and not again.subtitled("ep02") and again.judged == 0
+    (subs / "ep01.ja.srt").write_text("1\n00:00:01,000 --> 00:00:03,000\nThe English version.\n", encoding="utf-8")
+    third = subtitles.Finder(settings, Layout.from_config(settings), row)
+    assert not third.subtitled("ep01") and third.judged == 1
+    # A cluster job reads what was found and judges nothing itself.
+    assert not subtitles.Finder(settings, Layout.from_config(settings), row, judge=False).subtitled("ep01")
+
+
+def test_a_subtitle_transcript_has_the_asr_transcripts_shape():
+    verdict = {"usable": True, "language": "ja", "origin": "page", "file": "http://x/watch#ep.ja.vtt",
+               "segments": [{"start": 1.0, "end": 2.5, "text": "猫が走った。"}], "refused": ["x: why"]}
+    t = subtitles.transcript(verdict, "ep01", duration=1440.0)
+    assert t["source"] == "subtitles" and t["duration"] == 1440.0 and t["text"] == "猫が走った。"
+    assert t["segments"] == [{"id": 0, "start": 1.0, "end": 2.5, "text": "猫が走った。"}]
+    assert t["subtitle"] == {"origin": "page", "file": "http://x/watch#ep.ja.vtt", "refused": ["x: why"]}

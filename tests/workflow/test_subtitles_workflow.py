@@ -112,6 +112,9 @@ def test_mixed_sources_in_one_run_and_no_media_for_the_subtitled(tmp_path, speec
     by_id = {line.split("\t")[header.index("id")]: line.split("\t") for line in episodes[1:]}
     assert set(by_id) == {"ep01", "ep02", "ep03", "ep04", "ep05"}
     assert by_id["ep01"][header.index("source")] == "subtitles" and by_id["ep04"][header.index("source")] == "asr"
+    coverage = (data / "analysis" / "corpus" / "coverage.tsv").read_text().splitlines()
+    corpus_row = dict(zip(coverage[0].split("\t"), coverage[1].split("\t")))
+    assert corpus_row["scope"] == "corpus" and corpus_row["subtitle_episodes"] == "3" and corpus_row["episodes"] == "5"
     frequency = (data / "analysis" / "corpus" / "lemma_frequency.tsv").read_text()
     assert "食べる" in frequency and "猫" in frequency
 
@@ -119,4 +122,27 @@ def test_mixed_sources_in_one_run_and_no_media_for_the_subtitled(tmp_path, speec
     cli = ["--configfile", str(tmp_path / "config.yaml")]
     snap = json.loads(scribeflow(tmp_path, "status", "--json", *cli))
     assert snap["sources"] == {"subtitles": 3, "asr": 2, "subtitles_planned": 0}
-    assert "3 from subtitles" in scribeflow(tmp_path, "status", *cli)
+    assert "3 from subtitles, 2 by ASR" in scribeflow(tmp_path, "status", *cli)
+    assert 'scribeflow_transcripts{source="subtitles"} 3.0' in scribeflow(tmp_path, "metrics", *cli)
+    assert "3 transcripts from subtitles" in scribeflow(tmp_path, "plan", *cli)
+
+
+def test_policy_only_skips_the_unsubtitled_and_never_downloads_them_all(tmp_path):
+    """Plans only (-n): which episodes would be downloaded under each policy."""
+    (tmp_path / "ep01.srt").write_text(SRT_JA, encoding="utf-8")
+    rows = [{"id": "ep01", "url": "http://127.0.0.1:9/ep01.mp4", "language": "ja", "subtitle": "ep01.srt"},
+            {"id": "ep02", "url": "http://127.0.0.1:9/ep02.mp4", "language": "ja"}]
+    catalogue = write_catalogue(tmp_path / "episodes.csv", rows)
+
+    def plan(**subtitles):
+        config = workflow_config(tmp_path, catalogue, "tiny", subtitles=subtitles)
+        proc = run_snakemake(tmp_path, config, "-n", "--cores", "2")
+        return proc.stdout + proc.stderr
+
+    first = plan(policy="first")
+    assert "ep02.media" in first and "ep01.media" not in first and "ep01.subtitle.json" in first
+    only = plan(policy="only", sources=["column", "folder"])
+    assert "ep02" not in only.split("Job stats")[1] and "ep01.subtitle.json" in only
+    assert "1 episode(s) have no usable subtitle and subtitles.policy is only" in only
+    never = plan(policy="never")
+    assert "ep01.media" in never and "ep02.media" in never and "subtitle.json" not in never

@@ -102,7 +102,8 @@ def validate(df: pd.DataFrame, source: str = "catalogue", base: str | Path | Non
         df["language"] = codes.astype(object).where(codes.notna(), None)
 
     if "subtitle" in df.columns:
-        df["subtitle"] = _subtitles(df["subtitle"], Path(base) if base else Path.cwd(), problems)
+        values = _subtitles(df["subtitle"], Path(base) if base else Path.cwd(), problems)
+        df["subtitle"] = pd.Series(values, index=df.index, dtype=object)
 
     if problems:
         problems.sort()

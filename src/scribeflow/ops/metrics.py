@@ -60,6 +60,11 @@ class SnapshotCollector:
             stages.add_metric([stage], n)
         stages.add_metric(["not_started"], s.get("not_started", 0))
         yield stages
+        sources = GaugeMetricFamily("scribeflow_transcripts", "Transcripts by source (subtitles_planned: planned "
+                                    "from subtitles, not made yet)", labels=["source"])
+        for source, n in (s.get("sources") or {}).items():
+            sources.add_metric([source], n)
+        yield sources
         yield GaugeMetricFamily("scribeflow_catalogue_episodes", "Episodes in the catalogue",
                                 value=s["catalogue_episodes"])
         rates = GaugeMetricFamily("scribeflow_episodes_per_hour", "Episodes through a stage per hour",

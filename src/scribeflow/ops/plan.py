@@ -42,7 +42,7 @@ ASSUMED = {
 @dataclass
 class Inputs:
     episodes: int
-    remaining: int
+    remaining: int  # the episodes left for the ASR
     video_mb: float  # mean per episode
     duration_s: float  # mean per episode
     transcript_kb: float
@@ -53,6 +53,8 @@ class Inputs:
     extraction_slots: int
     transcription_slots: int  # max_concurrent_transcriptions: a cap over all GPUs of one run
     sources: dict
+    subtitled: int = 0  # transcripts made from subtitles
+    subtitled_planned: int = 0  # planned from subtitles by the last run, not made yet
 
 
 def gather(settings: Settings, catalogue, options: dict) -> Inputs:
@@ -60,11 +62,14 @@ def gather(settings: Settings, catalogue, options: dict) -> Inputs:
     dm = settings.disk_management
     seen: dict = {}
     db = Layout.from_config(settings).ledger
-    done = 0
+    done, subtitled, subtitled_todo = 0, 0, 0
     if db.exists():
         with LedgerReader(db) as ledger:
             seen = measured(ledger)
             done = ledger.transcribed_count()
+            # Transcripts from subtitles: no download, no audio, no model. Those the last
+            # run planned are left out of what remains (the ETA is the ASR's).
+            subtitled, subtitled_todo = ledger.subtitled_counts()
     done += len(given_up(settings.data_dir))  # failed for good: not to be done again
     n_measured = seen.pop("episodes", 0)
     sources, values = {}, {}
@@ -97,7 +102,8 @@ def gather(settings: Settings, catalogue, options: dict) -> Inputs:
     sources["download_slots"] = (f"min(max_concurrent_downloads {dm.max_concurrent_downloads}, {cores} cores - 1, "
                                  f"disk_gb units)")
     return Inputs(
-        episodes=len(catalogue), remaining=max(0, len(catalogue) - done), video_mb=video_mb,
+        episodes=len(catalogue), remaining=max(0, len(catalogue) - done - subtitled_todo), video_mb=video_mb,
+        subtitled=subtitled, subtitled_planned=subtitled_todo,
         duration_s=duration, transcript_kb=values["transcript_kb"],
         download_mb_per_s=values["download_mb_per_s"], transcription_speed=values["transcription_speed"],
         extraction_speed=values["extraction_speed"],
@@ -177,7 +183,9 @@ def render(p: dict) -> str:
     i = p["inputs"]
     src = i["sources"]
     lines = [
-        f"Catalogue: {i['episodes']} episodes, {i['remaining']} still to do",
+        f"Catalogue: {i['episodes']} episodes, {i['remaining']} still to transcribe"
+        + (f" ({i['subtitled']} transcripts from subtitles, {i['subtitled_planned']} more planned from subtitles: "
+           f"not in the ETA)" if i["subtitled"] or i["subtitled_planned"] else ""),
         f"Per episode: {i['video_mb']:.0f} MB of video [{src['video_mb']}], "
         f"{i['duration_s'] / 60:.1f} min [{src['duration_s']}], "
         f"{i['transcript_kb']:.0f} KB transcript [{src['transcript_kb']}]",

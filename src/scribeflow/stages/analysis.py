@@ -211,17 +211,21 @@ def build_corpus(entries: list[tuple[str, str | Path, str | Path, str | None]], 
         raise ValueError(f"analysis.lemma: {lemma!r} is not one of {', '.join(LEMMA_FORMS)}")
     counts = aggregate_counts([(lemmas, series) for _, _, lemmas, series in entries]).to_pandas()
     freq = frequency_table(counts, lemma=lemma)
-    coverage = [coverage_row("corpus", None, len(entries), freq)]
+    stats = pd.DataFrame([{**json.loads(Path(path).read_text(encoding="utf-8")), "series": series}
+                          for _, path, _, series in entries])
+    # Episodes whose transcripts are subtitles, per scope (the rest are ASR's).
+    subtitled = Counter(series for (*_, series), source in zip(entries, stats.get("source", [])) if
+                        source == "subtitles")
+    coverage = [{**coverage_row("corpus", None, len(entries), freq), "subtitle_episodes": sum(subtitled.values())}]
 
     episodes_per_series = Counter(series for *_, series in entries if series is not None)
     curves = {"corpus": freq["cumulative_coverage"].to_numpy()}
     series_freq = frequency_table(counts[counts["series"].notna()], by=("series",), lemma=lemma)
     for name, sf in series_freq.groupby("series", sort=True):
-        coverage.append(coverage_row("series", name, episodes_per_series[name], sf))
+        coverage.append({**coverage_row("series", name, episodes_per_series[name], sf),
+                         "subtitle_episodes": subtitled.get(name, 0)})
         curves[name] = sf["cumulative_coverage"].to_numpy()
 
-    stats = pd.DataFrame([{**json.loads(Path(path).read_text(encoding="utf-8")), "series": series}
-                          for _, path, _, series in entries])
     coverage_df = pd.DataFrame(coverage)
     write_tsv(freq, outputs["frequency"])
     write_tsv(series_freq, outputs["series_frequency"])
@@ -235,7 +239,7 @@ def build_corpus(entries: list[tuple[str, str | Path, str | Path, str | None]], 
 
 
 # Count columns that may have gaps: nullable integers, or pandas would print 12.0.
-INTEGER_COLUMNS = ("segments", "tokens", "types", "chars", "unknown_tokens", "episodes",
+INTEGER_COLUMNS = ("segments", "tokens", "types", "chars", "unknown_tokens", "episodes", "subtitle_episodes",
                    *(f"lemmas_{t}" for t in COVERAGE_TARGETS))
 
 
