@@ -62,11 +62,17 @@ def test_evaluate_prints_and_writes_the_cer_of_each_episode(tmp_path):
     config.write_text(yaml.safe_dump(workflow_config(tmp_path, catalogue, base)))
     out = tmp_path / "evaluation"
     proc = subprocess.run([sys.executable, "-m", "scribeflow.ops.cli", "evaluate", str(media), "--model", base,
-                           "--language", "ja", "--out", str(out), "--configfile", str(config)],
+                           "--language", "ja", "--out", str(out), "--configfile", str(config),
+                           "--vary", "temperature=[0.0, 0.2, 0.4, 0.6, 0.8, 1.0]"],
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr
     assert "CER" in proc.stdout and "over 3 episode(s)" in proc.stdout
+    print(proc.stdout)
     rows = list(csv.DictReader((out / "evaluate.tsv").open(), delimiter="\t"))
+    # Each model as configured, and with Whisper's sampling ladder (--vary).
+    assert [r["setting"] for r in rows] == [base] * 3 + [f"{base} temperature=[0.0, 0.2, 0.4, 0.6, 0.8, 1.0]"] * 3
+    assert "base temperature=[0.0, 0.2, 0.4, 0.6, 0.8, 1.0]: CER" in proc.stdout
+    rows = rows[:3]
     assert [r["episode"] for r in rows] == ["ep1", "ep2", "ep3"] and all(r["language"] == "ja" for r in rows)
     assert (out / "evaluate.png").stat().st_size > 10_000
     for r in rows:

@@ -414,6 +414,7 @@ class Transcribe(_Section):
     condition_on_previous_text: bool
     word_timestamps: bool
     hallucination_silence_threshold: float | None
+    temperature: tuple[float, ...]
     batch_size: int | str
     compute_type: str
     cpu_threads: int

@@ -298,7 +298,8 @@ def cmd_evaluate(args) -> int:
     tc = settings.transcribe.as_dict()
     try:
         episodes = evaluate.pairs(args.paths)
-        rows = evaluate.evaluate(episodes, args.model or [tc["model"]], tc, args.language or settings.transcribe.language)
+        variants = evaluate.variants(args.model or [tc["model"]], args.vary or [])
+        rows = evaluate.evaluate(episodes, variants, tc, args.language or settings.transcribe.language)
     except (evaluate.EvaluateError, ModelError) as exc:
         print(f"scribeflow evaluate: {exc}", file=sys.stderr)
         return 2
@@ -319,6 +320,9 @@ def add_evaluate(sub) -> None:
     p.add_argument("--model", action="append", metavar="MODEL",
                    help="a faster-whisper model name or a CTranslate2 directory; repeat to compare "
                         "(default: transcribe.model)")
+    p.add_argument("--vary", action="append", metavar="KEY=VALUE",
+                   help="also evaluate each model with this transcribe setting changed (the value as YAML: "
+                        "temperature=[0,0.2,0.4,0.6,0.8,1], beam_size=1); repeat for more")
     p.add_argument("--language", default=None, help="the episodes' language (default: transcribe.language, else the vote)")
     p.add_argument("--out", type=Path, default=Path("evaluation"),
                    help="folder for evaluate.tsv, evaluate.png and the transcripts (default ./evaluation)")

@@ -84,9 +84,26 @@ def pairs(paths: list[str | Path]) -> list[tuple[str, Path, Path]]:
     return found
 
 
-def evaluate(episodes: list[tuple[str, Path, Path]], settings: list[str], tc: dict,
+def variants(models: list[str], changes: list[str]) -> list[tuple[str, dict]]:
+    """(label, transcribe settings changed) per model, as configured and with each of
+    `changes` ("KEY=VALUE", the value read as YAML: temperature=[0,0.2,0.4], beam_size=1)."""
+    import yaml
+
+    out = []
+    for model in models:
+        out.append((model, {"model": model}))
+        for change in changes:
+            key, sep, value = change.partition("=")
+            if not sep or not key.strip():
+                raise EvaluateError(f"--vary {change!r}: write it KEY=VALUE (temperature=[0,0.2,0.4], beam_size=1)")
+            out.append((f"{model} {key.strip()}={value.strip()}", {"model": model, key.strip(): yaml.safe_load(value)}))
+    return out
+
+
+def evaluate(episodes: list[tuple[str, Path, Path]], settings: list[str | tuple[str, dict]], tc: dict,
              language: str | None = None) -> list[dict]:
-    """One row per setting and episode (COLUMNS)."""
+    """One row per setting and episode (COLUMNS). A setting: a model, or (label, the
+    transcribe settings it changes)."""
     from scribeflow.stages.media import extract_audio
     from scribeflow.stages.transcription.decode import decode_options, run_model
     from scribeflow.stages.transcription.model import load_model
@@ -105,7 +122,8 @@ def evaluate(episodes: list[tuple[str, Path, Path]], settings: list[str], tc: di
             audio[episode] = Path(tmp) / f"{episode}.wav"
             extract_audio(media, audio[episode])
         for setting in settings:
-            model_tc = {**tc, "model": setting}
+            setting, changes = (setting, {"model": setting}) if isinstance(setting, str) else setting
+            model_tc = _checked({**tc, **changes}, setting)
             model = load_model(model_tc)
             options = decode_options(model_tc, language)
             for episode, _media, _subtitle in episodes:
@@ -131,6 +149,16 @@ def evaluate(episodes: list[tuple[str, Path, Path]], settings: list[str], tc: di
     return rows
 
 
+def _checked(tc: dict, label: str) -> dict:
+    """The transcribe settings of a variant, validated as the configuration's are."""
+    from scribeflow.config.settings import ConfigError, validate
+
+    try:
+        return validate({"transcribe": tc}).transcribe.as_dict()
+    except ConfigError as exc:
+        raise EvaluateError(f"setting {label!r}: {exc}") from None
+
+
 def totals(rows: list[dict]) -> list[dict]:
     """Per setting: CER over all its episodes (errors over reference characters), the mean RTF."""
     out = []
@@ -149,15 +177,21 @@ def render(rows: list[dict]) -> str:
     lines = [f"{'setting':30} {'episode':16} {'audio s':>8} {'chars':>6} {'CER':>7} {'RTF':>7} {'guard':>5} "
              f"{'lang':>4} {'vote':>5} {'cover':>6}"]
     for r in rows:
-        lines.append(f"{Path(r['setting']).name[:30]:30} {r['episode'][:16]:16} {r['audio_seconds']:8.1f} "
+        lines.append(f"{short(r['setting'])[:40]:40} {r['episode'][:16]:16} {r['audio_seconds']:8.1f} "
                      f"{r['reference_chars']:6d} {_pct(r['cer']):>7} {_num(r['rtf']):>7} "
                      f"{r['repetitions'] + r['phrases']:5d} {r['language']:>4} {_pct(r['vote_agreement']):>5} "
                      f"{_pct(r['coverage']):>6}")
     lines.append("")
     for t in totals(rows):
-        lines.append(f"{Path(t['setting']).name}: CER {_pct(t['cer'])} over {t['episodes']} episode(s), "
+        lines.append(f"{short(t['setting'])}: CER {_pct(t['cer'])} over {t['episodes']} episode(s), "
                      f"RTF {_num(t['rtf'])}, {t['hallucinations']} hallucination-guard finding(s)")
     return "\n".join(lines)
+
+
+def short(setting: str) -> str:
+    """A setting's name for tables and folders: the model's own name, and what it changes."""
+    model, _, change = setting.partition(" ")
+    return " ".join(filter(None, (Path(model).name, change.replace("/", "_"))))
 
 
 def _pct(x) -> str:
@@ -180,7 +214,7 @@ def write(rows: list[dict], out: Path) -> tuple[Path, Path]:
         w.writeheader()
         w.writerows(rows)
     for r in rows:  # what each setting heard, beside the table, to read against the subtitle
-        text = out / "transcripts" / Path(r["setting"]).name / f"{r['episode']}.txt"
+        text = out / "transcripts" / short(r["setting"]) / f"{r['episode']}.txt"
         text.parent.mkdir(parents=True, exist_ok=True)
         text.write_text(r["text"] + "\n", encoding="utf-8")
     import matplotlib.pyplot as plt
@@ -193,7 +227,7 @@ def write(rows: list[dict], out: Path) -> tuple[Path, Path]:
     for i, setting in enumerate(settings):
         cer = {r["episode"]: 100 * (r["cer"] or 0) for r in rows if r["setting"] == setting}
         ax.bar([j + i * width for j in range(len(episodes))], [cer.get(e, 0) for e in episodes], width,
-               label=Path(setting).name)
+               label=short(setting))
     ax.set_xticks([j + width * (len(settings) - 1) / 2 for j in range(len(episodes))], episodes, rotation=30,
                   ha="right")
     ax.set_ylabel("CER (%)")

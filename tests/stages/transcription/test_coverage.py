@@ -64,4 +64,28 @@ def test_silence_is_not_speech_to_refill(model_path):
     model = WhisperModel(model_path, device="cpu", compute_type="int8", cpu_threads=2)
     raw = run_model(model, np.zeros(20 * SAMPLE_RATE, np.float32), {"language": "en", "vad_filter": True})
     assert raw["segments"] == [] and raw["speech"] == {"speech_seconds": 0.0, "covered_seconds": 0.0,
-                                                       "coverage": 1.0, "refilled": []}
+                                                       "coverage": 1.0, "refilled": [], "repaired": []}
+
+
+def test_the_same_audio_gives_the_same_transcript_twice(clip, model_path):
+    """Thresholds that fail every window (compression ratio, log probability): with
+    Whisper's temperature ladder each would be sampled again (three decodes gave three
+    different transcripts); with the default temperature ([0.0]) each is repaired without
+    sampling, and two decodes of the same audio in one process, where CTranslate2's random
+    generator has moved on, are byte-identical, repair and refill included."""
+    import json
+
+    from faster_whisper import WhisperModel
+
+    from scribeflow.config.settings import validate
+    from scribeflow.stages.transcription.decode import decode_options
+
+    audio, _ = clip
+    model = WhisperModel(model_path, device="cpu", compute_type="int8", cpu_threads=2)
+    options = decode_options(validate({"transcribe": {"model": model_path}}).transcribe.as_dict(), "en")
+    assert options["temperature"] == [0.0]
+    failing = {**options, "compression_ratio_threshold": 0.5, "log_prob_threshold": 0.0, "beam_size": 1}
+    runs = [json.dumps(run_model(model, audio, failing), sort_keys=True) for _ in range(2)]
+    assert runs[0] == runs[1]
+    raw = json.loads(runs[0])
+    assert raw["segments"] and raw["speech"]["repaired"] and all(r["failed"] for r in raw["speech"]["repaired"])

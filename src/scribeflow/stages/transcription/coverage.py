@@ -5,13 +5,18 @@ no-speech probability over `no_speech_threshold` with a low log probability), or
 that the temperature fallback's random sampling jumps over whole (a 30-s hole was
 measured in one of eight speech-dense clips). So after decoding, every stretch of speech
 that no segment covers and that lasts `min_seconds` or more is decoded again on its own:
-greedy first, then with the fallback, never skipped as silent (the VAD says it is
-speech). The transcript records its speech coverage and what was decoded again."""
+greedy first, then with the fallback (the run's temperature ladder, or a wider beam when
+the run decodes without sampling), never skipped as silent (the VAD says it is speech). The transcript records its speech coverage and what was decoded again."""
 
 from __future__ import annotations
 
 from scribeflow.stages.media import SAMPLE_RATE
 
+# faster-whisper's tests of a window's decode: over this compression ratio it repeats itself,
+# under this mean log probability it is unsure. The temperature ladder decodes a failing
+# window again by sampling; without the ladder, repair() does it without sampling.
+COMPRESSION_RATIO = 2.4
+LOG_PROB = -1.0
 MIN_SECONDS = 3.0  # a shorter uncovered stretch is a breath or a word at a window's edge
 JOIN_SECONDS = 1.0  # stretches of speech closer than this are one hole
 PAD_SECONDS = 0.2  # context on each side of a hole when it is decoded again
@@ -69,14 +74,20 @@ def refill(model, audio, segments: list[dict], speech: list[tuple[float, float]]
     again = {k: v for k, v in options.items()
              if k not in ("batch_size", "clip_timestamps", "vad_parameters", "temperature")}
     again.update(vad_filter=False, no_speech_threshold=None, condition_on_previous_text=False)
+    # When greedy finds nothing: the run's temperature ladder, or without one (a decode that
+    # must give the same transcript every time) a wider beam that keeps what it finds.
+    ladder = [t for t in options.get("temperature") or [] if t > 0]
+    fallback = ({"temperature": [0.0, *ladder]} if ladder else
+                {"temperature": 0.0, "beam_size": max(5, options.get("beam_size", 5)), "patience": 2.0,
+                 "compression_ratio_threshold": None, "log_prob_threshold": None})
     for start, end in joined(uncovered(speech, segments)):
         if end - start < min_seconds:
             continue
         lo, hi = max(0.0, start - PAD_SECONDS), min(len(audio) / SAMPLE_RATE, end + PAD_SECONDS)
         piece = audio[int(lo * SAMPLE_RATE):int(hi * SAMPLE_RATE)]
         found, how = [], None
-        for attempt, temperature in (("greedy", 0.0), ("fallback", (0.0, 0.2, 0.4, 0.6, 0.8, 1.0))):
-            pieces, _ = model.transcribe(piece, **again, temperature=temperature)
+        for attempt, extra in (("greedy", {"temperature": 0.0}), ("fallback", fallback)):
+            pieces, _ = model.transcribe(piece, **{**again, **extra})
             found = [item(s) for s in pieces]
             how = attempt
             if any(s["text"] for s in found):
@@ -90,3 +101,57 @@ def refill(model, audio, segments: list[dict], speech: list[tuple[float, float]]
         refilled.append({"start": round(start, 3), "end": round(end, 3), "segments": len(found), "how": how})
     merged = sorted(segments + added, key=lambda s: (s["start"], s["end"]))
     return merged, report(speech, merged, refilled)
+
+
+def failures(seg, ratio: float | None = COMPRESSION_RATIO, log_prob: float | None = LOG_PROB) -> int:
+    """How many of faster-whisper's two tests a decoded segment (its window) fails."""
+    return (int(ratio is not None and seg.compression_ratio > ratio)
+            + int(log_prob is not None and seg.avg_logprob < log_prob))
+
+
+def repair(model, audio, decoded: list, options: dict, item) -> tuple[list[dict], list[dict]]:
+    """Without the temperature ladder (a decode that gives the same transcript every time),
+    the windows that fail the compression-ratio or log-probability test are decoded again
+    on their own, still without sampling: a wider beam that may not repeat a 3-gram (what
+    breaks a repetition loop), nothing skipped as silent. The new decode replaces the old
+    when it fails fewer tests, or as many with a better log probability.
+    `decoded`: faster-whisper's segments. Returns (our segments, what was repaired)."""
+    import functools
+    import statistics
+
+    failures_of = functools.partial(failures, ratio=options.get("compression_ratio_threshold", COMPRESSION_RATIO),
+                                    log_prob=options.get("log_prob_threshold", LOG_PROB))
+    out, repaired, i = [], [], 0
+    again = {k: v for k, v in options.items()
+             if k not in ("batch_size", "clip_timestamps", "vad_parameters", "temperature")}
+    again.update(vad_filter=False, no_speech_threshold=None, condition_on_previous_text=False, temperature=0.0,
+                 beam_size=max(5, options.get("beam_size", 5)), no_repeat_ngram_size=3,
+                 compression_ratio_threshold=None, log_prob_threshold=None)
+    while i < len(decoded):
+        if not failures_of(decoded[i]):
+            out.append(item(decoded[i]))
+            i += 1
+            continue
+        j = i
+        while j < len(decoded) and failures_of(decoded[j]):
+            j += 1
+        bad = decoded[i:j]
+        lo, hi = max(0.0, bad[0].start - PAD_SECONDS), min(len(audio) / SAMPLE_RATE, bad[-1].end + PAD_SECONDS)
+        pieces, _ = model.transcribe(audio[int(lo * SAMPLE_RATE):int(hi * SAMPLE_RATE)], **again)
+        pieces = [p for p in pieces if p.text.strip()]
+        old = (max(map(failures_of, bad)), -statistics.fmean(s.avg_logprob for s in bad))
+        new = (max(map(failures_of, pieces)), -statistics.fmean(s.avg_logprob for s in pieces)) if pieces else None
+        better = new is not None and new < old
+        if better:
+            for p in pieces:
+                seg = item(p)
+                seg["start"], seg["end"] = round(seg["start"] + lo, 3), round(seg["end"] + lo, 3)
+                for w in seg.get("words") or []:
+                    w["start"], w["end"] = round(w["start"] + lo, 3), round(w["end"] + lo, 3)
+                out.append(seg)
+        else:
+            out += [item(s) for s in bad]
+        repaired.append({"start": round(bad[0].start, 3), "end": round(bad[-1].end, 3), "replaced": better,
+                         "failed": [failures_of(s) for s in bad]})
+        i = j
+    return out, repaired

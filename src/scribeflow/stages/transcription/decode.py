@@ -16,7 +16,7 @@ log = logging.getLogger(__name__)
 
 # `transcribe` config keys that are faster-whisper transcribe() options.
 DECODE_KEYS = ("beam_size", "vad_filter", "condition_on_previous_text", "word_timestamps",
-               "hallucination_silence_threshold", "initial_prompt")
+               "hallucination_silence_threshold", "temperature", "initial_prompt")
 
 
 def decode_options(tc: dict, language: str | None) -> dict:
@@ -24,6 +24,8 @@ def decode_options(tc: dict, language: str | None) -> dict:
     ("auto": GPU_BATCH_SIZE on a GPU, sequential on a CPU, decided where the model is loaded);
     `language_windows` (when the language is not given) how many windows vote on it."""
     options = {k: tc[k] for k in DECODE_KEYS if k in tc}
+    if "temperature" in options:  # a list in JSON and in the transcript's options
+        options["temperature"] = [float(t) for t in options["temperature"]]
     options["language"] = language
     batch_size = tc.get("batch_size", 0)
     batch_size = batch_size if batch_size in ("auto", None) or isinstance(batch_size, int) else int(batch_size)
@@ -95,11 +97,22 @@ def run_model(model, audio, options: dict, should_stop=None, label: str = "", sp
             segments = stand_in.segments(_speech_spans(audio, batch_size, options))
     total = len(audio) / SAMPLE_RATE
     speech_report = None
+    repaired = None
     with model_lock:  # a generator: decoding happens as it is read
-        out = [_item(seg) for seg in _progress(segments, should_stop, label, total)]
+        decoded = list(_progress(segments, should_stop, label, total))
+        if _sampling(options) or stand_in.active():
+            out = [_item(seg) for seg in decoded]
+        else:
+            out, repaired = coverage.repair(model, audio, decoded, {**options, "language": info.language}, _item)
+            if repaired:
+                log.warning("%s: %d window(s) failed the compression-ratio or log-probability test, decoded again "
+                            "without sampling: %s", label or "transcription", len(repaired),
+                            ", ".join(f"{r['start']:.0f}-{r['end']:.0f} s ({'replaced' if r['replaced'] else 'kept'})"
+                                      for r in repaired))
         if speech_spans is not None and not stand_in.active():
             out, speech_report = coverage.refill(model, audio, out, speech_spans, {**options, "language": info.language},
                                                  _item)
+            speech_report["repaired"] = repaired or []
             if speech_report["refilled"]:
                 log.warning("%s: %d stretch(es) of speech no segment covered, decoded again: %s",
                             label or "transcription", len(speech_report["refilled"]),
@@ -114,6 +127,13 @@ def run_model(model, audio, options: dict, should_stop=None, label: str = "", sp
             "duration": round(len(audio) / SAMPLE_RATE, 3), "segments": out,
             "device": model.model.device, "compute_type": model.model.compute_type, "batch_size": batch_size,
             "vad_calls": vad, "speech": speech_report}
+
+
+def _sampling(options: dict) -> bool:
+    """Whether faster-whisper's own fallback may sample (a temperature above 0)."""
+    temperature = options.get("temperature", (0.0, 0.2, 0.4, 0.6, 0.8, 1.0))  # faster-whisper's default
+    temperatures = temperature if isinstance(temperature, (list, tuple)) else [temperature]
+    return any(t > 0 for t in temperatures)
 
 
 def _progress(segments, should_stop, label: str, total: float):
