@@ -108,14 +108,18 @@ if GIVEN_UP and not (workflow.remote_exec or workflow.subprocess_exec):
 # is planned as one job that makes its transcript from it, with no download, audio or
 # model. A cluster job reads the verdicts its planning process made.
 SUBTITLES = Finder(
-    SETTINGS, LAYOUT, lambda e, c: row(e, c), judge=not workflow.remote_exec
+    SETTINGS,
+    LAYOUT,
+    lambda e, c: row(e, c),
+    judge=not workflow.remote_exec,
+    write=lambda: not workflow.dryrun,
 )
 
 
 def transcribe_input(wildcards):
-    """The subtitle's verdict (its dialogue) or the audio: what the transcript comes from."""
+    """The subtitle or the audio: what the transcript comes from."""
     if SUBTITLES.subtitled(wildcards.episode):
-        return {"subtitle": str(LAYOUT.subtitle_verdict(wildcards.episode))}
+        return {"subtitle": SUBTITLES.source_file(wildcards.episode)}
     return {"audio": str(LAYOUT.audio_file(wildcards.episode))}
 
 

@@ -71,6 +71,7 @@ def test_mixed_sources_in_one_run_and_no_media_for_the_subtitled(tmp_path, speec
         dry = run_snakemake(tmp_path, config, "-n", "--cores", "2")
         plan = dry.stdout + dry.stderr
         assert "download" in plan and "ep01.media" not in plan and "ep05.media" not in plan, plan[-3000:]
+        assert not (tmp_path / "data").exists()  # a plan writes nothing to data_dir
         run_snakemake(tmp_path, config, "--cores", "2")
         requested = [path for _, path, _ in server.requests]
 
@@ -140,9 +141,9 @@ def test_policy_only_skips_the_unsubtitled_and_never_downloads_them_all(tmp_path
         return proc.stdout + proc.stderr
 
     first = plan(policy="first")
-    assert "ep02.media" in first and "ep01.media" not in first and "ep01.subtitle.json" in first
+    assert "ep02.media" in first and "ep01.media" not in first and "ep01.srt" in first
     only = plan(policy="only", sources=["column", "folder"])
-    assert "ep02" not in only.split("Job stats")[1] and "ep01.subtitle.json" in only
+    assert "ep02" not in only.split("Job stats")[1] and "ep01.srt" in only
     assert "1 episode(s) have no usable subtitle and subtitles.policy is only" in only
     never = plan(policy="never")
-    assert "ep01.media" in never and "ep02.media" in never and "subtitle.json" not in never
+    assert "ep01.media" in never and "ep02.media" in never and "ep01.srt" not in never

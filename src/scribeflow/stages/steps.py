@@ -154,7 +154,7 @@ def transcribe(*, settings: Settings, episode: str, audio: str | None, outputs: 
     `video`: the download's path (gone by now, unless kept); `subtitle`: the verdict of a
     usable subtitle, planned instead of the audio."""
     if subtitle or _is_marker(settings, episode, audio):
-        return _transcript_from_subtitles(settings, episode, outputs, duration)
+        return _transcript_from_subtitles(settings, episode, outputs, subtitle, language, duration)
     from scribeflow.stages.transcription import worker
     from scribeflow.stages.transcription.decode import decode_options
     from scribeflow.stages.transcription.transcript import build_transcript, write_transcript
@@ -317,17 +317,23 @@ def _is_marker(settings: Settings, episode: str, path: str | None) -> bool:
     return empty and subtitles.usable(subtitles.read_verdict(Layout.from_config(settings).subtitle_verdict(episode)))
 
 
-def _transcript_from_subtitles(settings: Settings, episode: str, outputs: dict[str, str],
-                               duration: float | None) -> None:
+def _transcript_from_subtitles(settings: Settings, episode: str, outputs: dict[str, str], subtitle: str | None,
+                               language: str | None, duration: float | None) -> None:
+    """The transcript of the subtitle the plan found (`subtitle`: the file, or the verdict
+    a download job wrote), from its verdict, or judged again when it has none."""
     from scribeflow.stages import subtitles
     from scribeflow.stages.transcription.transcript import write_transcript
 
     path = Layout.from_config(settings).subtitle_verdict(episode)
     with Ledger.for_config(settings) as ledger, _recorded(ledger, episode, settings, "transcribe"):
         verdict = subtitles.read_verdict(path)
+        if subtitle and Path(subtitle) != path and not (subtitles.usable(verdict) and verdict.get("file") == subtitle):
+            language = language or settings.transcribe.language or settings.subtitles.languages[0]
+            verdict = subtitles.judge([("file", Path(subtitle))], settings, language, duration)
+            subtitles.write_verdict(path, verdict)
         if not subtitles.usable(verdict):
-            raise subtitles.SubtitleError(f"{path}: no usable subtitle any more; delete it and run again: the "
-                                          f"episode is then transcribed")
+            raise subtitles.SubtitleError(f"{subtitle or path}: no usable subtitle any more ({'; '.join(verdict.get('refused') or []) if verdict else 'no verdict'}); "
+                                          f"run again: the episode is then transcribed")
         result = subtitles.transcript(verdict, episode, duration)
         size = write_transcript(result, outputs)
         # No transcribed_at: the ASR's rates and ETA count the ASR's transcripts only.

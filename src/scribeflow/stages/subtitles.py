@@ -320,8 +320,11 @@ class Finder:
     reads what the planning process found); one made by a download job (a URL, a page
     track) is taken as it is."""
 
-    def __init__(self, settings, layout, row, judge: bool = True):
+    def __init__(self, settings, layout, row, judge: bool = True, write=True):
+        """`write`: whether verdicts are kept (or a function that says so when asked: a
+        dry run, which writes nothing to data_dir, is known only once the DAG is built)."""
         self.settings, self.layout, self.row, self.may_judge = settings, layout, row, judge
+        self.write = write if callable(write) else (lambda: write)
         self.sub = settings.subtitles
         self._verdicts: dict[str, dict | None] = {}
         self._listing = None
@@ -368,15 +371,24 @@ class Finder:
             return None
         verdict = judge(candidates, self.settings, language, duration, key)
         self.judged += 1
-        try:
-            write_verdict(path, verdict)
-        except OSError:
-            pass  # a read-only data_dir (a plan): judged again next time
+        if self.write():
+            try:
+                write_verdict(path, verdict)
+            except OSError:
+                pass  # a read-only data_dir: judged again next time
         return verdict
 
     def subtitled(self, episode: str) -> bool:
         """A usable subtitle is known: the episode's transcript is made from it."""
         return usable(self.verdict(episode))
+
+    def source_file(self, episode: str) -> str:
+        """What a subtitled episode's transcript job reads: the local subtitle file (a dry
+        run writes no verdict), or the verdict a download job wrote for a URL or a track."""
+        verdict = self.verdict(episode) or {}
+        if verdict.get("found_by") != "download" and verdict.get("file"):
+            return verdict["file"]
+        return str(self.layout.subtitle_verdict(episode))
 
     def may_find(self, episode: str) -> bool:
         """A download job may still find one: a URL in the column, or the page's tracks."""
