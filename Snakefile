@@ -34,3 +34,4 @@ rule all:
     input:
         analysis_targets,
         [] if SETTINGS.chunk else [*rules.plots.output, *corpus_outputs().values()],
+        lost_corpus_index,

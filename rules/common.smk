@@ -1,6 +1,7 @@
 import functools
 import importlib.util
 import math
+import os
 import sys
 from pathlib import Path
 
@@ -145,6 +146,14 @@ def corpus_outputs():
 # earlier runs (other chunks) by these patterns.
 EPISODE_STATS = LAYOUT.stats_pattern()
 EPISODE_LEMMAS = LAYOUT.lemmas_pattern()
+
+
+def lost_corpus_index(wildcards=None):
+    """The corpus index when it is missing while episodes were analysed: its rule rebuilds it."""
+    if LAYOUT.corpus_index.exists() or not LAYOUT.episode_stats.is_dir():
+        return []
+    with os.scandir(LAYOUT.episode_stats) as entries:
+        return [str(LAYOUT.corpus_index)] if next(entries, None) is not None else []
 
 
 def episode_analysis_outputs():

@@ -17,15 +17,38 @@ rule analyse_episode:
         "../environment.yml"
     params:
         language=lambda wc: row(wc.episode, "language"),
+        series=lambda wc: row(wc.episode, "series"),
+        season=lambda wc: row(wc.episode, "season"),
     script:
         "../scripts/analyse_episode.py"
+
+
+# The corpus index is written by each analyse_episode job. Planned only when it was lost
+# (deleted, or never built while analyses exist): rebuilt from the tokens.
+rule corpus_index:
+    input:
+        stats=analysis_targets,
+    output:
+        index=str(LAYOUT.corpus_index),
+    log:
+        LAYOUT.run_log("corpus_index"),
+    benchmark:
+        LAYOUT.run_benchmark("corpus_index")
+    conda:
+        "../environment.yml"
+    params:
+        stats=lambda wc: EPISODE_STATS,
+        lemmas=lambda wc: EPISODE_LEMMAS,
+    script:
+        "../scripts/corpus_index.py"
 
 
 rule corpus:
     input:
         # Only this run's new analyses (or one old one): they order and trigger the
-        # rebuild, which reads every analysed episode of the catalogue.
+        # rebuild, which reads the episodes analysed since the last one.
         stats=analysis_targets,
+        index=lost_corpus_index,
     output:
         frequency=report(
             corpus_outputs()["frequency"],
@@ -51,6 +74,16 @@ rule corpus:
             corpus_outputs()["plot"],
             caption="../report/coverage_plot.rst",
             category="Corpus",
+        ),
+        shows=report(
+            corpus_outputs()["shows"],
+            caption="../report/shows.rst",
+            category="Shows",
+        ),
+        shows_plot=report(
+            corpus_outputs()["shows_plot"],
+            caption="../report/shows_plot.rst",
+            category="Shows",
         ),
     log:
         LAYOUT.run_log("corpus"),

@@ -9,4 +9,6 @@ steps.analyse_episode(
     stats=snakemake.output.stats,
     lemmas=snakemake.output.lemmas,
     language=snakemake.params.language,
+    series=snakemake.params.series,
+    season=snakemake.params.season,
 )

@@ -62,9 +62,11 @@ CORPUS_FILES = {
     "coverage": "coverage.tsv",
     "episodes": "episodes.tsv",
     "plot": "coverage.png",
+    "shows": "shows.tsv",
+    "shows_plot": "shows.png",
 }
 # The rules that run once per run: their log and benchmark record, under logs/ and benchmarks/.
-RUN_RULES = {"corpus": "corpus/corpus", "plots": "plots"}
+RUN_RULES = {"corpus": "corpus/corpus", "corpus_index": "corpus/index", "plots": "plots"}
 REPORT_FILES = {"disk": "disk_usage.png", "throughput": "throughput.png"}
 # Beside Snakemake's own state in the run's --directory: the validated catalogue's cache
 # and run-chunks' logs (chunks/).
@@ -219,6 +221,11 @@ class Layout:
     @property
     def corpus(self) -> Path:
         return self.analysis / "corpus"
+
+    @property
+    def corpus_index(self) -> Path:
+        """The corpus index (stages/concordance.py): every episode's segments and words."""
+        return self.corpus / "index.db"
 
     def corpus_files(self) -> dict[str, str]:
         """The corpus tables and plot: the workflow's final targets."""

@@ -1,5 +1,5 @@
 """The `scribeflow` command: demo, status, plan, plots, metrics, dashboard, run-chunks, failed,
-retry, check."""
+retry, check, evaluate, search, export."""
 
 from __future__ import annotations
 
@@ -262,6 +262,7 @@ def main(argv=None) -> int:
     add_operator_commands(sub)
     add_run_chunks(sub)
     add_evaluate(sub)
+    add_corpus_commands(sub)
     args = parser.parse_args(argv)
 
     if args.command == "demo":
@@ -307,6 +308,79 @@ def cmd_evaluate(args) -> int:
     tsv, png = evaluate.write(rows, args.out)
     print(f"\nWrote {tsv}, {png} and the transcripts' text in {args.out / 'transcripts'}")
     return 0
+
+
+def _corpus_index(args):
+    from scribeflow.stages.concordance import Index
+
+    return Index(Layout.from_config(load_config(args)).corpus_index, readonly=True)
+
+
+def cmd_search(args) -> int:
+    from scribeflow.stages.concordance import IndexError_, search
+
+    try:
+        with _corpus_index(args) as index:
+            found = search(index, args.word, series=args.series, limit=args.limit, exact=args.exact,
+                           language=args.language)
+    except IndexError_ as exc:
+        print(f"scribeflow search: {exc}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(found, ensure_ascii=False, indent=1))
+        return 0
+    for hit in found["hits"]:
+        print(f"{hit['series'] or '-'}\t{hit['episode']}\t{_clock(hit['start'])}\t{hit['marked']}")
+    uses = "" if found["uses"] is None else f"{found['uses']:,} use(s) in {found['episodes']:,} episode(s); "
+    print(f"{args.word} ({' + '.join(found['lemmas'])}): {uses}{len(found['hits'])} shown", file=sys.stderr)
+    return 0 if found["hits"] else 1
+
+
+def _clock(seconds: float) -> str:
+    s = int(seconds)
+    return f"{s // 3600:d}:{s % 3600 // 60:02d}:{s % 60:02d}"
+
+
+def cmd_export(args) -> int:
+    from scribeflow.ops.export import ExportError, yomitan
+    from scribeflow.stages.concordance import IndexError_
+
+    out = args.out or Path(f"scribeflow-frequency{'-' + args.series if args.series else ''}.zip")
+    try:
+        with _corpus_index(args) as index:
+            episodes = index.conn.execute("SELECT COUNT(*) FROM episodes" + (" WHERE series = ?" if args.series
+                                          else ""), [args.series] if args.series else []).fetchone()[0]
+            info = yomitan(index, out, series=args.series, mode=args.mode, episodes=episodes)
+    except (IndexError_, ExportError) as exc:
+        print(f"scribeflow export: {exc}", file=sys.stderr)
+        return 2
+    print(f"Wrote {out}: {info['entries']:,} words, {info['frequencyMode']}; import it in Yomitan "
+          f"(Settings > Dictionaries > Import)")
+    return 0
+
+
+def add_corpus_commands(sub) -> None:
+    search = sub.add_parser("search", help="every use of a word in the corpus: series, episode, time, sentence",
+                            description="Find every use of a word by its dictionary form (食べる finds 食べた and "
+                            "食べない), or with --exact only as written; prints series, episode, timestamp and the "
+                            "sentence with the word marked 【like this】 (docs/outputs.md).")
+    search.add_argument("word")
+    search.add_argument("--series", default=None, help="only this series (as the catalogue writes it)")
+    search.add_argument("--limit", type=int, default=20, help="at most this many sentences (default 20)")
+    search.add_argument("--exact", action="store_true", help="only where it is written as given")
+    search.add_argument("--language", default=None, help="the word's language (default: ja for kana and kanji)")
+    search.add_argument("--json", action="store_true")
+    add_config_options(search)
+    search.set_defaults(func=cmd_search)
+    export = sub.add_parser("export", help="the corpus's frequencies for other tools (yomitan)")
+    export.add_argument("format", choices=["yomitan"])
+    export.add_argument("--series", default=None, help="that series' frequencies alone")
+    export.add_argument("--mode", choices=["rank", "occurrence"], default="rank",
+                        help="rank-based (default) or occurrence-based frequencies")
+    export.add_argument("--out", type=Path, default=None,
+                        help="the zip to write (default ./scribeflow-frequency[-SERIES].zip)")
+    add_config_options(export)
+    export.set_defaults(func=cmd_export)
 
 
 def add_evaluate(sub) -> None:

@@ -197,22 +197,95 @@ def coverage_row(scope: str, series: str | None, episodes: int, freq) -> dict:
             "types": len(freq), **{f"lemmas_{t}": needed[t] for t in COVERAGE_TARGETS}}
 
 
+class Aggregate:
+    """The corpus's sums kept between rebuilds, so that a rebuild reads only the episodes
+    analysed since the last one: the lemma counts summed over the episodes included
+    (aggregate_counts' table), their statistics, and which episodes they are with the
+    identity of their files when they were read. An episode whose files changed (analysed
+    again) or left (the catalogue changed) makes the next rebuild read everything again."""
+
+    def __init__(self, folder: str | Path):
+        self.folder = Path(folder)
+        self.counts_path, self.stats_path = self.folder / "aggregate_counts.parquet", self.folder / "aggregate_stats.parquet"
+        self.read = 0  # episodes whose files this rebuild read
+
+    def load(self):
+        try:
+            counts = pq.read_table(self.counts_path)
+            stats = pq.read_table(self.stats_path)
+            included = json.loads(counts.schema.metadata[b"scribeflow_included"])
+            return counts.replace_schema_metadata(None), stats.to_pandas(), included
+        except (OSError, KeyError, ValueError, TypeError, pa.ArrowException):
+            return None  # none yet, or damaged: everything is read
+
+    def save(self, counts: pa.Table, stats, included: dict) -> None:
+        from scribeflow.files import atomic_path
+
+        self.folder.mkdir(parents=True, exist_ok=True)
+        with atomic_path(self.stats_path) as tmp:
+            pq.write_table(pa.Table.from_pandas(stats, preserve_index=False), tmp, compression="zstd")
+        meta = {b"scribeflow_included": json.dumps(included).encode()}
+        with atomic_path(self.counts_path) as tmp:  # last: its list says what the sums hold
+            pq.write_table(counts.replace_schema_metadata(meta), tmp, compression="zstd")
+
+    def update(self, entries):
+        """(counts, stats) over `entries`, reading only the new episodes' files."""
+        import pandas as pd
+
+        current = {episode: [_identity(lemmas), _identity(stats), series] for episode, stats, lemmas, series in entries}
+        cached = self.load()
+        if cached is not None:
+            counts, stats, included = cached
+            if any(current.get(e) != v for e, v in included.items()):
+                log.info("Corpus: episodes analysed again or left since the last rebuild: reading every episode")
+                cached = None
+        if cached is None:
+            counts, stats, included = None, pd.DataFrame(), {}
+        new = [entry for entry in entries if entry[0] not in included]
+        self.read = len(new)
+        added = aggregate_counts([(lemmas, series) for _, _, lemmas, series in new])
+        if counts is not None and counts.num_rows:
+            added = _sum_by(pa.concat_tables([counts, added], promote_options="none"),
+                            ["series", "lemma", "pos", "written"]) if added.num_rows else counts
+        rows = pd.DataFrame([{**json.loads(Path(path).read_text(encoding="utf-8")), "series": series}
+                             for _, path, _, series in new])
+        stats = pd.concat([stats, rows], ignore_index=True) if not stats.empty else rows
+        included.update({episode: current[episode] for episode, *_ in new})
+        self.save(added, stats, included)
+        log.info("Corpus: read %d new episode(s), %d from the sums kept", len(new), len(included) - len(new))
+        return added, stats
+
+
+def _identity(path) -> list:
+    st = Path(path).stat()
+    return [st.st_size, st.st_mtime_ns, st.st_ino]
+
+
 def build_corpus(entries: list[tuple[str, str | Path, str | Path, str | None]], outputs: dict,
-                 lemma: str = "written") -> dict:
+                 lemma: str = "written", keep: str | Path | None = None) -> dict:
     """entries: (episode, stats path, lemma counts path, series or None).
 
     outputs: paths for frequency, series_frequency, coverage, episodes (TSV) and plot (PNG).
     lemma: what the tables' lemma column shows (config analysis.lemma: written or unidic).
-    Returns the coverage rows.
+    keep: a folder where the sums are kept between rebuilds (Aggregate): a rebuild then
+    reads only the episodes analysed since. Returns the coverage rows.
     """
     import pandas as pd
 
     if lemma not in LEMMA_FORMS:
         raise ValueError(f"analysis.lemma: {lemma!r} is not one of {', '.join(LEMMA_FORMS)}")
-    counts = aggregate_counts([(lemmas, series) for _, _, lemmas, series in entries]).to_pandas()
+    if keep is not None:
+        table, stats = Aggregate(keep).update(entries)
+        counts = table.to_pandas()
+    else:
+        counts = aggregate_counts([(lemmas, series) for _, _, lemmas, series in entries]).to_pandas()
+        stats = pd.DataFrame([{**json.loads(Path(path).read_text(encoding="utf-8")), "series": series}
+                              for _, path, _, series in entries])
+    # The entries' order (the catalogue's), whatever order the sums were kept in.
+    if not stats.empty:
+        order = {episode: i for i, (episode, *_) in enumerate(entries)}
+        stats = stats.sort_values("id", key=lambda ids: ids.map(order), kind="stable").reset_index(drop=True)
     freq = frequency_table(counts, lemma=lemma)
-    stats = pd.DataFrame([{**json.loads(Path(path).read_text(encoding="utf-8")), "series": series}
-                          for _, path, _, series in entries])
     # Episodes whose transcripts are subtitles, per scope (the rest are ASR's).
     subtitled = Counter(series for (*_, series), source in zip(entries, stats.get("source", [])) if
                         source == "subtitles")
@@ -240,7 +313,8 @@ def build_corpus(entries: list[tuple[str, str | Path, str | Path, str | None]], 
 
 # Count columns that may have gaps: nullable integers, or pandas would print 12.0.
 INTEGER_COLUMNS = ("segments", "tokens", "types", "chars", "unknown_tokens", "episodes", "subtitle_episodes",
-                   *(f"lemmas_{t}" for t in COVERAGE_TARGETS))
+                   "words", "unique_words", "unique_words_once", "unique_kanji", "rank", "words_90", "words_95",
+                   "words_98", *(f"lemmas_{t}" for t in COVERAGE_TARGETS))
 
 
 def write_tsv(df, path: str | Path) -> None:

@@ -344,40 +344,88 @@ def _transcript_from_subtitles(settings: Settings, episode: str, outputs: dict[s
 
 
 def analyse_episode(*, settings: Settings, episode: str, transcript: str, tokens: str | None, stats: str,
-                    lemmas: str, language: str | None = None) -> None:
+                    lemmas: str, language: str | None = None, series: str | None = None,
+                    season: str | None = None) -> None:
     """Tokenize a transcript and analyse the tokens, in one job: a job less per episode
-    is ~1.5 ms less of Snakemake's planning per episode (docs/benchmarks.md)."""
+    is ~1.5 ms less of Snakemake's planning per episode (docs/benchmarks.md). The episode
+    is then added to the corpus index (its segments and words: searches, sums)."""
     from scribeflow.stages.analysis import analyse_tokens
-    from scribeflow.stages.tokens import tokenize_file
+    from scribeflow.stages.concordance import Index
+    from scribeflow.stages.tokens import checked_transcript, tokenize_file
 
     with _ledger_and_gate(settings) as (ledger, _), _recorded(ledger, episode):
-        table, meta = tokenize_file(transcript, tokens, language)
+        read = checked_transcript(transcript)
+        table, meta = tokenize_file(transcript, tokens, language, transcript=read)
         ledger.set_stage(episode, "tokenized")
         cleanup = settings.disk_management.cleanup
         if cleanup.delete_transcript_after_tokenization:
             log.info("delete_transcript_after_tokenization: Snakemake deletes %s now", transcript)
         analyse_tokens(table, meta, stats, lemmas)
+        with Index(Layout.from_config(settings).corpus_index) as index:
+            index.add(episode, table, meta, read["segments"], _series_name(series), _season(season))
         ledger.set_stage(episode, "analyzed")
         if cleanup.delete_tokens_after_analysis:
             log.info("delete_tokens_after_analysis: the tokens of %s are not kept", episode)
 
 
-def corpus(*, settings: Settings, stats_pattern: str, lemmas_pattern: str, outputs: dict) -> None:
-    """The corpus tables over every analysed episode of the whole catalogue: with
-    `chunk`, the run of each slice adds its episodes to what earlier slices analysed."""
+def _analysed(settings: Settings, stats_pattern: str, lemmas_pattern: str):
+    """The catalogue, and (episode, stats, lemma counts, series, season) of its analysed episodes."""
     from scribeflow.config.catalogue import load
-    from scribeflow.stages.analysis import build_corpus
 
     catalogue = load(settings.catalogue)
-    has_series = "series" in catalogue.columns
+    series_of, season_of = _column(catalogue, "series"), _column(catalogue, "season")
     entries = []
     for episode in catalogue.index:
         stats, lemmas = (p.replace("{episode}", episode) for p in (stats_pattern, lemmas_pattern))
         if Path(stats).is_file() and Path(lemmas).is_file():
-            series = catalogue.at[episode, "series"] if has_series else None
-            entries.append((episode, stats, lemmas, _series_name(series)))
+            entries.append((episode, stats, lemmas, _series_name(series_of.get(episode)),
+                            _season(season_of.get(episode))))
+    return catalogue, entries
+
+
+def corpus_index(*, settings: Settings, stats_pattern: str, lemmas_pattern: str) -> None:
+    """The corpus index rebuilt from the tokens: planned when it was lost."""
+    from scribeflow.stages.concordance import complete
+
+    layout = Layout.from_config(settings)
+    _, entries = _analysed(settings, stats_pattern, lemmas_pattern)
+    added = complete(layout.corpus_index, [(e, series, season) for e, _, _, series, season in entries],
+                     layout.tokens_file, layout.transcript)
+    log.info("Rebuilt the corpus index %s: %d of %d analysed episodes", layout.corpus_index, added, len(entries))
+
+
+def corpus(*, settings: Settings, stats_pattern: str, lemmas_pattern: str, outputs: dict) -> None:
+    """The corpus tables over every analysed episode of the whole catalogue: with
+    `chunk`, the run of each slice adds its episodes to what earlier slices analysed.
+    The sums are kept between rebuilds (analysis.Aggregate): a rebuild reads the episodes
+    analysed since the last one. The corpus index is completed first (an episode it
+    lacks is added from its tokens); then the per-show statistics come from it."""
+    from scribeflow.stages import shows
+    from scribeflow.stages.analysis import build_corpus, write_tsv
+    from scribeflow.stages.concordance import Index, complete
+
+    layout = Layout.from_config(settings)
+    catalogue, entries = _analysed(settings, stats_pattern, lemmas_pattern)
     log.info("Building the corpus from %d of %d catalogue episodes", len(entries), len(catalogue))
-    build_corpus(entries, outputs, lemma=settings.analysis.lemma)
+    complete(layout.corpus_index, [(e, series, season) for e, _, _, series, season in entries],
+             layout.tokens_file, layout.transcript)
+    build_corpus([entry[:4] for entry in entries], outputs, lemma=settings.analysis.lemma, keep=layout.corpus)
+    with Index(layout.corpus_index) as index:
+        table = shows.show_table(index, by_season="season" in catalogue.columns)
+    write_tsv(table, outputs["shows"])
+    shows.plot(table, outputs["shows_plot"])
+    log.info("Shows: %d ranked by difficulty (%s)", len(table), outputs["shows"])
+
+
+def _column(catalogue, name: str) -> dict:
+    return dict(zip(catalogue.index, catalogue[name].tolist())) if name in catalogue.columns else {}
+
+
+def _season(value) -> str | None:
+    """A season as it reads: 2, not 2.0 (numbers come from the catalogue as floats)."""
+    if value is None or value != value:
+        return None
+    return str(int(value)) if isinstance(value, float) and value.is_integer() else str(value)
 
 
 def _series_name(value) -> str | None:

@@ -38,6 +38,8 @@ SCHEMA = pa.schema([
     ("pos", pa.string()),          # UniDic part of speech, level 1 (Japanese only)
     ("pos_detail", pa.string()),   # UniDic levels 2-4, e.g. 普通名詞-一般
     ("unknown", pa.bool_()),       # not in the analyser's dictionary (numbers aside); null without one
+    ("base_reading", pa.string()),  # katakana reading of `written` (UniDic's kanaBase): 食べる -> タベル
+    ("morae", pa.int16()),         # morae as pronounced (UniDic's pron): 食べた -> 3 (Japanese only)
 ])
 METADATA_KEY = b"scribeflow"
 
@@ -67,7 +69,7 @@ class WordTokenizer:
     def __call__(self, text: str):
         for word in WORD.findall(unicodedata.normalize("NFC", text)):
             lemma = unicodedata.normalize("NFKC", word).casefold().replace("\u2019", "'")
-            yield word, lemma, lemma, None, None, None, None
+            yield word, lemma, lemma, None, None, None, None, None, None
 
 
 class JapaneseTokenizer:
@@ -98,7 +100,19 @@ class JapaneseTokenizer:
             detail = "-".join(p for p in (f.pos2, f.pos3, f.pos4) if p and p != "*") or None
             # Digits are outside UniDic but are numbers, not unknown words.
             unknown = bool(word.is_unk) and f.pos2 != "数詞"
-            yield word.surface, lemma, written, f.kana or None, f.pos1, detail, unknown
+            base = None if word.is_unk else (f.kanaBase or None)
+            yield word.surface, lemma, written, f.kana or None, f.pos1, detail, unknown, base, morae(f.pron)
+
+
+SMALL_KANA = frozenset("ァィゥェォャュョヮヵヶぁぃぅぇぉゃゅょゎ")
+
+
+def morae(pron: str | None) -> int | None:
+    """Morae of a katakana pronunciation: every kana, ッ and ー included, but a small kana
+    (ャ, ュ, ョ, ァ, ...) with the one before it (キョ is one)."""
+    if not pron or pron == "*":
+        return None
+    return sum(1 for c in pron if ("\u30a0" <= c <= "\u30ff" or "\u3040" <= c <= "\u309f") and c not in SMALL_KANA)
 
 
 @lru_cache(maxsize=None)
@@ -172,10 +186,11 @@ def read_tokens(path: str | Path) -> tuple[pa.Table, dict]:
 
 
 def tokenize_file(transcript_path: str | Path, tokens_path: str | Path | None,
-                  language: str | None = None) -> tuple[pa.Table, dict]:
+                  language: str | None = None, transcript: dict | None = None) -> tuple[pa.Table, dict]:
     """Tokenize one transcript file into a table and its metadata; written to `tokens_path`
-    unless None (tokens not kept). `language` (the catalogue's) wins over the transcript's."""
-    table = tokenize_transcript(checked_transcript(transcript_path), language)
+    unless None (tokens not kept). `language` (the catalogue's) wins over the transcript's.
+    `transcript`: the file, already read with checked_transcript."""
+    table = tokenize_transcript(transcript or checked_transcript(transcript_path), language)
     meta = json.loads(table.schema.metadata[METADATA_KEY])
     written = f", {write_tokens(table, tokens_path) / 1e3:.1f} kB" if tokens_path else ", not kept"
     log.info("Tokenized %s (%s, %s): %d tokens in %d segments%s",

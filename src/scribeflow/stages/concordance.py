@@ -1,0 +1,392 @@
+"""The corpus index: every analysed episode's segments and the words in them, in one SQLite
+file ({data_dir}/analysis/corpus/index.db), added to as each episode is analysed.
+
+What it answers, each at a cost that does not grow with the episodes already indexed:
+- where a word is used (`search`): its occurrences are one range of a table ordered by
+  word, then episode and segment, so a search reads its hits and no more;
+- how often each word is used, in the whole corpus and per series (`counts`), kept as sums
+  that each new episode adds to (the frequency tables, the Yomitan dictionaries and the
+  per-show statistics read the sums, never the episodes' files);
+- each episode's figures (`episodes`: speech, characters, words, morae, kanji).
+
+An episode is added in one transaction, after its tokens are written: one more episode
+costs its own rows. Adding it again (a rerun) first takes its old rows and sums away. A
+word is UniDic's lemma with the spelling and reading of its dictionary form (食べる,
+タベル), so that homographs with different readings stay apart; other languages' words are
+their case-folded forms. The file is a cache of the tokens: deleted or damaged, it is
+rebuilt from the tokens (`rebuild`), which the corpus step does by itself.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import sqlite3
+import time
+import unicodedata
+from collections import Counter
+from pathlib import Path
+
+log = logging.getLogger("scribeflow.stages.concordance")
+
+VERSION = 1
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS episodes (
+    id INTEGER PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE,
+    series TEXT NOT NULL DEFAULT '',   -- '' when the catalogue has none
+    season TEXT NOT NULL DEFAULT '',
+    source TEXT,
+    language TEXT,
+    duration_s REAL,
+    speech_s REAL,
+    segments INTEGER,
+    chars INTEGER,                     -- letters and digits said (no punctuation, symbols, spaces)
+    tokens INTEGER,
+    morae INTEGER,
+    kanji TEXT,                        -- the distinct kanji used, in code-point order
+    added_at REAL
+);
+CREATE TABLE IF NOT EXISTS segments (
+    episode INTEGER NOT NULL,
+    idx INTEGER NOT NULL,
+    start REAL NOT NULL,
+    end REAL NOT NULL,
+    text TEXT NOT NULL,
+    PRIMARY KEY (episode, idx)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS words (
+    id INTEGER PRIMARY KEY,
+    lemma TEXT NOT NULL,
+    written TEXT NOT NULL,
+    reading TEXT NOT NULL DEFAULT '',  -- katakana; '' without one
+    pos TEXT,
+    detail TEXT,                       -- UniDic's levels 2-4: 固有名詞-人名-一般 (a name)
+    UNIQUE (lemma, written, reading)
+);
+CREATE INDEX IF NOT EXISTS words_written ON words(written);
+-- One row per word and segment it is used in: a word's uses are one range of the key.
+CREATE TABLE IF NOT EXISTS occurrences (
+    word INTEGER NOT NULL,
+    episode INTEGER NOT NULL,
+    idx INTEGER NOT NULL,
+    PRIMARY KEY (word, episode, idx)
+) WITHOUT ROWID;
+-- Per episode and word: its uses (what a rerun of the episode takes away from `counts`).
+CREATE TABLE IF NOT EXISTS uses (
+    episode INTEGER NOT NULL,
+    word INTEGER NOT NULL,
+    count INTEGER NOT NULL,
+    PRIMARY KEY (episode, word)
+) WITHOUT ROWID;
+-- Per word and series (and season): its uses and the episodes it is used in.
+CREATE TABLE IF NOT EXISTS counts (
+    word INTEGER NOT NULL,
+    series TEXT NOT NULL,
+    season TEXT NOT NULL,
+    count INTEGER NOT NULL,
+    documents INTEGER NOT NULL,
+    PRIMARY KEY (word, series, season)
+) WITHOUT ROWID;
+"""
+
+
+class IndexError_(RuntimeError):
+    """The index cannot be used; the message names the file and what to do."""
+
+
+def is_kanji(char: str) -> bool:
+    return "\u4e00" <= char <= "\u9fff" or "\u3400" <= char <= "\u4dbf" or char == "々"
+
+
+def hiragana(katakana: str | None) -> str:
+    """カタカナ -> かたかな (ー and what is not katakana stay as they are)."""
+    return "".join(chr(ord(c) - 0x60) if "\u30a1" <= c <= "\u30f6" else c for c in katakana or "")
+
+
+class Index:
+    """The index file, opened for reading (`readonly`) or for adding episodes."""
+
+    def __init__(self, path: str | Path, readonly: bool = False, timeout: float = 120.0):
+        self.path = Path(path)
+        if readonly:
+            if not self.path.is_file():
+                raise IndexError_(f"{self.path}: no corpus index yet; it is built as episodes are analysed (run the "
+                                  f"workflow), and rebuilt from the tokens by the corpus step if it was deleted")
+            self.conn = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, timeout=timeout)
+        else:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.conn = sqlite3.connect(self.path, timeout=timeout, isolation_level=None)
+            # The rollback journal, as the ledger: safe on a shared filesystem.
+            self.conn.execute("PRAGMA journal_mode = DELETE")
+            self.conn.executescript(f"BEGIN IMMEDIATE; {SCHEMA} COMMIT;")
+            self.conn.execute(f"PRAGMA user_version = {VERSION}")
+        try:
+            self.conn.execute("SELECT 1 FROM episodes LIMIT 1").fetchall()
+        except sqlite3.DatabaseError as exc:
+            self.conn.close()
+            raise IndexError_(f"{self.path}: not a corpus index that can be read ({exc}); delete it: the next "
+                              f"corpus step rebuilds it from the tokens") from None
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    @contextlib.contextmanager
+    def transaction(self):
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield self.conn
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
+        self.conn.execute("COMMIT")
+
+    # -- adding -----------------------------------------------------------------------------
+    def add(self, episode: str, table, meta: dict, segments: list[dict], series: str | None = None,
+            season: str | None = None) -> None:
+        """One analysed episode: `table` its tokens (stages/tokens.py), `meta` their
+        metadata, `segments` its transcript's segments (the sentences shown by a search)."""
+        cols = {name: table.column(name).to_pylist() for name in table.column_names}
+        n = table.num_rows
+        readings = cols.get("base_reading") or [None] * n
+        keys = [(cols["lemma"][i], cols["written"][i] or cols["lemma"][i], readings[i] or "") for i in range(n)]
+        pos = dict(zip(keys, zip(cols["pos"], cols["pos_detail"])))
+        uses = Counter(keys)
+        in_segments = {(key, seg) for key, seg in zip(keys, cols["segment"])}
+        morae = sum(m for m in cols.get("morae") or [] if m)
+        text = "".join(s["text"] for s in segments)
+        kanji = "".join(sorted({c for c in text if is_kanji(c)}))
+        # Characters said: letters and digits, not punctuation, symbols or spaces.
+        chars = sum(1 for c in text if unicodedata.category(c)[0] in "LN")
+        series, season = series or "", "" if season is None else str(season)
+        with self.transaction() as c:
+            self._remove(c, episode)
+            cur = c.execute(
+                "INSERT INTO episodes (name, series, season, source, language, duration_s, speech_s, segments, chars, "
+                "tokens, morae, kanji, added_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (episode, series, season, meta.get("source"), meta.get("language"), meta.get("duration"),
+                 meta.get("speech_seconds"), len(segments), chars, n, morae or None, kanji, time.time()))
+            eid = cur.lastrowid
+            c.executemany("INSERT INTO segments VALUES (?, ?, ?, ?, ?)",
+                          ((eid, i, s["start"], s["end"], s["text"]) for i, s in enumerate(segments)))
+            c.executemany("INSERT OR IGNORE INTO words (lemma, written, reading, pos, detail) VALUES (?, ?, ?, ?, ?)",
+                          ((*key, *pos[key]) for key in uses))
+            ids = self._word_ids(c, list(uses))
+            c.executemany("INSERT OR IGNORE INTO occurrences VALUES (?, ?, ?)",
+                          ((ids[key], eid, seg) for key, seg in in_segments))
+            c.executemany("INSERT INTO uses VALUES (?, ?, ?)", ((eid, ids[key], k) for key, k in uses.items()))
+            c.executemany("INSERT INTO counts VALUES (?, ?, ?, ?, 1) ON CONFLICT (word, series, season) DO UPDATE "
+                          "SET count = count + excluded.count, documents = documents + 1",
+                          ((ids[key], series, season, k) for key, k in uses.items()))
+
+    @staticmethod
+    def _word_ids(c, keys: list[tuple]) -> dict[tuple, int]:
+        ids = {}
+        for i in range(0, len(keys), 300):
+            batch = keys[i:i + 300]
+            where = " OR ".join(["(lemma = ? AND written = ? AND reading = ?)"] * len(batch))
+            for wid, *key in c.execute(f"SELECT id, lemma, written, reading FROM words WHERE {where}",
+                                       [v for key in batch for v in key]):
+                ids[tuple(key)] = wid
+        return ids
+
+    @staticmethod
+    def _remove(c, episode: str) -> None:
+        """An episode's rows and its share of the sums, before it is added again."""
+        row = c.execute("SELECT id, series, season FROM episodes WHERE name = ?", (episode,)).fetchone()
+        if row is None:
+            return
+        eid, series, season = row
+        uses = c.execute("SELECT word, count FROM uses WHERE episode = ?", (eid,)).fetchall()
+        c.executemany("UPDATE counts SET count = count - ?, documents = documents - 1 WHERE word = ? AND series = ? "
+                      "AND season = ?", ((k, w, series, season) for w, k in uses))
+        c.executemany("DELETE FROM counts WHERE word = ? AND series = ? AND season = ? AND documents <= 0",
+                      ((w, series, season) for w, _ in uses))
+        c.executemany("DELETE FROM occurrences WHERE word = ? AND episode = ?", ((w, eid) for w, _ in uses))
+        for table in ("uses", "segments"):
+            c.execute(f"DELETE FROM {table} WHERE episode = ?", (eid,))
+        c.execute("DELETE FROM episodes WHERE id = ?", (eid,))
+
+    # -- reading ----------------------------------------------------------------------------
+    def episode_names(self) -> set[str]:
+        return {name for (name,) in self.conn.execute("SELECT name FROM episodes")}
+
+    def words_of(self, lemma: str | None = None, written: str | None = None) -> list[int]:
+        if lemma is not None:
+            return [w for (w,) in self.conn.execute("SELECT id FROM words WHERE lemma = ?", (lemma,))]
+        return [w for (w,) in self.conn.execute("SELECT id FROM words WHERE written = ?", (written,))]
+
+
+def nfkc(text: str) -> str:
+    return unicodedata.normalize("NFKC", text)
+
+
+# -- searching ------------------------------------------------------------------------------
+def _japanese(text: str) -> bool:
+    return any(unicodedata.name(c, "").startswith(("HIRAGANA", "KATAKANA", "CJK")) for c in text)
+
+
+def query_words(word: str, language: str | None = None) -> list[tuple[str, str]]:
+    """The query's words as the index knows them: (surface, lemma) from the tokenizer the
+    episodes went through (食べた -> (食べた, 食べる))."""
+    from scribeflow.stages.tokens import tokenizer_for
+
+    language = language or ("ja" if _japanese(word) else None)
+    return [(t[0], t[1]) for t in tokenizer_for(language)(nfkc(word).strip())]
+
+
+def search(index: Index, word: str, series: str | None = None, limit: int = 20, exact: bool = False,
+           language: str | None = None) -> dict:
+    """Every use of `word` by its dictionary form (食べる finds 食べた and 食べない; a query of
+    several words finds the segments that use them all), or with `exact` only where it is
+    written as given. Returns {"query", "lemmas", "uses", "episodes", "hits": [{series,
+    episode, start, end, text, marked, spans}]}, at most `limit` hits."""
+    words = query_words(word, language)
+    if not words:
+        raise IndexError_(f"{word!r} has no word the index could hold (punctuation and symbols are not indexed)")
+    lemmas = list(dict.fromkeys(lemma for _, lemma in words))
+    c = index.conn
+    ids = {lemma: index.words_of(lemma=lemma) for lemma in lemmas}
+    result = {"query": word, "lemmas": lemmas, "uses": 0, "episodes": 0, "hits": []}
+    if not all(ids.values()):
+        return result
+    where_series = "AND series = ?" if series is not None else ""
+    args = [series] if series is not None else []
+
+    def uses_of(wids):
+        q = ",".join("?" * len(wids))
+        return c.execute(f"SELECT COALESCE(SUM(count), 0), COALESCE(SUM(documents), 0) FROM counts "
+                         f"WHERE word IN ({q}) {where_series}", [*wids, *args]).fetchone()
+
+    rarest = min(lemmas, key=lambda lemma: uses_of(ids[lemma])[0])
+    result["uses"], result["episodes"] = uses_of(ids[rarest]) if len(lemmas) == 1 else (None, None)
+    others = [ids[lemma] for lemma in lemmas if lemma != rarest]
+    needle = nfkc(word).strip()
+    for eid, idx in _postings(c, ids[rarest], series):
+        if others and not all(c.execute(f"SELECT 1 FROM occurrences WHERE word IN ({','.join('?' * len(w))}) "
+                                        f"AND episode = ? AND idx = ?", [*w, eid, idx]).fetchone() for w in others):
+            continue
+        name, ep_series, start, end, text = c.execute(
+            "SELECT e.name, e.series, s.start, s.end, s.text FROM segments s JOIN episodes e ON e.id = s.episode "
+            "WHERE s.episode = ? AND s.idx = ?", (eid, idx)).fetchone()
+        if exact and needle not in nfkc(text):
+            continue
+        spans = _spans(text, needle if exact else None, set(lemmas), language)
+        result["hits"].append({"series": ep_series or None, "episode": name, "start": start, "end": end,
+                               "text": text, "marked": _marked(text, spans), "spans": spans})
+        if len(result["hits"]) >= limit:
+            break
+    return result
+
+
+def _postings(c, wids: list[int], series: str | None):
+    """(episode, segment) of each use of the words, a word's range at a time; with a series,
+    through that series' episodes when they are fewer than the word's uses."""
+    if series is not None:
+        episodes = [e for (e,) in c.execute("SELECT id FROM episodes WHERE series = ? ORDER BY id", (series,))]
+        for eid in episodes:
+            for wid in wids:
+                yield from c.execute("SELECT episode, idx FROM occurrences WHERE word = ? AND episode = ?", (wid, eid))
+        return
+    for wid in wids:
+        yield from c.execute("SELECT episode, idx FROM occurrences WHERE word = ?", (wid,))
+
+
+def _spans(text: str, needle: str | None, lemmas: set[str], language: str | None) -> list[list[int]]:
+    """[start, end) character offsets of the uses in `text`: the needle's, or the words
+    whose lemma is one of `lemmas` (the segment tokenized again)."""
+    from scribeflow.stages.tokens import tokenizer_for
+
+    if needle:
+        spans, at = [], text.find(needle)
+        while at >= 0:
+            spans.append([at, at + len(needle)])
+            at = text.find(needle, at + len(needle))
+        return spans
+    spans, pos, extending = [], 0, False
+    for surface, lemma, _written, _reading, part, *_ in tokenizer_for(
+            language or ("ja" if _japanese(text) else None))(text):
+        at = text.find(surface, pos)
+        if at < 0:
+            continue
+        pos = at + len(surface)
+        if lemma in lemmas:
+            spans.append([at, pos])
+            extending = True
+        elif extending and part == "助動詞" and spans[-1][1] == at:  # the inflection: 食べ|た, 食べ|ちゃっ|た
+            spans[-1][1] = pos
+        else:
+            extending = False
+    return spans
+
+
+def _marked(text: str, spans: list[list[int]]) -> str:
+    out, last = [], 0
+    for start, end in spans:
+        out += [text[last:start], "【", text[start:end], "】"]
+        last = end
+    return "".join(out) + text[last:]
+
+
+# -- rebuilding ---------------------------------------------------------------------------------
+def segments_from_tokens(table) -> list[dict]:
+    """A transcript's segments as far as its tokens tell (words only, no punctuation): what
+    a search shows when the transcript itself is gone."""
+    by: dict[int, dict] = {}
+    japanese = None
+    for seg, start, end, surface in zip(*(table.column(c).to_pylist() for c in ("segment", "start", "end", "surface"))):
+        s = by.setdefault(seg, {"start": start, "end": end, "words": []})
+        s["words"].append(surface)
+        japanese = japanese if japanese is not None else _japanese(surface)
+    last = max(by, default=-1)
+    return [{"start": by[i]["start"], "end": by[i]["end"], "text": ("" if japanese else " ").join(by[i]["words"])}
+            if i in by else {"start": 0.0, "end": 0.0, "text": ""} for i in range(last + 1)]
+
+
+def complete(path: str | Path, entries: list[tuple[str, str | None, str | None]], tokens_of, transcript_of,
+             ) -> int:
+    """Add to the index at `path` the analysed episodes it lacks, from their tokens (and
+    their transcripts' segments when they are kept): a deleted or damaged index is rebuilt,
+    one that missed episodes is completed. `entries`: (episode, series, season);
+    `tokens_of(e)`/`transcript_of(e)`: the files' paths. Returns how many were added."""
+    from scribeflow.stages.tokens import checked_transcript, read_tokens
+
+    path = Path(path)
+    try:
+        with Index(path) as index:
+            have = index.episode_names()
+    except (IndexError_, sqlite3.DatabaseError) as exc:
+        aside = path.with_name(f"{path.name}.damaged-{int(time.time())}")
+        log.warning("The corpus index %s could not be read (%s): moved aside to %s, rebuilding it from the tokens",
+                    path, exc, aside.name)
+        path.rename(aside)
+        have = set()
+    missing = [e for e in entries if e[0] not in have]
+    if not missing:
+        return 0
+    log.info("Corpus index: adding %d analysed episode(s) it lacks, from their tokens", len(missing))
+    added = 0
+    with Index(path) as index:
+        for episode, series, season in missing:
+            tokens = Path(tokens_of(episode))
+            if not tokens.is_file():
+                continue  # delete_tokens_after_analysis: nothing to rebuild it from
+            table, meta = read_tokens(tokens)
+            transcript = Path(transcript_of(episode))
+            try:
+                segments = checked_transcript(transcript)["segments"] if transcript.is_file() else None
+            except ValueError:
+                segments = None
+            index.add(episode, table, meta, segments or segments_from_tokens(table), series, season)
+            added += 1
+    if added < len(missing):
+        log.warning("Corpus index: %d episode(s) have no tokens left (delete_tokens_after_analysis) and are not in "
+                    "it", len(missing) - added)
+    return added
