@@ -60,7 +60,7 @@ def _t(seconds: float) -> str:
 
 
 def episode_ass(n: int, lines: int = 450) -> str:
-    events = [f"Dialogue: 0,0:00:05.00,0:00:08.00,OP,,0,0,0,,{{\\k20}}ka{{\\k30}}ze{{\\k25}}ni",
+    events = ["Dialogue: 0,0:00:05.00,0:00:08.00,OP,,0,0,0,,{\\k20}ka{\\k30}ze{\\k25}ni",
               f"Dialogue: 0,0:00:09.00,0:00:11.00,Default,,0,0,0,,{{\\pos(960,100)}}第{n}話"]
     for i in range(lines):
         start = 20 + i * 3.1

@@ -202,6 +202,56 @@ def test_the_dashboard_in_a_headless_browser(tmp_path):
         proc.wait(10)
 
 
+def _a_corpus(data):
+    """The corpus index and shows.tsv of three Japanese episodes in two shows, as the
+    analyses and the corpus step leave them."""
+    import json
+
+    from scribeflow.stages import shows
+    from scribeflow.stages.analysis import write_tsv
+    from scribeflow.stages.concordance import Index
+    from scribeflow.stages.tokens import METADATA_KEY, tokenize_transcript
+
+    layout = Layout.of(data)
+    episodes = {"ep0": ("Alpha", ["猫が魚を食べた。", "明日も食べない。"]), "ep1": ("Alpha", ["雨が降っている。"]),
+                "ep3": ("Beta", ["学校で昼ご飯を食べちゃった！"])}
+    with Index(layout.corpus_index) as index:
+        for episode, (series, lines) in episodes.items():
+            segments = [{"start": 4.0 * i + 1, "end": 4.0 * i + 3, "text": t} for i, t in enumerate(lines)]
+            table = tokenize_transcript({"id": episode, "segments": segments}, "ja")
+            index.add(episode, table, json.loads(table.schema.metadata[METADATA_KEY]), segments, series)
+        write_tsv(shows.show_table(index), layout.corpus_files()["shows"])
+
+
+def test_the_dashboard_shows_the_hardest_shows_and_searches_the_corpus(tmp_path):
+    import re
+
+    import pytest
+
+    if not _chromium():
+        pytest.skip("needs a headless browser (Debian: apt-get install chromium)")
+    _, data = _a_run(tmp_path)
+    _a_corpus(data)
+    proc = subprocess.Popen([sys.executable, "-m", "scribeflow.ops.cli", "dashboard", "--configfile", "run.yaml",
+                             "--port", "0", "--refresh", "1"], cwd=tmp_path, stdout=subprocess.PIPE, text=True)
+    try:
+        url = re.search(r"http://127\.0\.0\.1:\d+/", proc.stdout.readline()).group(0)
+        from urllib.parse import quote
+
+        page = _dump_dom(url + "?q=" + quote("食べる"))  # the search box, filled from the address
+        assert "the 2 hardest of 2" in page, page[-3000:]
+        assert re.search(r"<td>1</td><td>(Alpha|Beta)</td><td><b>[\d.]+</b></td>", page)
+        assert "食べる: 3 use(s) in 2 episode(s); 3 shown" in page
+        assert "猫が魚を<mark>食べた</mark>。" in page and "学校で昼ご飯を<mark>食べちゃった</mark>！" in page
+        assert "<td>0:00:05</td>" in page  # 明日も食べない。 at 5 s
+        narrowed = _dump_dom(url + "?q=" + quote("食べる") + "&series=Beta")
+        assert "3 use(s)" not in narrowed and "昼ご飯を<mark>食べちゃった</mark>" in narrowed
+        assert "明日も" not in narrowed
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
 def test_logs_of_an_episode(tmp_path):
     log = tmp_path / "data" / "logs" / "download" / "ep7.log"
     log.parent.mkdir(parents=True)

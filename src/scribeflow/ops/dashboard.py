@@ -3,8 +3,10 @@
 The page is static; its script asks /status.json (status.snapshot) and /history.json
 (the last day's disk samples and hourly transcriptions, from the ledger) every few
 seconds and draws the disk gauge against the limits, throughput, ETA, failures and
-pauses. /metrics serves the same figures in Prometheus' format. It reads only: it may
-run beside the workflow for months, or be started and stopped at will.
+pauses; /shows.json the hardest shows of the corpus's shows.tsv, and /search.json?q=WORD
+a search of the corpus index (stages/concordance.py) for the page's search box (a page
+opened with ?q=WORD searches at once). /metrics serves the figures in Prometheus' format.
+It reads only: it may run beside the workflow for months, or be started and stopped at will.
 """
 
 from __future__ import annotations
@@ -20,6 +22,34 @@ from scribeflow.state.ledger import LedgerReader, thin_peaks
 
 HISTORY_SECONDS = 24 * 3600
 HISTORY_POINTS = 300
+
+
+SHOWN_SHOWS = 15
+
+
+def hardest_shows(settings: Settings, n: int = SHOWN_SHOWS) -> dict:
+    """The corpus step's shows.tsv, hardest first (its order): the first `n` and how many."""
+    import csv
+
+    path = Layout.from_config(settings).corpus_files()["shows"]
+    try:
+        with open(path, encoding="utf-8", newline="") as f:
+            rows = list(csv.DictReader(f, delimiter="\t"))
+    except FileNotFoundError:
+        return {"shows": [], "total": 0}
+    keep = ("rank", "series", "season", "episodes", "difficulty", "chars_per_minute", "words_95")
+    return {"shows": [{k: r.get(k) or None for k in keep} for r in rows[:n]], "total": len(rows)}
+
+
+def search_corpus(settings: Settings, query: dict) -> dict:
+    from scribeflow.stages.concordance import Index, search
+
+    word = (query.get("q") or [""])[0].strip()
+    if not word:
+        return {"hits": [], "query": ""}
+    series = (query.get("series") or [None])[0] or None
+    with Index(Layout.from_config(settings).corpus_index, readonly=True) as index:
+        return search(index, word, series=series, limit=20)
 
 
 def history(settings: Settings, now: float | None = None) -> dict:
@@ -59,7 +89,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         from scribeflow.ops.metrics import text
         from scribeflow.ops.status import snapshot
 
-        path = self.path.split("?", 1)[0]
+        from urllib.parse import parse_qs
+
+        path, _, query = self.path.partition("?")
         try:
             if path == "/":
                 body, ctype = PAGE.replace("__REFRESH_MS__", str(int(self.refresh_seconds * 1000))), "text/html"
@@ -67,6 +99,11 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                 body, ctype = json.dumps(self._cached("status", lambda: snapshot(self.config))), "application/json"
             elif path == "/history.json":
                 body, ctype = json.dumps(self._cached("history", lambda: history(self.config))), "application/json"
+            elif path == "/shows.json":
+                body, ctype = json.dumps(self._cached("shows", lambda: hardest_shows(self.config))), "application/json"
+            elif path == "/search.json":
+                found = search_corpus(self.config, parse_qs(query))
+                body, ctype = json.dumps(found, ensure_ascii=False), "application/json"
             elif path == "/metrics":
                 body, ctype = self._cached("metrics", lambda: text(self.config)), "text/plain; version=0.0.4"
             else:
@@ -116,6 +153,10 @@ PAGE = """<!DOCTYPE html>
  <div class="card"><h2>Stages</h2><table id="stages"></table></div>
  <div class="card"><h2>Failures</h2><div id="failures-summary"></div><table id="failures"></table></div>
  <div class="card"><h2>Pauses</h2><div id="pauses"></div><div id="hosts"></div></div>
+ <div class="card"><h2>Shows by difficulty</h2><div id="shows-summary" class="muted"></div><table id="shows"></table></div>
+ <div class="card"><h2>Search the corpus</h2><form id="search-form"><input id="q" name="q" placeholder="食べる"
+   size="16"> <input id="series" name="series" placeholder="series (optional)" size="14"> <button>Search</button></form>
+   <div id="search-summary" class="muted"></div><table id="hits"></table></div>
 </div>
 <script>
 const $ = id => document.getElementById(id);
@@ -172,6 +213,21 @@ async function refresh(){
     $("updated").textContent="updated "+new Date().toLocaleTimeString(); $("error").textContent="";
   }catch(err){$("error").textContent="cannot read the status: "+err;}
 }
-refresh(); setInterval(refresh, __REFRESH_MS__);
+async function shows(){
+  try{const r=await (await fetch("shows.json",{cache:"no-store"})).json();
+    $("shows-summary").textContent=r.total?`the ${r.shows.length} hardest of ${r.total} (0-5; shows.tsv)`:"no corpus built yet";
+    $("shows").innerHTML=r.shows.map(x=>`<tr><td>${esc(x.rank)}</td><td>${esc(x.series||"(no series)")}${x.season?" "+esc(x.season):""}</td><td><b>${esc(x.difficulty??"–")}</b></td><td>${esc(x.chars_per_minute??"–")} chars/min</td></tr>`).join("");
+  }catch(err){$("shows-summary").textContent="cannot read the shows: "+err;}}
+function clock(t){t=Math.floor(t);return `${Math.floor(t/3600)}:${String(Math.floor(t%3600/60)).padStart(2,"0")}:${String(t%60).padStart(2,"0")}`;}
+async function find(word,series){
+  const q=new URLSearchParams({q:word}); if(series) q.set("series",series);
+  try{const r=await (await fetch("search.json?"+q,{cache:"no-store"})).json();
+    if(r.error) throw new Error(r.error);
+    $("search-summary").textContent=`${word}: ${r.uses??"–"} use(s) in ${r.episodes??"–"} episode(s); ${r.hits.length} shown`;
+    $("hits").innerHTML=r.hits.map(h=>`<tr><td>${esc(h.series||"")}</td><td>${esc(h.episode)}</td><td>${clock(h.start)}</td><td class="hit">${esc(h.marked).replace(/【/g,"<mark>").replace(/】/g,"</mark>")}</td></tr>`).join("");
+  }catch(err){$("search-summary").textContent="cannot search: "+err;}}
+$("search-form").addEventListener("submit",ev=>{ev.preventDefault(); find($("q").value.trim(),$("series").value.trim());});
+const asked=new URLSearchParams(location.search); if(asked.get("q")){$("q").value=asked.get("q"); find(asked.get("q"),asked.get("series")||"");}
+refresh(); shows(); setInterval(refresh, __REFRESH_MS__); setInterval(shows, 60000);
 </script></body></html>
 """

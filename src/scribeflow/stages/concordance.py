@@ -25,12 +25,13 @@ import logging
 import sqlite3
 import time
 import unicodedata
+import zlib
 from collections import Counter
 from pathlib import Path
 
 log = logging.getLogger("scribeflow.stages.concordance")
 
-VERSION = 1
+VERSION = 2
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS episodes (
     id INTEGER PRIMARY KEY,
@@ -48,14 +49,14 @@ CREATE TABLE IF NOT EXISTS episodes (
     kanji TEXT,                        -- the distinct kanji used, in code-point order
     added_at REAL
 );
-CREATE TABLE IF NOT EXISTS segments (
-    episode INTEGER NOT NULL,
-    idx INTEGER NOT NULL,
-    start REAL NOT NULL,
-    end REAL NOT NULL,
-    text TEXT NOT NULL,
-    PRIMARY KEY (episode, idx)
-) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS episodes_series ON episodes(series);
+-- An episode's segments, (start, end, text) each, as zlib-compressed JSON: a search shows
+-- a few sentences of an episode, and a sentence alone compresses poorly.
+CREATE TABLE IF NOT EXISTS texts (
+    episode INTEGER PRIMARY KEY,
+    segments BLOB NOT NULL,
+    words BLOB NOT NULL               -- its words' ids (varints): what a rerun of it takes away
+);
 CREATE TABLE IF NOT EXISTS words (
     id INTEGER PRIMARY KEY,
     lemma TEXT NOT NULL,
@@ -66,19 +67,14 @@ CREATE TABLE IF NOT EXISTS words (
     UNIQUE (lemma, written, reading)
 );
 CREATE INDEX IF NOT EXISTS words_written ON words(written);
--- One row per word and segment it is used in: a word's uses are one range of the key.
+-- One row per word and episode using it: its uses there and the segments (varints, each
+-- the gap from the one before), so that a word's uses are one range of the key.
 CREATE TABLE IF NOT EXISTS occurrences (
     word INTEGER NOT NULL,
     episode INTEGER NOT NULL,
-    idx INTEGER NOT NULL,
-    PRIMARY KEY (word, episode, idx)
-) WITHOUT ROWID;
--- Per episode and word: its uses (what a rerun of the episode takes away from `counts`).
-CREATE TABLE IF NOT EXISTS uses (
-    episode INTEGER NOT NULL,
-    word INTEGER NOT NULL,
     count INTEGER NOT NULL,
-    PRIMARY KEY (episode, word)
+    segments BLOB NOT NULL,
+    PRIMARY KEY (word, episode)
 ) WITHOUT ROWID;
 -- Per word and series (and season): its uses and the episodes it is used in.
 CREATE TABLE IF NOT EXISTS counts (
@@ -90,6 +86,31 @@ CREATE TABLE IF NOT EXISTS counts (
     PRIMARY KEY (word, series, season)
 ) WITHOUT ROWID;
 """
+
+
+def varints(numbers, gaps: bool = False) -> bytes:
+    """Non-negative integers as LEB128 varints; with `gaps`, each as its gap from the one
+    before (sorted segment numbers: mostly one byte each)."""
+    out, last = bytearray(), 0
+    for n in numbers:
+        v, last = (n - last, n) if gaps else (n, last)
+        while v >= 0x80:
+            out.append(v & 0x7F | 0x80)
+            v >>= 7
+        out.append(v)
+    return bytes(out)
+
+
+def unvarints(data: bytes, gaps: bool = False) -> list[int]:
+    out, v, shift, last = [], 0, 0, 0
+    for b in data:
+        v |= (b & 0x7F) << shift
+        shift += 7
+        if not b & 0x80:
+            last = last + v if gaps else v
+            out.append(last)
+            v, shift = 0, 0
+    return out
 
 
 class IndexError_(RuntimeError):
@@ -159,29 +180,32 @@ class Index:
         keys = [(cols["lemma"][i], cols["written"][i] or cols["lemma"][i], readings[i] or "") for i in range(n)]
         pos = dict(zip(keys, zip(cols["pos"], cols["pos_detail"])))
         uses = Counter(keys)
-        in_segments = {(key, seg) for key, seg in zip(keys, cols["segment"])}
+        in_segments: dict[tuple, set] = {}
+        for key, seg in zip(keys, cols["segment"]):
+            in_segments.setdefault(key, set()).add(seg)
         morae = sum(m for m in cols.get("morae") or [] if m)
         text = "".join(s["text"] for s in segments)
         kanji = "".join(sorted({c for c in text if is_kanji(c)}))
         # Characters said: letters and digits, not punctuation, symbols or spaces.
         chars = sum(1 for c in text if unicodedata.category(c)[0] in "LN")
         series, season = series or "", "" if season is None else str(season)
+        packed = zlib.compress(json.dumps([[s["start"], s["end"], s["text"]] for s in segments],
+                                          ensure_ascii=False).encode(), 6)
         with self.transaction() as c:
-            self._remove(c, episode)
+            old = self._remove(c, episode)  # an episode added again keeps its place
             cur = c.execute(
-                "INSERT INTO episodes (name, series, season, source, language, duration_s, speech_s, segments, chars, "
-                "tokens, morae, kanji, added_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (episode, series, season, meta.get("source"), meta.get("language"), meta.get("duration"),
+                "INSERT INTO episodes (id, name, series, season, source, language, duration_s, speech_s, segments, "
+                "chars, tokens, morae, kanji, added_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (old, episode, series, season, meta.get("source"), meta.get("language"), meta.get("duration"),
                  meta.get("speech_seconds"), len(segments), chars, n, morae or None, kanji, time.time()))
             eid = cur.lastrowid
-            c.executemany("INSERT INTO segments VALUES (?, ?, ?, ?, ?)",
-                          ((eid, i, s["start"], s["end"], s["text"]) for i, s in enumerate(segments)))
             c.executemany("INSERT OR IGNORE INTO words (lemma, written, reading, pos, detail) VALUES (?, ?, ?, ?, ?)",
                           ((*key, *pos[key]) for key in uses))
             ids = self._word_ids(c, list(uses))
-            c.executemany("INSERT OR IGNORE INTO occurrences VALUES (?, ?, ?)",
-                          ((ids[key], eid, seg) for key, seg in in_segments))
-            c.executemany("INSERT INTO uses VALUES (?, ?, ?)", ((eid, ids[key], k) for key, k in uses.items()))
+            c.executemany("INSERT INTO occurrences VALUES (?, ?, ?, ?)",
+                          ((ids[key], eid, k, varints(sorted(in_segments[key]), gaps=True))
+                           for key, k in uses.items()))
+            c.execute("INSERT INTO texts VALUES (?, ?, ?)", (eid, packed, varints(sorted(ids.values()))))
             c.executemany("INSERT INTO counts VALUES (?, ?, ?, ?, 1) ON CONFLICT (word, series, season) DO UPDATE "
                           "SET count = count + excluded.count, documents = documents + 1",
                           ((ids[key], series, season, k) for key, k in uses.items()))
@@ -198,21 +222,30 @@ class Index:
         return ids
 
     @staticmethod
-    def _remove(c, episode: str) -> None:
-        """An episode's rows and its share of the sums, before it is added again."""
+    def _remove(c, episode: str) -> int | None:
+        """An episode's rows and its share of the sums, before it is added again; its id."""
         row = c.execute("SELECT id, series, season FROM episodes WHERE name = ?", (episode,)).fetchone()
         if row is None:
-            return
+            return None
         eid, series, season = row
-        uses = c.execute("SELECT word, count FROM uses WHERE episode = ?", (eid,)).fetchall()
-        c.executemany("UPDATE counts SET count = count - ?, documents = documents - 1 WHERE word = ? AND series = ? "
-                      "AND season = ?", ((k, w, series, season) for w, k in uses))
-        c.executemany("DELETE FROM counts WHERE word = ? AND series = ? AND season = ? AND documents <= 0",
-                      ((w, series, season) for w, _ in uses))
-        c.executemany("DELETE FROM occurrences WHERE word = ? AND episode = ?", ((w, eid) for w, _ in uses))
-        for table in ("uses", "segments"):
-            c.execute(f"DELETE FROM {table} WHERE episode = ?", (eid,))
+        packed = c.execute("SELECT words FROM texts WHERE episode = ?", (eid,)).fetchone()
+        for word in unvarints(packed[0]) if packed else []:
+            found = c.execute("SELECT count FROM occurrences WHERE word = ? AND episode = ?", (word, eid)).fetchone()
+            if found is None:
+                continue
+            c.execute("UPDATE counts SET count = count - ?, documents = documents - 1 WHERE word = ? AND series = ? "
+                      "AND season = ?", (found[0], word, series, season))
+            c.execute("DELETE FROM counts WHERE word = ? AND series = ? AND season = ? AND documents <= 0",
+                      (word, series, season))
+            c.execute("DELETE FROM occurrences WHERE word = ? AND episode = ?", (word, eid))
+        c.execute("DELETE FROM texts WHERE episode = ?", (eid,))
         c.execute("DELETE FROM episodes WHERE id = ?", (eid,))
+        return eid
+
+    def segments_of(self, eid: int) -> list:
+        """An episode's segments: [start, end, text] each."""
+        row = self.conn.execute("SELECT segments FROM texts WHERE episode = ?", (eid,)).fetchone()
+        return json.loads(zlib.decompress(row[0])) if row else []
 
     # -- reading ----------------------------------------------------------------------------
     def episode_names(self) -> set[str]:
@@ -269,15 +302,16 @@ def search(index: Index, word: str, series: str | None = None, limit: int = 20, 
     result["uses"], result["episodes"] = uses_of(ids[rarest]) if len(lemmas) == 1 else (None, None)
     others = [ids[lemma] for lemma in lemmas if lemma != rarest]
     needle = nfkc(word).strip()
+    texts: dict[int, list] = {}
     for eid, idx in _postings(c, ids[rarest], series):
-        if others and not all(c.execute(f"SELECT 1 FROM occurrences WHERE word IN ({','.join('?' * len(w))}) "
-                                        f"AND episode = ? AND idx = ?", [*w, eid, idx]).fetchone() for w in others):
+        if others and not all(any(idx in _segments_using(c, w, eid) for w in wids) for wids in others):
             continue
-        name, ep_series, start, end, text = c.execute(
-            "SELECT e.name, e.series, s.start, s.end, s.text FROM segments s JOIN episodes e ON e.id = s.episode "
-            "WHERE s.episode = ? AND s.idx = ?", (eid, idx)).fetchone()
+        if eid not in texts:
+            texts = {eid: index.segments_of(eid)}  # one episode's text at a time: hits come by episode
+        start, end, text = texts[eid][idx]
         if exact and needle not in nfkc(text):
             continue
+        name, ep_series = c.execute("SELECT name, series FROM episodes WHERE id = ?", (eid,)).fetchone()
         spans = _spans(text, needle if exact else None, set(lemmas), language)
         result["hits"].append({"series": ep_series or None, "episode": name, "start": start, "end": end,
                                "text": text, "marked": _marked(text, spans), "spans": spans})
@@ -286,17 +320,25 @@ def search(index: Index, word: str, series: str | None = None, limit: int = 20, 
     return result
 
 
+def _segments_using(c, word: int, eid: int) -> list[int]:
+    row = c.execute("SELECT segments FROM occurrences WHERE word = ? AND episode = ?", (word, eid)).fetchone()
+    return unvarints(row[0], gaps=True) if row else []
+
+
 def _postings(c, wids: list[int], series: str | None):
     """(episode, segment) of each use of the words, a word's range at a time; with a series,
-    through that series' episodes when they are fewer than the word's uses."""
+    through that series' episodes."""
     if series is not None:
         episodes = [e for (e,) in c.execute("SELECT id FROM episodes WHERE series = ? ORDER BY id", (series,))]
         for eid in episodes:
             for wid in wids:
-                yield from c.execute("SELECT episode, idx FROM occurrences WHERE word = ? AND episode = ?", (wid, eid))
+                for idx in _segments_using(c, wid, eid):
+                    yield eid, idx
         return
     for wid in wids:
-        yield from c.execute("SELECT episode, idx FROM occurrences WHERE word = ?", (wid,))
+        for eid, packed in c.execute("SELECT episode, segments FROM occurrences WHERE word = ?", (wid,)):
+            for idx in unvarints(packed, gaps=True):
+                yield eid, idx
 
 
 def _spans(text: str, needle: str | None, lemmas: set[str], language: str | None) -> list[list[int]]:

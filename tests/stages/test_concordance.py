@@ -1,0 +1,75 @@
+"""The corpus index: episodes added, added again, searched; lost or damaged and rebuilt from
+the tokens. Real fugashi + UniDic on Japanese text."""
+
+import json
+
+import pytest
+
+from scribeflow.stages import concordance
+from scribeflow.stages.concordance import Index, complete, search
+from scribeflow.stages.tokens import METADATA_KEY, tokenize_transcript, write_tokens
+
+LINES = {"e1": ["猫が魚を食べた。", "犬も食べない。"], "e2": ["パンを食べちゃった！", "学校に行く。"]}
+
+
+def _episode(name):
+    segments = [{"start": 2.0 * i, "end": 2.0 * i + 1.5, "text": t} for i, t in enumerate(LINES[name])]
+    table = tokenize_transcript({"id": name, "segments": segments}, "ja")
+    return table, json.loads(table.schema.metadata[METADATA_KEY]), segments
+
+
+def _counts(index):
+    return sorted(index.conn.execute("SELECT w.lemma, c.series, c.count, c.documents FROM counts c "
+                                     "JOIN words w ON w.id = c.word"))
+
+
+def test_an_episode_added_again_replaces_its_rows_and_its_share_of_the_sums(tmp_path):
+    with Index(tmp_path / "index.db") as index:
+        for name in ("e1", "e2"):
+            index.add(name, *_episode(name), series="S")
+        before = _counts(index)
+        index.add("e1", *_episode("e1"), series="S")
+        assert _counts(index) == before
+        assert ("食べる", "S", 3, 2) in before  # 食べた, 食べない, 食べちゃった in two episodes
+        assert [h["marked"] for h in search(index, "食べる")["hits"]] == [
+            "猫が魚を【食べた】。", "犬も【食べない】。", "パンを【食べちゃった】！"]
+        # Moved to another series: the old series' sums lose it.
+        index.add("e2", *_episode("e2"), series="T")
+        counts = _counts(index)
+        assert ("食べる", "S", 2, 1) in counts and ("食べる", "T", 1, 1) in counts
+        assert search(index, "食べる", series="T")["hits"][0]["episode"] == "e2"
+
+
+def test_several_words_find_the_segments_that_use_them_all(tmp_path):
+    with Index(tmp_path / "index.db") as index:
+        index.add("e1", *_episode("e1"))
+        hits = search(index, "魚を食べる")["hits"]
+    assert [h["text"] for h in hits] == ["猫が魚を食べた。"] and hits[0]["marked"] == "猫が【魚】【を】【食べた】。"
+
+
+def test_a_lost_or_damaged_index_is_rebuilt_from_the_tokens(tmp_path):
+    tokens = tmp_path / "tokens"
+    tokens.mkdir()
+    for name in LINES:
+        table, meta, _ = _episode(name)
+        write_tokens(table, tokens / f"{name}.parquet")
+    path = tmp_path / "index.db"
+    entries = [("e1", "S", "1"), ("e2", "S", "1")]
+    tokens_of, transcript_of = (lambda e: tokens / f"{e}.parquet"), (lambda e: tmp_path / f"{e}.json")
+    assert complete(path, entries, tokens_of, transcript_of) == 2
+    with Index(path, readonly=True) as index:
+        # Without the transcripts, a sentence is its words joined (no punctuation).
+        assert [h["text"] for h in search(index, "食べる")["hits"]] == ["猫が魚を食べた", "犬も食べない", "パンを食べちゃった"]
+    assert complete(path, entries, tokens_of, transcript_of) == 0  # nothing missing: nothing read
+    path.write_bytes(b"not a database" * 100)
+    assert complete(path, entries, tokens_of, transcript_of) == 2
+    assert list(tmp_path.glob("index.db.damaged-*"))
+    with pytest.raises(concordance.IndexError_, match="no corpus index yet"):
+        Index(tmp_path / "none.db", readonly=True)
+
+
+def test_varints_round_trip():
+    numbers = [0, 1, 5, 127, 128, 300, 70000]
+    assert concordance.unvarints(concordance.varints(numbers)) == numbers
+    assert concordance.unvarints(concordance.varints(numbers, gaps=True), gaps=True) == numbers
+    assert len(concordance.varints(range(0, 400, 3), gaps=True)) == len(range(0, 400, 3))  # a byte each
