@@ -142,6 +142,9 @@ def test_policy_only_skips_the_unsubtitled_and_never_downloads_them_all(tmp_path
 
     first = plan(policy="first")
     assert "ep02.media" in first and "ep01.media" not in first and "ep01.srt" in first
+    # Before any run, scribeflow plan names the subtitle it has not judged (a dry run judged it, wrote nothing).
+    estimate = scribeflow(tmp_path, "plan", "--configfile", str(tmp_path / "config.yaml"))
+    assert "2 still to transcribe; 1 have a subtitle file not judged yet" in estimate, estimate
     only = plan(policy="only", sources=["column", "folder"])
     assert "ep02" not in only.split("Job stats")[1] and "ep01.srt" in only
     assert "1 episode(s) have no usable subtitle and subtitles.policy is only" in only

@@ -25,7 +25,7 @@ from scribeflow.config.settings import GB, MB, Settings
 from scribeflow.ops.rates import duration, measured
 from scribeflow.stages.media import BYTES_PER_SECOND
 from scribeflow.state.failures import given_up
-from scribeflow.state.ledger import HOUR, LedgerReader
+from scribeflow.state.ledger import HOUR, TRANSCRIBED, LedgerReader
 
 # Defaults when nothing is measured yet.
 ASSUMED = {
@@ -54,7 +54,36 @@ class Inputs:
     transcription_slots: int  # max_concurrent_transcriptions: a cap over all GPUs of one run
     sources: dict
     subtitled: int = 0  # transcripts made from subtitles
-    subtitled_planned: int = 0  # planned from subtitles by the last run, not made yet
+    subtitled_planned: int = 0  # not made yet, with a usable subtitle found (left out of `remaining`)
+    subtitles_unjudged: int = 0  # not made yet, with a local subtitle file not judged yet (in `remaining`)
+
+
+def subtitle_counts(settings: Settings, catalogue, done: set[str]) -> tuple[int, int]:
+    """(episodes not done with a usable subtitle already found, those with a local subtitle
+    file not judged yet): the verdicts kept in subtitles/ and the candidates' names, read
+    without judging any (a run judges them when it is planned)."""
+    from scribeflow.stages.subtitles import Finder, local_candidates
+
+    if settings.subtitles.policy == "never":
+        return 0, 0
+    columns = {c: dict(zip(catalogue.index, catalogue[c].tolist())) for c in ("subtitle", "language", "duration_s")
+               if c in catalogue.columns}
+
+    def row(episode, column):
+        value = columns.get(column, {}).get(episode)
+        return None if value is None or value != value else value
+
+    finder = Finder(settings, Layout.from_config(settings), row, judge=False, write=False)
+    usable = unjudged = 0
+    for episode in catalogue.index:
+        if episode in done:
+            continue
+        if finder.subtitled(episode):
+            usable += 1
+        elif finder.verdict(episode) is None and local_candidates(episode, row(episode, "subtitle"), settings,
+                                                                   finder.listing(), finder.language(episode)):
+            unjudged += 1
+    return usable, unjudged
 
 
 def gather(settings: Settings, catalogue, options: dict) -> Inputs:
@@ -62,15 +91,18 @@ def gather(settings: Settings, catalogue, options: dict) -> Inputs:
     dm = settings.disk_management
     seen: dict = {}
     db = Layout.from_config(settings).ledger
-    done, subtitled, subtitled_todo = 0, 0, 0
+    done, subtitled, finished = 0, 0, set()
     if db.exists():
         with LedgerReader(db) as ledger:
             seen = measured(ledger)
             done = ledger.transcribed_count()
-            # Transcripts from subtitles: no download, no audio, no model. Those the last
-            # run planned are left out of what remains (the ETA is the ASR's).
-            subtitled, subtitled_todo = ledger.subtitled_counts()
-    done += len(given_up(settings.data_dir))  # failed for good: not to be done again
+            subtitled, _ = ledger.subtitled_counts()
+            finished = ledger.ids_in(TRANSCRIBED)
+    gave_up = given_up(settings.data_dir)
+    done += len(gave_up)  # failed for good: not to be done again
+    # Transcripts from subtitles take no download, audio or model: those found are left out
+    # of what remains (the ETA is the ASR's).
+    subtitled_todo, unjudged = subtitle_counts(settings, catalogue, finished | set(gave_up))
     n_measured = seen.pop("episodes", 0)
     sources, values = {}, {}
     for key, (default, why) in ASSUMED.items():
@@ -103,7 +135,7 @@ def gather(settings: Settings, catalogue, options: dict) -> Inputs:
                                  f"disk_gb units)")
     return Inputs(
         episodes=len(catalogue), remaining=max(0, len(catalogue) - done - subtitled_todo), video_mb=video_mb,
-        subtitled=subtitled, subtitled_planned=subtitled_todo,
+        subtitled=subtitled, subtitled_planned=subtitled_todo, subtitles_unjudged=unjudged,
         duration_s=duration, transcript_kb=values["transcript_kb"],
         download_mb_per_s=values["download_mb_per_s"], transcription_speed=values["transcription_speed"],
         extraction_speed=values["extraction_speed"],
@@ -184,8 +216,10 @@ def render(p: dict) -> str:
     src = i["sources"]
     lines = [
         f"Catalogue: {i['episodes']} episodes, {i['remaining']} still to transcribe"
-        + (f" ({i['subtitled']} transcripts from subtitles, {i['subtitled_planned']} more planned from subtitles: "
-           f"not in the ETA)" if i["subtitled"] or i["subtitled_planned"] else ""),
+        + (f" ({i['subtitled']} transcripts from subtitles, {i['subtitled_planned']} more with a usable subtitle: "
+           f"not in the ETA)" if i["subtitled"] or i["subtitled_planned"] else "")
+        + (f"; {i['subtitles_unjudged']} have a subtitle file not judged yet (judged when a run is planned; "
+           f"counted for the ASR here)" if i.get("subtitles_unjudged") else ""),
         f"Per episode: {i['video_mb']:.0f} MB of video [{src['video_mb']}], "
         f"{i['duration_s'] / 60:.1f} min [{src['duration_s']}], "
         f"{i['transcript_kb']:.0f} KB transcript [{src['transcript_kb']}]",

@@ -88,8 +88,8 @@ def show_table(index, top_words: int = TOP_WORDS, by_season: bool = False):
 
 def plot(table, path: str | Path, label_at_most: int = 40) -> None:
     """Difficulty against speaking speed, one point per show: every show named up to
-    `label_at_most` shows; beyond, the points fade with their number and only the ten
-    hardest and ten easiest are named, so that 3,000 shows still read."""
+    `label_at_most` shows; beyond, the points fade with their number and only the eight
+    hardest and eight easiest are named, so that 3,000 shows still read."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -104,11 +104,15 @@ def plot(table, path: str | Path, label_at_most: int = 40) -> None:
     alpha = 1.0 if n <= label_at_most else max(0.15, min(0.8, 200 / n))
     ax.scatter(data["chars_per_minute"], data["difficulty"], s=18 if n <= label_at_most else 8, alpha=alpha,
                color="#2a6fb0", linewidths=0)
-    named = data if n <= label_at_most else data.sort_values("difficulty").iloc[list(range(10)) + list(range(-10, 0))]
-    for _, r in named.iterrows():
+    ordered = data.sort_values(["difficulty", "chars_per_minute"])
+    named = data if n <= label_at_most else ordered.iloc[list(range(8)) + list(range(-8, 0))]
+    for i, (_, r) in enumerate(named.sort_values("chars_per_minute").iterrows()):
         label = " ".join(str(x) for x in (r["series"] or "(no series)", r["season"] or "") if x)
-        ax.annotate(label, (r["chars_per_minute"], r["difficulty"]), fontsize=7, xytext=(3, 3),
-                    textcoords="offset points")
+        # Neighbours' names on alternating heights: shows tied on one score do not overwrite each other.
+        offset = (3, 3) if n <= label_at_most else (3, (4, 14, 24)[i % 3] * (-1 if r["difficulty"] > 2.5 else 1))
+        ax.annotate(label, (r["chars_per_minute"], r["difficulty"]), fontsize=7, xytext=offset,
+                    textcoords="offset points", arrowprops=None if n <= label_at_most else
+                    {"arrowstyle": "-", "color": "#999", "lw": 0.5})
     ax.set_xlabel("speaking speed (characters per minute of speech)")
     ax.set_ylabel(f"difficulty (0-5: share of words outside the corpus's {TOP_WORDS:,} most frequent)")
     ax.set_ylim(-0.1, 5.1)

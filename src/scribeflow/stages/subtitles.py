@@ -328,6 +328,7 @@ class Finder:
         self.sub = settings.subtitles
         self._verdicts: dict[str, dict | None] = {}
         self._listing = None
+        self._kept: set[str] | None = None  # the episodes with a verdict file: one directory read
         self.judged = 0
 
     @property
@@ -354,8 +355,13 @@ class Finder:
         return self._verdicts[episode]
 
     def _verdict(self, episode: str) -> dict | None:
+        from scribeflow.config.layout import SUBTITLE_SUFFIX
+        from scribeflow.files import ids_with_suffix
+
+        if self._kept is None:
+            self._kept = ids_with_suffix(self.layout.subtitles, SUBTITLE_SUFFIX)
         path = self.layout.subtitle_verdict(episode)
-        kept = read_verdict(path)
+        kept = read_verdict(path) if episode in self._kept else None
         if kept and kept.get("found_by") == "download" and kept.get("usable"):
             return kept  # found by a download job
         language = self.language(episode)
