@@ -126,6 +126,8 @@ def test_mixed_sources_in_one_run_and_no_media_for_the_subtitled(tmp_path, speec
     assert "3 from subtitles, 2 by ASR" in scribeflow(tmp_path, "status", *cli)
     assert 'scribeflow_transcripts{source="subtitles"} 3.0' in scribeflow(tmp_path, "metrics", *cli)
     assert "3 transcripts from subtitles" in scribeflow(tmp_path, "plan", *cli)
+    # The ledger agrees with the files: a transcript from a subtitle is a complete one.
+    scribeflow(tmp_path, "check", "--full", *cli)
 
 
 def test_policy_only_skips_the_unsubtitled_and_never_downloads_them_all(tmp_path):

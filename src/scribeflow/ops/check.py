@@ -171,7 +171,9 @@ def _transcript_problem(path: Path, episode: str) -> str | None:
         return f"{path} is not valid JSON ({exc})"
     if not isinstance(t, dict) or t.get("id") != episode:
         return f"{path} is not the transcript of {episode}"
-    missing = [k for k in ("language", "duration", "model", "options", "text", "segments") if k not in t]
+    # A transcript made from a subtitle has no model or options: it says where it came from.
+    needed = ("subtitle",) if t.get("source") == "subtitles" else ("model", "options")
+    missing = [k for k in ("language", "duration", *needed, "text", "segments") if k not in t]
     if missing:
         return f"{path} lacks {', '.join(missing)}"
     return None

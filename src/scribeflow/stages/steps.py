@@ -72,11 +72,15 @@ def download(*, settings: Settings, episode: str, url: str, video: str,
     video is then an empty marker that the next steps pass on (subtitles.MARKER)."""
     from scribeflow.stages.download import download_episode
 
-    finder = _SubtitleSearch(settings, episode, subtitle, language, duration)
+    from scribeflow.stages.subtitles import UrlSearch
+
+    finder = UrlSearch(settings, episode, subtitle, language, duration)
     with _ledger_and_gate(settings) as (ledger, gate), _recorded(ledger, episode, settings, "download"):
         ledger.set_stage(episode, "downloading")
         if finder.from_column() is not None:
             return _subtitle_marker(ledger, episode, video, finder)
+        if "page" not in settings.subtitles.sources:
+            finder.fail_if_only()  # no page to look at: not even its extraction
         result = download_episode(episode, url, Path(video), settings, gate=gate,
                                   expected_size_mb=expected_size_mb,
                                   on_extracted=lambda ydl, info: finder.from_page(ydl, info) or finder.fail_if_only())
@@ -209,97 +213,7 @@ def transcribe(*, settings: Settings, episode: str, audio: str | None, outputs: 
 
 
 # -- subtitles first -----------------------------------------------------------------------
-class _SubtitleSearch:
-    """A download job's look for a subtitle at a URL: the catalogue's column, then the
-    page's tracks (from the extraction the download makes anyway: no page fetched twice,
-    no media requested). What it finds is the episode's verdict file."""
-
-    def __init__(self, settings: Settings, episode: str, column: str | None, language: str | None,
-                 duration: float | None):
-        from scribeflow.stages import subtitles
-
-        self.settings, self.episode, self.column, self.duration = settings, episode, column, duration
-        self.sub = settings.subtitles
-        self.language = language or settings.transcribe.language or self.sub.languages[0]
-        self.path = Layout.from_config(settings).subtitle_verdict(episode)
-        self.on = self.sub.policy != "never"
-        self.found: dict | None = None
-        self.refused: list[str] = list((subtitles.read_verdict(self.path) or {}).get("refused") or [])
-
-    def _judge(self, origin: str, paths: list[Path], file: str | None = None) -> dict | None:
-        from scribeflow.stages import subtitles
-
-        verdict = subtitles.judge([(origin, p) for p in paths], self.settings, self.language, self.duration)
-        verdict["found_by"] = "download"
-        if verdict["usable"] and file:
-            verdict["file"] = file
-        self.refused += verdict["refused"]
-        verdict["refused"] = self.refused
-        subtitles.write_verdict(self.path, verdict)
-        if verdict["usable"]:
-            self.found = verdict
-            log.info("%s: its transcript is the subtitle %s (%s, %d lines): no media is downloaded", self.episode,
-                     verdict["file"], origin, len(verdict["segments"]))
-        return self.found
-
-    def from_column(self) -> dict | None:
-        from scribeflow.stages import subtitles
-
-        if not (self.on and "column" in self.sub.sources and self.column and subtitles.is_url(self.column)):
-            return None
-        import tempfile
-
-        from yt_dlp import YoutubeDL
-        from yt_dlp.networking import Request
-
-        with tempfile.TemporaryDirectory() as tmp:
-            name = Path(self.column.split("?")[0]).name or "subtitle.srt"
-            path = Path(tmp) / f"{self.episode}.{name}"
-            try:
-                with YoutubeDL({"quiet": True, "no_warnings": True}) as ydl, ydl.urlopen(Request(self.column)) as r:
-                    path.write_bytes(r.read())
-            except Exception as exc:  # yt-dlp's network errors: the subtitle is not there; the media may be
-                self.refused.append(f"{self.column}: could not be fetched ({exc})")
-                log.warning("%s: its subtitle %s could not be fetched (%s)", self.episode, self.column, exc)
-                return None
-            return self._judge("column", [path], file=self.column)
-
-    def from_page(self, ydl, info: dict) -> dict | None:
-        """Called by the download with the page's extraction, before any media request."""
-        from scribeflow.stages import subtitles
-
-        if not (self.on and "page" in self.sub.sources and (info.get("subtitles") or (
-                self.sub.automatic_captions and info.get("automatic_captions")))):
-            return None
-        import tempfile
-
-        with tempfile.TemporaryDirectory() as tmp:
-            paths = subtitles.page_tracks(ydl, info, self.episode, subtitles.languages_for(self.settings,
-                                                                                           self.language),
-                                          tmp, self.sub.automatic_captions)
-            if not paths:
-                tracks = ", ".join(sorted({*(info.get("subtitles") or {}), *(info.get("automatic_captions") or {})}))
-                self.refused.append(f"the page's tracks are in {tracks}: none in "
-                                    f"{', '.join(subtitles.languages_for(self.settings, self.language))}")
-                subtitles.write_verdict(self.path, {"usable": False, "found_by": "download", "language": self.language,
-                                                    "refused": self.refused})
-                return None
-            found = self._judge("page", paths)
-            if found:
-                found["file"] = f"{info.get('webpage_url') or ''}#{Path(found['file']).name}"
-                subtitles.write_verdict(self.path, found)
-            return found
-
-    def fail_if_only(self) -> None:
-        if self.on and self.sub.policy == "only" and self.found is None:
-            from scribeflow.stages.download import DownloadFailed
-
-            why = "; ".join(self.refused) or "none was found"
-            raise DownloadFailed(f"{self.episode}: no usable subtitle ({why}) and subtitles.policy is only: "
-                                 f"not downloaded", permanent=True)
-
-
-def _subtitle_marker(ledger: Ledger, episode: str, video: str, finder: _SubtitleSearch) -> None:
+def _subtitle_marker(ledger: Ledger, episode: str, video: str, finder) -> None:
     Path(video).parent.mkdir(parents=True, exist_ok=True)
     Path(video).touch()
     ledger.set_stage(episode, "downloaded", video_size_bytes=0, declared_bytes=0, video_deleted=0,
@@ -332,8 +246,9 @@ def _transcript_from_subtitles(settings: Settings, episode: str, outputs: dict[s
             verdict = subtitles.judge([("file", Path(subtitle))], settings, language, duration)
             subtitles.write_verdict(path, verdict)
         if not subtitles.usable(verdict):
-            raise subtitles.SubtitleError(f"{subtitle or path}: no usable subtitle any more ({'; '.join(verdict.get('refused') or []) if verdict else 'no verdict'}); "
-                                          f"run again: the episode is then transcribed")
+            why = "; ".join(verdict.get("refused") or []) if verdict else "no verdict"
+            raise subtitles.SubtitleError(f"{subtitle or path}: no usable subtitle any more ({why}); run again: the "
+                                          f"episode is then transcribed")
         result = subtitles.transcript(verdict, episode, duration)
         size = write_transcript(result, outputs)
         # No transcribed_at: the ASR's rates and ETA count the ASR's transcripts only.

@@ -16,10 +16,13 @@ touching times (a line split for a layout, an outline layer) becomes one segment
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import unicodedata
 from pathlib import Path
+
+log = logging.getLogger("scribeflow.stages.subtitles")
 
 # Style names that mark typesetting rather than dialogue, in fansub and broadcast ASS files.
 STYLE_PATTERNS = (r"sign", r"song", r"\bop\b", r"\bed\b", r"^op", r"^ed", r"kara", r"lyric", r"romaji", r"title",
@@ -400,3 +403,88 @@ class Finder:
         """A download job may still find one: a URL in the column, or the page's tracks."""
         column = self.row(episode, "subtitle")
         return ("column" in self.sub.sources and bool(column) and is_url(column)) or "page" in self.sub.sources
+
+
+class UrlSearch:
+    """A download job's look for a subtitle at a URL: the catalogue's column, then the
+    page's tracks (from the extraction the download makes anyway: no page fetched twice,
+    no media requested). What it finds is the episode's verdict file."""
+
+    def __init__(self, settings, episode: str, column: str | None, language: str | None,
+                 duration: float | None):
+        self.settings, self.episode, self.column, self.duration = settings, episode, column, duration
+        self.sub = settings.subtitles
+        self.language = language or settings.transcribe.language or self.sub.languages[0]
+        from scribeflow.config.layout import Layout
+
+        self.path = Layout.from_config(settings).subtitle_verdict(episode)
+        self.on = self.sub.policy != "never"
+        self.found: dict | None = None
+        self.refused: list[str] = list((read_verdict(self.path) or {}).get("refused") or [])
+
+    def _judge(self, origin: str, paths: list[Path], file: str | None = None) -> dict | None:
+        verdict = judge([(origin, p) for p in paths], self.settings, self.language, self.duration)
+        verdict["found_by"] = "download"
+        if verdict["usable"] and file:
+            verdict["file"] = file
+        self.refused = list(dict.fromkeys(self.refused + verdict["refused"]))  # a retry says it once
+        verdict["refused"] = self.refused
+        write_verdict(self.path, verdict)
+        if verdict["usable"]:
+            self.found = verdict
+            log.info("%s: its transcript is the subtitle %s (%s, %d lines): no media is downloaded", self.episode,
+                     verdict["file"], origin, len(verdict["segments"]))
+        return self.found
+
+    def from_column(self) -> dict | None:
+        if not (self.on and "column" in self.sub.sources and self.column and is_url(self.column)):
+            return None
+        import tempfile
+
+        from yt_dlp import YoutubeDL
+        from yt_dlp.networking import Request
+
+        with tempfile.TemporaryDirectory() as tmp:
+            name = Path(self.column.split("?")[0]).name or "subtitle.srt"
+            path = Path(tmp) / f"{self.episode}.{name}"
+            try:
+                with YoutubeDL({"quiet": True, "no_warnings": True}) as ydl, ydl.urlopen(Request(self.column)) as r:
+                    path.write_bytes(r.read())
+            except Exception as exc:  # yt-dlp's network errors: the subtitle is not there; the media may be
+                self.refused = list(dict.fromkeys([*self.refused, f"{self.column}: could not be fetched ({exc})"]))
+                log.warning("%s: its subtitle %s could not be fetched (%s)", self.episode, self.column, exc)
+                return None
+            return self._judge("column", [path], file=self.column)
+
+    def from_page(self, ydl, info: dict) -> dict | None:
+        """Called by the download with the page's extraction, before any media request."""
+        if not (self.on and "page" in self.sub.sources and (info.get("subtitles") or (
+                self.sub.automatic_captions and info.get("automatic_captions")))):
+            return None
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as tmp:
+            paths = page_tracks(ydl, info, self.episode, languages_for(self.settings,
+                                                                                           self.language),
+                                          tmp, self.sub.automatic_captions)
+            if not paths:
+                tracks = ", ".join(sorted({*(info.get("subtitles") or {}), *(info.get("automatic_captions") or {})}))
+                wanted = ", ".join(languages_for(self.settings, self.language))
+                why = f"the page's tracks are in {tracks}: none in {wanted}"
+                self.refused = list(dict.fromkeys([*self.refused, why]))
+                write_verdict(self.path, {"usable": False, "found_by": "download", "language": self.language,
+                                                    "refused": self.refused})
+                return None
+            found = self._judge("page", paths)
+            if found:
+                found["file"] = f"{info.get('webpage_url') or ''}#{Path(found['file']).name}"
+                write_verdict(self.path, found)
+            return found
+
+    def fail_if_only(self) -> None:
+        if self.on and self.sub.policy == "only" and self.found is None:
+            from scribeflow.stages.download import DownloadFailed
+
+            why = "; ".join(self.refused) or "none was found"
+            raise DownloadFailed(f"{self.episode}: no usable subtitle ({why}) and policy is only: "
+                                 f"not downloaded", permanent=True)
