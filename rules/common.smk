@@ -19,6 +19,7 @@ from scribeflow.config import settings as sf_config
 from scribeflow.state import failures as sf_failures
 from scribeflow.integration import internals as sf_internals
 from scribeflow.files import ids_with_suffix
+from scribeflow.stages import subtitles as sf_subtitles
 from scribeflow.stages.subtitles import Finder
 from scribeflow.config.layout import WORKFLOW_CACHE, Layout
 
@@ -119,9 +120,15 @@ SUBTITLES = Finder(
 
 def transcribe_input(wildcards):
     """The subtitle or the audio: what the transcript comes from."""
-    if SUBTITLES.subtitled(wildcards.episode):
-        return {"subtitle": SUBTITLES.source_file(wildcards.episode)}
-    return {"audio": str(LAYOUT.audio_file(wildcards.episode))}
+    episode = wildcards.episode
+    if not SUBTITLES.subtitled(episode):
+        return {"audio": str(LAYOUT.audio_file(episode))}
+    inputs = {"subtitle": SUBTITLES.source_file(episode)}
+    # subtitles.sample_share: a sampled one is also transcribed first, and the ASR's error
+    # rate against the subtitle recorded (rule sample_asr), the same episodes every run.
+    if sf_subtitles.sampled(episode, SETTINGS.subtitles.sample_share):
+        inputs["sample"] = str(LAYOUT.quality_file(episode))
+    return inputs
 
 
 def transcription_slot(wildcards):

@@ -20,5 +20,7 @@ rule download:
         subtitle=lambda wc: row(wc.episode, "subtitle"),
         language=lambda wc: row(wc.episode, "language"),
         duration=lambda wc: row(wc.episode, "duration_s"),
+        # A subtitled episode is downloaded only when sampled (rule sample_asr): its media.
+        media_only=lambda wc: SUBTITLES.subtitled(wc.episode),
     script:
         "../scripts/download.py"

@@ -23,6 +23,29 @@ rule transcribe:
         "../scripts/transcribe.py"
 
 
+# subtitles.sample_share: a sampled episode whose transcript is its subtitle is also
+# transcribed, and the ASR's character error rate against the subtitle recorded.
+rule sample_asr:
+    input:
+        audio=rules.extract_audio.output.audio,
+    output:
+        quality=LAYOUT.quality_pattern(),
+    log:
+        LAYOUT.log_pattern("sample_asr"),
+    benchmark:
+        LAYOUT.benchmark_pattern("sample_asr")
+    priority: 100
+    conda:
+        "../environment.yml"
+    resources:
+        transcription_slots=1,
+        runtime=transcribe_runtime,
+    params:
+        language=lambda wc: row(wc.episode, "language"),
+    script:
+        "../scripts/sample_asr.py"
+
+
 # The transcription worker (scribeflow.stages.transcription.worker) keeps the model loaded between jobs; let
 # it go when the run ends rather than after its idle timeout (it holds GPU memory).
 # Snakemake keeps one onsuccess and one onerror handler: the run's ends, for every rule.

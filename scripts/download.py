@@ -10,4 +10,5 @@ steps.download(
     subtitle=snakemake.params.subtitle,
     language=snakemake.params.language,
     duration=snakemake.params.duration,
+    media_only=snakemake.params.media_only,
 )

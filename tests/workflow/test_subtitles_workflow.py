@@ -152,3 +152,40 @@ def test_policy_only_skips_the_unsubtitled_and_never_downloads_them_all(tmp_path
     assert "1 episode(s) have no usable subtitle and subtitles.policy is only" in only
     never = plan(policy="never")
     assert "ep01.media" in never and "ep02.media" in never and "ep01.srt" not in never
+
+
+@pytest.mark.slow
+def test_a_sampled_share_of_subtitled_episodes_measures_the_asr(tmp_path, speech_dir, model_path):
+    """subtitles.sample_share 1.0: every subtitled episode is also downloaded and transcribed
+    (tiny.en, English speech), its CER against the subtitle recorded; the transcript stays the
+    subtitle, and status shows the running CER."""
+    from support.fixtures import SENTENCES
+
+    subs = tmp_path / "subs"
+    subs.mkdir()
+    for n in (1, 2):
+        (subs / f"ep{n:02d}.en.srt").write_text(f"1\n00:00:00,500 --> 00:00:04,000\n{SENTENCES[n - 1]}\n",
+                                                encoding="utf-8")
+    with MediaServer(speech_dir) as server:
+        rows = [{"id": f"ep{n:02d}", "url": server.url(f"ep{n:02d}.mp4"), "language": "en"} for n in (1, 2)]
+        catalogue = write_catalogue(tmp_path / "episodes.csv", rows)
+        config = workflow_config(tmp_path, catalogue, model_path,
+                                 subtitles={"folder": str(subs), "sample_share": 1.0, "languages": ["en"]})
+        run_snakemake(tmp_path, config, "--cores", "2")
+        requested = [path for _, path, _ in server.requests]
+    assert [p for p in requested if p.endswith("ep01.mp4")]  # sampled: its media downloaded after all
+    data = tmp_path / "data"
+    for n in (1, 2):
+        t = json.loads((data / "transcripts" / f"ep{n:02d}.json").read_text())
+        assert t["source"] == "subtitles" and t["text"] == SENTENCES[n - 1]
+        q = json.loads((data / "quality" / f"ep{n:02d}.json").read_text())
+        assert q["reference_chars"] > 20 and 0 <= q["cer"] < 0.3, q
+        assert q["model"] == model_path and q["asr_text"]
+    db = sqlite3.connect(data / "jobs.db")
+    assert dict(db.execute("SELECT id, stage FROM jobs")) == {"ep01": "analyzed", "ep02": "analyzed"}
+    cli = ["--configfile", str(tmp_path / "config.yaml")]
+    snap = json.loads(scribeflow(tmp_path, "status", "--json", *cli))
+    assert snap["sampled_asr"]["episodes"] == 2 and 0 <= snap["sampled_asr"]["cer"] < 0.3
+    assert "ASR quality: CER" in scribeflow(tmp_path, "status", *cli)
+    assert "scribeflow_sampled_asr_cer" in scribeflow(tmp_path, "metrics", *cli)
+    assert not list((data / "audio").glob("*.wav")) and not list((tmp_path / "storage" / "videos").glob("*.media"))

@@ -29,6 +29,7 @@ AUDIO_SUFFIX = ".wav"
 # Beside the WAV until the transcript exists: the VAD's output, saved by the extraction
 # (stages/transcription/speech.py).
 SPEECH_SUFFIX = ".speech.npz"
+QUALITY_SUFFIX = ".json"  # quality/: the ASR's CER on a sampled subtitled episode
 SUBTITLE_SUFFIX = ".subtitle.json"  # subtitles/: what was found of an episode's subtitles, and its dialogue
 TOKENS_SUFFIX = ".parquet"
 STATS_SUFFIX = ".json"
@@ -39,7 +40,7 @@ TRANSCRIPT_FORMATS = ("json", "srt", "vtt", "txt")
 
 # The rules that run once per episode; each writes logs/RULE/{id}.log and
 # benchmarks/RULE/{id}.tsv.
-EPISODE_RULES = ("download", "extract_audio", "transcribe", "analyse_episode")
+EPISODE_RULES = ("download", "extract_audio", "transcribe", "sample_asr", "analyse_episode")
 
 # {data_dir}-relative names.
 LEDGER_FILE = "jobs.db"
@@ -240,6 +241,17 @@ class Layout:
         return self.subtitles / f"{episode}{SUBTITLE_SUFFIX}"
 
     @property
+    def quality(self) -> Path:
+        """The ASR's error rate on the sampled subtitled episodes: quality/{id}.json."""
+        return self.data_dir / "quality"
+
+    def quality_pattern(self) -> str:
+        return _join(self.quality, "{episode}" + QUALITY_SUFFIX)
+
+    def quality_file(self, episode: str) -> Path:
+        return self.quality / f"{episode}{QUALITY_SUFFIX}"
+
+    @property
     def cache(self) -> Path:
         return self.data_dir / "cache"
 
@@ -346,6 +358,7 @@ class Layout:
             self.lemmas: ("analysis", (LEMMAS_SUFFIX,)),
             self.failed: ("other", (MARKER_SUFFIX,)),
             self.subtitles: ("transcripts", (SUBTITLE_SUFFIX,)),
+            self.quality: ("analysis", (QUALITY_SUFFIX,)),
             **{self.logs / rule: ("logs", (".log",)) for rule in EPISODE_RULES},
             **{self.benchmarks / rule: ("logs", (".tsv",)) for rule in EPISODE_RULES},
         }

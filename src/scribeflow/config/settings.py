@@ -437,6 +437,7 @@ class Subtitles(_Section):
     min_coverage: float
     min_script_share: float
     style_patterns: tuple[str, ...] | None
+    sample_share: float
 
 
 @_frozen

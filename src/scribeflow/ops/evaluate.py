@@ -23,10 +23,10 @@ import csv
 import logging
 import tempfile
 import time
-import unicodedata
 from pathlib import Path
 
 from scribeflow.stages.subtitles import SubtitleError, dialogue, load
+from scribeflow.stages.transcription.quality import character_errors, normalise  # noqa: F401  (evaluate.normalise)
 
 log = logging.getLogger(__name__)
 
@@ -39,25 +39,6 @@ COLUMNS = ("setting", "episode", "audio_seconds", "reference_chars", "errors", "
 
 class EvaluateError(ValueError):
     """Input that cannot be evaluated; the message names the file and what to do."""
-
-
-def normalise(text: str) -> str:
-    """What CER compares (see the module's docstring)."""
-    text = unicodedata.normalize("NFKC", text).lower()
-    return "".join(c for c in text if unicodedata.category(c)[0] not in "PSZC")
-
-
-def character_errors(reference: str, hypothesis: str) -> tuple[int, int]:
-    """(errors, reference characters) after normalise(); jiwer counts the edits."""
-    import jiwer
-
-    ref, hyp = normalise(reference), normalise(hypothesis)
-    if not ref:
-        return len(hyp), 0
-    if not hyp:
-        return len(ref), len(ref)
-    out = jiwer.process_characters([ref], [hyp])
-    return out.substitutions + out.deletions + out.insertions, len(ref)
 
 
 def pairs(paths: list[str | Path]) -> list[tuple[str, Path, Path]]:

@@ -65,6 +65,10 @@ class SnapshotCollector:
         for source, n in (s.get("sources") or {}).items():
             sources.add_metric([source], n)
         yield sources
+        sample = s.get("sampled_asr") or {}
+        if sample.get("cer") is not None:
+            yield GaugeMetricFamily("scribeflow_sampled_asr_cer", "The ASR's character error rate against the "
+                                    "subtitles of the sampled episodes (subtitles.sample_share)", value=sample["cer"])
         yield GaugeMetricFamily("scribeflow_catalogue_episodes", "Episodes in the catalogue",
                                 value=s["catalogue_episodes"])
         rates = GaugeMetricFamily("scribeflow_episodes_per_hour", "Episodes through a stage per hour",

@@ -139,12 +139,13 @@ def snapshot(settings: Settings, now: float | None = None) -> dict:
     breakdown = monitor.get_breakdown(paused_for=gate.pause_reasons())
     db = layout.ledger
     stages, pauses, failures, rates, growth, window, last_update, memory = {}, [], [], {}, {}, {}, None, {}
-    ledger_sources = (0, 0)
+    ledger_sources, sampled = (0, 0), (0, None)
     gave_up = given_up(settings.data_dir)  # failed episodes the workflow no longer tries
     if db.exists():
         with LedgerReader(db) as ledger:
             stages = ledger.stage_counts()
             ledger_sources = ledger.subtitled_counts()
+            sampled = ledger.sampled_cer()
             pauses = ledger.pause_events()
             failures = [dict(zip(("id", "attempts", "last_error"), r[:3]), given_up=r[0] in gave_up,
                              kind=r[4] or "episode") for r in ledger.failed()]
@@ -181,6 +182,9 @@ def snapshot(settings: Settings, now: float | None = None) -> dict:
         "at": now,
         "catalogue_episodes": total,
         "sources": {"subtitles": subtitled, "asr": done - subtitled, "subtitles_planned": subtitled_todo},
+        # subtitles.sample_share: the ASR's character error rate on sampled subtitled episodes.
+        "sampled_asr": {"episodes": sampled[0], "cer": None if sampled[1] is None else round(sampled[1], 4),
+                        "model": settings.transcribe.model},
         "stages": {s: stages.get(s, 0) for s in STAGES},
         "not_started": max(0, total - in_ledger),
         "disk": {
@@ -217,6 +221,10 @@ def render(s: dict) -> str:
              + (f"; {src['subtitles_planned']} more planned from subtitles" if src.get("subtitles_planned") else ""),
              f"Run: {'alive' if run.get('alive') else 'not running'} ({run.get('detail', 'unknown')})",
              "By stage:"]
+    sample = s.get("sampled_asr") or {}
+    if sample.get("cer") is not None:
+        lines.insert(1, f"ASR quality: CER {100 * sample['cer']:.1f} % against the subtitles of {sample['episodes']} "
+                        f"sampled episode(s) ({sample['model']})")
     lines += [f"  {stage:<13}{n:>9}" for stage, n in s["stages"].items() if n]
     if s["not_started"]:
         lines.append(f"  {'not started':<13}{s['not_started']:>9}")

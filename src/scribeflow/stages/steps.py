@@ -66,15 +66,16 @@ def _recorded(ledger: Ledger, episode: str, settings: Settings | None = None, st
 
 def download(*, settings: Settings, episode: str, url: str, video: str,
              expected_size_mb: float | None = None, subtitle: str | None = None, language: str | None = None,
-             duration: float | None = None) -> None:
+             duration: float | None = None, media_only: bool = False) -> None:
     """`subtitle`: the catalogue's subtitle column. With subtitles first, a usable subtitle
     at a URL (the column's, or a track of the page) is taken instead of the media: the
-    video is then an empty marker that the next steps pass on (subtitles.MARKER)."""
+    video is then an empty marker that the next steps pass on. `media_only`: the episode
+    has its subtitle and is downloaded to be sampled (sample_asr): no search."""
     from scribeflow.stages.download import download_episode
-
     from scribeflow.stages.subtitles import UrlSearch
 
     finder = UrlSearch(settings, episode, subtitle, language, duration)
+    finder.on = finder.on and not media_only
     with _ledger_and_gate(settings) as (ledger, gate), _recorded(ledger, episode, settings, "download"):
         ledger.set_stage(episode, "downloading")
         if finder.from_column() is not None:
@@ -210,6 +211,44 @@ def transcribe(*, settings: Settings, episode: str, audio: str | None, outputs: 
         usage, monitor = gate.check(download=False).usage, gate.monitor
         log.info("Current disk usage: %s/%s GB (%.0f%%)", gb(usage.total - audio_mb * MB),
                  gb(monitor.hard_limit), 100 * (usage.total - audio_mb * MB) / monitor.hard_limit)
+
+
+def sample_asr(*, settings: Settings, episode: str, audio: str, quality: str, language: str | None = None) -> None:
+    """A sampled episode whose transcript is its subtitle (subtitles.sample_share),
+    transcribed as any other and compared with the subtitle: the ASR's character errors go
+    to quality/{id}.json and the ledger (status shows the running CER); the episode's
+    transcript stays the subtitle, made by its transcribe job after this one."""
+    from scribeflow.files import atomic_write_text
+    from scribeflow.stages import subtitles
+    from scribeflow.stages.transcription import worker
+    from scribeflow.stages.transcription.decode import decode_options
+    from scribeflow.stages.transcription.quality import character_errors
+    from scribeflow.stages.transcription.transcript import build_transcript
+
+    tc = settings.transcribe.as_dict()
+    layout = Layout.from_config(settings)
+    with _ledger_and_gate(settings) as (ledger, gate), _recorded(ledger, episode, settings, "transcribe"):
+        verdict = subtitles.read_verdict(layout.subtitle_verdict(episode))
+        if not subtitles.usable(verdict):
+            raise subtitles.SubtitleError(f"{layout.subtitle_verdict(episode)}: no usable subtitle to compare with; "
+                                          f"run again: the episode is then transcribed")
+        ledger.set_stage(episode, "transcribing")
+        with Slots.transcription(settings).hold(episode), gate.consumer(episode, "transcribe"):
+            options = decode_options(tc, language or settings.transcribe.language)
+            speech_file = layout.speech_file(episode)
+            raw = worker.transcribe(tc, settings.data_dir, audio, options, episode,
+                                    on_worker_died=lambda exc: failures.worker_died(settings, ledger, episode, exc),
+                                    speech_file=speech_file if speech_file.is_file() else None)
+            result = build_transcript(raw, episode, tc, options)
+            speech_file.unlink(missing_ok=True)
+        errors, chars = character_errors(" ".join(s["text"] for s in verdict["segments"]), result["text"])
+        record = {"id": episode, "model": tc["model"], "options": result["options"], "errors": errors,
+                  "reference_chars": chars, "cer": round(errors / chars, 4) if chars else None,
+                  "subtitle": verdict.get("file"), "speech": result.get("speech"), "asr_text": result["text"]}
+        atomic_write_text(quality, json.dumps(record, ensure_ascii=False, indent=1))
+        ledger.update(episode, sample_errors=errors, sample_chars=chars)
+        log.info("Sampled %s: the ASR (%s) against its subtitle: CER %s (%d errors in %d characters)", episode,
+                 tc["model"], f"{100 * errors / chars:.1f} %" if chars else "-", errors, chars)
 
 
 # -- subtitles first -----------------------------------------------------------------------

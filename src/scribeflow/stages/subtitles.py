@@ -316,6 +316,14 @@ def transcript(verdict: dict, episode: str, duration: float | None = None) -> di
     }
 
 
+def sampled(episode: str, share: float) -> bool:
+    """Whether `episode` is among `share` of the episodes: by a hash of its id, so the same
+    episodes every run and on every machine."""
+    import hashlib
+
+    return int.from_bytes(hashlib.blake2b(episode.encode(), digest_size=8).digest(), "big") < share * 2**64
+
+
 class Finder:
     """Which episodes have a usable subtitle, as a run is planned: the rules ask it per
     episode. `row(episode, column)` reads the catalogue. A verdict on local files is made

@@ -76,7 +76,11 @@ CREATE TABLE IF NOT EXISTS jobs (
     -- whose failure the last one was: episode, host or interrupted (failures.kind)
     failure_kind TEXT,
     -- what the transcript comes from: asr or subtitles (set for a subtitled one when planned)
-    transcript_source TEXT
+    transcript_source TEXT,
+    -- a sampled subtitled episode also transcribed: the ASR's character errors against the
+    -- subtitle, and the subtitle's characters (subtitles.sample_share)
+    sample_errors INTEGER,
+    sample_chars INTEGER
 );
 -- (stage, id): the ids of the episodes in some stages come from the index alone
 -- (scribeflow check reads the transcribed ones: 171,881 at month four).
@@ -135,6 +139,10 @@ _SUMS = {  # name: a row's share of a total
     # and those planned but not made yet.
     "subtitled": f"(COALESCE({{r}}.transcript_source, '') = 'subtitles' AND {_T})",
     "subtitled_todo": f"(COALESCE({{r}}.transcript_source, '') = 'subtitles' AND NOT {_T} AND {{r}}.stage != 'failed')",
+    # The running CER of the ASR on the sampled subtitled episodes.
+    "sampled": "(COALESCE({r}.sample_chars, 0) > 0)",
+    "sample_errors_sum": "COALESCE({r}.sample_errors, 0)",
+    "sample_chars_sum": "COALESCE({r}.sample_chars, 0)",
     "in_transcribed_stages": f"({_T})",
     "transcribed_stage_bytes": f"CASE WHEN {_T} THEN COALESCE({{r}}.transcript_size_bytes, 0) ELSE 0 END",
     "freed_bytes": f"""CASE WHEN {_T} THEN {{r}}.video_deleted * COALESCE({{r}}.video_size_bytes, 0)
@@ -343,6 +351,14 @@ class _Queries:
     def stage_counts(self) -> dict[str, int]:
         """{stage: episodes in it}, the stages no episode is in left out (kept by triggers)."""
         return dict(self.conn.execute("SELECT stage, n FROM stage_totals WHERE n > 0"))
+
+    def sampled_cer(self) -> tuple[int, float | None]:
+        """(sampled subtitled episodes, the ASR's CER over them: errors over characters)."""
+        try:
+            n, errors, chars = self._totals("sampled", "sample_errors_sum", "sample_chars_sum")
+        except sqlite3.OperationalError:
+            return 0, None
+        return int(n or 0), (errors / chars if chars else None)
 
     def subtitled_counts(self) -> tuple[int, int]:
         """(transcripts made from subtitles, subtitled episodes planned and not made yet);
@@ -661,7 +677,8 @@ class Ledger(_Queries):
             raise ValueError(f"unknown stage {stage!r}")
         allowed = {"declared_bytes", "video_size_bytes", "audio_size_bytes", "transcript_size_bytes",
                    "video_deleted", "audio_deleted", "last_error", "source", "worker_rss_bytes",
-                   "worker_gpu_bytes", "failure_kind", "transcript_source", "transcribed_at"}
+                   "worker_gpu_bytes", "failure_kind", "transcript_source", "transcribed_at", "sample_errors",
+                   "sample_chars"}
         unknown = set(fields) - allowed
         if unknown:
             raise ValueError(f"unknown ledger fields {sorted(unknown)}")

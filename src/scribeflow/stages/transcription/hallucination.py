@@ -13,8 +13,9 @@ was done to it.
 from __future__ import annotations
 
 import re
-import unicodedata
 from dataclasses import dataclass, field
+
+from scribeflow.stages.transcription.quality import normalise
 
 # Silence-filling phrases, matched against a whole segment's normalised text
 # (NFKC, case-folded, without punctuation, symbols or spaces; see normalise()).
@@ -38,12 +39,6 @@ BUILTIN_PHRASES = [
 _REPEAT = re.compile(r"(.{1,60}?)\1+", re.S)
 # Short runs are left alone whatever their count: "ha ha ha ha ha", "はははは".
 MIN_RUN_CHARS = 20
-
-
-def normalise(text: str) -> str:
-    """Compare texts without case, width, punctuation, symbols or spaces."""
-    text = unicodedata.normalize("NFKC", text).casefold()
-    return "".join(ch for ch in text if unicodedata.category(ch)[0] not in "PSZC")
 
 
 @dataclass
