@@ -37,7 +37,12 @@ def test_paths_follow_the_files_table(tmp_path, gzip):
     assert layout.lemmas_file("ep1") == data / "analysis" / "lemmas" / "ep1.parquet"
     assert layout.corpus_files() == {key: str(data / "analysis" / "corpus" / name) for key, name in (
         ("frequency", "lemma_frequency.tsv"), ("series_frequency", "series_lemma_frequency.tsv"),
-        ("coverage", "coverage.tsv"), ("episodes", "episodes.tsv"), ("plot", "coverage.png"))}
+        ("coverage", "coverage.tsv"), ("episodes", "episodes.tsv"), ("plot", "coverage.png"),
+        ("shows", "shows.tsv"), ("shows_plot", "shows.png"))}
+    assert layout.corpus_index == data / "analysis" / "corpus" / "index.db"
+    # What was found of the subtitles, and the sampled ASR's error rate.
+    assert layout.subtitle_verdict("ep1") == data / "subtitles" / "ep1.subtitle.json"
+    assert layout.quality_file("ep1") == data / "quality" / "ep1.json"
     # The ledger, and the state every process shares.
     assert layout.ledger == data / "jobs.db"
     assert layout.gate_state == data / "gate" / "state.json"

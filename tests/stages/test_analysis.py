@@ -127,8 +127,8 @@ def test_the_corpus_step_covers_every_analysed_episode_of_the_whole_catalogue(co
                          "ja_weather,https://e.org/1,\"cats\tand\nweather\"\n"
                          "en_cat,https://e.org/2,\n"
                          "not_yet,https://e.org/3,cats and weather\n")
-    outputs = {name: tmp_path / "out" / name for name in OUTPUTS}
-    steps.corpus(settings=validate({"catalogue": str(catalogue), "chunk": "3/3"}),
+    outputs = {name: tmp_path / "out" / name for name in (*OUTPUTS, "shows", "shows_plot")}
+    steps.corpus(settings=validate({"catalogue": str(catalogue), "chunk": "3/3", "data_dir": str(tmp_path / "data")}),
                  stats_pattern=str(root / "episodes/{episode}.json"),
                  lemmas_pattern=str(root / "lemmas/{episode}.parquet"), outputs=outputs)
     coverage = read_tsv(outputs["coverage"])
@@ -213,8 +213,9 @@ def test_analysis_lemma_in_the_config_reaches_the_corpus_step(corpus, tmp_path):
     catalogue = tmp_path / "episodes.csv"
     catalogue.write_text("id,url\nja_weather,https://e.org/1\n")
     for form, shown, other in (("unidic", "居る", "lemma_written"), ("written", "いる", "lemma_unidic")):
-        outputs = {name: tmp_path / form / name for name in OUTPUTS}
-        steps.corpus(settings=validate({"catalogue": str(catalogue), "analysis": {"lemma": form}}),
+        outputs = {name: tmp_path / form / name for name in (*OUTPUTS, "shows", "shows_plot")}
+        steps.corpus(settings=validate({"catalogue": str(catalogue), "analysis": {"lemma": form},
+                                        "data_dir": str(tmp_path / form / "data")}),
                      stats_pattern=str(root / "episodes/{episode}.json"),
                      lemmas_pattern=str(root / "lemmas/{episode}.parquet"), outputs=outputs)
         freq = read_tsv(outputs["frequency"])

@@ -348,9 +348,7 @@ def cmd_export(args) -> int:
     out = args.out or Path(f"scribeflow-frequency{'-' + args.series if args.series else ''}.zip")
     try:
         with _corpus_index(args) as index:
-            episodes = index.conn.execute("SELECT COUNT(*) FROM episodes" + (" WHERE series = ?" if args.series
-                                          else ""), [args.series] if args.series else []).fetchone()[0]
-            info = yomitan(index, out, series=args.series, mode=args.mode, episodes=episodes)
+            info = yomitan(index, out, series=args.series, mode=args.mode, episodes=index.episode_count(args.series))
     except (IndexError_, ExportError) as exc:
         print(f"scribeflow export: {exc}", file=sys.stderr)
         return 2

@@ -33,10 +33,7 @@ def frequencies(index, series: str | None = None) -> list[tuple[str, str, int]]:
     """(term, hiragana reading, uses), most used first; ties in term order."""
     from scribeflow.stages.concordance import hiragana
 
-    where, args = ("WHERE c.series = ?", [series]) if series is not None else ("", [])
-    rows = index.conn.execute(
-        f"SELECT w.written, w.reading, SUM(c.count) FROM counts c JOIN words w ON w.id = c.word {where} "
-        f"GROUP BY w.written, w.reading", args).fetchall()
+    rows = index.written_frequencies(series)
     merged: dict[tuple[str, str], int] = {}
     for written, reading, uses in rows:
         if reading:

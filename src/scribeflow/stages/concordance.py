@@ -139,6 +139,16 @@ class Index:
         else:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self.conn = sqlite3.connect(self.path, timeout=timeout, isolation_level=None)
+            try:
+                version = self.conn.execute("PRAGMA user_version").fetchone()[0]
+                tables = self.conn.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()[0]
+            except sqlite3.DatabaseError as exc:
+                self.conn.close()
+                raise IndexError_(f"{self.path}: not a corpus index that can be read ({exc})") from None
+            if tables and version != VERSION:
+                self.conn.close()
+                raise IndexError_(f"{self.path}: a corpus index of another format ({version}, this one reads "
+                                  f"{VERSION})")
             # The rollback journal, as the ledger: safe on a shared filesystem.
             self.conn.execute("PRAGMA journal_mode = DELETE")
             self.conn.executescript(f"BEGIN IMMEDIATE; {SCHEMA} COMMIT;")
@@ -248,6 +258,36 @@ class Index:
         return json.loads(zlib.decompress(row[0])) if row else []
 
     # -- reading ----------------------------------------------------------------------------
+    def episode_count(self, series: str | None = None) -> int:
+        where, args = ("WHERE series = ?", [series]) if series is not None else ("", [])
+        return self.conn.execute(f"SELECT COUNT(*) FROM episodes {where}", args).fetchone()[0]
+
+    def written_frequencies(self, series: str | None = None) -> list[tuple[str, str, int]]:
+        """(written form, katakana reading, uses) of every word, summed over the corpus or
+        one series (the per-lemma rows of one spelling and reading together)."""
+        where, args = ("WHERE c.series = ?", [series]) if series is not None else ("", [])
+        return self.conn.execute(
+            f"SELECT w.written, w.reading, SUM(c.count) FROM counts c JOIN words w ON w.id = c.word {where} "
+            f"GROUP BY w.written, w.reading", args).fetchall()
+
+    def show_sums(self, by_season: bool = False):
+        """Per show (series, and season or ''), two DataFrames: its episodes' sums
+        (episodes, speech minutes, characters, words, segments, morae, kanji), and its
+        uses per lemma with whether the lemma is a name (UniDic's 固有名詞)."""
+        import pandas as pd
+
+        season = "season" if by_season else "''"
+        shows = pd.read_sql_query(
+            f"SELECT series, {season} AS season, COUNT(*) AS episodes, SUM(speech_s) / 60.0 AS speech_minutes, "
+            f"SUM(chars) AS chars, SUM(tokens) AS words, SUM(segments) AS segments, SUM(morae) AS morae, "
+            f"GROUP_CONCAT(kanji, '') AS kanji FROM episodes GROUP BY series, {season}", self.conn)
+        c_season = "c.season" if by_season else "''"
+        counts = pd.read_sql_query(
+            f"SELECT c.series, {c_season} AS season, w.lemma, MAX(COALESCE(w.detail, '') LIKE '固有名詞%') AS name, "
+            f"SUM(c.count) AS count FROM counts c JOIN words w ON w.id = c.word "
+            f"GROUP BY c.series, {c_season}, w.lemma", self.conn)
+        return shows, counts
+
     def episode_names(self) -> set[str]:
         return {name for (name,) in self.conn.execute("SELECT name FROM episodes")}
 
@@ -392,6 +432,26 @@ def segments_from_tokens(table) -> list[dict]:
             if i in by else {"start": 0.0, "end": 0.0, "text": ""} for i in range(last + 1)]
 
 
+def set_aside(path: Path, why) -> None:
+    """An index that cannot be used, moved aside (not deleted: it may be looked into); the
+    corpus step rebuilds one from the tokens."""
+    aside = path.with_name(f"{path.name}.damaged-{int(time.time())}")
+    log.warning("The corpus index %s cannot be used (%s): moved aside to %s; the corpus step rebuilds it from the "
+                "tokens", path, why, aside.name)
+    with contextlib.suppress(FileNotFoundError):  # another job may have moved it first
+        path.rename(aside)
+
+
+def adding(path: str | Path) -> Index:
+    """The index opened to add an episode; one that cannot be used is set aside and a new
+    one begun (an analysis never fails for the index: the corpus step completes it)."""
+    try:
+        return Index(path)
+    except (IndexError_, sqlite3.DatabaseError) as exc:
+        set_aside(Path(path), exc)
+        return Index(path)
+
+
 def complete(path: str | Path, entries: list[tuple[str, str | None, str | None]], tokens_of, transcript_of,
              ) -> int:
     """Add to the index at `path` the analysed episodes it lacks, from their tokens (and
@@ -405,10 +465,7 @@ def complete(path: str | Path, entries: list[tuple[str, str | None, str | None]]
         with Index(path) as index:
             have = index.episode_names()
     except (IndexError_, sqlite3.DatabaseError) as exc:
-        aside = path.with_name(f"{path.name}.damaged-{int(time.time())}")
-        log.warning("The corpus index %s could not be read (%s): moved aside to %s, rebuilding it from the tokens",
-                    path, exc, aside.name)
-        path.rename(aside)
+        set_aside(path, exc)
         have = set()
     missing = [e for e in entries if e[0] not in have]
     if not missing:

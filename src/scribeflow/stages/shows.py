@@ -29,7 +29,6 @@ COVERAGE = (90, 95, 98)
 COLUMNS = ("rank", "series", "season", "episodes", "speech_minutes", "chars", "words", "unique_words",
            "unique_words_once", "unique_kanji", "segments", "mean_segment_chars", "chars_per_minute",
            "morae_per_minute", *(f"words_{t}" for t in COVERAGE), "outside_top_share", "difficulty")
-NAME = "固有名詞"
 
 
 def difficulty(outside_share: float | None) -> float | None:
@@ -43,17 +42,7 @@ def show_table(index, top_words: int = TOP_WORDS, by_season: bool = False):
 
     from scribeflow.stages.analysis import lemmas_for_coverage
 
-    c = index.conn
-    season = "season" if by_season else "''"
-    shows = pd.read_sql_query(
-        f"SELECT series, {season} AS season, COUNT(*) AS episodes, SUM(speech_s) / 60.0 AS speech_minutes, "
-        f"SUM(chars) AS chars, SUM(tokens) AS words, SUM(segments) AS segments, SUM(morae) AS morae, "
-        f"GROUP_CONCAT(kanji, '') AS kanji FROM episodes GROUP BY series, {season}", c)
-    # Per show and lemma: its uses, and whether it is a name.
-    counts = pd.read_sql_query(
-        f"SELECT c.series, {'c.season' if by_season else chr(39) * 2} AS season, w.lemma, "
-        f"MAX(COALESCE(w.detail, '') LIKE '{NAME}%') AS name, SUM(c.count) AS count FROM counts c "
-        f"JOIN words w ON w.id = c.word GROUP BY c.series, {'c.season' if by_season else chr(39) * 2}, w.lemma", c)
+    shows, counts = index.show_sums(by_season)
     corpus = counts.groupby("lemma")["count"].sum().sort_values(ascending=False, kind="stable")
     names = set(counts.loc[counts["name"] == 1, "lemma"])
     top = set(corpus[~corpus.index.isin(names)].index[:top_words])
