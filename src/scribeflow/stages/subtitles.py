@@ -371,13 +371,14 @@ class Finder:
 
         if self._kept is None:
             self._kept = ids_with_suffix(self.layout.subtitles, SUBTITLE_SUFFIX)
-        path = self.layout.subtitle_verdict(episode)
-        kept = read_verdict(path) if episode in self._kept else None
+        kept = read_verdict(self.layout.subtitle_verdict(episode)) if episode in self._kept else None
         if kept and kept.get("found_by") == "download" and kept.get("usable"):
             return kept  # found by a download job
+        column = self.row(episode, "subtitle")
+        if not self.listing() and not (column and not is_url(column)):
+            return kept  # no local file to judge: what a planned run asks of most episodes, at once
         language = self.language(episode)
-        candidates = local_candidates(episode, self.row(episode, "subtitle"), self.settings, self.listing(),
-                                      language)
+        candidates = local_candidates(episode, column, self.settings, self.listing(), language)
         if not candidates:
             return kept
         duration = self.row(episode, "duration_s")
@@ -390,7 +391,7 @@ class Finder:
         self.judged += 1
         if self.write():
             try:
-                write_verdict(path, verdict)
+                write_verdict(self.layout.subtitle_verdict(episode), verdict)
             except OSError:
                 pass  # a read-only data_dir: judged again next time
         return verdict
