@@ -160,12 +160,8 @@ def transcribe(*, settings: Settings, episode: str, audio: str | None, outputs: 
     usable subtitle, planned instead of the audio."""
     if subtitle or _is_marker(settings, episode, audio):
         return _transcript_from_subtitles(settings, episode, outputs, subtitle, language, duration)
-    from scribeflow.stages.transcription import worker
-    from scribeflow.stages.transcription.decode import decode_options
-    from scribeflow.stages.transcription.transcript import build_transcript, write_transcript
+    from scribeflow.stages.transcription.transcript import write_transcript
 
-    # As plain data: it goes to the worker process and into the transcript.
-    tc = settings.transcribe.as_dict()
     with _ledger_and_gate(settings) as (ledger, gate), _recorded(ledger, episode, settings, "transcribe"):
         video_gone = not Path(video).exists()
         ledger.set_stage(episode, "transcribing", video_deleted=int(video_gone))
@@ -174,23 +170,13 @@ def transcribe(*, settings: Settings, episode: str, audio: str | None, outputs: 
         # Slots cap transcriptions across processes (overlapping chunk runs), not only in this one.
         with Slots.transcription(settings).hold(episode), gate.consumer(episode, "transcribe"):
             log.info("Transcribing %s, video size: %.1f MB", episode, video_mb)
-            # The catalogue's language column wins over the config's.
-            options = decode_options(tc, language or settings.transcribe.language)
-            speech_file = Layout.from_config(settings).speech_file(episode)
-            raw = worker.transcribe(tc, settings.data_dir, audio, options, episode,
-                                    on_worker_died=lambda exc: failures.worker_died(settings, ledger, episode, exc),
-                                    speech_file=speech_file if speech_file.is_file() else None)
-            vad = raw.get("vad_calls") or {}
-            if vad.get("ran"):
-                log.info("The VAD ran %d time(s) in the transcription (%d answered from the extraction's)",
-                         vad["ran"], vad.get("saved", 0))
-            result = build_transcript(raw, episode, tc, options)
+            raw, result = _asr(settings, ledger, episode, audio, language)
             if job.get("source"):
                 result["download"] = json.loads(job["source"])
             # Before the transcript exists: from then on a concurrent run's orphan cleanup may delete the audio.
             audio_mb = Path(audio).stat().st_size / MB
             size = write_transcript(result, outputs)
-            speech_file.unlink(missing_ok=True)  # of no use once the transcript exists
+            Layout.from_config(settings).speech_file(episode).unlink(missing_ok=True)  # of no use any more
         # Snakemake deletes the temp() audio as soon as this job ends.
         audio_deleted = settings.disk_management.cleanup.delete_audio_after_transcription
         # The memory of the process that transcribed (the worker, or this job): for sizing.
@@ -213,6 +199,26 @@ def transcribe(*, settings: Settings, episode: str, audio: str | None, outputs: 
                  gb(monitor.hard_limit), 100 * (usage.total - audio_mb * MB) / monitor.hard_limit)
 
 
+def _asr(settings: Settings, ledger: Ledger, episode: str, audio: str, language: str | None) -> tuple[dict, dict]:
+    """The model's work on `audio` through the worker (the caller holds a slot): its raw
+    result and the transcript built from it. The catalogue's language wins over the config's."""
+    from scribeflow.stages.transcription import worker
+    from scribeflow.stages.transcription.decode import decode_options
+    from scribeflow.stages.transcription.transcript import build_transcript
+
+    tc = settings.transcribe.as_dict()  # as plain data: it goes to the worker and into the transcript
+    options = decode_options(tc, language or settings.transcribe.language)
+    speech_file = Layout.from_config(settings).speech_file(episode)
+    raw = worker.transcribe(tc, settings.data_dir, audio, options, episode,
+                            on_worker_died=lambda exc: failures.worker_died(settings, ledger, episode, exc),
+                            speech_file=speech_file if speech_file.is_file() else None)
+    vad = raw.get("vad_calls") or {}
+    if vad.get("ran"):
+        log.info("The VAD ran %d time(s) in the transcription (%d answered from the extraction's)",
+                 vad["ran"], vad.get("saved", 0))
+    return raw, build_transcript(raw, episode, tc, options)
+
+
 def sample_asr(*, settings: Settings, episode: str, audio: str, quality: str, language: str | None = None) -> None:
     """A sampled episode whose transcript is its subtitle (subtitles.sample_share),
     transcribed as any other and compared with the subtitle: the ASR's character errors go
@@ -220,12 +226,8 @@ def sample_asr(*, settings: Settings, episode: str, audio: str, quality: str, la
     transcript stays the subtitle, made by its transcribe job after this one."""
     from scribeflow.files import atomic_write_text
     from scribeflow.stages import subtitles
-    from scribeflow.stages.transcription import worker
-    from scribeflow.stages.transcription.decode import decode_options
     from scribeflow.stages.transcription.quality import character_errors
-    from scribeflow.stages.transcription.transcript import build_transcript
 
-    tc = settings.transcribe.as_dict()
     layout = Layout.from_config(settings)
     with _ledger_and_gate(settings) as (ledger, gate), _recorded(ledger, episode, settings, "transcribe"):
         verdict = subtitles.read_verdict(layout.subtitle_verdict(episode))
@@ -234,21 +236,16 @@ def sample_asr(*, settings: Settings, episode: str, audio: str, quality: str, la
                                           f"run again: the episode is then transcribed")
         ledger.set_stage(episode, "transcribing")
         with Slots.transcription(settings).hold(episode), gate.consumer(episode, "transcribe"):
-            options = decode_options(tc, language or settings.transcribe.language)
-            speech_file = layout.speech_file(episode)
-            raw = worker.transcribe(tc, settings.data_dir, audio, options, episode,
-                                    on_worker_died=lambda exc: failures.worker_died(settings, ledger, episode, exc),
-                                    speech_file=speech_file if speech_file.is_file() else None)
-            result = build_transcript(raw, episode, tc, options)
-            speech_file.unlink(missing_ok=True)
+            _, result = _asr(settings, ledger, episode, audio, language)
+            layout.speech_file(episode).unlink(missing_ok=True)
         errors, chars = character_errors(" ".join(s["text"] for s in verdict["segments"]), result["text"])
-        record = {"id": episode, "model": tc["model"], "options": result["options"], "errors": errors,
+        record = {"id": episode, "model": result["model"], "options": result["options"], "errors": errors,
                   "reference_chars": chars, "cer": round(errors / chars, 4) if chars else None,
                   "subtitle": verdict.get("file"), "speech": result.get("speech"), "asr_text": result["text"]}
         atomic_write_text(quality, json.dumps(record, ensure_ascii=False, indent=1))
         ledger.update(episode, sample_errors=errors, sample_chars=chars)
         log.info("Sampled %s: the ASR (%s) against its subtitle: CER %s (%d errors in %d characters)", episode,
-                 tc["model"], f"{100 * errors / chars:.1f} %" if chars else "-", errors, chars)
+                 result["model"], f"{100 * errors / chars:.1f} %" if chars else "-", errors, chars)
 
 
 # -- subtitles first -----------------------------------------------------------------------
