@@ -19,7 +19,6 @@ REQUIRED = ("id", "url")
 NUMERIC = ("season", "episode", "duration_s", "expected_size_mb")
 ID_PATTERN = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,63}$")
 URL_PATTERN = re.compile(r"^https?://[^\s/?#]+[^\s]*$", re.IGNORECASE)
-SUBTITLE_SUFFIXES = (".ass", ".ssa", ".srt", ".vtt")
 MAX_REPORTED = 200  # more would drown the message; the count is always given
 
 
@@ -122,6 +121,8 @@ def validate(df: pd.DataFrame, source: str = "catalogue", base: str | Path | Non
 def _subtitles(column, base: Path, problems: list) -> list:
     """The subtitle column: an http(s) URL, or a subtitle file (relative to `base`) made
     absolute, so that every job finds it whatever its working directory."""
+    from scribeflow.config.layout import SUBTITLE_EXTENSIONS
+
     values = []
     for i, value in enumerate(column.tolist()):
         value = value.strip() if isinstance(value, str) else None
@@ -132,9 +133,9 @@ def _subtitles(column, base: Path, problems: list) -> list:
             values.append(value)
             continue
         path = (base / value).absolute()
-        if path.suffix.lower() not in SUBTITLE_SUFFIXES:
+        if path.suffix.lower() not in SUBTITLE_EXTENSIONS:
             problems.append((i, "subtitle", f"{value!r} is neither an http(s) URL nor a subtitle file "
-                                            f"({', '.join(SUBTITLE_SUFFIXES)})"))
+                                            f"({', '.join(SUBTITLE_EXTENSIONS)})"))
         elif not path.is_file():
             problems.append((i, "subtitle", f"no such file {str(path)!r} (a relative path is read from the "
                                             f"catalogue's folder)"))

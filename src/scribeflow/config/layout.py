@@ -29,6 +29,7 @@ AUDIO_SUFFIX = ".wav"
 # Beside the WAV until the transcript exists: the VAD's output, saved by the extraction
 # (stages/transcription/speech.py).
 SPEECH_SUFFIX = ".speech.npz"
+SUBTITLE_EXTENSIONS = (".ass", ".ssa", ".srt", ".vtt")  # the subtitle files read (pysubs2)
 QUALITY_SUFFIX = ".json"  # quality/: the ASR's CER on a sampled subtitled episode
 SUBTITLE_SUFFIX = ".subtitle.json"  # subtitles/: what was found of an episode's subtitles, and its dialogue
 TOKENS_SUFFIX = ".parquet"

@@ -25,12 +25,12 @@ import tempfile
 import time
 from pathlib import Path
 
+from scribeflow.config.layout import SUBTITLE_EXTENSIONS
 from scribeflow.stages.subtitles import SubtitleError, dialogue, load
 from scribeflow.stages.transcription.quality import character_errors, normalise  # noqa: F401  (evaluate.normalise)
 
 log = logging.getLogger(__name__)
 
-SUBTITLE_EXTENSIONS = (".ass", ".ssa", ".srt", ".vtt")
 MEDIA_EXTENSIONS = (".mp4", ".mkv", ".webm", ".m4a", ".mp3", ".aac", ".opus", ".ogg", ".flac", ".wav", ".ts", ".avi",
                     ".mov", ".media")
 COLUMNS = ("setting", "episode", "audio_seconds", "reference_chars", "errors", "cer", "rtf", "repetitions",

@@ -22,6 +22,8 @@ import re
 import unicodedata
 from pathlib import Path
 
+from scribeflow.config.layout import SUBTITLE_EXTENSIONS
+
 log = logging.getLogger("scribeflow.stages.subtitles")
 
 # Style names that mark typesetting rather than dialogue, in fansub and broadcast ASS files.
@@ -119,7 +121,6 @@ def covered_seconds(segments: list[dict]) -> float:
     return total
 
 
-SUFFIXES = (".ass", ".ssa", ".srt", ".vtt")
 FORMATS = "ass/ssa/srt/vtt/best"  # yt-dlp's subtitlesformat: the richest first (ASS keeps the styles)
 
 
@@ -139,7 +140,7 @@ def page_tracks(ydl, info: dict, episode: str, languages, dest: str | Path, auto
     paths = []
     for lang, track in chosen.items():
         ext = (track.get("ext") or "vtt").lower()
-        if f".{ext}" not in SUFFIXES:
+        if f".{ext}" not in SUBTITLE_EXTENSIONS:
             continue
         data = track.get("data")
         if data is None:
@@ -227,7 +228,7 @@ def folder_listing(folder: str | Path | None) -> dict[str, list[Path]]:
         return listing
     for entry in entries:
         stem, suffix = os.path.splitext(entry.name)
-        if suffix.lower() in SUFFIXES:
+        if suffix.lower() in SUBTITLE_EXTENSIONS:
             listing.setdefault(stem, []).append(Path(entry.path))
     return listing
 
