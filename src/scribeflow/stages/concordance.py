@@ -64,9 +64,8 @@ CREATE TABLE IF NOT EXISTS words (
     reading TEXT NOT NULL DEFAULT '',  -- katakana; '' without one
     pos TEXT,
     detail TEXT,                       -- UniDic's levels 2-4: 固有名詞-人名-一般 (a name)
-    UNIQUE (lemma, written, reading)
+    UNIQUE (lemma, written, reading)   -- also a lemma's words, by its leading column
 );
-CREATE INDEX IF NOT EXISTS words_written ON words(written);
 -- One row per word and episode using it: its uses there and the segments (varints, each
 -- the gap from the one before), so that a word's uses are one range of the key.
 CREATE TABLE IF NOT EXISTS occurrences (
@@ -291,10 +290,9 @@ class Index:
     def episode_names(self) -> set[str]:
         return {name for (name,) in self.conn.execute("SELECT name FROM episodes")}
 
-    def words_of(self, lemma: str | None = None, written: str | None = None) -> list[int]:
-        if lemma is not None:
-            return [w for (w,) in self.conn.execute("SELECT id FROM words WHERE lemma = ?", (lemma,))]
-        return [w for (w,) in self.conn.execute("SELECT id FROM words WHERE written = ?", (written,))]
+    def words_of(self, lemma: str) -> list[int]:
+        """The ids of a lemma's words (its spellings and readings)."""
+        return [w for (w,) in self.conn.execute("SELECT id FROM words WHERE lemma = ?", (lemma,))]
 
 
 def nfkc(text: str) -> str:
@@ -326,7 +324,7 @@ def search(index: Index, word: str, series: str | None = None, limit: int = 20, 
         raise IndexError_(f"{word!r} has no word the index could hold (punctuation and symbols are not indexed)")
     lemmas = list(dict.fromkeys(lemma for _, lemma in words))
     c = index.conn
-    ids = {lemma: index.words_of(lemma=lemma) for lemma in lemmas}
+    ids = {lemma: index.words_of(lemma) for lemma in lemmas}
     result = {"query": word, "lemmas": lemmas, "uses": 0, "episodes": 0, "hits": []}
     if not all(ids.values()):
         return result
