@@ -115,6 +115,9 @@ SUBTITLES = Finder(
     lambda e, c: row(e, c),
     judge=not workflow.remote_exec,
     write=lambda: not workflow.dryrun,
+    progress=lambda n: print(
+        f"scribeflow: judged {n} subtitle file(s) so far", file=sys.stderr
+    ),
 )
 
 

@@ -145,3 +145,18 @@ def test_a_subtitle_transcript_has_the_asr_transcripts_shape():
     assert t["source"] == "subtitles" and t["duration"] == 1440.0 and t["text"] == "猫が走った。"
     assert t["segments"] == [{"id": 0, "start": 1.0, "end": 2.5, "text": "猫が走った。"}]
     assert t["subtitle"] == {"origin": "page", "file": "http://x/watch#ep.ja.vtt", "refused": ["x: why"]}
+
+
+def test_the_finder_says_how_far_its_judging_has_got(tmp_path):
+    from scribeflow.config.layout import Layout
+
+    subs = tmp_path / "subs"
+    subs.mkdir()
+    for n in range(5):
+        (subs / f"e{n}.ja.srt").write_text("1\n00:00:01,000 --> 00:00:03,000\n猫が走った。\n", encoding="utf-8")
+    settings = _settings(tmp_path)
+    told = []
+    finder = subtitles.Finder(settings, Layout.from_config(settings), lambda e, c: "ja" if c == "language" else None,
+                              progress=told.append)
+    finder.PROGRESS_EVERY = 2
+    assert all(finder.subtitled(f"e{n}") for n in range(5)) and told == [2, 4]
