@@ -64,7 +64,7 @@ def test_a_lost_or_damaged_index_is_rebuilt_from_the_tokens(tmp_path):
     path.write_bytes(b"not a database" * 100)
     assert complete(path, entries, tokens_of, transcript_of) == 2
     assert list(tmp_path.glob("index.db.damaged-*"))
-    with pytest.raises(concordance.IndexError_, match="no corpus index yet"):
+    with pytest.raises(concordance.CorpusIndexError, match="no corpus index yet"):
         Index(tmp_path / "none.db", readonly=True)
 
 

@@ -317,13 +317,13 @@ def _corpus_index(args):
 
 
 def cmd_search(args) -> int:
-    from scribeflow.stages.concordance import IndexError_, search
+    from scribeflow.stages.concordance import CorpusIndexError, search
 
     try:
         with _corpus_index(args) as index:
             found = search(index, args.word, series=args.series, limit=args.limit, exact=args.exact,
                            language=args.language)
-    except IndexError_ as exc:
+    except CorpusIndexError as exc:
         print(f"scribeflow search: {exc}", file=sys.stderr)
         return 2
     if args.json:
@@ -343,13 +343,13 @@ def _clock(seconds: float) -> str:
 
 def cmd_export(args) -> int:
     from scribeflow.ops.export import ExportError, yomitan
-    from scribeflow.stages.concordance import IndexError_
+    from scribeflow.stages.concordance import CorpusIndexError
 
     out = args.out or Path(f"scribeflow-frequency{'-' + args.series if args.series else ''}.zip")
     try:
         with _corpus_index(args) as index:
             info = yomitan(index, out, series=args.series, mode=args.mode, episodes=index.episode_count(args.series))
-    except (IndexError_, ExportError) as exc:
+    except (CorpusIndexError, ExportError) as exc:
         print(f"scribeflow export: {exc}", file=sys.stderr)
         return 2
     print(f"Wrote {out}: {info['entries']:,} words, {info['frequencyMode']}; import it in Yomitan "

@@ -112,7 +112,7 @@ def unvarints(data: bytes, gaps: bool = False) -> list[int]:
     return out
 
 
-class IndexError_(RuntimeError):
+class CorpusIndexError(RuntimeError):
     """The index cannot be used; the message names the file and what to do."""
 
 
@@ -132,7 +132,7 @@ class Index:
         self.path = Path(path)
         if readonly:
             if not self.path.is_file():
-                raise IndexError_(f"{self.path}: no corpus index yet; it is built as episodes are analysed (run the "
+                raise CorpusIndexError(f"{self.path}: no corpus index yet; it is built as episodes are analysed (run the "
                                   f"workflow), and rebuilt from the tokens by the corpus step if it was deleted")
             self.conn = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, timeout=timeout)
         else:
@@ -143,10 +143,10 @@ class Index:
                 tables = self.conn.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()[0]
             except sqlite3.DatabaseError as exc:
                 self.conn.close()
-                raise IndexError_(f"{self.path}: not a corpus index that can be read ({exc})") from None
+                raise CorpusIndexError(f"{self.path}: not a corpus index that can be read ({exc})") from None
             if tables and version != VERSION:
                 self.conn.close()
-                raise IndexError_(f"{self.path}: a corpus index of another format ({version}, this one reads "
+                raise CorpusIndexError(f"{self.path}: a corpus index of another format ({version}, this one reads "
                                   f"{VERSION})")
             # The rollback journal, as the ledger: safe on a shared filesystem.
             self.conn.execute("PRAGMA journal_mode = DELETE")
@@ -156,7 +156,7 @@ class Index:
             self.conn.execute("SELECT 1 FROM episodes LIMIT 1").fetchall()
         except sqlite3.DatabaseError as exc:
             self.conn.close()
-            raise IndexError_(f"{self.path}: not a corpus index that can be read ({exc}); delete it: the next "
+            raise CorpusIndexError(f"{self.path}: not a corpus index that can be read ({exc}); delete it: the next "
                               f"corpus step rebuilds it from the tokens") from None
 
     def close(self) -> None:
@@ -321,7 +321,7 @@ def search(index: Index, word: str, series: str | None = None, limit: int = 20, 
     episode, start, end, text, marked, spans}]}, at most `limit` hits."""
     words = query_words(word, language)
     if not words:
-        raise IndexError_(f"{word!r} has no word the index could hold (punctuation and symbols are not indexed)")
+        raise CorpusIndexError(f"{word!r} has no word the index could hold (punctuation and symbols are not indexed)")
     lemmas = list(dict.fromkeys(lemma for _, lemma in words))
     c = index.conn
     ids = {lemma: index.words_of(lemma) for lemma in lemmas}
@@ -445,7 +445,7 @@ def adding(path: str | Path) -> Index:
     one begun (an analysis never fails for the index: the corpus step completes it)."""
     try:
         return Index(path)
-    except (IndexError_, sqlite3.DatabaseError) as exc:
+    except (CorpusIndexError, sqlite3.DatabaseError) as exc:
         set_aside(Path(path), exc)
         return Index(path)
 
@@ -462,7 +462,7 @@ def complete(path: str | Path, entries: list[tuple[str, str | None, str | None]]
     try:
         with Index(path) as index:
             have = index.episode_names()
-    except (IndexError_, sqlite3.DatabaseError) as exc:
+    except (CorpusIndexError, sqlite3.DatabaseError) as exc:
         set_aside(path, exc)
         have = set()
     missing = [e for e in entries if e[0] not in have]
