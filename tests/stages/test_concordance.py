@@ -73,3 +73,21 @@ def test_varints_round_trip():
     assert concordance.unvarints(concordance.varints(numbers)) == numbers
     assert concordance.unvarints(concordance.varints(numbers, gaps=True), gaps=True) == numbers
     assert len(concordance.varints(range(0, 400, 3), gaps=True)) == len(range(0, 400, 3))  # a byte each
+
+
+def test_an_index_of_another_format_is_named_and_set_aside(tmp_path):
+    import sqlite3
+
+    path = tmp_path / "index.db"
+    old = sqlite3.connect(path)
+    old.execute("CREATE TABLE episodes (name TEXT)")
+    old.execute("PRAGMA user_version = 1")
+    old.commit()
+    old.close()
+    with pytest.raises(concordance.CorpusIndexError, match="another format .1; this version reads"):
+        Index(path, readonly=True)
+    with concordance.adding(path) as index:  # an analysis meets it: set aside, a new one begun
+        index.add("e1", *_episode("e1"))
+    assert list(tmp_path.glob("index.db.damaged-*"))
+    with Index(path, readonly=True) as index:
+        assert index.episode_names() == {"e1"}

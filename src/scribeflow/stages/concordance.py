@@ -2,8 +2,8 @@
 file ({data_dir}/analysis/corpus/index.db), added to as each episode is analysed.
 
 What it answers, each at a cost that does not grow with the episodes already indexed:
-- where a word is used (`search`): its occurrences are one range of a table ordered by
-  word, then episode and segment, so a search reads its hits and no more;
+- where a word is used (`search`): one row per word and episode using it, with the
+  segments (varints), ordered by word, so that a search reads its hits and no more;
 - how often each word is used, in the whole corpus and per series (`counts`), kept as sums
   that each new episode adds to (the frequency tables, the Yomitan dictionaries and the
   per-show statistics read the sums, never the episodes' files);
@@ -14,7 +14,7 @@ costs its own rows. Adding it again (a rerun) first takes its old rows and sums 
 word is UniDic's lemma with the spelling and reading of its dictionary form (食べる,
 タベル), so that homographs with different readings stay apart; other languages' words are
 their case-folded forms. The file is a cache of the tokens: deleted or damaged, it is
-rebuilt from the tokens (`rebuild`), which the corpus step does by itself.
+rebuilt from the tokens (`complete`), which the workflow does by itself.
 """
 
 from __future__ import annotations
@@ -132,32 +132,31 @@ class Index:
         self.path = Path(path)
         if readonly:
             if not self.path.is_file():
-                raise CorpusIndexError(f"{self.path}: no corpus index yet; it is built as episodes are analysed (run the "
-                                  f"workflow), and rebuilt from the tokens by the corpus step if it was deleted")
+                raise CorpusIndexError(f"{self.path}: no corpus index yet; it is built as episodes are analysed "
+                                       f"(run the workflow), and rebuilt from the tokens if it was deleted")
             self.conn = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, timeout=timeout)
         else:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self.conn = sqlite3.connect(self.path, timeout=timeout, isolation_level=None)
-            try:
-                version = self.conn.execute("PRAGMA user_version").fetchone()[0]
-                tables = self.conn.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()[0]
-            except sqlite3.DatabaseError as exc:
-                self.conn.close()
-                raise CorpusIndexError(f"{self.path}: not a corpus index that can be read ({exc})") from None
-            if tables and version != VERSION:
-                self.conn.close()
-                raise CorpusIndexError(f"{self.path}: a corpus index of another format ({version}, this one reads "
-                                  f"{VERSION})")
+        try:
+            version = self.conn.execute("PRAGMA user_version").fetchone()[0]
+            tables = self.conn.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()[0]
+        except sqlite3.DatabaseError as exc:
+            self.conn.close()
+            raise CorpusIndexError(f"{self.path}: not a corpus index that can be read ({exc}); delete it: the next "
+                                   f"run rebuilds it from the tokens") from None
+        if readonly and not tables:
+            self.conn.close()
+            raise CorpusIndexError(f"{self.path}: an empty corpus index; it is filled as episodes are analysed")
+        if tables and version != VERSION:
+            self.conn.close()
+            raise CorpusIndexError(f"{self.path}: a corpus index of another format ({version}; this version reads "
+                                   f"{VERSION}); delete it: the next run rebuilds it from the tokens")
+        if not readonly:
             # The rollback journal, as the ledger: safe on a shared filesystem.
             self.conn.execute("PRAGMA journal_mode = DELETE")
             self.conn.executescript(f"BEGIN IMMEDIATE; {SCHEMA} COMMIT;")
             self.conn.execute(f"PRAGMA user_version = {VERSION}")
-        try:
-            self.conn.execute("SELECT 1 FROM episodes LIMIT 1").fetchall()
-        except sqlite3.DatabaseError as exc:
-            self.conn.close()
-            raise CorpusIndexError(f"{self.path}: not a corpus index that can be read ({exc}); delete it: the next "
-                              f"corpus step rebuilds it from the tokens") from None
 
     def close(self) -> None:
         self.conn.close()
