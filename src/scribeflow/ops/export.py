@@ -33,13 +33,11 @@ def frequencies(index, series: str | None = None) -> list[tuple[str, str, int]]:
     """(term, hiragana reading, uses), most used first; ties in term order."""
     from scribeflow.stages.concordance import hiragana
 
-    rows = index.written_frequencies(series)
-    merged: dict[tuple[str, str], int] = {}
-    for written, reading, uses in rows:
-        if reading:
-            key = (written, hiragana(reading))
-            merged[key] = merged.get(key, 0) + uses
-    return sorted(((t, r, n) for (t, r), n in merged.items()), key=lambda x: (-x[2], x[0], x[1]))
+    # One row per spelling and reading already (the index sums them); a word outside
+    # UniDic has no reading, and Yomitan no use for it.
+    freqs = [(written, hiragana(reading), uses) for written, reading, uses in index.written_frequencies(series)
+             if reading]
+    return sorted(freqs, key=lambda x: (-x[2], x[0], x[1]))
 
 
 def entries(freqs: list[tuple[str, str, int]], mode: str = "rank") -> list[list]:

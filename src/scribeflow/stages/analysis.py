@@ -243,17 +243,26 @@ class Aggregate:
             counts, stats, included = None, pd.DataFrame(), {}
         new = [entry for entry in entries if entry[0] not in included]
         self.read = len(new)
-        added = aggregate_counts([(lemmas, series) for _, _, lemmas, series in new])
+        added, rows = read_episodes(new)
         if counts is not None and counts.num_rows:
             added = _sum_by(pa.concat_tables([counts, added], promote_options="none"),
                             ["series", "lemma", "pos", "written"]) if added.num_rows else counts
-        rows = pd.DataFrame([{**json.loads(Path(path).read_text(encoding="utf-8")), "series": series}
-                             for _, path, _, series in new])
         stats = pd.concat([stats, rows], ignore_index=True) if not stats.empty else rows
         included.update({episode: current[episode] for episode, *_ in new})
         self.save(added, stats, included)
         log.info("Corpus: read %d new episode(s), %d from the sums kept", len(new), len(included) - len(new))
         return added, stats
+
+
+def read_episodes(entries):
+    """(their lemma counts summed, their statistics as a DataFrame) of the episodes
+    `entries` ((episode, stats path, lemma counts path, series))."""
+    import pandas as pd
+
+    counts = aggregate_counts([(lemmas, series) for _, _, lemmas, series in entries])
+    stats = pd.DataFrame([{**json.loads(Path(path).read_text(encoding="utf-8")), "series": series}
+                          for _, path, _, series in entries])
+    return counts, stats
 
 
 def _identity(path) -> list:
@@ -274,13 +283,8 @@ def build_corpus(entries: list[tuple[str, str | Path, str | Path, str | None]], 
 
     if lemma not in LEMMA_FORMS:
         raise ValueError(f"analysis.lemma: {lemma!r} is not one of {', '.join(LEMMA_FORMS)}")
-    if keep is not None:
-        table, stats = Aggregate(keep).update(entries)
-        counts = table.to_pandas()
-    else:
-        counts = aggregate_counts([(lemmas, series) for _, _, lemmas, series in entries]).to_pandas()
-        stats = pd.DataFrame([{**json.loads(Path(path).read_text(encoding="utf-8")), "series": series}
-                              for _, path, _, series in entries])
+    table, stats = Aggregate(keep).update(entries) if keep is not None else read_episodes(entries)
+    counts = table.to_pandas()
     # The entries' order (the catalogue's), whatever order the sums were kept in.
     if not stats.empty:
         order = {episode: i for i, (episode, *_) in enumerate(entries)}

@@ -303,13 +303,17 @@ def _japanese(text: str) -> bool:
     return any(unicodedata.name(c, "").startswith(("HIRAGANA", "KATAKANA", "CJK")) for c in text)
 
 
+def _tokenizer(text: str, language: str | None):
+    """The tokenizer the episodes went through: `language`'s, else Japanese for kana and kanji."""
+    from scribeflow.stages.tokens import tokenizer_for
+
+    return tokenizer_for(language or ("ja" if _japanese(text) else None))
+
+
 def query_words(word: str, language: str | None = None) -> list[tuple[str, str]]:
     """The query's words as the index knows them: (surface, lemma) from the tokenizer the
     episodes went through (食べた -> (食べた, 食べる))."""
-    from scribeflow.stages.tokens import tokenizer_for
-
-    language = language or ("ja" if _japanese(word) else None)
-    return [(t[0], t[1]) for t in tokenizer_for(language)(nfkc(word).strip())]
+    return [(t[0], t[1]) for t in _tokenizer(word, language)(nfkc(word).strip())]
 
 
 def search(index: Index, word: str, series: str | None = None, limit: int = 20, exact: bool = False,
@@ -381,8 +385,6 @@ def _postings(c, wids: list[int], series: str | None):
 def _spans(text: str, needle: str | None, lemmas: set[str], language: str | None) -> list[list[int]]:
     """[start, end) character offsets of the uses in `text`: the needle's, or the words
     whose lemma is one of `lemmas` (the segment tokenized again)."""
-    from scribeflow.stages.tokens import tokenizer_for
-
     if needle:
         spans, at = [], text.find(needle)
         while at >= 0:
@@ -390,8 +392,7 @@ def _spans(text: str, needle: str | None, lemmas: set[str], language: str | None
             at = text.find(needle, at + len(needle))
         return spans
     spans, pos, extending = [], 0, False
-    for surface, lemma, _written, _reading, part, *_ in tokenizer_for(
-            language or ("ja" if _japanese(text) else None))(text):
+    for surface, lemma, _written, _reading, part, *_ in _tokenizer(text, language)(text):
         at = text.find(surface, pos)
         if at < 0:
             continue
