@@ -27,6 +27,8 @@ from pathlib import Path
 
 import psutil
 
+from scribeflow.files import current_umask
+
 log = logging.getLogger("scribeflow.budget.statefile")
 
 _MUTEXES: dict[str, threading.Lock] = {}
@@ -99,6 +101,7 @@ class StateFile:
     def _write(self, text: str) -> None:
         fd, tmp = tempfile.mkstemp(prefix=f".{self.path.stem}.", suffix=".tmp", dir=self.folder)
         try:
+            os.fchmod(fd, 0o666 & ~current_umask())  # as the user's other files, not mkstemp's 0600
             with os.fdopen(fd, "w") as f:
                 f.write(text)
                 f.flush()
