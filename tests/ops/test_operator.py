@@ -296,7 +296,7 @@ def test_the_eta_after_a_restart_is_within_a_quarter_of_the_truth(tmp_path):
     # Ten minutes into a steady run at 30/h, 300 left: the truth is 10 h.
     eta = snapshot(_steady_ledger(tmp_path / "a", now, 10, 30, 300), now=now)["eta"]
     assert abs(eta["seconds"] - 10 * 3600) <= 0.25 * 10 * 3600, eta
-    assert eta["basis"] == "this run's 10 min"
+    assert eta["basis"] == "this run (10 min 0 s)"
     # Twelve minutes into a run at 50/h with 6 left: minutes, not hours.
     eta = snapshot(_steady_ledger(tmp_path / "b", now, 12, 50, 6), now=now)["eta"]
     assert abs(eta["seconds"] - 6 / 50 * 3600) <= 0.25 * 6 / 50 * 3600, eta

@@ -52,8 +52,11 @@ def test_status_figures(tmp_path):
     r = s["rates"]
     # ep2, ep3 transcribed in the last hour; ep2, ep3 and ep5 downloaded in it.
     assert r["transcriptions_per_hour"]["last_hour"] == 2 and r["downloads_per_hour"]["last_hour"] == 3
-    # 4 transcriptions between the first download start and the last transcription (5570 s).
-    assert r["transcriptions_per_hour"]["overall"] == pytest.approx(4 / (5570 / 3600), abs=0.01)
+    # Overall: 4 transcriptions and 5 downloads between the first download's start and the last
+    # episode finished (ep5's download, 7100 s later): one span for every stage.
+    assert r["transcriptions_per_hour"]["overall"] == pytest.approx(4 / (7100 / 3600), abs=0.01)
+    assert r["downloads_per_hour"]["overall"] == pytest.approx(5 / (7100 / 3600), abs=0.01)
+    assert r["transcriptions_per_hour"]["this_run"] is None and r["this_run"] is None  # no run recorded
     assert r["avg_mb_freed_per_transcription"] == pytest.approx(100 + AUDIO_S * 0.032)
     assert r["per_job"]["download_mb_per_s"] == pytest.approx(1.0)
     assert r["per_job"]["transcription_speed"] == pytest.approx(10.0)
@@ -126,7 +129,7 @@ def test_plan_command_refuses_a_bad_catalogue_by_row(tmp_path):
 
     proc = subprocess.run([sys.executable, "-m", "scribeflow.ops.cli", "plan", "--config", f"catalogue={bad}"],
                           capture_output=True, text=True)
-    assert proc.returncode == 2 and "row 2, column id" in proc.stderr
+    assert proc.returncode == 2 and "line 3, column id" in proc.stderr  # the file's line, header included
 
 
 def test_plots_are_png_files_with_content(tmp_path):
@@ -140,3 +143,58 @@ def test_plots_are_png_files_with_content(tmp_path):
     empty = cfg.updated(config, {"data_dir": str(tmp_path / "empty")})
     draw_all(empty, tmp_path / "e1.png", tmp_path / "e2.png")
     assert (tmp_path / "e1.png").stat().st_size > 10_000
+
+
+def test_a_short_run_that_ended_is_not_alive_and_gives_no_hourly_rate(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # no Snakemake lock here
+    config = make_run(tmp_path)
+    now = NOW + 30  # the ledger changed 40 s ago: "recent", were it not for the recorded end
+    with Ledger(tmp_path / "data" / "jobs.db") as ledger, ledger.transaction() as c:
+        c.execute("INSERT INTO runs (started_at, ended_at) VALUES (?, ?)", (now - 51, now - 40))
+        for k in range(3):  # an 11-s run that downloaded three episodes
+            c.execute("INSERT INTO jobs (id, stage, downloading_at, downloaded_at, updated_at) "
+                      "VALUES (?, 'downloaded', ?, ?, ?)", (f"short{k}", now - 50, now - 45 + k, now - 41))
+    s = snapshot(config, now=now)
+    assert not s["run"]["alive"] and "the last run ended" in s["run"]["detail"]
+    r = s["rates"]
+    assert r["this_run"]["seconds"] == 11 and r["downloads_per_hour"]["this_run"] is None  # 11 s: no hourly rate
+    assert r["downloads_per_hour"]["last_hour"] == 6  # a count: ep5 and ep2/ep3's downloads, and these three
+    text = render(s)
+    assert "too short for an hourly rate" in text and "last hour: the count in the last 60 min" in text
+    # A new run started: alive again while the ledger changes.
+    with Ledger(tmp_path / "data" / "jobs.db") as ledger, ledger.transaction() as c:
+        c.execute("INSERT INTO runs (started_at) VALUES (?)", (now - 5,))
+        c.execute("UPDATE jobs SET updated_at = ? WHERE id = 'short0'", (now - 1,))
+    assert snapshot(config, now=now)["run"]["alive"]
+
+
+def test_status_names_the_config_and_data_folder_it_reads(tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    make_run(tmp_path)
+    configfile = tmp_path / "run.yaml"
+    configfile.write_text(f"catalogue: {tmp_path / 'episodes.csv'}\ndata_dir: {tmp_path / 'data'}\n")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+
+    def status(*args):
+        proc = subprocess.run([sys.executable, "-m", "scribeflow.ops.cli", "status", *args], cwd=elsewhere,
+                              capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0, proc.stderr
+        return proc
+
+    # Without the run's --configfile: it says what it read, and that no data folder is there.
+    lines = status().stdout.splitlines()
+    assert lines[0] == f"Reading no config file (none given, no config/config.yaml here: the defaults); " \
+                       f"data folder {elsewhere / 'data'}"
+    assert lines[1].startswith(f"no data folder at {elsewhere / 'data'}: is this the run's --configfile?")
+    # With it, from another folder: the file and the run's data folder, then the run's figures.
+    lines = status("--configfile", str(configfile)).stdout.splitlines()
+    assert lines[0] == f"Reading {configfile}; data folder {tmp_path / 'data'}"
+    assert lines[1].startswith("Episodes: 4 of 10 transcribed")
+    js = status("--json", "--configfile", str(configfile))
+    assert json.loads(js.stdout)["reading"] == {"config_files": [str(configfile)], "config_overrides": [],
+                                                "data_dir": str(tmp_path / "data"), "data_dir_exists": True}
+    assert js.stderr.startswith(f"Reading {configfile}")

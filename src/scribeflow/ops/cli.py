@@ -27,16 +27,39 @@ def add_config_options(parser: argparse.ArgumentParser) -> None:
 
 
 def load_config(args) -> Settings:
+    """The settings the run given the same --configfile/--config sees (read once per command)."""
     from scribeflow.config.settings import for_run
 
-    return for_run(args.configfile, args.config)
+    if getattr(args, "settings", None) is None:
+        args.settings = for_run(args.configfile, args.config)
+    return args.settings
+
+
+# The commands that read a run's data: each says first which config and data folder it reads.
+READ_COMMANDS = ("status", "failed", "plan", "plots", "metrics", "dashboard", "check", "search", "export")
+
+
+def what_is_read(args) -> dict:
+    from scribeflow.ops.status import reading
+
+    return reading(load_config(args), args.configfile, args.config)
+
+
+def announce(args) -> None:
+    """The config files and data folder a read command reads, before its output: on standard
+    error where standard output is for programs (--json, metrics' text, search's lines),
+    else as its first lines."""
+    from scribeflow.ops.status import reading_lines
+
+    machine = getattr(args, "json", False) or args.command in ("metrics", "search")
+    print("\n".join(reading_lines(what_is_read(args))), file=sys.stderr if machine else sys.stdout, flush=True)
 
 
 def cmd_status(args) -> int:
     from scribeflow.ops.status import render, snapshot
 
     snap = snapshot(load_config(args))
-    print(json.dumps(snap, indent=1) if args.json else render(snap))
+    print(json.dumps({"reading": what_is_read(args), **snap}, indent=1) if args.json else render(snap))
     return 0
 
 
@@ -50,7 +73,7 @@ def cmd_plan(args) -> int:
                "extraction_speed": None, "duration_s": args.duration_min and args.duration_min * 60,
                "transcript_kb": None, "cores": args.cores}
     result = plan(config, catalogue, args.gpus, options)
-    print(json.dumps(result, indent=1) if args.json else render(result))
+    print(json.dumps({"reading": what_is_read(args), **result}, indent=1) if args.json else render(result))
     return 0
 
 
@@ -59,11 +82,15 @@ def cmd_plots(args) -> int:
 
     config = load_config(args)
     # Read-only: the plots go where the operator is (or --out), never into data_dir.
-    reports = Layout.from_config(config).report_files(args.out or Path.cwd())
+    reports = Layout.from_config(config).report_files((args.out or PLOTS_FOLDER).absolute())
     disk, rate = reports["disk"], reports["throughput"]
     draw_all(config, disk, rate)
-    print(f"{disk}\n{rate}")
+    print(f"Wrote {disk}\nWrote {rate}" + ("" if args.out else "\n(the run's own plots, drawn as it ends, are in "
+                                                             f"{Layout.from_config(config).reports}/)"))
     return 0
+
+
+PLOTS_FOLDER = Path("scribeflow-plots")  # `plots` without --out: a folder of its own where the operator is
 
 
 def cmd_metrics(args) -> int:
@@ -256,7 +283,8 @@ def main(argv=None) -> int:
 
     plots = sub.add_parser("plots", help="draw disk usage and throughput plots from the ledger")
     add_config_options(plots)
-    plots.add_argument("--out", type=Path, default=None, help="folder (default: the current directory)")
+    plots.add_argument("--out", type=Path, default=None,
+                       help=f"folder (default: ./{PLOTS_FOLDER}; the command never writes into the data folder)")
     plots.set_defaults(func=cmd_plots)
     add_failure_commands(sub)
     add_operator_commands(sub)
@@ -274,6 +302,8 @@ def main(argv=None) -> int:
     from scribeflow.state.ledger import Error as LedgerError
 
     try:
+        if args.command in READ_COMMANDS:
+            announce(args)
         return args.func(args)
     except (ConfigError, CatalogueError) as exc:
         print(f"scribeflow {args.command}: {exc}", file=sys.stderr)
@@ -345,7 +375,9 @@ def cmd_export(args) -> int:
     from scribeflow.ops.export import ExportError, yomitan
     from scribeflow.stages.concordance import CorpusIndexError
 
-    out = args.out or Path(f"scribeflow-frequency{'-' + args.series if args.series else ''}.zip")
+    from scribeflow.ops.export import output_path
+
+    out = output_path(args.out, args.series)
     try:
         with _corpus_index(args) as index:
             info = yomitan(index, out, series=args.series, mode=args.mode, episodes=index.episode_count(args.series))
@@ -375,8 +407,9 @@ def add_corpus_commands(sub) -> None:
     export.add_argument("--series", default=None, help="that series' frequencies alone")
     export.add_argument("--mode", choices=["rank", "occurrence"], default="rank",
                         help="rank-based (default) or occurrence-based frequencies")
-    export.add_argument("--out", type=Path, default=None,
-                        help="the zip to write (default ./scribeflow-frequency[-SERIES].zip)")
+    export.add_argument("--out", default=None,
+                        help="the zip to write, or a folder to write it in (default "
+                             "./scribeflow-frequency[-SERIES].zip)")
     add_config_options(export)
     export.set_defaults(func=cmd_export)
 

@@ -18,8 +18,11 @@ With `--series`, the frequencies are that show's alone.
 from __future__ import annotations
 
 import json
+import os
 import zipfile
 from pathlib import Path
+
+from scribeflow.files import atomic_path
 
 BANK_SIZE = 10_000
 MODES = {"rank": "rank-based", "occurrence": "occurrence-based"}
@@ -27,6 +30,21 @@ MODES = {"rank": "rank-based", "occurrence": "occurrence-based"}
 
 class ExportError(ValueError):
     """What cannot be exported; the message says what to do."""
+
+
+def default_name(series: str | None = None) -> str:
+    return f"scribeflow-frequency{'-' + series if series else ''}.zip"
+
+
+def output_path(out: str | os.PathLike | None, series: str | None = None) -> Path:
+    """Where `--out` asks the zip to go: a file, or a folder (one that exists, or a name
+    ending in /) to write the default name in; without it, the default name here."""
+    if out is None:
+        return Path(default_name(series))
+    text = os.fspath(out)
+    if Path(text).is_dir() or text.endswith(("/", os.sep)):
+        return Path(text) / default_name(series)
+    return Path(text)
 
 
 def frequencies(index, series: str | None = None) -> list[tuple[str, str, int]]:
@@ -75,11 +93,11 @@ def yomitan(index, out: str | Path, series: str | None = None, mode: str = "rank
     }
     rows = entries(freqs, mode)
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as z:
+    if out.is_dir():
+        raise ExportError(f"--out {out} is a folder: write {out}/ to put {default_name(series)} in it, or name the zip")
+    # atomic_path: a failed write leaves neither a half zip nor its temporary file.
+    with atomic_path(out) as tmp, zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as z:
         z.writestr("index.json", json.dumps(info, ensure_ascii=False, indent=1))
         for n, start in enumerate(range(0, len(rows), BANK_SIZE), 1):
             z.writestr(f"term_meta_bank_{n}.json", json.dumps(rows[start:start + BANK_SIZE], ensure_ascii=False))
-    tmp.replace(out)
     return {**info, "entries": len(rows)}

@@ -13,6 +13,7 @@ from prometheus_client import CollectorRegistry, generate_latest, start_http_ser
 from prometheus_client.core import GaugeMetricFamily
 
 from scribeflow.config.settings import Settings
+from scribeflow.ops.rates import RATE_DEFINITIONS
 
 DISK_KINDS = ("videos", "partial", "audio", "transcripts", "tokens", "analysis", "cache", "db", "logs", "other")
 
@@ -71,9 +72,11 @@ class SnapshotCollector:
                                     "subtitles of the sampled episodes (subtitles.sample_share)", value=sample["cer"])
         yield GaugeMetricFamily("scribeflow_catalogue_episodes", "Episodes in the catalogue",
                                 value=s["catalogue_episodes"])
-        rates = GaugeMetricFamily("scribeflow_episodes_per_hour", "Episodes through a stage per hour",
+        rates = GaugeMetricFamily("scribeflow_episodes_per_hour", "Episodes through a stage per hour; window: "
+                                  + "; ".join(f"{k}: {v}" for k, v in RATE_DEFINITIONS.items()),
                                   labels=["stage", "window"])
-        for key, stage in (("downloads_per_hour", "download"), ("transcriptions_per_hour", "transcribe")):
+        for key, stage in (("downloads_per_hour", "download"), ("extractions_per_hour", "extract_audio"),
+                           ("transcriptions_per_hour", "transcribe")):
             for window, value in (s["rates"].get(key) or {}).items():
                 if isinstance(value, (int, float)):
                     rates.add_metric([stage, window], value)

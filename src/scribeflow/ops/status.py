@@ -21,7 +21,7 @@ from scribeflow.budget.monitor import DiskMonitor
 from scribeflow.config.layout import Layout
 from scribeflow.config.settings import MB, Settings
 from scribeflow.files import human_bytes
-from scribeflow.ops.rates import duration, measured
+from scribeflow.ops.rates import MIN_RUN_SECONDS, STAGE_DONE, duration, measured, stage_rates
 from scribeflow.state.failures import given_up
 from scribeflow.state.ledger import HOUR, STAGES, TRANSCRIBED, Ledger, LedgerReader
 
@@ -43,40 +43,54 @@ def catalogue_rows(path) -> int | None:
         return None
 
 
+def reading(settings: Settings, configfiles=(), overrides=(), directory: str | Path = ".") -> dict:
+    """What a read command reads: the config files (the workflow's config/config.yaml
+    where there is one, then each --configfile, as `for_run` merges them), the --config
+    overrides, and the data folder, with whether it exists."""
+    from scribeflow.config.settings import CONFIG_FILE
+
+    default = Path(directory) / CONFIG_FILE
+    files = ([str(default.absolute())] if default.is_file() else []) + [str((Path(directory) / f).absolute())
+                                                                          for f in configfiles]
+    data = Path(settings.data_dir).absolute()
+    return {"config_files": files, "config_overrides": list(overrides), "data_dir": str(data),
+            "data_dir_exists": data.is_dir()}
+
+
+def reading_lines(r: dict) -> list[str]:
+    """`reading` for a person: one line, and a second when the data folder is missing."""
+    files = " + ".join(r["config_files"]) or "no config file (none given, no config/config.yaml here: the defaults)"
+    extra = f" + --config {' '.join(r['config_overrides'])}" if r["config_overrides"] else ""
+    lines = [f"Reading {files}{extra}; data folder {r['data_dir']}"]
+    if not r["data_dir_exists"]:
+        lines.append(f"no data folder at {r['data_dir']}: is this the run's --configfile? (give the same "
+                     f"--configfile/--config as the run, or run from its folder)")
+    return lines
+
+
 def measured_rates(ledger: Ledger, now: float) -> dict:
-    """Throughput and speeds measured from the jobs table."""
+    """Throughput (stage_rates: this run, last hour, overall) and what a transcription frees
+    and leaves behind, from the jobs table."""
     t = ledger.throughput(now - HOUR)
-    first = t["first"]
-
-    def per_hour(count, end):
-        span = (end or now) - first if first else 0
-        return round(count / (span / HOUR), 2) if count and span > 0 else 0.0
-
+    span = (t["last_transcription"] or now) - t["first"] if t["first"] else 0
+    growth = (t["transcript_bytes"] or 0) / (span / HOUR) if span > 0 else 0.0
     return {
-        "downloads_per_hour": {"last_hour": float(t["downloads_since"]),
-                               "overall": per_hour(t["downloads"], t["last_download"])},
-        "transcriptions_per_hour": {"last_hour": float(t["transcribed_since"]),
-                                    "overall": per_hour(t["transcribed"], t["last_transcription"])},
+        **stage_rates(ledger, now),
         "avg_mb_freed_per_transcription": round((t["freed_avg"] or 0) / MB, 3),
-        "permanent_growth_mb_per_hour": round(per_hour(t["transcript_bytes"] or 0, t["last_transcription"]) / MB, 4),
+        "permanent_growth_mb_per_hour": round(growth / MB, 4),
         "transcribed": t["transcribed"],
     }
 
 
-STAGE_DONE = {"downloads": "downloaded_at", "extractions": "extracted_at", "transcriptions": "transcribed_at"}
-
-
-def window_rates(ledger: Ledger, now: float) -> dict:
-    """Episodes through each stage per hour over the last hour, or since the earliest
-    run that is still going (or ended within the hour) when that is later: a window never
-    longer than the run's data, so that a run two minutes old is not measured over an
-    hour it was not running."""
-    start = max(now - HOUR, ledger.run_start(now - HOUR) or 0)
-    window = max(now - start, 60.0)
-    counts = ledger.reached_since(STAGE_DONE.values(), start)
-    basis = "last hour" if start == now - HOUR else f"this run's {window / 60:.0f} min"
-    return {"window_seconds": round(window), "started_at": start, "basis": basis,
-            "per_hour": {name: round(n * HOUR / window, 2) for name, n in zip(STAGE_DONE, counts)}}
+def eta_rate(rates: dict) -> tuple[float, str]:
+    """The transcription rate the ETA divides by, and which it is: this run's while it goes
+    on (and is under an hour old), else the last hour's, else the overall one."""
+    tph, run = rates.get("transcriptions_per_hour") or {}, rates.get("this_run") or {}
+    if tph.get("this_run") and run.get("ended_at") is None and run.get("seconds", HOUR) < HOUR:
+        return tph["this_run"], f"this run ({duration(run['seconds'])})"
+    if tph.get("last_hour"):
+        return tph["last_hour"], "last hour"
+    return tph.get("overall", 0.0), "overall"
 
 
 def bottleneck(stages: dict, paused: bool) -> str:
@@ -91,14 +105,17 @@ def bottleneck(stages: dict, paused: bool) -> str:
     return "downloads (the later stages keep up)"
 
 
-def run_state(gate: DownloadGate, stages: dict, last_update: float | None, now: float) -> dict:
+def run_state(gate: DownloadGate, stages: dict, last_update: float | None, now: float,
+              run: dict | None = None) -> dict:
     """Whether a run is alive: the gate's live holders (a download, extraction or
     transcription in flight, by process id or heartbeat), Snakemake's lock in the
-    working directory, and when the ledger last changed. Reads only."""
+    working directory, and when the ledger last changed, unless the latest run (`run`,
+    stage_rates' this_run) recorded its end. Reads only."""
     holders = [h.get("kind", "job") for h in gate.live_holders()]
     locks = Path(".snakemake") / "locks"
     locked = locks.is_dir() and any(locks.iterdir())
-    recent = last_update is not None and now - last_update < 120
+    ended = bool(run and run.get("ended_at") is not None)
+    recent = last_update is not None and now - last_update < 120 and not ended
     in_flight = sum(stages.get(x, 0) for x in ("downloading", "extracting", "transcribing"))
     if holders:
         counts = Counter(holders)
@@ -109,6 +126,8 @@ def run_state(gate: DownloadGate, stages: dict, last_update: float | None, now: 
     else:
         is_alive = False
         detail = "no job in flight"
+        if ended:
+            detail = f"the last run ended {dt.datetime.fromtimestamp(run['ended_at']).isoformat(timespec='seconds')}"
         if locked:
             detail += ("; Snakemake's lock is left in .snakemake/locks (a killed run: `snakemake --unlock`, "
                        "then run again)")
@@ -138,7 +157,7 @@ def snapshot(settings: Settings, now: float | None = None) -> dict:
     # Whether downloads may start: the gate's rule, from the gate's own pause.
     breakdown = monitor.get_breakdown(paused_for=gate.pause_reasons())
     db = layout.ledger
-    stages, pauses, failures, rates, growth, window, last_update, memory = {}, [], [], {}, {}, {}, None, {}
+    stages, pauses, failures, rates, growth, last_update, memory = {}, [], [], {}, {}, None, {}
     ledger_sources, sampled = (0, 0), (0, None)
     gave_up = given_up(settings.data_dir)  # failed episodes the workflow no longer tries
     if db.exists():
@@ -152,7 +171,6 @@ def snapshot(settings: Settings, now: float | None = None) -> dict:
             rates = measured_rates(ledger, now)
             rates["per_job"] = measured(ledger)
             growth = disk_growth(ledger, now)
-            window = window_rates(ledger, now)
             last_update = ledger.last_update()
             rss, gpu = ledger.peak_memory()
             memory = {"peak_rss_bytes": rss, "gpu_bytes": gpu}
@@ -166,13 +184,7 @@ def snapshot(settings: Settings, now: float | None = None) -> dict:
     subtitled, subtitled_todo = ledger_sources
     # The ETA is the ASR's: transcripts from subtitles take seconds.
     remaining = max(0, total - done - len(gave_up) - subtitled_todo)
-    tph = rates.get("transcriptions_per_hour", {})
-    # The current run's rate over a window never longer than the run (at most an hour);
-    # when nothing runs, the whole history's.
-    if window.get("per_hour", {}).get("transcriptions"):
-        rate, basis = window["per_hour"]["transcriptions"], window["basis"]
-    else:
-        rate, basis = tph.get("overall", 0), "overall"
+    rate, basis = eta_rate(rates)
     eta_s = remaining / rate * HOUR if rate and remaining else (0.0 if not remaining else None)
     paused_now = any(p["ended_at"] is None for p in pauses)
     from scribeflow.budget.hosts import HostLimiter
@@ -197,9 +209,9 @@ def snapshot(settings: Settings, now: float | None = None) -> dict:
             "can_download": breakdown.can_download,
         },
         "pauses": {"count": pause_count, "total_seconds": round(paused_s, 1), "open": paused_now},
-        "rates": {**rates, "window": window},
+        "rates": rates,
         "bottleneck": bottleneck(stages, paused_now),
-        "run": run_state(gate, stages, last_update, now),
+        "run": run_state(gate, stages, last_update, now, rates.get("this_run")),
         "transcription_memory": memory,
         "disk_growth": growth,
         "eta": {"remaining_episodes": remaining, "seconds": round(eta_s) if eta_s is not None else None,
@@ -208,6 +220,30 @@ def snapshot(settings: Settings, now: float | None = None) -> dict:
                 "rate_per_hour": rate, "basis": basis},
         "failures": failures,
     }
+
+
+def _per_hour(x: float | None) -> str:
+    return "-" if x is None else f"{x:,.0f}" if x >= 100 else f"{x:.3g}"
+
+
+def render_rates(r: dict) -> list[str]:
+    """The rates as a table, each column with its one definition (rates.RATE_DEFINITIONS)."""
+    run = r.get("this_run")
+    if run is None:
+        about = "no run recorded"
+    else:
+        about = duration(run["seconds"]) + (", going on" if run["ended_at"] is None else ", ended "
+                                           + dt.datetime.fromtimestamp(run["ended_at"]).isoformat(timespec="minutes"))
+        if run["seconds"] < MIN_RUN_SECONDS:
+            about += ": too short for an hourly rate"
+    lines = [f"Episodes per hour {'this run':>10} {'last hour':>10} {'overall':>10}"]
+    for name in STAGE_DONE:
+        got = r.get(f"{name}_per_hour") or {}
+        lines.append(f"  {name:<15} " + " ".join(f"{_per_hour(got.get(k)):>10}"
+                                                for k in ("this_run", "last_hour", "overall")))
+    lines.append(f"  (this run: since it started, {about}; last hour: the count in the last 60 min; "
+                 f"overall: since the first download, to the last episode finished)")
+    return lines
 
 
 def render(s: dict) -> str:
@@ -247,16 +283,9 @@ def render(s: dict) -> str:
                      + (f"; next probe in {duration(max(0.0, probe - s['at']))}" if probe else "")
                      + f"; its episodes wait; `scribeflow retry --host {host}` resumes it now")
     r, g, e = s["rates"], s["disk_growth"], s["eta"]
-    w = r.get("window") or {}
-    if any(w.get("per_hour", {}).values()):
-        lines.append(f"Rates ({w['basis']}): " + ", ".join(f"{n:g} {name}/h" for name, n in w["per_hour"].items())
-                     + f"; bottleneck: {s.get('bottleneck')}")
     if r.get("downloads_per_hour"):
-        lines += [
-            f"Downloads per hour: {r['downloads_per_hour']['last_hour']:g} last hour, "
-            f"{r['downloads_per_hour']['overall']:g} overall",
-            f"Transcriptions per hour: {r['transcriptions_per_hour']['last_hour']:g} last hour, "
-            f"{r['transcriptions_per_hour']['overall']:g} overall",
+        lines += render_rates(r) + [
+            f"  bottleneck: {s.get('bottleneck')}",
             f"Freed per transcription: {r['avg_mb_freed_per_transcription']:g} MB on average",
             f"Permanent outputs grow {r['permanent_growth_mb_per_hour']:g} MB/h"
             + (f"; disk usage changed {g['last_hour_mb_per_hour']:+g} MB/h over the last hour"

@@ -483,6 +483,15 @@ class _Queries:
         except sqlite3.OperationalError:  # a ledger read before the table existed
             return None
 
+    def latest_run(self) -> tuple | None:
+        """(started_at, ended_at) of the run that started last; ended_at None while it goes
+        on (or when it was killed before it could record its end)."""
+        try:
+            return self.conn.execute("SELECT started_at, ended_at FROM runs ORDER BY started_at DESC LIMIT 1"
+                                     ).fetchone()
+        except sqlite3.OperationalError:  # a ledger read before the table existed
+            return None
+
     # -- pauses and disk samples -------------------------------------------------
     def pause_events(self) -> list[dict]:
         return _dicts(self.conn.execute("SELECT * FROM pause_events ORDER BY started_at"))
