@@ -96,3 +96,75 @@ def test_a_burst_of_extractor_errors_pauses_the_host_saying_to_update_yt_dlp(tmp
         hosts.failed(URL, breaker_reason(failure))
     reason = hosts.paused()["cdn.example.org"]["reason"]
     assert reason.startswith("its pages no longer parse: update yt-dlp") and __version__ in reason
+
+
+# -- whose fault: one bad episode, or the host ------------------------------------------------
+def test_one_episode_failing_on_every_try_never_pauses_a_host_that_serves_others(tmp_path):
+    hosts = limiter(tmp_path)
+    for n in range(12):  # a region-locked episode, tried again and again, between the others' successes
+        assert not hosts.failed(URL, "HTTP 403 (Forbidden)", "locked", own=n % 2 == 0)
+        hosts.succeeded(URL, f"ep{n:02d}")
+    for _ in range(10):  # and its retries within one job count once
+        assert not hosts.failed(URL, "HTTP 403 (Forbidden)", "locked")
+    assert hosts.paused() == {}
+
+
+def test_distinct_episodes_failing_with_no_success_between_pause_the_host_and_one_success_resets(tmp_path):
+    hosts = limiter(tmp_path)
+    for episode in ("a", "b", "c", "d"):
+        assert not hosts.failed(URL, "HTTP 500", episode)
+    hosts.succeeded(URL, "e")  # one success: the count starts again
+    for episode in ("f", "g", "h", "i"):
+        assert not hosts.failed(URL, "HTTP 500", episode)
+    assert hosts.failed(URL, "HTTP 500", "j")
+    assert "cdn.example.org" in hosts.paused()
+
+
+def test_a_failure_is_the_episodes_while_the_host_serves_others_and_the_hosts_when_others_fail_too(tmp_path):
+    from scribeflow.budget.hosts import EPISODE, HOST
+
+    hosts = limiter(tmp_path)
+    hosts.alone_seconds = 0.3
+    assert hosts.judge(URL, "locked")[0] == HOST  # a host that never served anyone: not the episode's
+    hosts.succeeded(URL, "ep01")
+    assert hosts.judge(URL, "locked") == (EPISODE, 1)  # it serves others: the episode's own
+    # A ban: another episode fails too, so the next one is the host's.
+    hosts.failed(URL, "HTTP 403 (Forbidden)", "locked", own=True)
+    assert hosts.judge(URL, "other")[0] == HOST
+    assert hosts.judge(URL, "locked")[0] == EPISODE  # its own earlier failure is not "another"
+
+
+def test_an_undecided_failure_waits_for_the_next_outcome_of_another_download_in_flight(tmp_path):
+    from scribeflow.budget.hosts import EPISODE
+
+    hosts = limiter(tmp_path)
+    in_flight = threading.Event()
+
+    def other_download():
+        with hosts.slot(URL, "ep01"):
+            in_flight.set()
+            time.sleep(1.0)
+        hosts.succeeded(URL, "ep01")
+
+    t = threading.Thread(target=other_download)
+    t.start()
+    in_flight.wait(5)
+    started = time.monotonic()
+    assert hosts.judge(URL, "locked")[0] == EPISODE
+    assert 0.5 < time.monotonic() - started < 10
+    t.join()
+
+
+def test_an_episode_that_failed_on_its_own_never_probes_a_paused_host(tmp_path):
+    hosts = limiter(tmp_path, probe_seconds=0.0)
+    for episode in "abcde":
+        hosts.failed(URL, "HTTP 500", episode)
+    started = time.monotonic()
+    with pytest.raises(HostPaused, match="failed on its own"):
+        with hosts.slot(URL, "locked", suspect=True):
+            pass
+    assert time.monotonic() - started < 5
+    with hosts.slot(URL, "fresh"):  # another episode probes it
+        pass
+    hosts.succeeded(URL, "fresh")
+    assert hosts.paused() == {}

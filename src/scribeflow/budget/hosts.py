@@ -11,15 +11,26 @@ its extraction to the end of its download:
   the host's recent 429s); other hosts are not slowed. A completed download of the
   host clears its count of 429s.
 
-A circuit breaker per host (every host, exempt or not). When a host's downloads fail
-for the host's reasons (failures.kind: 403/5xx, timeouts, extractor errors) `breaker_failures`
-times in a row, or more than half of its last 20 outcomes, the host is *paused*: its
-downloads wait (the run goes on with other hosts), and one of them at a time probes it,
-the first after `probe_seconds`, then each after twice the wait before (at most
-`max_probe_seconds`). A probe that succeeds resumes the host; one that fails keeps it
-paused. A download that waits longer than `wait_seconds` is deferred (HostPaused: the
-host's failure, never counted; the next run tries it again). `scribeflow status` shows
-each paused host, since when and why; `scribeflow retry --host H` resumes one.
+A circuit breaker per host (every host, exempt or not). It counts *episodes*, not
+attempts: each download reports its outcome once, however often it was retried. When
+`breaker_failures` distinct episodes of a host fail with no success of the host between
+them, or more than half of its last 20 downloads failed for the host's reasons, the host
+is *paused*: its downloads wait (the run goes on with other hosts), and one of them at a
+time probes it, the first after `probe_seconds`, then each after twice the wait before
+(at most `max_probe_seconds`). One success resets the count; a probe that succeeds
+resumes the host; one that fails keeps it paused. An episode that failed on its own
+before (a region lock, say) never probes: it is deferred at once. A download that waits
+longer than `wait_seconds` is deferred (HostPaused: the host's failure, never counted;
+the next run tries it again). `scribeflow status` shows each paused host, since when and
+why; `scribeflow retry --host H` resumes one.
+
+Whose fault (judge). A 401/403, a region lock, "video unavailable" or "private" could be
+the episode's or the host's (a ban, expired cookies, a site-wide block). The host's own
+record decides: when its last outcome of another episode was a success, the episode
+fails on its own (counted); when other episodes of the host are failing too, or it has
+never served one, the host does (never counted, fed to the breaker). With no outcome to
+go by, a download waits for the next one of another episode in flight (at most
+JUDGE_SECONDS). A ban that starts with one episode charges that one episode once.
 
 Hosts in `download.exempt_hosts` (the loopback addresses by default: your own
 server) are not limited by the politeness rules. The state is one JSON file under {data_dir}/hosts/, read
@@ -50,6 +61,10 @@ log = logging.getLogger("scribeflow.budget.hosts")
 BEAT_SECONDS = 30.0
 POLL_SECONDS = 0.5
 RECENT = 20  # outcomes the breaker remembers per host
+JUDGE_SECONDS = 120.0  # the longest a download waits for another episode's outcome to judge its failure
+ALONE_SECONDS = 10.0  # ... and how long it waits with no other download of the host in flight
+SERVED_MEMORY_SECONDS = 30 * 86400  # a host that served an episode within this is known to serve
+EPISODE, HOST = "episode", "host"  # failures.EPISODE/HOST: whose fault (judge)
 
 
 class HostPaused(RuntimeError):
@@ -82,6 +97,7 @@ class HostLimiter:
         self.breaker_failures = int(breaker_failures)
         self.probe_seconds, self.max_probe_seconds = float(probe_seconds), float(max_probe_seconds)
         self.wait_seconds = float(wait_seconds)
+        self.judge_seconds, self.alone_seconds = JUDGE_SECONDS, ALONE_SECONDS
         self.machine = socket.gethostname()
 
     @classmethod
@@ -113,9 +129,11 @@ class HostLimiter:
             holders = entry.setdefault("holders", {})
             for token in [t for t, h in holders.items() if not self._alive(h)]:
                 del holders[token]
-            idle = not holders and entry.get("backoff_until", 0) < time.time() \
-                and entry.get("last_start", 0) < time.time() - max(self.min_interval, 3600) \
-                and not entry.get("paused_since") and not any(entry.get("recent") or ())
+            now = time.time()
+            idle = not holders and entry.get("backoff_until", 0) < now \
+                and entry.get("last_start", 0) < now - max(self.min_interval, 3600) \
+                and not entry.get("paused_since") and not any(entry.get("recent") or ()) \
+                and not _failing(entry) and entry.get("served_at", 0) < now - SERVED_MEMORY_SECONDS
             probe = entry.get("probe")
             if probe and not self._alive(probe):  # the probe's process died: the next one may go
                 entry["probe"] = None
@@ -124,6 +142,8 @@ class HostLimiter:
 
     @staticmethod
     def _entry(state: dict, host: str) -> dict:
+        if not isinstance(state.get(host), dict):
+            state[host] = {}
         entry = state.setdefault(host, {})
         entry.setdefault("holders", {})
         entry.setdefault("last_start", 0.0)
@@ -133,12 +153,13 @@ class HostLimiter:
 
     # -- the API ---------------------------------------------------------------------
     @contextlib.contextmanager
-    def slot(self, url: str, episode: str = "", waiting_since: float | None = None):
+    def slot(self, url: str, episode: str = "", waiting_since: float | None = None, suspect: bool = False):
         """Hold one of the host's slots for the block; wait for the host's circuit
         breaker (a paused host: until this download may probe it, or HostPaused after
-        wait_seconds), its backoff, its start interval and a free slot first."""
+        wait_seconds), its backoff, its start interval and a free slot first. `suspect`:
+        the episode failed on its own before; it never probes a paused host."""
         host = host_of(url)
-        probing = self._pass_breaker(host, episode, waiting_since)
+        probing = self._pass_breaker(host, episode, waiting_since, suspect)
         try:
             with self._polite_slot(host, episode):
                 yield
@@ -149,10 +170,12 @@ class HostLimiter:
                     if entry and (entry.get("probe") or {}).get("pid") == os.getpid():
                         entry["probe"] = None
 
-    def _pass_breaker(self, host: str, episode: str, waiting_since: float | None = None) -> bool:
+    def _pass_breaker(self, host: str, episode: str, waiting_since: float | None = None,
+                      suspect: bool = False) -> bool:
         """Return at once when the host is not paused (False); when it is, wait until this
         download may probe it (True) or it resumes (False); HostPaused once it has waited
-        wait_seconds since `waiting_since` (its first wait for this host)."""
+        wait_seconds since `waiting_since` (its first wait for this host), or at once for
+        a suspect episode (one bad episode must not be the probe that keeps a host paused)."""
         if not host:
             return False
         started, told = waiting_since or time.time(), False
@@ -161,6 +184,10 @@ class HostLimiter:
                 entry = state.get(host)
                 if not entry or not entry.get("paused_since"):
                     return False
+                if suspect:
+                    raise HostPaused(f"{episode}: the host {host} is paused ({entry.get('paused_reason')}) and this "
+                                     f"episode failed on its own before, so it does not probe the host: deferred to "
+                                     f"the next run, not counted")
                 now = time.time()
                 if not entry.get("probe") and now >= entry.get("probe_at", 0):
                     entry["probe"] = {**this_process(), "machine": self.machine, "id": episode, "since": now,
@@ -183,17 +210,20 @@ class HostLimiter:
 
     @contextlib.contextmanager
     def _polite_slot(self, host: str, episode: str):
-        if not self.limited(host):
+        """Every download registers as a holder of its host (the judge asks who else is in
+        flight); only limited hosts wait for the politeness rules."""
+        if not host:
             yield
             return
         token = uuid.uuid4().hex
-        told = False
+        limited, told = self.limited(host), False
         while True:
             with self._state() as state:
                 entry = self._entry(state, host)
                 now = time.time()
-                wait = max(entry["backoff_until"] - now, entry["last_start"] + self.min_interval - now, 0.0)
-                full = self.max_per_host > 0 and len(entry["holders"]) >= self.max_per_host
+                wait = max(entry["backoff_until"] - now, entry["last_start"] + self.min_interval - now, 0.0) \
+                    if limited else 0.0
+                full = limited and self.max_per_host > 0 and len(entry["holders"]) >= self.max_per_host
                 if wait <= 0 and not full:
                     entry["holders"][token] = {**this_process(), "machine": self.machine, "id": episode,
                                                "since": now, "beat": now}
@@ -240,9 +270,9 @@ class HostLimiter:
                         host, entry["backoff_until"] - time.time(), entry["strikes"])
             return entry["backoff_until"] - time.time()
 
-    def succeeded(self, url: str) -> None:
-        """A download of the host went through: its count of 429s starts again, and a
-        paused host resumes."""
+    def succeeded(self, url: str, episode: str = "") -> None:
+        """A download of the host went through: its count of 429s and of failing episodes
+        starts again, it is known to serve (judge), and a paused host resumes."""
         host = host_of(url)
         if not host:
             return
@@ -250,30 +280,75 @@ class HostLimiter:
             entry = self._entry(state, host)
             entry["strikes"] = 0
             entry["recent"] = (entry.get("recent") or [])[-(RECENT - 1):] + [0]
-            entry["failing"] = 0
+            entry["failing"] = []
+            entry["served"] = entry.get("served", 0) + 1
+            entry["served_at"] = time.time()
             if entry.get("paused_since"):
                 log.warning("The host %s answers again: resumed after %.0f s paused", host,
                             time.time() - entry["paused_since"])
                 self._resume(entry)
-            elif not self.limited(host) and not entry["holders"]:
-                del state[host]  # nothing to remember of an exempt host that works
 
     @staticmethod
     def _resume(entry: dict) -> None:
         for key in ("paused_since", "paused_reason", "probe", "probe_at", "probe_wait"):
             entry.pop(key, None)
         entry["recent"] = []
+        entry["failing"] = []
 
-    def failed(self, url: str, reason: str) -> bool:
-        """A download of the host failed for the host's reasons (failures.kind); pauses
-        the host when its breaker trips. Returns whether the host is paused now."""
+    def judge(self, url: str, episode: str, since: float | None = None) -> tuple[str, int]:
+        """Whose fault a failure of `episode` is that either could own (a 401/403, a region
+        lock, an unavailable video): (EPISODE or HOST, episodes the host has served). The
+        episode's when the host's last outcome of another episode was a success; the
+        host's when other episodes of it fail too, or it never served one. Undecided, it
+        waits for the next outcome of another download of the host in flight (at most
+        JUDGE_SECONDS, or ALONE_SECONDS with none in flight)."""
+        host = host_of(url)
+        if not host:
+            return EPISODE, 0
+        since = since or time.time()
+        alone_since = None
+        while True:
+            with self._state() as state:
+                entry = self._entry(state, host)
+                others = [e for e in _failing(entry) if e != episode]
+                served, served_at = entry.get("served", 0), entry.get("served_at", 0.0)
+                in_flight = [h for h in entry["holders"].values() if h.get("id") != episode]
+            if others:
+                return HOST, served
+            if served and served_at > time.time() - SERVED_MEMORY_SECONDS:
+                return EPISODE, served
+            now = time.time()
+            alone_since = None if in_flight else (alone_since or now)
+            if now - since >= self.judge_seconds or (alone_since and now - alone_since >= self.alone_seconds):
+                return HOST, served
+            time.sleep(POLL_SECONDS)
+
+    def served_since(self, url: str, since: float) -> bool:
+        """Whether the host of `url` served an episode after `since` (read without the lock)."""
+        try:
+            entry = json.loads((self.state_dir / STATE_FILE).read_bytes()).get(host_of(url)) or {}
+        except (OSError, ValueError, AttributeError):
+            return False
+        return isinstance(entry, dict) and entry.get("served_at", 0) > since
+
+    def failed(self, url: str, reason: str, episode: str = "", own: bool = False) -> bool:
+        """A download of the host failed (report it once per download, not per retry):
+        for the host's reasons, or `own` (judged the episode's; it still counts among the
+        failing episodes, so that a ban is seen). Pauses the host when `breaker_failures`
+        distinct episodes fail with no success between them, or (the host's reasons
+        only) more than half of its last RECENT downloads did. Returns whether the host
+        is paused now."""
         host = host_of(url)
         if not host:
             return False
         with self._state() as state:
             entry = self._entry(state, host)
-            recent = entry["recent"] = (entry.get("recent") or [])[-(RECENT - 1):] + [1]
-            entry["failing"] = entry.get("failing", 0) + 1
+            failing = _failing(entry)
+            new = episode not in failing or not episode  # a retry of a download already counted is not
+            if new:
+                failing.append(episode)
+            entry["failing"] = failing[-max(self.breaker_failures, 1):]
+            recent = entry["recent"] = (entry.get("recent") or [])[-(RECENT - 1):] + ([1] if new and not own else [])
             now = time.time()
             if entry.get("paused_since"):  # a probe failed: wait twice as long for the next
                 entry["probe_wait"] = min(entry.get("probe_wait", self.probe_seconds) * 2, self.max_probe_seconds)
@@ -281,13 +356,14 @@ class HostLimiter:
                 entry["probe"] = None
                 log.warning("The probe of %s failed (%s): next probe in %.0f s", host, reason, entry["probe_wait"])
                 return True
-            trip = entry["failing"] >= self.breaker_failures or (len(recent) >= 10 and sum(recent) * 2 > len(recent))
+            trip = len(failing) >= self.breaker_failures or (len(recent) >= 10 and sum(recent) * 2 > len(recent))
             if trip:
                 entry.update(paused_since=now, paused_reason=reason[:400], probe_wait=self.probe_seconds,
                              probe_at=now + self.probe_seconds, probe=None)
-                log.error("The host %s is paused: %d of its recent downloads failed for the host's reasons, "
-                          "the last: %s. Its episodes wait (one probes it in %.0f s); other hosts go on", host,
-                          sum(recent), reason, self.probe_seconds)
+                log.error("The host %s is paused: %d distinct episodes failed in a row (%d of its last %d "
+                          "downloads for the host's reasons), the last: %s. Its episodes wait (one probes it in "
+                          "%.0f s); other hosts go on", host, len(failing), sum(recent), len(recent), reason,
+                          self.probe_seconds)
             return trip
 
     def paused(self) -> dict:
@@ -308,10 +384,16 @@ class HostLimiter:
             if not entry or not entry.get("paused_since"):
                 return False
             self._resume(entry)
-            entry["failing"] = 0
             return True
 
     def snapshot(self) -> dict:
         """The shared state (for tests and status): {host: {holders, last_start, backoff_until, strikes}}."""
         with self._state() as state:
             return json.loads(json.dumps(state))
+
+
+def _failing(entry: dict) -> list:
+    """The distinct episodes failing on the host since its last success (an older state
+    file kept a count: it starts again)."""
+    failing = entry.get("failing")
+    return list(failing) if isinstance(failing, list) else []

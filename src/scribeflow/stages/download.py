@@ -41,6 +41,7 @@ import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 
+from scribeflow.budget.hosts import EPISODE, host_of
 from scribeflow.budget.watchdog import BLOCK, DiskWatchdog, Stopped, slack_bytes
 from scribeflow.config.layout import PARTIAL_SUFFIXES, STAGING_MARK
 from scribeflow.config.settings import GB, MB, Download, Settings
@@ -52,15 +53,19 @@ log = logging.getLogger("scribeflow.stages.download")
 
 TRANSIENT_STATUS = {408, 425, 429, 500, 502, 503, 504, 520, 521, 522, 523, 524}
 PERMANENT_STATUS = {404, 410}
+EITHER_STATUS = {401, 403, 451}  # the episode's or the host's: judged (hosts.HostLimiter.judge)
 
 
 class DownloadFailed(RuntimeError):
     """The episode could not be downloaded. `permanent`: retrying cannot help;
     `transient`: another attempt soon may succeed (after `retry_after` seconds,
-    when the server said so)."""
+    when the server said so). `either`: the episode's or the host's, as the host's own
+    record decides (hosts.HostLimiter.judge): a 401/403, a region lock, a video the site
+    calls unavailable or private."""
 
     def __init__(self, message: str, permanent: bool = False, transient: bool = False,
-                 retry_after: float | None = None, status: int | None = None, kind: str | None = None):
+                 retry_after: float | None = None, status: int | None = None, kind: str | None = None,
+                 either: bool = False):
         super().__init__(message)
         self.permanent = permanent
         self.transient = transient and not permanent
@@ -69,6 +74,14 @@ class DownloadFailed(RuntimeError):
         # Whose failure (failures.kind): the host's (or the environment's) is never
         # counted against the episode and feeds the host's circuit breaker (hosts.py).
         self.kind = "episode" if permanent else (kind or "episode")
+        self.either = either and not permanent
+
+    def charge(self, kind: str, note: str = "") -> "DownloadFailed":
+        """Settle whose failure this is (judged), saying why in the message."""
+        self.kind, self.either = kind, False
+        if note:
+            self.args = (f"{self.args[0]} {note}",)
+        return self
 
 
 class SizeExceeded(DownloadFailed):
@@ -260,6 +273,12 @@ def yt_dlp_version() -> str:
     return f"yt-dlp {__version__}"
 
 
+def _site_says(exc) -> str:
+    """yt-dlp's own words for an expected extractor error, without its prefixes."""
+    text = str(getattr(exc, "orig_msg", None) or getattr(exc, "msg", None) or exc)
+    return re.sub(r"^(ERROR: )?(\[[^\]]+\] )?([\w-]+: )?", "", text).strip()
+
+
 def classify(exc: BaseException, episode: str) -> DownloadFailed:
     """A DownloadFailed saying whether `exc` (from yt-dlp or the network) is permanent,
     transient or neither, with a message a user can act on."""
@@ -278,10 +297,11 @@ def classify(exc: BaseException, episode: str) -> DownloadFailed:
             if status in PERMANENT_STATUS:
                 return DownloadFailed(f"{episode}: HTTP {status} ({e.reason}): the episode is gone from "
                                       f"the server", permanent=True)
-            # 401/403 (a signed URL expired, cookies expired, a ban), 429, 5xx: the host's.
+            # 401/403: a region lock or a removed video (the episode's), or a ban or
+            # expired cookies (the host's): judged by the host's record. 429, 5xx: the host's.
             return DownloadFailed(f"{episode}: HTTP {status} ({e.reason})", transient=status in TRANSIENT_STATUS
                                   or status >= 500, retry_after=_retry_after(e.response), status=status,
-                                  kind="host")
+                                  kind="host", either=status in EITHER_STATUS)
         if isinstance(e, OSError) and e.errno == errno.ENOSPC:
             return DiskFull(f"{episode}: the disk is full (ENOSPC) while downloading", transient=True)
         if isinstance(e, UnsupportedError):
@@ -290,6 +310,11 @@ def classify(exc: BaseException, episode: str) -> DownloadFailed:
         if isinstance(e, (TransportError, TimeoutError, ConnectionError)):
             return DownloadFailed(f"{message} (network error)", transient=True, kind="host")
     for e in _chain(exc):
+        if isinstance(e, ExtractorError) and getattr(e, "expected", False):
+            # What the site says of the episode: unavailable, private, removed, login
+            # required, region-locked (GeoRestrictedError). The episode's, unless the
+            # whole site says it (expired cookies, a blocked region): judged.
+            return DownloadFailed(f"{episode}: the site says: {_site_says(e)}", kind="host", either=True)
         if isinstance(e, ExtractorError):
             # A page yt-dlp can no longer read: the site changed, until yt-dlp is updated.
             return DownloadFailed(f"{message} (yt-dlp's extractor failed: if many episodes of this site fail "
@@ -529,7 +554,8 @@ def describe_format(info: dict) -> dict:
 
 # -- one episode --------------------------------------------------------------------------
 def download_episode(episode: str, url: str, out: Path, settings: Settings, gate=None,
-                     expected_size_mb: float | None = None, hosts=None, on_extracted=None) -> dict:
+                     expected_size_mb: float | None = None, hosts=None, on_extracted=None,
+                     suspect: bool = False) -> dict:
     """Download `url` to `out` inside the disk gate and the host's politeness limits,
     then validate the media, retrying transient faults with backoff (see the module
     docstring). A download stopped for growing past its declared size is deleted at
@@ -542,16 +568,18 @@ def download_episode(episode: str, url: str, out: Path, settings: Settings, gate
     `on_extracted(ydl, info)`, called with the page's extraction before any media request
     or reservation, may take the episode another way (a subtitle): when it returns
     something, nothing is downloaded and the result is {"subtitles": what it returned}.
+    `suspect`: the episode failed on its own in an earlier run; it never probes a paused host.
     """
     measured = None
     while True:
         try:
             return _download_with_retries(episode, url, Path(out), settings, gate, expected_size_mb, hosts,
-                                          measured, on_extracted)
+                                          measured, on_extracted, suspect)
         except SizeExceeded as exc:
             if exc.written is None:
                 raise
-            measured = _declare_after_stop(exc, settings, episode, retried=measured is not None)
+            measured = _declare_after_stop(exc, settings, episode, retried=measured is not None,
+                                           limit=largest_now(settings, gate))
             log.warning("%s; its files were deleted; trying once more, declaring %s (measured)",
                         exc, human_bytes(measured))
 
@@ -570,7 +598,19 @@ def reservation(settings: Settings, declared: int) -> int:
     return declared + slack_bytes(dm.max_write_rate_mb_per_s * MB, dm.watch_interval_seconds)
 
 
-def _declare_after_stop(exc: SizeExceeded, settings: Settings, episode: str, retried: bool) -> int:
+def largest_now(settings: Settings, gate=None) -> int:
+    """The largest reservation a download could be admitted with now, were nothing else
+    in flight: the budget's largest, less what the pipeline keeps (transcripts, tokens,
+    the ledger: no transcription frees them) and the outputs the episode will write."""
+    limit = largest_download(settings)
+    if gate is None:
+        return limit
+    usage = gate.monitor.current_usage(fresh=True)
+    return limit - (usage.total - usage.temporary) - gate.outputs_per_episode
+
+
+def _declare_after_stop(exc: SizeExceeded, settings: Settings, episode: str, retried: bool,
+                        limit: int | None = None) -> int:
     """The media bytes to declare for the one retry after a stop. The whole is at least
     what was written over the larger share of the stream it covered (`exc.fraction`: at
     least, at most; unknown for ffmpeg, which reports none). The declaration is the first
@@ -582,7 +622,7 @@ def _declare_after_stop(exc: SizeExceeded, settings: Settings, episode: str, ret
     dm = settings.disk_management
     margin = 1 + settings.download.size_estimate_margin
     written, declared = exc.written, exc.declared or exc.written
-    limit = largest_download(settings)
+    limit = largest_download(settings) if limit is None else limit
     room = int(dm.in_flight_gb * GB - dm.audio_headroom_mb * MB) - reservation(settings, 0)
     unknown = max(2 * max(written, declared), min(room, limit - reservation(settings, 0)))
     low, high = exc.fraction or (0.0, 0.0)
@@ -610,92 +650,108 @@ def _declare_after_stop(exc: SizeExceeded, settings: Settings, episode: str, ret
                 if reservation(settings, e) <= limit)
 
 
+@dataclass
+class _Tries:
+    """One download's tries within its job."""
+
+    count: int = 0  # failed tries that may be retried
+    first_failure: float | None = None
+    waiting_since: float | None = None  # since when it waits for its paused host
+
+
 def _download_with_retries(episode: str, url: str, out: Path, settings: Settings, gate, expected_size_mb,
-                           hosts, measured: int | None, on_extracted=None) -> dict:
+                           hosts, measured: int | None, on_extracted=None, suspect: bool = False) -> dict:
     from scribeflow.budget.hosts import HostLimiter
 
-    dl = settings.download
     out.parent.mkdir(parents=True, exist_ok=True)
     hosts = hosts or HostLimiter.from_config(settings)
     if remove_partials(out):
         log.info("Removed a previous attempt's partial files for %s", episode)
-    attempt, tries, waiting_since = 0, 0, None
+    attempt, tries = 0, _Tries()
     while True:
         attempt += 1
         try:
-            with hosts.slot(url, episode, waiting_since=waiting_since):
+            with hosts.slot(url, episode, waiting_since=tries.waiting_since, suspect=suspect):
                 result = _attempt(episode, url, out, settings, gate, expected_size_mb,
                                   on_rate_limited=lambda: hosts.slow_down(url), measured=measured,
                                   on_extracted=on_extracted)
-            hosts.succeeded(url)
+            hosts.succeeded(url, episode)
             return {**result, "attempts": attempt}
         except DownloadFailed as exc:
-            freed = remove_partials(out)
-            if isinstance(exc, DiskFull):
-                log.warning("%s; removed its partial file (%.1f MB): downloads pause until space returns",
-                            exc, freed / MB)
-            if exc.kind == "host" and not isinstance(exc, DiskFull) and hosts.failed(url, breaker_reason(exc)):
-                # The host is paused: this download waits for it (or probes it) in its
-                # slot, up to host_wait_seconds in all, without spending its retries.
-                waiting_since = waiting_since or time.time()
-                continue
-            tries += 1
-            # The host's failures (a 403, an extractor error) are retried like transient
-            # ones: the host's breaker pauses it when they keep coming.
-            retryable = exc.transient or exc.kind == "host"
-            if not retryable or tries > dl.retries:
-                if retryable:
-                    exc.args = (f"{exc} (gave up after {tries} attempt(s))",)
-                raise
-            delay = backoff_seconds(dl, tries, exc.retry_after)
-            if exc.status == 429:  # slow the whole host down, in every process
-                delay = max(delay, hosts.slow_down(url, exc.retry_after))
-            log.warning("Attempt %d of %d for %s failed: %s; retrying in %.1f s",
-                        tries, dl.retries + 1, episode, exc, delay)
-            time.sleep(delay)
+            delay = _after_failure(exc, episode, url, out, settings.download, hosts, tries)
+            if delay:
+                time.sleep(delay)
+
+
+def _after_failure(exc: DownloadFailed, episode: str, url: str, out: Path, dl: Download, hosts,
+                   tries: _Tries) -> float:
+    """After a failed try: raise it (the job fails, charged to whom it is due: judged
+    when it could be either's), or return the seconds to wait before the next try (0:
+    the host is paused, and this download waits for it in its slot, without spending
+    its retries). The host's breaker hears of each download once, however often it is
+    retried; an episode's own failure is never retried within its job."""
+    freed = remove_partials(out)
+    if isinstance(exc, DiskFull):
+        log.warning("%s; removed its partial file (%.1f MB): downloads pause until space returns", exc, freed / MB)
+    tries.first_failure = tries.first_failure or time.time()
+    if exc.either:
+        _judge(exc, hosts, url, episode, tries.first_failure)
+        if exc.kind == "episode":
+            hosts.failed(url, str(exc), episode, own=True)  # a ban that starts with one episode is seen
+            raise exc
+    if exc.kind == "host" and not isinstance(exc, DiskFull) and hosts.failed(url, breaker_reason(exc), episode):
+        tries.waiting_since = tries.waiting_since or time.time()
+        return 0.0
+    tries.count += 1
+    # The host's failures (a 403 while it serves no one, an extractor error) are retried
+    # like transient ones: the host's breaker pauses it when they keep coming.
+    retryable = exc.transient or exc.kind == "host"
+    if not retryable or tries.count > dl.retries:
+        if retryable:
+            exc.args = (f"{exc} (gave up after {tries.count} attempt(s))",)
+        raise exc
+    if _served_others(exc, hosts, url, tries):
+        raise exc.charge("episode", f"on {tries.count} tries while the host {host_of(url)} served other episodes: "
+                                    f"the episode's own")
+    delay = backoff_seconds(dl, tries.count, exc.retry_after)
+    if exc.status == 429:  # slow the whole host down, in every process
+        delay = max(delay, hosts.slow_down(url, exc.retry_after))
+    log.warning("Attempt %d of %d for %s failed: %s; retrying in %.1f s", tries.count, dl.retries + 1, episode,
+                exc, delay)
+    return delay
+
+
+# In-job retries of a transient fault (5xx, a timeout) stop once the host has served
+# other episodes since it began, after this many: it is then the episode's own.
+TRIES_BEFORE_OWN = 2
+
+
+def _served_others(exc: DownloadFailed, hosts, url: str, tries: _Tries) -> bool:
+    if exc.status == 429 or isinstance(exc, DiskFull) or tries.count < TRIES_BEFORE_OWN:
+        return False
+    return hosts.served_since(url, tries.first_failure)
+
+
+def _judge(exc: DownloadFailed, hosts, url: str, episode: str, since: float) -> None:
+    """Settle a failure the episode or its host could own by the host's record (hosts.py)."""
+    whose, served = hosts.judge(url, episode, since)
+    host = host_of(url)
+    if whose == EPISODE:
+        exc.charge("episode", f"while the host {host} serves other episodes ({served} served): the episode's own "
+                              f"(region-locked, removed or private?)")
+    else:
+        exc.charge("host", f"(the host {host} fails other episodes too, or has served none yet: the host's)")
 
 
 def _attempt(episode: str, url: str, out: Path, settings: Settings, gate, expected_size_mb,
              on_rate_limited=None, measured: int | None = None, on_extracted=None) -> dict:
+    """One try: extract, declare the size, wait for the gate, download under the
+    watchdog, validate. Returns what download_episode describes."""
     import yt_dlp
 
-    dl, dm = settings.download, settings.disk_management
-    progress = {"limit": None, "last_log": 0.0, "files": {}, "fraction": None, "watchdog": None}
-
-    def hook(status):
-        if progress["watchdog"] is not None:
-            progress["watchdog"].check()
-        if status.get("status") != "downloading":
-            return
-        # downloaded_bytes is cumulative over a fragmented download's fragments, and
-        # per file: a merge downloads one file per format.
-        progress["files"][status.get("filename") or ""] = status.get("downloaded_bytes") or 0
-        done = sum(progress["files"].values())
-        # The share of the stream written, as (at least, at most): for a fragmented stream,
-        # what is written includes part of the fragment in progress; for a file whose
-        # length the server sent, exact. (yt-dlp's total_bytes_estimate is no help: without
-        # lengths it equals what is done.)
-        if status.get("fragment_count"):  # between the fragments finished and those begun
-            index, count = status.get("fragment_index") or 0, status["fragment_count"]
-            progress["fraction"] = (index / count, min(1.0, (index + 1) / count))
-        elif status.get("total_bytes"):
-            share = (status.get("downloaded_bytes") or 0) / status["total_bytes"]
-            progress["fraction"] = (share, share)
-        if progress["limit"] is not None and done > progress["limit"]:
-            raise SizeExceeded(
-                f"{episode}: download grew past its declared {human_bytes(progress['limit'])}; "
-                f"stopped at {human_bytes(done)} to hold the disk limit",
-                written=done, fraction=progress["fraction"], declared=progress["limit"])
-        now = time.monotonic()
-        if now - progress["last_log"] >= 10:
-            progress["last_log"] = now
-            total = status.get("total_bytes") or status.get("total_bytes_estimate")
-            pct = f"{100 * done / total:.0f}%" if total else "?"
-            log.info("Downloading %s: %.1f MB (%s), %.2f MB/s", episode, done / MB, pct,
-                     (status.get("speed") or 0) / MB)
-
-    opts = ydl_options(dl, out, [hook], on_rate_limited)
-    opts["postprocessor_hooks"] = [lambda status: progress["watchdog"] and progress["watchdog"].check()]
+    progress = _Progress(episode)
+    opts = ydl_options(settings.download, out, [progress.hook], on_rate_limited)
+    opts["postprocessor_hooks"] = [lambda status: progress.check()]
     opts["outtmpl"] = str(out.with_name(staging_prefix(out))).replace("%", "%%") + "%(ext)s"
     started = time.monotonic()
     with yt_dlp.YoutubeDL(opts) as ydl:
@@ -706,55 +762,133 @@ def _attempt(episode: str, url: str, out: Path, settings: Settings, gate, expect
             return {"subtitles": taken}
         media, declared, source = declare_size(ydl, info, settings, episode, expected_size_mb, measured)
         chosen = describe_format(info)
-        progress["limit"] = media
-        reserved = reservation(settings, declared)
-        log.info("Declared size of %s: %.2f MB (from %s)%s; format %s (%s%s)", episode, media / MB, source,
-                 f", {declared / MB:.2f} MB reserved with the post-processing copy" if declared > media else "",
-                 chosen["format_id"], "audio only" if chosen["audio_only"] else "with video", ", " +
-                 chosen["protocol"])
-        paths = [out, *_expected_files(ydl, info)]
-        watchdog = DiskWatchdog(out.parent, staging_prefix(out), cap=declared, interval=dm.watch_interval_seconds,
-                                extra=(out,), episode=episode)
-        try:
-            admission = gate.admitted(episode, reserved, paths) if gate is not None else contextlib.nullcontext()
-            with admission, watchdog:
-                progress["watchdog"] = watchdog
-                try:
-                    # Signed media URLs expire (minutes to hours) while downloads are paused:
-                    # an old extraction is done again now that the download may start.
-                    age = time.monotonic() - extracted_at
-                    if age > dl.max_url_age_seconds:
-                        log.info("%s: extracted %.0f s ago, before the gate admitted it: extracting again for "
-                                 "fresh media URLs", episode, age)
-                        info = _fresh(ydl, url, episode, info, settings, declared)
-                    try:
-                        done = _run(ydl, info, episode)
-                    except DownloadFailed as exc:
-                        if exc.status != 403:
-                            raise
-                        # A 403 on a media URL: most often a signed URL that expired. One fresh
-                        # extraction before it counts as anything.
-                        log.warning("%s; extracting again for fresh media URLs", exc)
-                        remove_partials(out)
-                        info = _fresh(ydl, url, episode, info, settings, declared)
-                        done = _run(ydl, info, episode)
-                    _finish(done, out, episode)
-                    watchdog.check()  # a stop in the last interval: the file is not trusted
-                except (DownloadFailed, Stopped):
-                    if watchdog.tripped:  # whatever yt-dlp made of the stop (ffmpeg's exit code...)
-                        raise SizeExceeded(watchdog.tripped, written=max(watchdog.written_at_stop, media),
-                                           fraction=progress["fraction"], declared=media) from None
-                    raise
-        except BaseException:
-            remove_partials(out)
+        progress.limit = media
+        _log_declared(episode, media, declared, source, chosen)
+        watchdog = _download_admitted(ydl, url, info, out, episode, settings, gate, progress,
+                                      (media, declared), extracted_at)
+    return {**_validated(out, episode, chosen, started, watchdog, settings), "declared": declared,
+            "size_source": source, **chosen}
+
+
+class _Progress:
+    """yt-dlp's progress hook: stops a download that grows past its declared size (the
+    watchdog does the same by the bytes on disk, for downloaders that report nothing),
+    and logs the progress every 10 s."""
+
+    def __init__(self, episode: str):
+        self.episode = episode
+        self.limit: int | None = None
+        self.last_log = 0.0
+        self.files: dict[str, int] = {}
+        self.fraction: tuple[float, float] | None = None
+        self.watchdog: DiskWatchdog | None = None
+
+    def check(self) -> None:
+        if self.watchdog is not None:
+            self.watchdog.check()
+
+    def hook(self, status: dict) -> None:
+        self.check()
+        if status.get("status") != "downloading":
+            return
+        # downloaded_bytes is cumulative over a fragmented download's fragments, and
+        # per file: a merge downloads one file per format.
+        self.files[status.get("filename") or ""] = status.get("downloaded_bytes") or 0
+        done = sum(self.files.values())
+        self.fraction = _share_written(status) or self.fraction
+        if self.limit is not None and done > self.limit:
+            raise SizeExceeded(
+                f"{self.episode}: download grew past its declared {human_bytes(self.limit)}; "
+                f"stopped at {human_bytes(done)} to hold the disk limit",
+                written=done, fraction=self.fraction, declared=self.limit)
+        now = time.monotonic()
+        if now - self.last_log >= 10:
+            self.last_log = now
+            total = status.get("total_bytes") or status.get("total_bytes_estimate")
+            pct = f"{100 * done / total:.0f}%" if total else "?"
+            log.info("Downloading %s: %.1f MB (%s), %.2f MB/s", self.episode, done / MB, pct,
+                     (status.get("speed") or 0) / MB)
+
+
+def _share_written(status: dict) -> tuple[float, float] | None:
+    """The share of the stream written, as (at least, at most): for a fragmented stream,
+    between the fragments finished and those begun; for a file whose length the server
+    sent, exact. (yt-dlp's total_bytes_estimate is no help: without lengths it equals
+    what is done.)"""
+    if status.get("fragment_count"):
+        index, count = status.get("fragment_index") or 0, status["fragment_count"]
+        return index / count, min(1.0, (index + 1) / count)
+    if status.get("total_bytes"):
+        share = (status.get("downloaded_bytes") or 0) / status["total_bytes"]
+        return share, share
+    return None
+
+
+def _log_declared(episode: str, media: int, declared: int, source: str, chosen: dict) -> None:
+    log.info("Declared size of %s: %.2f MB (from %s)%s; format %s (%s%s)", episode, media / MB, source,
+             f", {declared / MB:.2f} MB reserved with the post-processing copy" if declared > media else "",
+             chosen["format_id"], "audio only" if chosen["audio_only"] else "with video", ", " + chosen["protocol"])
+
+
+def _download_admitted(ydl, url: str, info: dict, out: Path, episode: str, settings: Settings, gate,
+                       progress: _Progress, sizes: tuple[int, int], extracted_at: float) -> DiskWatchdog:
+    """The download itself, once the gate admits its reservation, under the watchdog
+    that stops it at its declared size by the bytes on disk; `out` is then the
+    finished file. Returns the watchdog (for its figures)."""
+    dl, dm = settings.download, settings.disk_management
+    media, declared = sizes
+    reserved = reservation(settings, declared)
+    watchdog = DiskWatchdog(out.parent, staging_prefix(out), cap=declared, interval=dm.watch_interval_seconds,
+                            extra=(out,), episode=episode)
+    try:
+        admission = gate.admitted(episode, reserved, [out, *_expected_files(ydl, info)]) if gate is not None \
+            else contextlib.nullcontext()
+        with admission, watchdog:
+            progress.watchdog = watchdog
+            try:
+                # Signed media URLs expire (minutes to hours) while downloads are paused:
+                # an old extraction is done again now that the download may start.
+                age = time.monotonic() - extracted_at
+                if age > dl.max_url_age_seconds:
+                    log.info("%s: extracted %.0f s ago, before the gate admitted it: extracting again for "
+                             "fresh media URLs", episode, age)
+                    info = _fresh(ydl, url, episode, info, settings, declared)
+                _finish(_run_refreshing(ydl, url, info, out, episode, settings, declared), out, episode)
+                watchdog.check()  # a stop in the last interval: the file is not trusted
+            except (DownloadFailed, Stopped):
+                if watchdog.tripped:  # whatever yt-dlp made of the stop (ffmpeg's exit code...)
+                    raise SizeExceeded(watchdog.tripped, written=max(watchdog.written_at_stop, media),
+                                       fraction=progress.fraction, declared=media) from None
+                raise
+    except BaseException:
+        remove_partials(out)
+        raise
+    finally:
+        progress.watchdog = None
+        log.info("Watchdog of %s: %d readings every %.0f ms (longest gap %.0f ms), largest %s of %s "
+                 "reserved, fastest %s/s, %.3f s CPU (peak_bytes=%d reserved_bytes=%d)", episode,
+                 watchdog.readings, dm.watch_interval_seconds * 1000, watchdog.longest_gap * 1000,
+                 human_bytes(watchdog.peak), human_bytes(reserved), human_bytes(watchdog.fastest),
+                 watchdog.cpu_seconds, watchdog.peak, reserved)
+    return watchdog
+
+
+def _run_refreshing(ydl, url: str, info: dict, out: Path, episode: str, settings: Settings, declared: int) -> dict:
+    """yt-dlp's download of `info`; a 403 on a media URL, most often a signed URL that
+    expired, gets one fresh extraction before it counts as anything."""
+    try:
+        return _run(ydl, info, episode)
+    except DownloadFailed as exc:
+        if exc.status != 403:
             raise
-        finally:
-            progress["watchdog"] = None
-            log.info("Watchdog of %s: %d readings every %.0f ms (longest gap %.0f ms), largest %s of %s "
-                     "reserved, fastest %s/s, %.3f s CPU (peak_bytes=%d reserved_bytes=%d)", episode,
-                     watchdog.readings, dm.watch_interval_seconds * 1000, watchdog.longest_gap * 1000,
-                     human_bytes(watchdog.peak), human_bytes(reserved), human_bytes(watchdog.fastest),
-                     watchdog.cpu_seconds, watchdog.peak, reserved)
+        log.warning("%s; extracting again for fresh media URLs", exc)
+        remove_partials(out)
+        return _run(ydl, _fresh(ydl, url, episode, info, settings, declared), episode)
+
+
+def _validated(out: Path, episode: str, chosen: dict, started: float, watchdog: DiskWatchdog,
+               settings: Settings) -> dict:
+    """The finished file checked with PyAV: unusable media is the episode's, for good."""
     try:
         media_info = validate(out)
     except MediaError as exc:
@@ -764,12 +898,12 @@ def _attempt(episode: str, url: str, out: Path, settings: Settings, gate, expect
     size = out.stat().st_size
     log.info("Downloaded %s: %.2f MB (format %s), %.1f s of %s audio, in %.1f s", episode, size / MB,
              chosen["format_id"], media_info.duration, media_info.audio_codec, seconds)
+    dm = settings.disk_management
     if watchdog.fastest > dm.max_write_rate_mb_per_s * MB:
         log.warning("%s was written at %s/s, faster than disk_management.max_write_rate_mb_per_s (%g MB/s): "
                     "raise it, so that the slack reserved per download covers the watchdog's interval",
                     episode, human_bytes(watchdog.fastest), dm.max_write_rate_mb_per_s)
-    return {"bytes": size, "declared": declared, "size_source": source, **chosen,
-            "duration": media_info.duration, "seconds": seconds}
+    return {"bytes": size, "duration": media_info.duration, "seconds": seconds}
 
 
 def _fresh(ydl, url: str, episode: str, info: dict, settings: Settings, declared: int) -> dict:

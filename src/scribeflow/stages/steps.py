@@ -77,6 +77,7 @@ def download(*, settings: Settings, episode: str, url: str, video: str,
     finder = UrlSearch(settings, episode, subtitle, language, duration)
     finder.on = finder.on and not media_only
     with _ledger_and_gate(settings) as (ledger, gate), _recorded(ledger, episode, settings, "download"):
+        suspect = (ledger.job(episode) or {}).get("failure_kind") == failures.EPISODE
         ledger.set_stage(episode, "downloading")
         if finder.from_column() is not None:
             return _subtitle_marker(ledger, episode, video, finder)
@@ -84,7 +85,8 @@ def download(*, settings: Settings, episode: str, url: str, video: str,
             finder.fail_if_only()  # no page to look at: not even its extraction
         result = download_episode(episode, url, Path(video), settings, gate=gate,
                                   expected_size_mb=expected_size_mb,
-                                  on_extracted=lambda ydl, info: finder.from_page(ydl, info) or finder.fail_if_only())
+                                  on_extracted=lambda ydl, info: finder.from_page(ydl, info) or finder.fail_if_only(),
+                                  suspect=suspect)
         if result.get("subtitles"):
             return _subtitle_marker(ledger, episode, video, finder)
         # What was downloaded, for the transcript (written by another job) and the ledger.
