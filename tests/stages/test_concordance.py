@@ -19,8 +19,8 @@ def _episode(name):
 
 
 def _counts(index):
-    return sorted(index.conn.execute("SELECT w.lemma, c.series, c.count, c.documents FROM counts c "
-                                     "JOIN words w ON w.id = c.word"))
+    return sorted(index.conn.execute("SELECT w.lemma, s.series, c.count, c.documents FROM counts c "
+                                     "JOIN words w ON w.id = c.word JOIN shows s ON s.id = c.show"))
 
 
 def test_an_episode_added_again_replaces_its_rows_and_its_share_of_the_sums(tmp_path):
@@ -91,3 +91,48 @@ def test_an_index_of_another_format_is_named_and_set_aside(tmp_path):
     assert list(tmp_path.glob("index.db.damaged-*"))
     with Index(path, readonly=True) as index:
         assert index.episode_names() == {"e1"}
+
+
+def _sums(index, name):
+    return index.conn.execute("SELECT speech_s, segments, chars, tokens, morae, kanji FROM episodes WHERE name = ?",
+                              (name,)).fetchone()
+
+
+def test_segments_marked_as_song_leave_the_sums_and_the_default_search_and_come_back(tmp_path):
+    song = {"start": 4.0, "end": 9.0, "text": "翼を広げて飛ぶ", "kind": "song"}
+    with Index(tmp_path / "index.db") as index:
+        table, meta, segments = _episode("e1")
+        index.add("e1", table, meta, segments, series="S")
+        spoken = _sums(index, "e1")
+        assert spoken == (3.0, 2, len("猫が魚を食べた犬も食べない"), 10, spoken[4], "犬猫食魚")
+        # A transcript whose song is marked: the song's words are indexed, never counted.
+        lines = [*segments, song]
+        table = tokenize_transcript({"id": "e2", "segments": lines}, "ja")
+        index.add("e2", table, json.loads(table.schema.metadata[METADATA_KEY]), lines, series="S")
+        assert _sums(index, "e2")[:4] == (3.0, 2, len("猫が魚を食べた犬も食べない"), 10)
+        assert "翼" not in {lemma for lemma, *_ in _counts(index)}
+        assert search(index, "翼")["hits"] == [] and search(index, "翼")["uses"] == 0
+        everything = search(index, "翼", kinds=None)["hits"]
+        assert [(h["episode"], h["kind"], h["marked"]) for h in everything] == [("e2", "song", "【翼】を広げて飛ぶ")]
+        # Marked speech again after it was indexed: counted, found; then a song again.
+        assert index.mark("e2", {2: "speech"}) is True
+        assert ("翼", "S", 1, 1) in _counts(index) and _sums(index, "e2")[1] == 3
+        assert [h["episode"] for h in search(index, "翼")["hits"]] == ["e2"]
+        assert index.mark("e2", {2: "song"}) is True
+        assert index.mark("e2", {2: "song"}) is False  # idempotent: nothing written
+        assert _sums(index, "e2")[:4] == (3.0, 2, len("猫が魚を食べた犬も食べない"), 10)
+        # The first episode's dialogue marked a repeat: its words leave the sums.
+        before = dict(((lemma, n) for lemma, _, n, _ in _counts(index)))
+        index.mark("e1", {0: "repeat", 1: "repeat"})
+        after = dict(((lemma, n) for lemma, _, n, _ in _counts(index)))
+        assert after["食べる"] == before["食べる"] - 2 and _sums(index, "e1")[:4] == (0.0, 0, 0, 0)
+        assert index.kinds_of("e1") == {0: "repeat", 1: "repeat"}
+        # An episode added again from its transcript takes the transcript's kinds.
+        index.add("e1", *_episode("e1"), series="S")
+        assert dict(((lemma, n) for lemma, _, n, _ in _counts(index))) == before
+        with pytest.raises(ValueError, match="kind 'lyrics' is none of"):
+            index.mark("e1", {0: "lyrics"})
+        with pytest.raises(ValueError, match="no segment 7"):
+            index.mark("e1", {7: "song"})
+        with pytest.raises(concordance.CorpusIndexError, match="'e9' is not in the corpus index"):
+            index.mark("e9", {0: "song"})
