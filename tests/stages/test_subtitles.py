@@ -37,13 +37,93 @@ def test_an_ass_file_keeps_its_dialogue_only_with_its_times(tmp_path):
     path.write_text(ASS, encoding="utf-8")
     segments = subtitles.dialogue(subtitles.load(path))
     assert segments == [
-        {"start": 1.0, "end": 3.5, "text": "今日はいい天気だね"},  # tags gone, \N joined without a space
+        # tags gone, \N joined without a space; the ASS Name is the speaker
+        {"start": 1.0, "end": 3.5, "text": "今日はいい天気だね", "speaker": "Taro"},
         # the sign (\pos), the karaoke line (\k), the OP style, the comment, the Sign style and the
         # drawing (\p1) are gone; the same line on two layers and repeated at once is one segment
-        {"start": 11.0, "end": 14.2, "text": "そうだね。 OK、行こう！"},
+        {"start": 11.0, "end": 14.2, "text": "そうだね。 OK、行こう！", "speaker": "Hanako"},
         {"start": 30.0, "end": 31.5, "text": "I'll go with you"},
     ]
     assert subtitles.covered_seconds(segments) == pytest.approx(2.5 + 3.2 + 1.5)
+    # What was sung is kept, marked: the karaoke line and the line of its romaji style.
+    cleaned = subtitles.Cleaned()
+    heard = subtitles.segments(subtitles.load(path), cleaned=cleaned)
+    assert [(s["start"], s["text"], s["kind"]) for s in heard if s.get("kind")] == [
+        (5.0, "kazeni notte", "song"), (5.0, "kaze ni notte", "song")]
+    assert cleaned.songs == 2
+
+
+# A Japanese closed-caption file as broadcast and streaming captions write it: speaker
+# labels, sound descriptions, song lines, reading glosses and markers, full- and half-width.
+CLOSED_CAPTIONS = """1
+00:00:01,000 --> 00:00:03,000
+（健太）一昨日(おととい)は雨だった。
+
+2
+00:00:03,500 --> 00:00:05,000
+［ドアの開く音］
+
+3
+00:00:05,500 --> 00:00:07,000
+(笑い声)
+≪誰か来たの？
+
+4
+00:00:07,500 --> 00:00:09,000
+♪～さよならは言わないで～
+
+5
+00:00:09,500 --> 00:00:11,000
+〈美咲〉
+－明日（あした）も行こう。
+
+6
+00:00:11,500 --> 00:00:13,000
+-そうだね
+-うん
+
+7
+00:00:13,500 --> 00:00:15,000
+～翼を広げて～
+
+8
+00:00:15,500 --> 00:00:17,000
+(健太)[笑い] じゃあね。
+
+9
+00:00:17,500 --> 00:00:19,000
+＜次のニュースです＞
+"""
+
+
+def test_closed_captions_are_reduced_to_what_was_said(tmp_path):
+    (tmp_path / "subs").mkdir()
+    path = tmp_path / "subs" / "ep01.ja.srt"
+    path.write_text(CLOSED_CAPTIONS, encoding="utf-8")
+    verdict = subtitles.judge([("folder", path)], _settings(tmp_path), "ja", None)
+    t = subtitles.transcript(verdict, "ep01")
+    # The text is the dialogue only: no label, sound, song, reading or marker is "said".
+    assert t["text"] == "一昨日は雨だった。 誰か来たの？ 明日も行こう。 そうだね うん じゃあね。 次のニュースです"
+    for word in ("健太", "美咲", "笑い", "ドア", "おととい", "あした", "さよなら", "翼", "≪", "－", "＜"):
+        assert word not in t["text"], word
+    said = [(s["text"], s.get("speaker")) for s in t["segments"] if "kind" not in s]
+    assert said == [("一昨日は雨だった。", "健太"), ("誰か来たの？", None), ("明日も行こう。", "美咲"),
+                    ("そうだね", None), ("うん", None), ("じゃあね。", "健太"), ("次のニュースです", None)]
+    # Sounds and songs stay in the transcript, with their times and their kind.
+    assert [(s["start"], s["text"], s["kind"]) for s in t["segments"] if "kind" in s] == [
+        (3.5, "ドアの開く音", "sound"), (5.5, "笑い声", "sound"), (7.5, "さよならは言わないで", "song"),
+        (13.5, "翼を広げて", "song"), (15.5, "笑い", "sound")]
+    # What was taken out, countable per file.
+    assert t["subtitle"]["cleaned"] == verdict["cleaned"] == {"speakers": 3, "sounds": 3, "songs": 2, "readings": 2,
+                                                              "markers": 5}
+
+
+def test_a_file_of_songs_and_sounds_alone_is_no_transcript(tmp_path):
+    path = tmp_path / "ep09.ja.srt"
+    path.write_text("1\n00:00:01,000 --> 00:00:03,000\n♪～\n\n2\n00:00:04,000 --> 00:00:05,000\n［拍手］\n",
+                    encoding="utf-8")
+    segments, chosen, refused = subtitles.choose([path], "ja")
+    assert segments is None and "ep09.ja.srt: no dialogue" in refused[0]
 
 
 def test_srt_and_vtt_in_japanese_encodings_are_read(tmp_path):
@@ -144,7 +224,8 @@ def test_a_subtitle_transcript_has_the_asr_transcripts_shape():
     t = subtitles.transcript(verdict, "ep01", duration=1440.0)
     assert t["source"] == "subtitles" and t["duration"] == 1440.0 and t["text"] == "猫が走った。"
     assert t["segments"] == [{"id": 0, "start": 1.0, "end": 2.5, "text": "猫が走った。"}]
-    assert t["subtitle"] == {"origin": "page", "file": "http://x/watch#ep.ja.vtt", "refused": ["x: why"]}
+    assert t["subtitle"] == {"origin": "page", "file": "http://x/watch#ep.ja.vtt", "refused": ["x: why"],
+                             "cleaned": {}}
 
 
 def test_the_finder_says_how_far_its_judging_has_got(tmp_path):

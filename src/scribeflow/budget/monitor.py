@@ -89,6 +89,34 @@ AWAITING_ANALYSIS = ("transcribed", "tokenized")
 # ledger write by seconds; ten minutes is a wide bound.
 ACTIVE_SLACK = 600.0
 RECONCILE_LOCK = "reconcile.lock"
+# In the gate's folder: bytes a writer outside any step of an active episode (the planning
+# process's subtitle verdicts) is about to add to a per-episode folder, one line each.
+WRITTEN_FILE = "written.log"
+_BLOCK: dict[str, int] = {}  # folder -> its filesystem's block size, once per process
+
+
+def note_written(data_dir: str | os.PathLike, folder: str | os.PathLike, nbytes: int) -> None:
+    """Tell the disk accounting, before writing, that a file of `nbytes` is about to be
+    written into `folder` (a per-episode folder of `data_dir`) by a writer no active
+    episode's ledger row covers. Counted by every look from then on, until the next
+    reconciliation's walk has seen it: one small appended line, under a POSIX lock (a
+    cluster's shared filesystem). Raises OSError when it cannot be told: then do not write."""
+    folder = str(folder)
+    if folder not in _BLOCK:
+        try:
+            _BLOCK[folder] = max(os.statvfs(folder).f_bsize, 512)
+        except OSError:
+            _BLOCK[folder] = 4096
+    block = _BLOCK[folder]
+    allocated = -(-max(nbytes, 1) // block) * block  # what the file will fill: whole blocks
+    gate = Layout(data_dir).gate
+    gate.mkdir(parents=True, exist_ok=True)
+    fd = os.open(gate / WRITTEN_FILE, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+    try:
+        fcntl.lockf(fd, fcntl.LOCK_EX)
+        os.write(fd, b"%d\n" % allocated)
+    finally:
+        os.close(fd)  # closing drops the lock
 
 
 @dataclass(frozen=True)
@@ -218,6 +246,8 @@ class DiskMonitor:
             totals[category] += size
         for category, size in self._episode_bytes(active).items():
             totals[category] += size
+        # Verdicts a plan wrote since the walk (subtitles/, accounted as transcripts).
+        totals["transcripts"] += self._written_since(record)
         totals["margin"] = self.margin_bytes
         return DiskUsage(**totals)
 
@@ -315,6 +345,7 @@ class DiskMonitor:
                 return False
             started = time.monotonic()
             identity = self._ledger_identity()
+            written = self._written_mark()  # before the walk: what is told after it is counted
             scanned_at = time.time()
             active = self._active(scanned_at)
             if active is None:
@@ -322,11 +353,38 @@ class DiskMonitor:
                 return False
             base, files = self._walk_accounted(active)
             record = {"scanned_at": scanned_at, "base": base, "files": files, "active_at_scan": len(active),
-                      "ledger": identity, "walk_seconds": round(time.monotonic() - started, 3)}
+                      "ledger": identity, "written": written, "walk_seconds": round(time.monotonic() - started, 3)}
             atomic_write_text(self.accounting_path, json.dumps(record))
             log.info("Disk accounting reconciled: %d files in the per-episode folders, %.1f MB, walked in %.1f s",
                      files, sum(base.values()) / 1e6, record["walk_seconds"])
             return True
+
+    @property
+    def written_path(self) -> Path:
+        return self.state_dir / WRITTEN_FILE
+
+    def _written_mark(self) -> list | None:
+        """[inode, size] of the file of told writes (note_written): where the next walk starts."""
+        try:
+            st = os.stat(self.written_path)
+        except FileNotFoundError:
+            return None
+        return [st.st_ino, st.st_size]
+
+    def _written_since(self, record: dict) -> int:
+        """Bytes told by note_written since the record's walk began: the lines after its
+        mark (the whole file when the mark is missing or the file was replaced). A read of
+        what was told within one reconcile interval, not of all ever told."""
+        mark = record.get("written")
+        try:
+            with open(self.written_path, "rb") as f:
+                fcntl.lockf(f, fcntl.LOCK_SH)
+                same = isinstance(mark, list) and len(mark) == 2 and mark[0] == os.fstat(f.fileno()).st_ino
+                f.seek(mark[1] if same and mark[1] <= os.fstat(f.fileno()).st_size else 0)
+                data = f.read()
+        except FileNotFoundError:
+            return 0
+        return sum(int(line) for line in data.split() if line.isdigit())
 
     def _walk_accounted(self, active: set[str]) -> tuple[dict, int]:
         base: dict[str, int] = {}
