@@ -180,8 +180,12 @@ def test_the_dashboard_in_a_headless_browser(tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", "scribeflow.ops.cli", "dashboard", "--configfile", "run.yaml",
                              "--port", "0", "--refresh", "1"], cwd=tmp_path, stdout=subprocess.PIPE, text=True)
     try:
+        reading = proc.stdout.readline()  # first, what it reads
+        assert reading.startswith(f"Reading {tmp_path / 'run.yaml'}; data folder {data}"), reading
         url = re.search(r"http://127\.0\.0\.1:\d+/", proc.stdout.readline()).group(0)
         page = _dump_dom(url)
+        assert f"data folder {data}" in page
+        assert re.search(r"<td>downloads</td><td><b>[^<]+</b></td><td><b>\d", page)  # this run, last hour, ...
         assert "2 of 5 episodes transcribed (40.0%)" in page  # written by the page's script
         assert re.search(r'id="disk-text"[^>]*>[\d.]+ [kMG]?B of 300 GB', page)
         assert 'id="gauge-used"' in page and "downloads paused" in page

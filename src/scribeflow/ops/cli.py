@@ -127,7 +127,10 @@ def cmd_dashboard(args) -> int:
     from scribeflow.ops.dashboard import server
 
     try:
-        httpd = server(load_config(args), args.port, args.address, args.refresh)
+        from scribeflow.ops.status import reading_lines
+
+        httpd = server(load_config(args), args.port, args.address, args.refresh,
+                       reading=" ".join(reading_lines(what_is_read(args))))
     except OSError as exc:
         return _cannot_listen("dashboard", args.address, args.port, exc, "--port")
     print(f"scribeflow dashboard on http://{args.address}:{httpd.server_port}/ (Ctrl-C stops it)", flush=True)

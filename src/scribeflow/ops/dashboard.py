@@ -11,6 +11,7 @@ It reads only: it may run beside the workflow for months, or be started and stop
 
 from __future__ import annotations
 
+import html
 import http.server
 import json
 import threading
@@ -70,6 +71,7 @@ def history(settings: Settings, now: float | None = None) -> dict:
 
 class _Handler(http.server.BaseHTTPRequestHandler):
     config: Settings
+    reading: str  # the config files and data folder it reads (status.reading_lines)
     refresh_seconds: float
     cache: dict
     lock: threading.Lock
@@ -94,7 +96,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         path, _, query = self.path.partition("?")
         try:
             if path == "/":
-                body, ctype = PAGE.replace("__REFRESH_MS__", str(int(self.refresh_seconds * 1000))), "text/html"
+                body = PAGE.replace("__REFRESH_MS__", str(int(self.refresh_seconds * 1000)))
+                body, ctype = body.replace("__READING__", html.escape(self.reading)), "text/html"
             elif path == "/status.json":
                 body, ctype = json.dumps(self._cached("status", lambda: snapshot(self.config))), "application/json"
             elif path == "/history.json":
@@ -123,8 +126,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
 
 def server(config: Settings, port: int = 8787, address: str = "127.0.0.1",
-           refresh_seconds: float = 10.0) -> http.server.ThreadingHTTPServer:
-    handler = type("Handler", (_Handler,), {"config": config, "refresh_seconds": refresh_seconds,
+           refresh_seconds: float = 10.0, reading: str = "") -> http.server.ThreadingHTTPServer:
+    handler = type("Handler", (_Handler,), {"config": config, "refresh_seconds": refresh_seconds, "reading": reading,
                                             "cache": {}, "lock": threading.Lock()})
     return http.server.ThreadingHTTPServer((address, port), handler)
 
@@ -143,6 +146,7 @@ PAGE = """<!DOCTYPE html>
  svg text{font-size:11px;fill:#555}
 </style></head><body>
 <h1>scribeflow <span id="headline" class="muted">loading…</span></h1>
+<div class="muted" id="reading">__READING__</div>
 <div class="muted">Refreshed every __REFRESH_MS__ ms · <span id="updated">never</span> · <span id="error" class="bad"></span></div>
 <div class="grid">
  <div class="card"><h2>Disk</h2><div id="disk-text" class="big">–</div><svg id="gauge" width="100%" height="54"></svg>
@@ -199,8 +203,9 @@ async function refresh(){
     $("paused").innerHTML=s.pauses.open?'<span class="bad">downloads paused</span>':'<span class="ok">downloading</span>';
     const e=s.eta; $("eta").textContent=e.seconds==null?"no rate measured yet":e.seconds===0?"done":span(e.seconds);
     $("eta-detail").textContent=`${e.remaining_episodes.toLocaleString()} episodes left`+(e.rate_per_hour?` at ${e.rate_per_hour}/h (${e.basis})`:"")+(e.at?`, done ${e.at}`:"");
-    const r=s.rates||{}, dl=r.downloads_per_hour||{}, tr=r.transcriptions_per_hour||{};
-    $("rates").innerHTML=`downloads/h: <b>${dl.last_hour??"–"}</b> last hour, ${dl.overall??"–"} overall<br>transcriptions/h: <b>${tr.last_hour??"–"}</b> last hour, ${tr.overall??"–"} overall`;
+    const r=s.rates||{}, def=r.definitions||{}, cols=["this_run","last_hour","overall"];
+    $("rates").innerHTML=`<table><tr><td>per hour</td>${cols.map(c=>`<td title="${esc(def[c]||"")}">${c.replace("_"," ")}</td>`).join("")}</tr>`
+      +["downloads","extractions","transcriptions"].map(n=>`<tr><td>${n}</td>${cols.map(c=>`<td><b>${(r[n+"_per_hour"]||{})[c]??"–"}</b></td>`).join("")}</tr>`).join("")+"</table>";
     bars($("tph"),h.transcriptions_per_hour);
     line($("history"),h.disk,[[d.resume_threshold,"#0a7d32"],[d.pause_threshold,"#e67e22"],[d.hard_limit,"#b00020"]]);
     $("stages").innerHTML=Object.entries(st).map(([k,v])=>`<tr><td>${k}</td><td>${v.toLocaleString()}</td></tr>`).join("")
