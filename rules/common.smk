@@ -33,7 +33,8 @@ try:
         SETTINGS.catalogue, SETTINGS.chunk, cache_dir=WORKFLOW_CACHE
     )
 except (sf_config.ConfigError, sf_catalogue.CatalogueError) as exc:
-    raise WorkflowError(str(exc)) from None
+    print(f"scribeflow: {exc}", file=sys.stderr)
+    sys.exit(1)
 
 # Snakemake's planning costs per job that are the same for every job of a rule; not
 # while another workflow parses this one as its module.

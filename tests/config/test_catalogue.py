@@ -72,6 +72,31 @@ def test_every_bad_row_is_reported_in_one_error():
         assert fragment in message
 
 
+def test_a_text_catalogues_bad_rows_are_named_by_the_files_lines(tmp_path):
+    # Line 1 is the header; a blank line and a quoted value over two lines count, as in an editor.
+    path = tmp_path / "c.csv"
+    path.write_text('id,url,title\n\nep1,http://e.org/1,"two\nlines"\n-bad,ftp://e.org/2,x\nep1,http://e.org/3,y\n')
+    with pytest.raises(CatalogueError) as info:
+        load(path, cache_dir=tmp_path / "cache")
+    message = str(info.value)
+    assert "line 5, column id: id '-bad' starts with '-'" in message and "line 5, column url" in message
+    assert "line 6, column id: duplicate id 'ep1' (first on line 3)" in message
+    tsv = tmp_path / "c.tsv"
+    tsv.write_text("id\turl\nok\thttp://e.org/1\nb c\thttp://e.org/2\n")
+    with pytest.raises(CatalogueError, match="line 3, column id"):
+        load(tsv)
+
+
+def test_a_parquet_catalogues_bad_rows_are_named_by_row(tmp_path):
+    path = tmp_path / "c.parquet"
+    frame([GOOD, {"id": "-bad", "url": "https://e.org/2"}, GOOD]).to_parquet(path)
+    with pytest.raises(CatalogueError) as info:
+        load(path)
+    message = str(info.value)
+    assert "row 2, column id: id '-bad'" in message and "row 3, column id: duplicate id 'ep1' (first on row 1)" in message
+    assert "line " not in message
+
+
 def test_missing_required_columns_are_named():
     with pytest.raises(CatalogueError, match="missing required column.*url"):
         validate(frame([{"id": "a"}]))
@@ -116,7 +141,7 @@ def test_chunks_partition_the_catalogue_in_order():
 def test_a_bad_row_outside_the_chunk_still_stops_the_run(tmp_path):
     path = tmp_path / "c.csv"
     path.write_text("id,url\nok1,http://e.org/1\nok2,http://e.org/2\n-bad,http://e.org/3\n")
-    with pytest.raises(CatalogueError, match="row 3"):
+    with pytest.raises(CatalogueError, match="line 4"):
         load(path, chunk="1/3")
 
 
@@ -132,7 +157,7 @@ def test_cached_catalogue_is_reused_until_the_file_changes(tmp_path):
 
     # The file changes: it is read and validated again.
     path.write_text("id,url\nep1,http://a.example/1\nep3,ftp://a.example/3\n")
-    with pytest.raises(CatalogueError, match="row 2, column url"):
+    with pytest.raises(CatalogueError, match="line 3, column url"):
         load(path, cache_dir=cache)
     path.write_text("id,url\nep1,http://a.example/1\nep3,http://a.example/3\n")
     assert list(load(path, cache_dir=cache).index) == ["ep1", "ep3"]

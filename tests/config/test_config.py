@@ -30,7 +30,7 @@ def test_empty_config_gets_every_default():
 @pytest.mark.parametrize(
     "path, value, named",
     [
-        (("colour",), "red", "'colour' was unexpected"),
+        (("colour",), "red", "colour: unknown key; the known keys are analysis, catalogue, chunk,"),
         (("disk_management", "hard_limit_gbb"), 1, "hard_limit_gbb"),
         (("download", "formt"), "best", "formt"),
         (("disk_management", "hard_limit_gb"), -1, "disk_management.hard_limit_gb"),
@@ -49,6 +49,37 @@ def test_unknown_keys_and_bad_values_name_the_key(path, value, named):
     with pytest.raises(cfg.ConfigError) as info:
         cfg.validate(c)
     assert named in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "path, named",
+    [
+        (("transcribe", "devise"), "transcribe.devise: unknown key; did you mean device?"),
+        (("dat_dir",), "dat_dir: unknown key; did you mean data_dir?"),
+        (("disk_management", "cleanup", "delete_video_after_transcribe"),
+         "disk_management.cleanup.delete_video_after_transcribe: unknown key; did you mean "
+         "delete_video_after_transcription?"),
+    ],
+)
+def test_an_unknown_key_is_named_in_full_with_the_closest_known_key(path, named):
+    c = base()
+    node = c
+    for part in path[:-1]:
+        node = node.setdefault(part, {})
+    node[path[-1]] = "x"
+    with pytest.raises(cfg.ConfigError) as info:
+        cfg.validate(c)
+    assert str(info.value) == f"invalid configuration:\n  {named}"
+
+
+def test_each_unknown_key_gets_its_own_line():
+    with pytest.raises(cfg.ConfigError) as info:
+        cfg.validate({"transcribe": {"modle": "tiny", "qqqq": 1}, "catalog": "e.csv"})
+    lines = str(info.value).splitlines()[1:]
+    assert lines[0] == "  catalog: unknown key; did you mean catalogue?"
+    assert lines[1] == "  transcribe.modle: unknown key; did you mean model?"
+    assert lines[2].startswith("  transcribe.qqqq: unknown key; the known keys are batch_size, beam_size,")
+    assert len(lines) == 3
 
 
 @pytest.mark.parametrize(

@@ -68,12 +68,13 @@ def test_a_hostile_catalogue_is_refused_row_by_row_and_nothing_is_written(tmp_pa
     out = proc.stdout + proc.stderr
     assert proc.returncode != 0
     assert "11 problem(s) in 11 row(s)" in out
-    for row in range(1, 7):
-        assert f"row {row}, column id" in out
-    for row in range(7, 11):
-        assert f"row {row}, column url" in out
-    assert "row 11, column id: duplicate id 'ok1' (first on row 7)" in out
-    assert "row 12" not in out
+    # Named by the file's lines: line 1 is the header.
+    for line in range(2, 8):
+        assert f"line {line}, column id" in out
+    for line in range(8, 12):
+        assert f"line {line}, column url" in out
+    assert "line 12, column id: duplicate id 'ok1' (first on line 8)" in out
+    assert "line 13" not in out
     # Nothing written: no data or storage folder, no file made by a shell, nothing outside.
     assert sorted(p.name for p in tmp_path.iterdir()) == [".snakemake", "config.yaml", "episodes.csv"]
     assert not list(tmp_path.parent.glob("pwned*")) and not list(REPO.glob("pwned*"))

@@ -3,6 +3,8 @@
 import json
 import re
 import sqlite3
+import subprocess
+import sys
 import time
 import zipfile
 
@@ -120,6 +122,13 @@ def test_dry_run_of_a_large_catalogue_touches_nothing(tmp_path):
     assert not (tmp_path / "data").exists() and not (tmp_path / "storage").exists()
 
 
+def refusal(proc) -> str:
+    """A refused run's one message: exit 1, on stderr, with no Python frames around it."""
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr and 'File "' not in proc.stderr and "WorkflowError" not in proc.stderr
+    return proc.stderr
+
+
 @pytest.mark.slow
 def test_bad_catalogue_and_config_are_refused_before_anything_runs(tmp_path):
     catalogue = write_catalogue(tmp_path / "episodes.csv", [
@@ -128,16 +137,22 @@ def test_bad_catalogue_and_config_are_refused_before_anything_runs(tmp_path):
         {"id": "ok", "url": "https://e.org/2"},
     ])
     config = workflow_config(tmp_path, catalogue, "large-v3")
-    proc = run_snakemake(tmp_path, config, "--cores", "1", check=False)
-    out = proc.stdout + proc.stderr
-    assert proc.returncode != 0
-    assert "row 2, column id" in out and "row 2, column url" in out and "row 3, column id: duplicate" in out
+    # The catalogue's lines as an editor numbers them: the header is line 1.
+    err = refusal(run_snakemake(tmp_path, config, "--cores", "1", check=False))
+    assert "line 3, column id" in err and "line 3, column url" in err
+    assert "line 4, column id: duplicate id 'ok' (first on line 2)" in err
     assert not (tmp_path / "data").exists()
+    # The same message as `scribeflow plan` gives.
+    plan = subprocess.run([sys.executable, "-m", "scribeflow.ops.cli", "plan", "--configfile",
+                           str(tmp_path / "config.yaml")], cwd=tmp_path, capture_output=True, text=True)
+    assert plan.returncode == 2
+    assert plan.stderr.removeprefix("scribeflow plan: ") == err[err.index("catalogue "):]
 
     config["disk_management"] = {"resume_threshold_gb": 290}
-    proc = run_snakemake(tmp_path, config, "--cores", "1", check=False)
-    assert proc.returncode != 0 and "resume_threshold_gb" in proc.stdout + proc.stderr
+    err = refusal(run_snakemake(tmp_path, config, "-n", check=False))
+    assert "resume_threshold_gb" in err
 
-    config["disk_management"] = {"hard_limit_gbb": 1}
-    proc = run_snakemake(tmp_path, config, "--cores", "1", check=False)
-    assert proc.returncode != 0 and "hard_limit_gbb" in proc.stdout + proc.stderr
+    config["disk_management"] = {}
+    config["transcribe"]["devise"] = "cpu"
+    err = refusal(run_snakemake(tmp_path, config, "-n", check=False))
+    assert "transcribe.devise: unknown key; did you mean device?" in err

@@ -6,6 +6,7 @@ the file once instead of once per bad row.
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import json
 import re
@@ -19,6 +20,7 @@ REQUIRED = ("id", "url")
 NUMERIC = ("season", "episode", "duration_s", "expected_size_mb")
 ID_PATTERN = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,63}$")
 URL_PATTERN = re.compile(r"^https?://[^\s/?#]+[^\s]*$", re.IGNORECASE)
+TEXT_SUFFIXES = (".csv", ".tsv", ".tab", ".txt")
 MAX_REPORTED = 200  # more would drown the message; the count is always given
 
 
@@ -36,7 +38,7 @@ def read_table(path: str | Path) -> pd.DataFrame:
     try:
         if suffix in (".parquet", ".pq"):
             return pd.read_parquet(path)
-        if suffix in (".csv", ".tsv", ".tab", ".txt"):
+        if suffix in TEXT_SUFFIXES:
             sep = "," if suffix == ".csv" else "\t"
             # Everything as text: ids like 007 or 1e3 must stay as written.
             return pd.read_csv(path, sep=sep, dtype=str, keep_default_na=False, na_values=[""])
@@ -47,11 +49,14 @@ def read_table(path: str | Path) -> pd.DataFrame:
     )
 
 
-def validate(df: pd.DataFrame, source: str = "catalogue", base: str | Path | None = None) -> pd.DataFrame:
+def validate(df: pd.DataFrame, source: str = "catalogue", base: str | Path | None = None,
+             path: str | Path | None = None) -> pd.DataFrame:
     """Return the catalogue with typed columns, or raise CatalogueError listing every bad row.
 
-    Row numbers are 1-based data rows (row 1 is the first row after the header). `base`:
-    the folder a relative `subtitle` path is read from (the catalogue's own).
+    A bad row of a CSV or TSV file `path` is named by its line in the file, as an editor
+    numbers them (line 1 is the header); otherwise by its 1-based row (Parquet has no
+    header line). `base`: the folder a relative `subtitle` path is read from (the
+    catalogue's own).
     """
     import pandas as pd
 
@@ -72,7 +77,9 @@ def validate(df: pd.DataFrame, source: str = "catalogue", base: str | Path | Non
     # Only a catalogue with duplicates pays for this per-row map.
     first_row = {v: i for i, v in reversed(list(ids.items()))} if dup.any() else {}
     for i in dup[dup].index:
-        problems.append((i, "id", f"duplicate id {ids[i]!r} (first on row {first_row[ids[i]] + 1})"))
+        first = first_row[ids[i]]
+        # Named as the rows are (line or row): written once the names are known.
+        problems.append((i, "id", lambda where, v=ids[i], f=first: f"duplicate id {v!r} (first on {where(f)})"))
 
     urls = df["url"].astype("string").fillna("").str.strip()
     bad_url = ~urls.str.fullmatch(URL_PATTERN.pattern, case=False).fillna(False).astype(bool)
@@ -105,8 +112,10 @@ def validate(df: pd.DataFrame, source: str = "catalogue", base: str | Path | Non
         df["subtitle"] = pd.Series(values, index=df.index, dtype=object)
 
     if problems:
-        problems.sort()
-        lines = [f"row {i + 1}, column {col}: {reason}" for i, col, reason in problems[:MAX_REPORTED]]
+        problems.sort(key=lambda p: p[:2])
+        where = _row_names(path, len(df))
+        lines = [f"{where(i)}, column {col}: {reason(where) if callable(reason) else reason}"
+                 for i, col, reason in problems[:MAX_REPORTED]]
         more = len(problems) - len(lines)
         if more:
             lines.append(f"... and {more} more")
@@ -141,6 +150,34 @@ def _subtitles(column, base: Path, problems: list) -> list:
                                             f"catalogue's folder)"))
         values.append(str(path))
     return values
+
+
+def _row_names(path: str | Path | None, rows: int):
+    """i (0-based data row) -> "line N" of a CSV/TSV file, else "row N". Read again only
+    when there are problems: a quoted value may span lines, and pandas skips blank ones."""
+    lines = _data_lines(Path(path)) if path and Path(path).suffix.lower() in TEXT_SUFFIXES else None
+    if lines is None or len(lines) != rows:
+        return lambda i: f"row {i + 1}"
+    return lambda i: f"line {lines[i]}"
+
+
+def _data_lines(path: Path) -> list[int] | None:
+    """The line each data record of a CSV/TSV file starts on, blank lines skipped as pandas skips them."""
+    sep = "," if path.suffix.lower() == ".csv" else "\t"
+    starts, end, header = [], 0, False
+    try:
+        with path.open(newline="", encoding="utf-8-sig", errors="replace") as f:
+            reader = csv.reader(f, delimiter=sep)
+            for record in reader:
+                start, end = end + 1, reader.line_num
+                if not record or (len(record) == 1 and not record[0].strip()):
+                    continue
+                if header:
+                    starts.append(start)
+                header = True
+    except (OSError, csv.Error):
+        return None
+    return starts
 
 
 def bad_rows(problems) -> int:
@@ -194,7 +231,7 @@ def load(path: str | Path, chunk: str | None = None, cache_dir: str | Path | Non
     and reading plus validating 171,881 rows costs seconds, loading the cache ~0.05 s.
     """
     df = validated(path, cache_dir) if cache_dir else validate(read_table(path), source=f"catalogue {path}",
-                                                              base=Path(path).parent)
+                                                              base=Path(path).parent, path=path)
     return select_chunk(df, chunk).set_index("id", drop=False)
 
 
@@ -220,7 +257,7 @@ def validated(path: str | Path, cache_dir: str | Path) -> pd.DataFrame:
             return df
     except (OSError, ValueError, pa.ArrowException):
         pass  # missing, stale or unreadable: validate again
-    df = validate(read_table(path), source=f"catalogue {path}", base=path.parent)
+    df = validate(read_table(path), source=f"catalogue {path}", base=path.parent, path=path)
     from scribeflow.files import atomic_path
 
     try:

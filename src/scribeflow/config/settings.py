@@ -89,11 +89,27 @@ def validate(config: dict, schema: dict | None = None) -> Settings:
     validator = _with_defaults(jsonschema.Draft202012Validator)(schema)
     errors = sorted(validator.iter_errors(config), key=lambda e: list(e.absolute_path))
     if errors:
-        lines = [f"{'.'.join(map(str, e.absolute_path)) or '(top level)'}: {e.message}" for e in errors]
+        lines = [line for e in errors for line in _explain(e)]
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(lines))
     settings = Settings.from_validated(config)
     check_rules(settings)
     return settings
+
+
+def _explain(error) -> list[str]:
+    """One line per problem, named by its dotted key; an unknown key with the closest known one."""
+    where = ".".join(map(str, error.absolute_path))
+    if error.validator != "additionalProperties" or not isinstance(error.instance, dict):
+        return [f"{where or '(top level)'}: {error.message}"]
+    import difflib
+
+    known = sorted((error.schema.get("properties") or {}))
+    lines = []
+    for key in sorted(set(map(str, error.instance)) - set(known)):
+        close = difflib.get_close_matches(key, known, n=1)
+        hint = f"did you mean {close[0]}?" if close else f"the known keys are {', '.join(known)}"
+        lines.append(f"{where + '.' if where else ''}{key}: unknown key; {hint}")
+    return lines or [f"{where or '(top level)'}: {error.message}"]
 
 
 def workflow_defaults(directory: str | Path = ".") -> dict:
