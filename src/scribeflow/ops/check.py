@@ -1,5 +1,12 @@
 """`scribeflow check`: does the ledger agree with the files on disk? (An unreadable ledger
-is rebuilt by state/rebuild.py; orphaned files are removed by budget/cleanup.py.)"""
+is rebuilt by state/rebuild.py; orphaned files are removed by budget/cleanup.py.)
+
+One check, in the order it reads: the gate's state; whether the ledger is readable at
+all; one listing of each folder (_list_files); the few ledger rows that need reading
+(_read_rows); the transcripts those rows vouch for, parsed (_transcript_findings); the
+rows the files contradict (_row_findings, _unrecorded); the mark that the transcripts
+are valid up to now (_remember_valid); the files a finished run should not have left
+(_leftovers)."""
 
 from __future__ import annotations
 
@@ -8,6 +15,7 @@ import json
 import logging
 import time
 import zlib
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from scribeflow.budget.gate import DownloadGate
@@ -25,6 +33,10 @@ from scribeflow.state.failures import given_up
 
 log = logging.getLogger(__name__)
 
+# A finding: (episode, the check's rank, message); sorted, they list each episode's
+# problems together, in the order of the checks.
+Finding = tuple[str, int, str]
+
 
 def check_consistency(settings: Settings, full: bool = False) -> list[str]:
     """What disagrees between the ledger (jobs.db), the failed markers and the files on
@@ -39,124 +51,190 @@ def check_consistency(settings: Settings, full: bool = False) -> list[str]:
     took 15 s). A transcript changed outside the pipeline is read by `full` alone, and
     the ledger's every page only by `full` or after a run that did not end cleanly
     (ledger.unreadable)."""
-    from scribeflow.state.ledger import STAGES, TRANSCRIBED, Ledger, unreadable
+    from scribeflow.state.ledger import unreadable
 
     layout = Layout.from_config(settings)
-    videos, audio, transcripts = layout.videos, layout.audio, layout.transcripts
     cleanup = settings.disk_management.cleanup
-    problems: list[str] = []
     gate = DownloadGate.from_config(settings)
-    state_problem = gate.state_problem()
-    if state_problem:
-        problems.append(state_problem)
+    problems = [p for p in (gate.state_problem(),) if p]
     _, running = gate.held_paths()
-    db = layout.ledger
-    ledger_problem = unreadable(db, full=full)
+    ledger_problem = unreadable(layout.ledger, full=full)
     if ledger_problem:
-        problems.append(f"{db}: not a readable SQLite database ({ledger_problem}); the next run moves it aside and "
-                        f"rebuilds it from the files on disk (transcripts, analyses, failed markers); the ledger's "
-                        f"checks are skipped")
-        return problems
+        return [*problems, _unreadable_ledger(layout.ledger, ledger_problem)]
     markers = given_up(layout)
-    state_path = layout.check_state
-    try:
-        since = None if full else float(json.loads(state_path.read_text())["valid_until"])
-    except (OSError, ValueError, KeyError, TypeError):
-        since = None
+    since = None if full else _valid_until(layout.check_state)
     # Before the files are listed and the ledger read: a row that changes after this is
     # read by the next check.
     started = time.time()
-    # One listing each, names only: the transcripts (by form: .json, .json.gz), and the
-    # videos and audio present. Sets of names, not Paths: one Path per finished episode
-    # would cost seconds at month four.
-    names = entry_names(transcripts)
+    listing = _list_files(layout)
+    rows = _read_rows(layout, listing, since, markers, cleanup.delete_transcript_after_tokenization)
+    findings, invalid, parsed = _transcript_findings(layout, listing, rows)
+    findings += _row_findings(layout, listing, rows, running)
+    problems += [message for _, _, message in sorted(findings)]
+    problems += _unrecorded(listing, rows, markers, running)
+    if not invalid:
+        _remember_valid(layout.check_state, started, parsed)
+    if not running:
+        problems += _leftovers(layout, listing, rows.transcribed, markers, cleanup)
+    return problems
+
+
+def _unreadable_ledger(db: Path, why: str) -> str:
+    return (f"{db}: not a readable SQLite database ({why}); the next run moves it aside and rebuilds it from "
+            f"the files on disk (transcripts, analyses, failed markers); the ledger's checks are skipped")
+
+
+def _valid_until(state_path: Path) -> float | None:
+    """When the last check that found every transcript valid started (less the clocks'
+    slack), or None: then every transcribed row is read."""
+    try:
+        return float(json.loads(state_path.read_text())["valid_until"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _remember_valid(state_path: Path, started: float, parsed: int) -> None:
+    """From now on a transcript whose row is older than this check's start was valid; the
+    slack covers the clocks of other hosts writing the same ledger (a cluster's nodes)."""
+    with contextlib.suppress(OSError):
+        atomic_write_text(state_path, json.dumps({"valid_until": started - 60, "parsed": parsed}))
+
+
+# -- what is on disk ----------------------------------------------------------------------
+@dataclass
+class _Listing:
+    """The episodes' files, by id: sets of names, not Paths (one Path per finished
+    episode would cost seconds at month four)."""
+
+    transcripts: Path
+    configured: str  # the transcript form the settings write (.json or .json.gz)
+    forms: dict[str, set[str]]  # each transcript form: the ids that have it
+    present: set[str]  # the ids with a transcript in either form
+    half_written: list[str]  # atomic-write temporaries among the transcripts
+    video_ids: set[str]
+    audio_ids: set[str]
+
+    def transcript(self, episode: str) -> Path:
+        """The transcript of `episode`: the configured form wins when both exist."""
+        suffix = self.configured if episode in self.forms[self.configured] else next(
+            s for s in JSON_SUFFIXES if s != self.configured)
+        return self.transcripts / f"{episode}{suffix}"
+
+
+def _list_files(layout: Layout) -> _Listing:
+    """One listing each, names only: the transcripts (by form), the videos and the audio."""
+    names = entry_names(layout.transcripts)
     hidden = [name for name in names if name[:1] == "."]  # no episode id starts with "."
-    half_written = [str(transcripts / name) for name in hidden if is_temp(name)]
     forms = {suffix: {n[:-len(suffix)] for n in names if n.endswith(suffix)}
              - {n[:-len(suffix)] for n in hidden if n.endswith(suffix)} for suffix in JSON_SUFFIXES}
-    present = set().union(*forms.values())
-    configured = transcript_suffix("json", layout.gzip)
+    return _Listing(
+        transcripts=layout.transcripts, configured=transcript_suffix("json", layout.gzip), forms=forms,
+        present=set().union(*forms.values()),
+        half_written=[str(layout.transcripts / name) for name in hidden if is_temp(name)],
+        video_ids={n.removesuffix(VIDEO_SUFFIX) for n in entry_names(layout.videos) if n.endswith(VIDEO_SUFFIX)},
+        audio_ids={n.removesuffix(AUDIO_SUFFIX) for n in entry_names(layout.audio) if n.endswith(AUDIO_SUFFIX)},
+    )
 
-    def transcript(episode: str) -> Path:  # the configured form wins when both exist
-        suffix = configured if episode in forms[configured] else next(s for s in JSON_SUFFIXES if s != configured)
-        return transcripts / f"{episode}{suffix}"
 
-    video_ids = {n.removesuffix(VIDEO_SUFFIX) for n in entry_names(videos) if n.endswith(VIDEO_SUFFIX)}
-    audio_ids = {n.removesuffix(AUDIO_SUFFIX) for n in entry_names(audio) if n.endswith(AUDIO_SUFFIX)}
+# -- what the ledger says -----------------------------------------------------------------
+@dataclass
+class _Rows:
+    """What is read of the ledger: every transcribed episode's id, from an index; the
+    rows of the few episodes elsewhere (queued, in flight, failed), of those changed since
+    the last clean check, and of those a listing or a marker names."""
 
-    # What is read of every row is the transcribed episodes' ids, from an index; the rest
-    # is the rows of the few episodes elsewhere (queued, in flight, failed), those changed
-    # since the last clean check, and those a listing or a marker names.
-    transcribed: set[str] = set()
-    others: dict[str, str] = {}
-    must_have, changed, flags, marked = set(), {}, {}, {}
-    if db.exists():
-        with Ledger(db) as ledger:
-            if since is None:  # every transcribed row is to be read: their ids come with them
-                changed = ledger.stages_in(TRANSCRIBED)
-                transcribed = set(changed)
-            else:
-                changed = ledger.changed_since(TRANSCRIBED, since)
-                transcribed = ledger.ids_in(TRANSCRIBED)
-            others = ledger.stages_in([s for s in STAGES if s not in TRANSCRIBED])
-            # Tokenized and analyzed episodes' transcripts may be gone by design.
-            must_have = (ledger.ids_in(["transcribed"]) if cleanup.delete_transcript_after_tokenization
-                         else transcribed)
-            missing = dict(ledger.rows_of(sorted(must_have - present), "stage"))
-            flags = {row[0]: row[1:] for row in ledger.rows_of(sorted(transcribed & (video_ids | audio_ids)),
-                                                                 "video_deleted", "audio_deleted")}
-            marked = dict(ledger.rows_of(sorted(markers), "stage"))
-    parsed = transcript_problems = 0
+    transcribed: set[str] = field(default_factory=set)
+    others: dict[str, str] = field(default_factory=dict)  # id: stage, of the episodes not transcribed
+    changed: dict[str, str] = field(default_factory=dict)  # the transcribed rows whose transcript is read
+    missing: dict[str, str] = field(default_factory=dict)  # rows whose transcript must be there and is not
+    flags: dict[str, tuple] = field(default_factory=dict)  # (video_deleted, audio_deleted) of files present
+    marked: dict[str, str] = field(default_factory=dict)  # stage of the episodes marked failed
 
-    # Set operations rather than a Python step per ledger row (171,881 at month four);
-    # the problems are then listed by episode, in the order of the checks below.
-    found: list[tuple[str, int, str]] = []
-    for episode, stage in missing.items():
-        transcript_problems += 1
-        found.append((episode, 0, f"{episode}: ledger says {stage} but {layout.transcript(episode)} is missing"))
-    for episode in changed.keys() & present:  # valid at the last check unless written since
+
+def _read_rows(layout: Layout, listing: _Listing, since: float | None, markers: set[str],
+               transcripts_temporary: bool) -> _Rows:
+    from scribeflow.state.ledger import STAGES, TRANSCRIBED, Ledger
+
+    rows = _Rows()
+    if not layout.ledger.exists():
+        return rows
+    with Ledger(layout.ledger) as ledger:
+        if since is None:  # every transcribed row is to be read: their ids come with them
+            rows.changed = ledger.stages_in(TRANSCRIBED)
+            rows.transcribed = set(rows.changed)
+        else:
+            rows.changed = ledger.changed_since(TRANSCRIBED, since)
+            rows.transcribed = ledger.ids_in(TRANSCRIBED)
+        rows.others = ledger.stages_in([s for s in STAGES if s not in TRANSCRIBED])
+        # Tokenized and analyzed episodes' transcripts may be gone by design.
+        must_have = ledger.ids_in(["transcribed"]) if transcripts_temporary else rows.transcribed
+        rows.missing = dict(ledger.rows_of(sorted(must_have - listing.present), "stage"))
+        with_files = rows.transcribed & (listing.video_ids | listing.audio_ids)
+        rows.flags = {row[0]: row[1:] for row in ledger.rows_of(sorted(with_files), "video_deleted",
+                                                                 "audio_deleted")}
+        rows.marked = dict(ledger.rows_of(sorted(markers), "stage"))
+    return rows
+
+
+# -- where they disagree ------------------------------------------------------------------
+# Set operations rather than a Python step per ledger row (171,881 at month four).
+def _transcript_findings(layout: Layout, listing: _Listing, rows: _Rows) -> tuple[list[Finding], int, int]:
+    """The transcripts the ledger vouches for that are missing or not valid (only those
+    changed since the last clean check are parsed). Returns (findings, how many are
+    invalid, how many were parsed)."""
+    found: list[Finding] = [(episode, 0, f"{episode}: ledger says {stage} but {layout.transcript(episode)} is "
+                                         f"missing") for episode, stage in rows.missing.items()]
+    parsed = 0
+    for episode in rows.changed.keys() & listing.present:  # valid at the last check unless written since
         parsed += 1
-        problem = _transcript_problem(transcript(episode), episode)
+        problem = _transcript_problem(listing.transcript(episode), episode)
         if problem:
-            transcript_problems += 1
-            found.append((episode, 0, f"{episode}: ledger says {changed[episode]} but {problem}"))
-    found += [(episode, 1, f"{episode}: ledger says the video was deleted but it is on disk")
-              for episode in video_ids & flags.keys() if flags[episode][0]]
+            found.append((episode, 0, f"{episode}: ledger says {rows.changed[episode]} but {problem}"))
+    return found, len(found), parsed
+
+
+def _row_findings(layout: Layout, listing: _Listing, rows: _Rows, running: bool) -> list[Finding]:
+    """Files the ledger says were deleted, transcripts of episodes it has elsewhere (only
+    at rest: a job may be writing one), failed markers it disagrees with."""
+    found = [(episode, 1, f"{episode}: ledger says the video was deleted but it is on disk")
+             for episode in listing.video_ids & rows.flags.keys() if rows.flags[episode][0]]
     found += [(episode, 2, f"{episode}: ledger says the audio was deleted but it is on disk")
-              for episode in audio_ids & flags.keys() if flags[episode][1]]
+              for episode in listing.audio_ids & rows.flags.keys() if rows.flags[episode][1]]
     if not running:
-        found += [(episode, 3, f"{episode}: a transcript exists but the ledger says {others[episode]}")
-                  for episode in present & others.keys()]
+        found += [(episode, 3, f"{episode}: a transcript exists but the ledger says {rows.others[episode]}")
+                  for episode in listing.present & rows.others.keys()]
     found += [(episode, 4, f"{episode}: marked failed ({layout.failed_marker(episode)}) but the ledger says "
                            f"{stage}")
-              for episode, stage in marked.items() if stage != "failed"]
-    problems += [message for _, _, message in sorted(found)]
-    for episode in sorted(markers - marked.keys()):
-        problems.append(f"{episode}: marked failed but not in the ledger")
-    if not running:
-        for episode in sorted(present - transcribed - others.keys()):
-            problems.append(f"{episode}: a transcript exists but the ledger has no row for it")
-    if not transcript_problems:
-        # From now on a transcript whose row is older than this start was valid; the slack
-        # covers the clocks of other hosts writing the same ledger (a cluster's nodes).
-        with contextlib.suppress(OSError):
-            atomic_write_text(state_path, json.dumps({"valid_until": started - 60, "parsed": parsed}))
+              for episode, stage in rows.marked.items() if stage != "failed"]
+    return found
 
+
+def _unrecorded(listing: _Listing, rows: _Rows, markers: set[str], running: bool) -> list[str]:
+    """Episodes with a marker or (at rest) a transcript and no row in the ledger."""
+    problems = [f"{episode}: marked failed but not in the ledger" for episode in sorted(markers - rows.marked.keys())]
     if not running:
-        for path in file_paths(videos):
-            episode = path.name.split(".")[0]
-            if path.name.endswith(PARTIAL_SUFFIXES):
-                problems.append(f"{path}: partial download left behind")
-            elif episode in markers or (cleanup.delete_video_after_transcription and episode in transcribed):
-                problems.append(f"{path}: video of a finished or failed episode left behind")
-        for path in file_paths(audio):
-            episode = path.name.split(".")[0]
-            if is_temp(path.name):
-                problems.append(f"{path}: half-written audio left behind")
-            elif episode in markers or (cleanup.delete_audio_after_transcription and episode in transcribed):
-                problems.append(f"{path}: audio of a finished or failed episode left behind")
-        problems += [f"{path}: half-written transcript left behind" for path in sorted(half_written)]
+        problems += [f"{episode}: a transcript exists but the ledger has no row for it"
+                     for episode in sorted(listing.present - rows.transcribed - rows.others.keys())]
     return problems
+
+
+def _leftovers(layout: Layout, listing: _Listing, transcribed: set[str], markers: set[str], cleanup) -> list[str]:
+    """At rest: partial and half-written files, and the videos and audio of finished or
+    failed episodes that the cleanup settings say are deleted."""
+    problems = []
+    for path in file_paths(layout.videos):
+        episode = path.name.split(".")[0]
+        if path.name.endswith(PARTIAL_SUFFIXES):
+            problems.append(f"{path}: partial download left behind")
+        elif episode in markers or (cleanup.delete_video_after_transcription and episode in transcribed):
+            problems.append(f"{path}: video of a finished or failed episode left behind")
+    for path in file_paths(layout.audio):
+        episode = path.name.split(".")[0]
+        if is_temp(path.name):
+            problems.append(f"{path}: half-written audio left behind")
+        elif episode in markers or (cleanup.delete_audio_after_transcription and episode in transcribed):
+            problems.append(f"{path}: audio of a finished or failed episode left behind")
+    return problems + [f"{path}: half-written transcript left behind" for path in sorted(listing.half_written)]
 
 
 def _transcript_problem(path: Path, episode: str) -> str | None:
