@@ -33,6 +33,7 @@ class MediaInfo:
     duration: float  # seconds, from the audio packets actually present
     container_duration: float | None
     audio_codec: str
+    track_duration: float | None = None  # what the audio track's own header says, where it says
 
 
 def _open(path: Path):
@@ -51,33 +52,62 @@ def _audio_stream(container, path: Path):
 
 
 def validate(path: str | Path, min_coverage: float = 0.9) -> MediaInfo:
-    """Demux every audio packet (no decoding: fast) and check that the audio reaches
-    the duration the container declares. A truncated download fails here even when
-    its header is intact, which is how yt-dlp's blind resumes and "already
-    downloaded" files slip through."""
-    import av
-
+    """Demux every packet (no decoding: fast) and check that the audio present reaches
+    what the audio track's own header says (MP4's track duration, Matroska's DURATION
+    tag); without one, that the file's streams reach the container's duration. A
+    truncated download fails here even when its header is intact, which is how yt-dlp's
+    blind resumes and "already downloaded" files slip through. An audio track shorter
+    than the video beside it is not truncation: the audio present is what is decoded."""
     path = Path(path)
     if not path.is_file() or path.stat().st_size == 0:
         raise MediaError(f"{path.name}: missing or empty")
     with _open(path) as container:
         stream = _audio_stream(container, path)
-        declared = container.duration / av.time_base if container.duration else None
-        end = 0.0
-        try:
-            for packet in container.demux(stream):
-                if packet.pts is not None and packet.time_base is not None:
-                    end = max(end, float((packet.pts + (packet.duration or 0)) * packet.time_base))
-        except av.error.FFmpegError as exc:
-            raise MediaError(f"{path.name}: corrupt at {end:.1f} s ({exc})") from exc
-        if end <= 0:
-            raise MediaError(f"{path.name}: audio stream has no packets")
+        declared = container.duration / 1e6 if container.duration else None  # AV_TIME_BASE: microseconds
+        track = _track_duration(stream)
+        audio_end, file_end = _packet_ends(container, stream, path)
         start = float(stream.start_time * stream.time_base) if stream.start_time else 0.0
-        if declared and end - start < min_coverage * declared - 1.0:
-            raise MediaError(
-                f"{path.name}: truncated: audio ends at {end - start:.1f} s of {declared:.1f} s declared"
-            )
-        return MediaInfo(end - start, declared, stream.codec_context.name)
+        if track:
+            reached, expected, said = audio_end - start, track, "its audio ends at {:.1f} s, but its audio track's"
+        else:
+            reached, expected, said = file_end - start, declared, "its streams end at {:.1f} s, but its container's"
+        if expected and reached < min_coverage * expected - 1.0:
+            raise MediaError(f"{path.name}: truncated: {said.format(reached)} header says {expected:.1f} s")
+        return MediaInfo(audio_end - start, declared, stream.codec_context.name, track)
+
+
+def _packet_ends(container, audio, path: Path) -> tuple[float, float]:
+    """(end of the audio packets, end of the audio and video packets) in seconds."""
+    import av
+
+    audio_end = file_end = 0.0
+    streams = [s for s in container.streams if s.type in ("audio", "video")]
+    try:
+        for packet in container.demux(streams):
+            if packet.pts is None or packet.time_base is None:
+                continue
+            end = float((packet.pts + (packet.duration or 0)) * packet.time_base)
+            file_end = max(file_end, end)
+            if packet.stream.index == audio.index:
+                audio_end = max(audio_end, end)
+    except av.error.FFmpegError as exc:
+        raise MediaError(f"{path.name}: corrupt at {audio_end:.1f} s ({exc})") from exc
+    if audio_end <= 0:
+        raise MediaError(f"{path.name}: audio stream has no packets")
+    return audio_end, file_end
+
+
+def _track_duration(stream) -> float | None:
+    """The audio track's own duration: the stream's (MP4), or its DURATION tag (Matroska,
+    WebM: written by the muxer at the end, so a cut file has none)."""
+    if stream.duration:
+        return float(stream.duration * stream.time_base)
+    tag = next((v for k, v in stream.metadata.items() if k.upper() == "DURATION"), None)
+    try:
+        h, m, sec = str(tag).split(":")
+        return int(h) * 3600 + int(m) * 60 + float(sec) or None
+    except ValueError:
+        return None
 
 
 def expected_audio_bytes(duration_s: float) -> int:
