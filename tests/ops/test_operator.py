@@ -3,7 +3,10 @@
 import subprocess
 import sys
 
+import yaml
+
 from conftest import write_catalogue
+from support.models import packaged_model
 
 from scribeflow.config import catalogue as sf_catalogue
 from scribeflow.config import settings as cfg
@@ -25,7 +28,8 @@ def test_plan_sizes_a_small_catalogue_with_the_slots_the_run_gets(tmp_path):
     rows = [{"id": f"ep{n:02d}", "url": f"https://example.org/{n}", "expected_size_mb": 260, "duration_s": 1440}
             for n in range(30)]
     path = write_catalogue(tmp_path / "episodes.csv", rows)
-    config = cfg.validate({"catalogue": str(path), "data_dir": str(tmp_path / "data")})
+    config = cfg.validate({"catalogue": str(path), "data_dir": str(tmp_path / "data"),
+                           "transcribe": {"model": str(packaged_model("tiny.en"))}})
     p = plan(config, sf_catalogue.load(path), [1, 4], {"cores": 2, "transcription_speed": 30})
     one = p["scenarios"][0]
     assert p["inputs"]["download_slots"] == 1  # --cores 2: one slot is kept for the work that frees space
@@ -345,3 +349,35 @@ def test_status_says_whether_a_run_is_alive(tmp_path, monkeypatch):
     assert "1 episode(s) were in flight when it stopped" in text
     # Sizes in units a person reads, not 2.87e-05 GB.
     assert "e-0" not in text and "Disk: " in text and " of 300 GB" in text
+
+
+def test_plan_uses_the_configured_model_and_device_and_formats_its_numbers(tmp_path):
+    import re
+
+    from scribeflow.ops.plan import model_size
+
+    tiny = str(packaged_model("tiny.en"))
+    rows = [{"id": f"ep{n}", "url": f"https://example.org/{n}", "duration_s": 1440} for n in range(3)]
+    catalogue = write_catalogue(tmp_path / "episodes.csv", rows)
+
+    def plan_text(*args, **transcribe):
+        configfile = tmp_path / "run.yaml"
+        configfile.write_text(yaml.safe_dump({"catalogue": str(catalogue), "data_dir": str(tmp_path / "data"),
+                                              "transcribe": {"model": tiny, **transcribe}}))
+        proc = subprocess.run([sys.executable, "-m", "scribeflow.ops.cli", "plan", "--configfile", str(configfile),
+                               *args], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0, proc.stderr
+        return proc.stdout
+
+    cpu = plan_text(device="cpu", compute_type="int8")
+    assert f"Transcription: {tiny} (tiny) on cpu, int8: 27x real time per machine [assumed (tiny.en int8 on 2 cores" in cpu
+    assert "Permanent transcripts at the end: 150 kB" in cpu  # 3 x 50 KB, not "0 GB"
+    assert "large-v3" not in cpu and "GPU" not in cpu and "slots" not in cpu
+    assert re.search(r"^\s+CPU\s", cpu, re.M) and "the CPU: " in cpu
+    assert not re.search(r"\d\.\d{4,}", cpu), cpu  # no 0.0941853 MB/s, no 6.33805x
+    # The same model on a GPU: per GPU, at 1, 2, 4 and 8 GPUs.
+    gpu = plan_text(device="cuda")
+    assert "on cuda" in gpu and "x real time per GPU" in gpu and "2 GPUs: " not in gpu
+    assert [int(line.split()[0]) for line in gpu.splitlines() if re.match(r"^\s+[1248]\s+\d", line)] == [1, 2, 4, 8]
+    assert [model_size(m) for m in ("tiny.en", "Systran/faster-whisper-small", "large-v3-turbo", "medium", tiny)] \
+        == ["tiny", "small", "large", "medium", "tiny"]

@@ -2,14 +2,17 @@
 
 import pytest
 from conftest import scribeflow, write_catalogue
+from support.models import packaged_model
 
 from scribeflow.config import catalogue as sf_catalogue
 from scribeflow.config import settings as cfg
 from scribeflow.ops.plan import Inputs, estimate, plan
+from scribeflow.ops.plan import render as render_plan
 from scribeflow.ops.plots import draw_all
 from scribeflow.ops.status import render, snapshot
 from scribeflow.state.ledger import Ledger
 
+TINY = str(packaged_model("tiny.en"))  # a model this machine loads (plan refuses one it cannot)
 NOW = 1_800_000_000.0
 MB = 1e6
 AUDIO_S = 600  # each episode: 10 min of audio, 100 MB of video
@@ -19,7 +22,7 @@ def make_run(tmp_path, catalogue_rows=10):
     rows = [{"id": f"ep{i}", "url": f"https://example.org/{i}.mp4"} for i in range(catalogue_rows)]
     catalogue = write_catalogue(tmp_path / "episodes.csv", rows)
     config = cfg.load(None, {"catalogue": str(catalogue), "data_dir": str(tmp_path / "data"),
-                             "storage_dir": str(tmp_path / "storage")})
+                             "storage_dir": str(tmp_path / "storage"), "transcribe.model": TINY})
     with Ledger(tmp_path / "data" / "jobs.db") as ledger, ledger.transaction() as c:
         for i in range(4):  # transcribed, one every 30 min: downloads 100 s, extraction 10 s, transcription 60 s
             t = NOW - 7200 + 1800 * i
@@ -116,6 +119,7 @@ def test_plan_reads_the_catalogue_and_the_ledger(tmp_path):
     assert one["capacity_per_hour"]["transcribe"] == 60 and four["capacity_per_hour"]["transcribe"] == 120
     assert "only 2 of 4 GPUs" in " ".join(four["warnings"])
     assert one["eta_hours"] == pytest.approx(5 / min(one["capacity_per_hour"].values()), abs=0.05)
+    assert "Transcription: " + TINY + " (tiny) on cpu" in render_plan(p)  # the configured model, on this CPU
     # Options win over measurements.
     given = plan(config, catalogue, [1], {"transcription_speed": 1.0})["inputs"]
     assert given["transcription_speed"] == 1.0 and given["sources"]["transcription_speed"] == "given"

@@ -272,10 +272,12 @@ def main(argv=None) -> int:
 
     plan = sub.add_parser("plan", help="estimate disk use, bottleneck and ETA before (or during) a run")
     add_config_options(plan)
-    plan.add_argument("--gpus", type=int, nargs="+", default=[1, 2, 4, 8],
-                      help="transcription workers (GPUs) to estimate for (default 1 2 4 8)")
+    plan.add_argument("--gpus", type=int, nargs="+", default=None,
+                      help="transcription workers (GPUs) to estimate for (default: 1 2 4 8 where transcribe.device "
+                           "is a GPU; on CPU, the machine)")
     plan.add_argument("--speed", type=float, default=None,
-                      help="transcription speed of one job, in multiples of real time (default: measured, else 15)")
+                      help="transcription speed of one job, in multiples of real time (default: measured, else "
+                           "assumed for the configured model and device)")
     plan.add_argument("--download-mb-per-s", type=float, default=None,
                       help="speed of one download (default: measured, else 10)")
     plan.add_argument("--duration-min", type=float, default=None,

@@ -22,21 +22,67 @@ from dataclasses import asdict, dataclass
 
 from scribeflow.config.layout import Layout
 from scribeflow.config.settings import GB, MB, Settings
+from scribeflow.files import human_bytes
 from scribeflow.ops.rates import duration, measured
 from scribeflow.stages.media import BYTES_PER_SECOND
 from scribeflow.state.failures import given_up
 from scribeflow.state.ledger import HOUR, TRANSCRIBED, LedgerReader
 
-# Defaults when nothing is measured yet.
+# Defaults when nothing is measured yet (the transcription's: transcription_default).
 ASSUMED = {
     "download_mb_per_s": (10.0, "10 MB/s per download"),
-    # faster-whisper's published benchmark: large-v3, fp16, beam 5, 13 min of audio in 52 s
-    # on an RTX 2080 Ti; one transcription job per GPU.
-    "transcription_speed": (15.0, "faster-whisper benchmark: large-v3 fp16 beam 5, ~15x real time per GPU"),
+    "transcription_speed": (None, "by the model and device"),
     "extraction_speed": (300.0, "PyAV decode + resample to 16 kHz mono, ~300x real time per core"),
     "duration_s": (24 * 60.0, "a 24-minute episode"),
     "transcript_kb": (50.0, "50 KB per transcript"),
 }
+
+
+# One transcription job's speed (x real time) when nothing is measured, by device and model size.
+# GPU: faster-whisper's published benchmark (large-v3, fp16, beam 5, 13 min of audio in 52 s on
+# an RTX 2080 Ti), taken for every size (smaller ones are faster: a first run measures them).
+# CPU: the machine's cores shared by its transcriptions.
+SPEEDS = {
+    "cuda": {None: (15.0, "faster-whisper benchmark: large-v3 fp16 beam 5, ~15x real time per GPU")},
+    "cpu": {"tiny": (27.0, "tiny.en int8 on 2 cores, 24-min episode, measured 2026-12-01"),
+            "base": (7.6, "as small: faster-whisper benchmark, small int8 on 8 threads, 13 min in 1 min 42 s"),
+            "small": (7.6, "faster-whisper benchmark: small int8 on 8 threads, 13 min in 1 min 42 s"),
+            None: (1.0, "a guess for a medium or large model on CPU; measure yours: scribeflow evaluate")},
+}
+# A local model's size from its model.bin (fp16: tiny 75 MB, base 145 MB, small 484 MB, medium 1.5 GB).
+SIZE_BY_BYTES = ((120e6, "tiny"), (300e6, "base"), (1e9, "small"), (2.2e9, "medium"))
+
+
+def model_size(model: str) -> str:
+    """tiny, base, small, medium or large: from the name (tiny.en, large-v3, distil-small.en,
+    a hub id), else from a local folder's model.bin."""
+    from pathlib import Path
+
+    name = model.lower().rstrip("/").rsplit("/", 1)[-1]
+    for size in ("tiny", "base", "small", "medium", "large", "turbo"):
+        if size in name:
+            return "large" if size == "turbo" else size
+    try:
+        n = (Path(model).expanduser() / "model.bin").stat().st_size
+    except OSError:
+        return "large"
+    return next((size for limit, size in SIZE_BY_BYTES if n < limit), "large")
+
+
+def transcription_default(settings: Settings) -> dict:
+    """The configured model and the device it runs on (`auto`: a GPU where CTranslate2 sees
+    one), its size, and the speed assumed for it until a run measures one."""
+    from scribeflow.stages.transcription.model import resolve_device
+
+    tc = settings.transcribe
+    try:
+        device, compute = resolve_device(tc.device, tc.compute_type)
+    except RuntimeError:  # "cuda" named on a machine without CUDA (a login node planning a GPU run)
+        device, compute = tc.device, tc.compute_type
+    device = "cuda" if device.startswith("cuda") else "cpu"
+    size = model_size(tc.model)
+    speed, why = SPEEDS[device].get(size) or SPEEDS[device][None]
+    return {"model": tc.model, "size": size, "device": device, "compute_type": compute, "speed": speed, "why": why}
 
 
 @dataclass
@@ -56,6 +102,7 @@ class Inputs:
     subtitled: int = 0  # transcripts made from subtitles
     subtitled_planned: int = 0  # not made yet, with a usable subtitle found (left out of `remaining`)
     subtitles_unjudged: int = 0  # not made yet, with a local subtitle file not judged yet (in `remaining`)
+    transcriber: dict | None = None  # transcription_default: model, size, device, compute type
 
 
 def subtitle_counts(settings: Settings, catalogue, done: set[str]) -> tuple[int, int]:
@@ -105,7 +152,9 @@ def gather(settings: Settings, catalogue, options: dict) -> Inputs:
     subtitled_todo, unjudged = subtitle_counts(settings, catalogue, finished | set(gave_up))
     n_measured = seen.pop("episodes", 0)
     sources, values = {}, {}
-    for key, (default, why) in ASSUMED.items():
+    transcriber = transcription_default(settings)
+    assumed = {**ASSUMED, "transcription_speed": (transcriber["speed"], transcriber["why"])}
+    for key, (default, why) in assumed.items():
         if options.get(key) is not None:
             values[key], sources[key] = options[key], "given"
         elif key in seen:
@@ -140,7 +189,7 @@ def gather(settings: Settings, catalogue, options: dict) -> Inputs:
         download_mb_per_s=values["download_mb_per_s"], transcription_speed=values["transcription_speed"],
         extraction_speed=values["extraction_speed"],
         download_slots=max(1, downloads), extraction_slots=max(1, cores - max(1, downloads)),
-        transcription_slots=dm.max_concurrent_transcriptions, sources=sources,
+        transcription_slots=dm.max_concurrent_transcriptions, sources=sources, transcriber=transcriber,
     )
 
 
@@ -206,42 +255,70 @@ def estimate(settings: Settings, inp: Inputs, gpus: int) -> dict:
     }
 
 
-def plan(settings: Settings, catalogue, gpus: list[int], options: dict) -> dict:
+GPU_SCENARIOS = [1, 2, 4, 8]
+
+
+def plan(settings: Settings, catalogue, gpus: list[int] | None, options: dict) -> dict:
+    """The estimate for each count of transcription workers in `gpus` (default: 1, 2, 4 and 8
+    GPUs where the model runs on a GPU; on CPU, the one machine, whose cores its transcriptions
+    share)."""
     inp = gather(settings, catalogue, options)
-    return {"inputs": asdict(inp), "scenarios": [estimate(settings, inp, g) for g in gpus]}
+    on_gpu = inp.transcriber["device"] == "cuda"
+    workers = "GPUs" if on_gpu else "workers" if gpus else "CPU"
+    gpus = gpus or (GPU_SCENARIOS if on_gpu else [1])
+    return {"inputs": asdict(inp), "workers": workers, "scenarios": [estimate(settings, inp, g) for g in gpus]}
+
+
+def _num(x: float) -> str:
+    """A measured or assumed figure as a person reads it: 0.094, 6.34, 27, 1,190."""
+    return f"{x:,.0f}" if abs(x) >= 100 else f"{x:.3g}"
+
+
+def _count(n: int, what: str) -> str:
+    return f"{n} {what}{'' if n == 1 else 's'}"
+
+
+def _scenario(p: dict, s: dict) -> str:
+    """A scenario's name: 2 GPUs, the CPU, 3 workers."""
+    kind = p.get("workers", "GPUs")
+    return "the CPU" if kind == "CPU" else _count(s["gpus"], kind[:-1])
 
 
 def render(p: dict) -> str:
     i = p["inputs"]
     src = i["sources"]
+    t = i.get("transcriber") or {"model": "?", "size": "?", "device": "cuda", "compute_type": "?"}
+    gpu = t["device"] == "cuda"
     lines = [
-        f"Catalogue: {i['episodes']} episodes, {i['remaining']} still to transcribe"
+        f"Catalogue: {_count(i['episodes'], 'episode')}, {i['remaining']} still to transcribe"
         + (f" ({i['subtitled']} transcripts from subtitles, {i['subtitled_planned']} more with a usable subtitle: "
            f"not in the ETA)" if i["subtitled"] or i["subtitled_planned"] else "")
         + (f"; {i['subtitles_unjudged']} have a subtitle file not judged yet (judged when a run is planned; "
            f"counted for the ASR here)" if i.get("subtitles_unjudged") else ""),
-        f"Per episode: {i['video_mb']:.0f} MB of video [{src['video_mb']}], "
-        f"{i['duration_s'] / 60:.1f} min [{src['duration_s']}], "
-        f"{i['transcript_kb']:.0f} KB transcript [{src['transcript_kb']}]",
-        f"Per job: download {i['download_mb_per_s']:g} MB/s [{src['download_mb_per_s']}] x "
-        f"{i['download_slots']} slots [{src['download_slots']}]; transcription {i['transcription_speed']:g}x real time "
-        f"[{src['transcription_speed']}]; extraction {i['extraction_speed']:g}x real time "
-        f"[{src['extraction_speed']}] x {i['extraction_slots']} cores",
+        f"Per episode: {_num(i['video_mb'])} MB of video [{src['video_mb']}], "
+        f"{_num(i['duration_s'] / 60)} min [{src['duration_s']}], "
+        f"{_num(i['transcript_kb'])} KB transcript [{src['transcript_kb']}]",
+        f"Transcription: {t['model']} ({t['size']}) on {t['device']}, {t['compute_type']}: "
+        f"{_num(i['transcription_speed'])}x real time per {'GPU' if gpu else 'machine'} [{src['transcription_speed']}]",
+        f"Downloads: {_num(i['download_mb_per_s'])} MB/s each [{src['download_mb_per_s']}], "
+        f"{i['download_slots']} at a time [{src['download_slots']}]; audio extraction: "
+        f"{_num(i['extraction_speed'])}x real time [{src['extraction_speed']}] on "
+        f"{_count(i['extraction_slots'], 'core')}",
         "",
-        f"{'GPUs':>4}  {'download/h':>10}  {'extract/h':>9}  {'transcribe/h':>12}  {'bottleneck':<13}"
+        f"{'' if p.get('workers') == 'CPU' else p.get('workers', 'GPUs'):>7}  {'download/h':>10}  {'extract/h':>9}  {'transcribe/h':>12}  {'bottleneck':<13}"
         f"{'disk GB':>8}  {'in flight':>9}  {'ETA':>12}",
     ]
     for s in p["scenarios"]:
         c = s["capacity_per_hour"]
         eta = duration(s["eta_hours"] * HOUR) if s["eta_hours"] != float("inf") else "never"
-        lines.append(f"{s['gpus']:>4}  {c['download']:>10.1f}  {c['extract_audio']:>9.1f}  "
+        lines.append(f"{'CPU' if p.get('workers') == 'CPU' else s['gpus']:>7}  {c['download']:>10.1f}  {c['extract_audio']:>9.1f}  "
                      f"{c['transcribe']:>12.1f}  {s['bottleneck']:<13}{s['steady_state_disk_gb']:>8.3g}  "
                      f"{s['episodes_in_flight']:>9}  {eta:>12}")
     seen = set()
     for s in p["scenarios"]:
         if s["behaviour"] not in seen:
             seen.add(s["behaviour"])
-            lines.append(f"  {s['gpus']} GPU(s): {s['behaviour']}")
-        lines += [f"  warning ({s['gpus']} GPU(s)): {w}" for w in s["warnings"]]
-    lines.append(f"Permanent transcripts at the end: {p['scenarios'][0]['permanent_outputs_at_end_gb']:g} GB")
+            lines.append(f"  {_scenario(p, s)}: {s['behaviour']}")
+        lines += [f"  warning ({_scenario(p, s)}): {w}" for w in s["warnings"]]
+    lines.append(f"Permanent transcripts at the end: {human_bytes(i['episodes'] * i['transcript_kb'] * 1000)}")
     return "\n".join(lines)
