@@ -352,6 +352,7 @@ def _log_sample(cumulative, points: int = 2000):
 
 def plot_coverage(curves: dict, coverage, path: str | Path) -> None:
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     from scribeflow.figures import use_fonts  # Agg, and a font with kana and kanji for series names
 
@@ -363,15 +364,18 @@ def plot_coverage(curves: dict, coverage, path: str | Path) -> None:
     if len(curves["corpus"]):
         ax.plot(*_log_sample(curves["corpus"]), color="black", linewidth=2, label="whole corpus")
     corpus = coverage.iloc[0]
+    needed = []
     for t in COVERAGE_TARGETS:
         ax.axhline(t, color="grey", linestyle=":", linewidth=0.8)
         n = corpus[f"lemmas_{t}"]
         if n == n and n is not None:  # not NaN: the corpus has tokens
             ax.plot([n], [t], "o", color="black", markersize=4)
-            # Below the line near the top: above it, a 98 % label would leave the axes.
-            ax.annotate(f"{t} %: {int(n):,} lemmas", (n, t), textcoords="offset points",
-                        xytext=(-6, -11 if t >= 90 else 3), ha="right", fontsize=8)
+            needed.append(f"{t} %: {int(n):,}")
+    if needed:  # one box in the empty upper left: labels beside the close targets overlapped
+        ax.text(0.02, 0.97, "lemmas to cover\n" + "\n".join(needed), transform=ax.transAxes, va="top",
+                fontsize=8, bbox={"boxstyle": "round", "facecolor": "white", "edgecolor": "#ccc"})
     ax.set_xscale("log")
+    ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:,.0f}"))  # 1,000, not 10^3
     ax.set_xlabel("lemmas, most frequent first (log scale)")
     ax.set_ylabel("tokens covered (%)")
     ax.set_ylim(0, 100)

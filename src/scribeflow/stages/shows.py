@@ -75,10 +75,39 @@ def show_table(index, top_words: int = TOP_WORDS, by_season: bool = False):
     return table[list(COLUMNS)].reset_index(drop=True)
 
 
+def show_label(series, season) -> str:
+    """'Series 2', 'Series' without a season (a catalogue without the column gives NaN, not
+    None), '(no series)'."""
+    def given(x) -> bool:
+        return x is not None and x == x and str(x).strip() != ""
+
+    name = str(series) if given(series) else "(no series)"
+    if not given(season):
+        return name
+    if isinstance(season, float) and season.is_integer():
+        season = int(season)  # a numeric column read as floats: 2, not 2.0
+    return f"{name} {season}"
+
+
+def _label_row(ax, shows, y: float, longest: int = 16) -> None:
+    """Name `shows` in one row at height `y`, spread evenly across the axes in the points'
+    order, each with a line to its point: names of neighbouring points never overlap."""
+    xs = ax.get_xlim() if len(shows) else (0, 1)
+    shows = shows.sort_values("chars_per_minute")
+    step = (xs[1] - xs[0]) / (len(shows) + 1)
+    for k, (_, r) in enumerate(shows.iterrows(), 1):
+        name = show_label(r["series"], r["season"])
+        name = name if len(name) <= longest else name[:longest - 1] + "…"
+        ax.annotate(name, (r["chars_per_minute"], r["difficulty"]), xytext=(xs[0] + k * step, y), fontsize=7,
+                    ha="center", va="center", textcoords="data",
+                    arrowprops={"arrowstyle": "-", "color": "#999", "lw": 0.5})
+
+
 def plot(table, path: str | Path, label_at_most: int = 40) -> None:
     """Difficulty against speaking speed, one point per show: every show named up to
     `label_at_most` shows; beyond, the points fade with their number and only the eight
-    hardest and eight easiest are named, so that 3,000 shows still read."""
+    hardest and eight easiest are named, in a row above and below the cloud with a line to
+    each point, so that 3,000 shows still read."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -93,19 +122,19 @@ def plot(table, path: str | Path, label_at_most: int = 40) -> None:
     alpha = 1.0 if n <= label_at_most else max(0.15, min(0.8, 200 / n))
     ax.scatter(data["chars_per_minute"], data["difficulty"], s=18 if n <= label_at_most else 8, alpha=alpha,
                color="#2a6fb0", linewidths=0)
-    ordered = data.sort_values(["difficulty", "chars_per_minute"])
-    named = data if n <= label_at_most else ordered.iloc[list(range(8)) + list(range(-8, 0))]
-    for i, (_, r) in enumerate(named.sort_values("chars_per_minute").iterrows()):
-        label = " ".join(str(x) for x in (r["series"] or "(no series)", r["season"] or "") if x)
-        # Neighbours' names on alternating heights: shows tied on one score do not overwrite each other.
-        offset = (3, 3) if n <= label_at_most else (3, (4, 14, 24)[i % 3] * (-1 if r["difficulty"] > 2.5 else 1))
-        ax.annotate(label, (r["chars_per_minute"], r["difficulty"]), fontsize=7, xytext=offset,
-                    textcoords="offset points", arrowprops=None if n <= label_at_most else
-                    {"arrowstyle": "-", "color": "#999", "lw": 0.5})
+    if n <= label_at_most:
+        for _, r in data.iterrows():
+            ax.annotate(show_label(r["series"], r["season"]), (r["chars_per_minute"], r["difficulty"]), fontsize=7,
+                        xytext=(3, 3), textcoords="offset points")
+    else:
+        ordered = data.sort_values(["difficulty", "chars_per_minute"])
+        _label_row(ax, ordered.iloc[-8:], 5.55)
+        _label_row(ax, ordered.iloc[:8], -0.55)
+    ax.set_ylim(-0.1, 5.1) if n <= label_at_most else ax.set_ylim(-0.85, 5.85)
+    ax.set_yticks(range(6))
     ax.set_xlabel("speaking speed (characters per minute of speech)")
     ax.set_ylabel(f"difficulty (0-5: share of words outside the corpus's {TOP_WORDS:,} most frequent)")
-    ax.set_ylim(-0.1, 5.1)
-    ax.set_title(f"Shows by difficulty and speaking speed ({n:,} shows)")
+    ax.set_title(f"Shows by difficulty and speaking speed ({n:,} show{'' if n == 1 else 's'})")
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
