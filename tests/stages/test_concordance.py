@@ -63,7 +63,7 @@ def test_a_lost_or_damaged_index_is_rebuilt_from_the_tokens(tmp_path):
     assert complete(path, entries, tokens_of, transcript_of) == 0  # nothing missing: nothing read
     path.write_bytes(b"not a database" * 100)
     assert complete(path, entries, tokens_of, transcript_of) == 2
-    assert list(tmp_path.glob("index.db.damaged-*"))
+    assert len(list(tmp_path.glob("index.db.damaged-*"))) == 1
     with pytest.raises(concordance.CorpusIndexError, match="no corpus index yet"):
         Index(tmp_path / "none.db", readonly=True)
 
@@ -136,3 +136,117 @@ def test_segments_marked_as_song_leave_the_sums_and_the_default_search_and_come_
             index.mark("e1", {7: "song"})
         with pytest.raises(concordance.CorpusIndexError, match="'e9' is not in the corpus index"):
             index.mark("e9", {0: "song"})
+
+
+def _tokens(tmp_path):
+    tokens = tmp_path / "tokens"
+    tokens.mkdir(exist_ok=True)
+    for name in LINES:
+        write_tokens(_episode(name)[0], tokens / f"{name}.parquet")
+    return ([("e1", "S", "1"), ("e2", "S", "1")], lambda e: tokens / f"{e}.parquet", lambda e: tmp_path / f"{e}.json")
+
+
+def test_a_corrupt_index_is_set_aside_and_rebuilt(tmp_path):
+    import sqlite3
+
+    path = tmp_path / "index.db"
+    entries, tokens_of, transcript_of = _tokens(tmp_path)
+    complete(path, entries, tokens_of, transcript_of)
+    with sqlite3.connect(path) as db:
+        pages = db.execute("PRAGMA page_count").fetchone()[0]
+    data = bytearray(path.read_bytes())
+    size = len(data) // pages
+    data[size:] = b"\xff" * (len(data) - size)  # every page but the first (the header) damaged
+    path.write_bytes(bytes(data))
+    with pytest.raises(sqlite3.DatabaseError, match="malformed"):
+        sqlite3.connect(path).execute("SELECT COUNT(*) FROM episodes").fetchone()
+    assert complete(path, entries, tokens_of, transcript_of) == 2
+    assert len(list(tmp_path.glob("index.db.damaged-*"))) == 1
+    with Index(path, readonly=True) as index:
+        assert index.episode_names() == {"e1", "e2"}
+
+
+def test_a_damaged_index_moves_aside_with_its_journal_and_a_sound_one_stays(tmp_path):
+    path = tmp_path / "index.db"
+    path.write_bytes(b"not a database" * 100)
+    (tmp_path / "index.db-journal").write_bytes(b"\x01" * 4096)  # what a crashed writer left
+    assert concordance.set_aside(path, "file is not a database") is True
+    aside = sorted(p.name for p in tmp_path.glob("index.db.damaged-*"))
+    assert len(aside) == 2 and aside[1] == aside[0] + "-journal"  # a journal never meets a new index
+    assert not path.exists() and not (tmp_path / "index.db-journal").exists()
+    # Another job reported the same damage after the first moved it and began a new index.
+    with concordance.adding(path) as index:
+        index.add("e1", *_episode("e1"))
+    assert concordance.set_aside(path, "file is not a database") is False
+    with Index(path, readonly=True) as index:
+        assert index.episode_names() == {"e1"}
+
+
+def test_a_locked_index_is_reported_and_never_set_aside(tmp_path):
+    import sqlite3
+
+    path = tmp_path / "index.db"
+    entries, tokens_of, transcript_of = _tokens(tmp_path)
+    complete(path, entries[:1], tokens_of, transcript_of)
+    other = sqlite3.connect(path, isolation_level=None)
+    other.execute("BEGIN EXCLUSIVE")  # another process writing, for longer than the timeout
+    try:
+        with pytest.raises(concordance.CorpusIndexError, match="another process held its write lock.*not damaged"):
+            concordance.adding(path, timeout=0.2)
+        with pytest.raises(concordance.CorpusIndexError, match="another process held its write lock"):
+            complete(path, entries, tokens_of, transcript_of, timeout=0.2)
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+    assert not list(tmp_path.glob("index.db.damaged-*"))
+    assert complete(path, entries, tokens_of, transcript_of) == 1  # the lock gone, it goes on where it was
+    with Index(path, readonly=True) as index:
+        assert index.episode_names() == {"e1", "e2"}
+
+
+def test_a_full_index_is_reported_and_never_set_aside(tmp_path):
+    path = tmp_path / "index.db"
+    entries, tokens_of, transcript_of = _tokens(tmp_path)
+    complete(path, entries[:1], tokens_of, transcript_of)
+    with concordance.adding(path) as index:
+        # SQLite's own "database or disk is full" (SQLITE_FULL), as on a full disk: no page more.
+        pages = index.conn.execute("PRAGMA page_count").fetchone()[0]
+        index.conn.execute(f"PRAGMA max_page_count = {pages}")
+        with pytest.raises(concordance.CorpusIndexError, match="is full; the index is left as it is.*free space"):
+            for n in range(100):  # until a page more is needed
+                index.add(f"e2-{n}", *_episode("e2"), series="S")
+    assert not list(tmp_path.glob("index.db.damaged-*"))
+    with Index(path, readonly=True) as index:  # the episodes before stay, the one that did not fit is not half in
+        assert index.episode_names() == {"e1", *(f"e2-{i}" for i in range(n))}
+        assert search(index, "食べる", limit=1000)["uses"] == 2 + n
+
+
+def _add(index, name, lines, language, series):
+    segments = [{"start": 2.0 * i, "end": 2.0 * i + 1.5, "text": t} for i, t in enumerate(lines)]
+    table = tokenize_transcript({"id": name, "segments": segments}, language)
+    index.add(name, table, json.loads(table.schema.metadata[METADATA_KEY]), segments, series=series)
+
+
+def test_a_word_alone_is_found_by_its_lemma_written_form_and_reading(tmp_path):
+    with Index(tmp_path / "index.db") as index:
+        _add(index, "j1", ["翼を広げて空を飛ぶ。", "つばさが折れた。", "鳥の翼は白い。"], "ja", "J")
+        # Tokenized alone, 翼 is the given name ツバサ, which no sentence uses.
+        assert concordance.query_words("翼") == [("翼", "ツバサ")]
+        for query in ("翼", "つばさ"):
+            found = search(index, query)
+            assert [h["marked"] for h in found["hits"]] == [
+                "【翼】を広げて空を飛ぶ。", "【つばさ】が折れた。", "鳥の【翼】は白い。"], query
+            assert found["uses"] == 3 and found["lemmas"] == ["翼"]
+        assert [h["marked"] for h in search(index, "翼", exact=True)["hits"]] == ["【翼】を広げて空を飛ぶ。", "鳥の【翼】は白い。"]
+
+
+def test_english_words_are_found_in_any_form_and_exact_only_as_written(tmp_path):
+    with Index(tmp_path / "index.db") as index:
+        _add(index, "en1", ["The fox jumped.", "A fox jumps over the dog.", "Jumping is fun.", "A jumper."], "en", "E")
+        for query in ("jumps", "jump", "Jumped"):
+            assert [h["marked"] for h in search(index, query)["hits"]] == [
+                "The fox 【jumped】.", "A fox 【jumps】 over the dog.", "【Jumping】 is fun."], query
+        exact = search(index, "Fox", exact=True)
+        assert exact["hits"] == [] and exact["uses"] == 2  # fox in any form, Fox never written so
+        assert [h["marked"] for h in search(index, "fox", exact=True)["hits"]] == [
+            "The 【fox】 jumped.", "A 【fox】 jumps over the dog."]

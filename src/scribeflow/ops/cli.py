@@ -352,23 +352,41 @@ def _corpus_index(args):
 
 
 def cmd_search(args) -> int:
+    """Exit 0 with hits, 1 with none (as grep, in text and --json alike), 2 when the index
+    cannot be read."""
     from scribeflow.stages.concordance import CorpusIndexError, search
 
     try:
         with _corpus_index(args) as index:
             found = search(index, args.word, series=args.series, limit=args.limit, exact=args.exact,
-                           language=args.language)
+                           language=args.language, kinds=None if args.all_kinds else ("speech",))
     except CorpusIndexError as exc:
         print(f"scribeflow search: {exc}", file=sys.stderr)
         return 2
     if args.json:
         print(json.dumps(found, ensure_ascii=False, indent=1))
-        return 0
+        return 0 if found["hits"] else 1
     for hit in found["hits"]:
-        print(f"{hit['series'] or '-'}\t{hit['episode']}\t{_clock(hit['start'])}\t{hit['marked']}")
-    uses = "" if found["uses"] is None else f"{found['uses']:,} use(s) in {found['episodes']:,} episode(s); "
-    print(f"{args.word} ({' + '.join(found['lemmas'])}): {uses}{len(found['hits'])} shown", file=sys.stderr)
+        kind = "" if hit["kind"] == "speech" else f"[{hit['kind']}] "
+        print(f"{hit['series'] or '-'}\t{hit['episode']}\t{_clock(hit['start'])}\t{kind}{hit['marked']}")
+    print(_search_summary(args, found), file=sys.stderr)
     return 0 if found["hits"] else 1
+
+
+def _search_summary(args, found: dict) -> str:
+    """The last line: what was shown, and the word's uses in speech in the corpus."""
+    shown = len(found["hits"])
+    more = " (--limit for more)" if shown >= args.limit else ""
+    where = f" in {args.series}" if args.series else ""
+    if found["uses"] is None:
+        return f"{args.word} ({' + '.join(found['lemmas'])}): {shown} segment(s) using them all shown{more}"
+    said = f"{found['uses']:,} use(s) in speech{where}"
+    if found["episodes"] is not None:
+        said = f"{found['uses']:,} use(s) in speech in {found['episodes']:,} episode(s){where}"
+    if args.exact:
+        return f"{args.word} written exactly so: {shown} shown{more}; {' / '.join(found['lemmas'])} in any form: {said}"
+    kinds = " (speech, songs, repeats and sounds)" if args.all_kinds else ""
+    return f"{args.word} ({' / '.join(found['lemmas'])}): {said}; {shown} shown{kinds}{more}"
 
 
 def _clock(seconds: float) -> str:
@@ -397,14 +415,19 @@ def cmd_export(args) -> int:
 def add_corpus_commands(sub) -> None:
     search = sub.add_parser("search", help="every use of a word in the corpus: series, episode, time, sentence",
                             description="Find every use of a word by its dictionary form (食べる finds 食べた and "
-                            "食べない), or with --exact only as written; prints series, episode, timestamp and the "
-                            "sentence with the word marked 【like this】 (docs/outputs.md).")
+                            "食べない; jumps finds jump), its written form or its reading (つばさ finds 翼), or with "
+                            "--exact only as written; prints series, episode, timestamp and the sentence with the "
+                            "word marked 【like this】 (docs/outputs.md). Speech only, unless --all-kinds. Exits 0 "
+                            "with hits, 1 without, 2 when the index cannot be read.")
     search.add_argument("word")
     search.add_argument("--series", default=None, help="only this series (as the catalogue writes it)")
     search.add_argument("--limit", type=int, default=20, help="at most this many sentences (default 20)")
     search.add_argument("--exact", action="store_true", help="only where it is written as given")
-    search.add_argument("--language", default=None, help="the word's language (default: ja for kana and kanji)")
-    search.add_argument("--json", action="store_true")
+    search.add_argument("--language", default=None,
+                        help="the word's language (default: ja for kana and kanji, else matched as English)")
+    search.add_argument("--all-kinds", action="store_true",
+                        help="also songs, recaps and previews (repeat) and sound captions, which are not counted")
+    search.add_argument("--json", action="store_true", help="the hits as JSON (exit 1 without any, as in text)")
     add_config_options(search)
     search.set_defaults(func=cmd_search)
     export = sub.add_parser("export", help="the corpus's frequencies for other tools (yomitan)")

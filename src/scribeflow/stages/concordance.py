@@ -214,7 +214,9 @@ class Index:
         try:
             yield self.conn
         except BaseException:
-            self.conn.execute("ROLLBACK")
+            if self.conn.in_transaction:  # SQLite rolls back by itself on a full disk
+                with contextlib.suppress(sqlite3.Error):
+                    self.conn.execute("ROLLBACK")
             raise
         self.conn.execute("COMMIT")
 
@@ -579,8 +581,8 @@ def search(index: Index, word: str, series: str | None = None, limit: int = 20, 
     only where it is written as given, in segments of `kinds` (None: every kind; by
     default speech only). Returns {"query", "lemmas", "uses", "episodes", "kinds",
     "hits": [{series, episode, start, end, text, kind, marked, spans}]}, at most `limit`
-    hits; "uses" and "episodes" count the word's uses in speech in any form (None for
-    several words)."""
+    hits; "uses" counts the word's uses in speech in any form, "episodes" the episodes
+    saying it when the query matched one word of the index (None for several words)."""
     groups = query_groups(index, word, language)
     if not groups:
         raise CorpusIndexError(f"{word!r} has no word the index could hold (punctuation and symbols are not indexed)")
@@ -626,12 +628,14 @@ def _labels(index: Index, groups) -> list[str]:
     return list(dict.fromkeys(found)) or [groups[0][0]]
 
 
-def _uses_of(c, wids: list[int], series: str | None) -> tuple[int, int]:
-    """The words' uses in speech and the episodes saying them (summed over the words)."""
+def _uses_of(c, wids: list[int], series: str | None) -> tuple[int, int | None]:
+    """The words' uses in speech, and the episodes saying them for one word (None for
+    several: an episode may say more than one of them, and the sums do not tell)."""
     q = ",".join("?" * len(wids))
     join, args = ("JOIN shows s ON s.id = c.show AND s.series = ?", [series]) if series is not None else ("", [])
-    return c.execute(f"SELECT COALESCE(SUM(c.count), 0), COALESCE(SUM(c.documents), 0) FROM counts c {join} "
-                     f"WHERE c.word IN ({q})", [*args, *wids]).fetchone()
+    uses, episodes = c.execute(f"SELECT COALESCE(SUM(c.count), 0), COALESCE(SUM(c.documents), 0) FROM counts c "
+                               f"{join} WHERE c.word IN ({q})", [*args, *wids]).fetchone()
+    return uses, episodes if len(wids) == 1 or not uses else None
 
 
 def _uses_all(c, others: list[list[int]], eid: int, idx: int) -> bool:
@@ -660,7 +664,7 @@ def _postings(c, wids: list[int], series: str | None):
             for idx in unvarints(packed, gaps=True):
                 yield eid, idx
 
-    yield from heapq.merge(*(of(wid) for wid in wids), key=lambda hit: hit[0])
+    yield from heapq.merge(*(of(wid) for wid in wids))
 
 
 def _spans(text: str, needle: str | None, keys: set[tuple], language: str | None) -> list[list[int]]:
@@ -758,14 +762,19 @@ def set_aside(path: Path, why) -> bool:
 
 
 def _sound(path: Path) -> bool:
-    """Whether the index at `path` opens as an index of this format (an empty one too)."""
+    """Whether the index at `path` opens as an index of this format (an empty one too) and
+    its pages are sound (PRAGMA quick_check: read only when damage was reported, rarely)."""
     try:
-        Index(path, readonly=True, timeout=30).close()
+        with Index(path, readonly=True, timeout=30) as index:
+            return index.conn.execute("PRAGMA quick_check(1)").fetchone()[0] == "ok"
     except Damaged:
         return False
     except CorpusIndexError:
         return True  # empty: one begun by another process
-    return True
+    except sqlite3.Error as exc:
+        # A hot journal left beside it that SQLite could not roll back is the damaged
+        # file's; a lock is another process using a sound file.
+        return not (is_corrupt(exc) or getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_READONLY_ROLLBACK)
 
 
 def adding(path: str | Path, timeout: float = 120.0) -> Index:
@@ -786,16 +795,16 @@ def adding(path: str | Path, timeout: float = 120.0) -> Index:
 
 
 def complete(path: str | Path, entries: list[tuple[str, str | None, str | None]], tokens_of, transcript_of,
-             ) -> int:
+             timeout: float = 120.0) -> int:
     """Add to the index at `path` the analysed episodes it lacks, from their tokens (and
     their transcripts' segments when they are kept): a deleted or damaged index is rebuilt,
     one that missed episodes is completed. `entries`: (episode, series, season);
     `tokens_of(e)`/`transcript_of(e)`: the files' paths. Returns how many were added.
     Raises CorpusIndexError, the index left as it is, when SQLite cannot use a sound file
-    (a lock, a full disk, an I/O error)."""
+    (a lock held past `timeout`, a full disk, an I/O error)."""
     path = Path(path)
     try:
-        return _complete(path, entries, tokens_of, transcript_of)
+        return _complete(path, entries, tokens_of, transcript_of, timeout)
     except Damaged as exc:
         set_aside(path, exc)
     except sqlite3.Error as exc:
@@ -803,22 +812,22 @@ def complete(path: str | Path, entries: list[tuple[str, str | None, str | None]]
             raise unavailable(path, exc) from exc
         set_aside(path, exc)
     try:
-        return _complete(path, entries, tokens_of, transcript_of)
+        return _complete(path, entries, tokens_of, transcript_of, timeout)
     except sqlite3.Error as exc:
         raise _failed(path, exc) from exc
 
 
-def _complete(path: Path, entries, tokens_of, transcript_of) -> int:
+def _complete(path: Path, entries, tokens_of, transcript_of, timeout: float) -> int:
     from scribeflow.stages.tokens import checked_transcript, read_tokens
 
-    with Index(path) as index:
+    with Index(path, timeout=timeout) as index:
         have = index.episode_names()
     missing = [e for e in entries if e[0] not in have]
     if not missing:
         return 0
     log.info("Corpus index: adding %d analysed episode(s) it lacks, from their tokens", len(missing))
     added = 0
-    with Index(path) as index:
+    with Index(path, timeout=timeout) as index:
         for episode, series, season in missing:
             tokens = Path(tokens_of(episode))
             if not tokens.is_file():
