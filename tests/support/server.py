@@ -374,12 +374,14 @@ def make_understated_dash(src: str | os.PathLike, folder: str | os.PathLike, fac
     return f"under/{made}"
 
 
-def make_hls_larger_later(src: str | os.PathLike, folder: str | os.PathLike, sampled: set[int],
+def make_hls_larger_later(src: str | os.PathLike, folder: str | os.PathLike, sampled,
                           segments: int = 20, low_kbps: int = 32, high_kbps: int = 600) -> str:
-    """An HLS media playlist of `segments` one-second segments where the ones at the
-    indices in `sampled` (those scribeflow asks the sizes of) come from a low-bitrate
+    """An HLS media playlist of at least `segments` one-second segments where the ones at
+    the indices `sampled(seconds)` gives for the playlist's segment durations (those
+    scribeflow asks the sizes of: download.sampled_segments) come from a low-bitrate
     encode and every other one from a high-bitrate encode of the same source (the same
-    audio): the samples understate the stream many times."""
+    audio): the samples understate the stream many times. (A callable, not a set: how
+    many segments there are depends on how long the speech synthesizer made `src`.)"""
     src, folder = Path(src).resolve(), Path(folder)
     d = folder / "later" / src.stem
     for name, kbps in (("low", low_kbps), ("high", high_kbps)):
@@ -390,6 +392,7 @@ def make_hls_larger_later(src: str | os.PathLike, folder: str | os.PathLike, sam
                 "-c:a", "aac", "-b:a", "48k", "-ac", "1", "-f", "hls", "-hls_time", "1", "-hls_playlist_type",
                 "vod", "-hls_segment_filename", "s%03d.ts", "index.m3u8", cwd=d / name)
     lines = (d / "low" / "index.m3u8").read_text().splitlines()
+    sampled = set(sampled([float(line[8:].split(",")[0]) for line in lines if line.startswith("#EXTINF:")]))
     out, n = [], 0
     for line in lines:
         if line and not line.startswith("#"):
