@@ -22,6 +22,7 @@ at every parse (cluster jobs parse the Snakefile again) and needs no SQLite lock
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 
@@ -29,6 +30,8 @@ from scribeflow.config.layout import MARKER_SUFFIX, Layout
 from scribeflow.config.settings import Settings
 from scribeflow.files import atomic_write_text, ids_with_suffix
 from scribeflow.state.ledger import Ledger, LedgerReader
+
+log = logging.getLogger(__name__)
 
 
 def given_up(data_dir: str | os.PathLike | Layout) -> set[str]:
@@ -44,17 +47,24 @@ def is_permanent(exc: BaseException) -> bool:
 # Whose failure it was, and so what it costs the episode:
 EPISODE = "episode"  # its own (gone, unsupported, never fits, undecodable): counted, given up
 HOST = "host"  # the host's or the environment's (403/5xx, timeouts, extractor errors, a full disk): never counted
-INTERRUPTED = "interrupted"  # Ctrl-C, SIGTERM, out of GPU memory: back to the stage before, not counted
+INTERRUPTED = "interrupted"  # Ctrl-C, SIGTERM: back to the stage before, not counted
 KINDS = (EPISODE, HOST, INTERRUPTED)
-# GPU out of memory, as CTranslate2 and CUDA say it: the GPU was busy, not the episode bad.
+# GPU out of memory, as CTranslate2 and CUDA say it. The worker first decodes again with
+# half the batch, down to 1 (worker.decode); out of memory at batch 1 is then the
+# episode's failure like any other: counted, and given up after transcribe.max_attempts runs.
 _OUT_OF_MEMORY = ("CUDA out of memory", "CUDA failed with error out of memory", "CUDA_ERROR_OUT_OF_MEMORY",
                   "CUBLAS_STATUS_ALLOC_FAILED")
 
 
+def out_of_memory(exc: BaseException) -> bool:
+    """The GPU's memory ran out (a smaller batch may still fit)."""
+    return any(marker in str(exc) for marker in _OUT_OF_MEMORY)
+
+
 def kind(exc: BaseException) -> str:
     """EPISODE, HOST or INTERRUPTED: a failure says its kind (DownloadFailed.kind, the
-    gate's DiskStalled), an interruption or GPU out of memory is INTERRUPTED, and
-    anything else is the episode's."""
+    gate's DiskStalled, a model that cannot be loaded), an interruption is INTERRUPTED,
+    and anything else (out of GPU memory at batch 1 included) is the episode's."""
     if interrupted(exc):
         return INTERRUPTED
     if is_permanent(exc):
@@ -62,8 +72,6 @@ def kind(exc: BaseException) -> str:
     said = getattr(exc, "kind", None)
     if said in KINDS:
         return said
-    if any(marker in str(exc) for marker in _OUT_OF_MEMORY):
-        return INTERRUPTED
     return EPISODE
 
 
@@ -104,10 +112,30 @@ def record(settings: Settings, ledger: Ledger, episode: str, step: str, exc: Bas
     permanent = is_permanent(exc)
     final = permanent or (limit is not None and attempts >= limit)
     if final:
+        if not permanent:  # what a person reads: how often it failed so, not only the last time
+            reason = f"{reason} (failed so in {attempts} runs)"
+            ledger.set_stage(episode, "failed", last_error=reason, failure_kind=what)
         marker = {"id": episode, "step": step, "permanent": permanent, "attempts": attempts,
                   "reason": reason, "failed_at": time.time()}
         atomic_write_text(Layout.from_config(settings).failed_marker(episode), json.dumps(marker, indent=1))
+        discard_audio(settings, ledger, episode)
     return final
+
+
+def discard_audio(settings: Settings, ledger: Ledger, episode: str) -> None:
+    """A given-up episode's video, audio and saved speech are deleted at once: no job of
+    the workflow asks for them any more, and a WAV is ~46 MB per 24 minutes of the budget.
+    (`scribeflow retry` starts the episode from its download.)"""
+    layout = Layout.from_config(settings)
+    audio = layout.audio_file(episode)
+    had_audio = audio.exists()
+    for path in (layout.video(episode), audio, layout.speech_file(episode)):
+        try:
+            path.unlink(missing_ok=True)
+        except OSError as exc:  # the next run's orphan cleanup tries again
+            log.warning("%s: could not delete %s (%s)", episode, path, exc)
+    if had_audio and not audio.exists():
+        ledger.update(episode, audio_deleted=1)
 
 
 class TranscriptionCrashed(RuntimeError):

@@ -3,6 +3,7 @@ requests, and a job that still succeeds when no worker can serve it."""
 
 import contextlib
 import gzip
+import json
 import logging
 import re
 import socket
@@ -98,12 +99,14 @@ def test_a_job_still_succeeds_when_no_worker_can_start(tmp_path, wav, model_path
 
 
 @contextlib.contextmanager
-def dying_worker(tc, data_dir):
+def dying_worker(tc, data_dir, waiting=False):
     """Something holds the worker's address and hangs up on every request, as a worker
-    killed (OOM, kill -9) while transcribing does."""
+    killed (OOM, kill -9) while transcribing does: its last heartbeat said it worked on the
+    request (`waiting`: that the request still waited for the model behind another one)."""
     squatter = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     squatter.bind(worker.address(worker.worker_key(tc, data_dir)))
     squatter.listen(8)
+    served = []
 
     def hang_up():
         while True:
@@ -112,11 +115,13 @@ def dying_worker(tc, data_dir):
             except OSError:  # closed: the test is over
                 return
             conn.recv(65536)
+            conn.sendall(json.dumps({"heartbeat": {"waiting": waiting, "active": 0.5}}).encode() + b"\n")
+            served.append(conn)
             conn.close()
 
     threading.Thread(target=hang_up, daemon=True).start()
     try:
-        yield
+        yield served
     finally:
         squatter.close()
 
@@ -129,8 +134,21 @@ def test_a_worker_that_dies_mid_request_falls_back_in_process(tmp_path, wav, mod
     assert "hello world" in raw["segments"][0]["text"].lower()
 
 
+def test_a_worker_that_goes_away_while_the_request_waits_counts_nothing(tmp_path, wav, model_path, caplog):
+    """A worker that dies while this request was queued behind another one for the model
+    (its heartbeat said so) was not killed by this audio: nothing is counted, the request
+    goes to a new worker once more, and then the job transcribes it itself."""
+    tc, data = settings(model_path), tmp_path / "data"
+    died = []
+    with dying_worker(tc, data, waiting=True) as served, \
+            caplog.at_level(logging.WARNING, logger="scribeflow.stages.transcription.worker"):
+        raw = worker.transcribe(tc, data, wav, decode_options(tc, "en"), "clip", on_worker_died=died.append)
+    assert died == [] and len(served) == 2
+    assert "went away while this request waited for the model" in caplog.text
+    assert "hello world" in raw["segments"][0]["text"].lower()
+
+
 def test_a_worker_death_counts_against_the_episode_and_the_third_failure_gives_it_up(tmp_path, wav, model_path):
-    import json
     import shutil
 
     from scribeflow.config import settings as cfg
@@ -244,7 +262,7 @@ def test_a_hung_worker_is_killed_and_replaced_and_the_episode_transcribed(tmp_pa
     finally:
         worker.stop(tc, data)
     assert 8 <= time.monotonic() - started < 60
-    assert len(died) == 1 and isinstance(died[0], worker.WorkerHung) and "did not answer" in str(died[0])
+    assert len(died) == 1 and isinstance(died[0], worker.WorkerHung) and "worked on the request for" in str(died[0])
     pid = int(re.search(r"pid (\d+)", str(died[0])).group(1))
     assert pid != second and not _alive(pid)
 

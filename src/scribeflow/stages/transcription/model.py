@@ -6,7 +6,7 @@ import logging
 import os
 import time
 
-from scribeflow.config.models import check_model_dir
+from scribeflow.config.models import ModelError, check_model_dir, instead
 from scribeflow.stages.transcription import stand_in
 
 log = logging.getLogger(__name__)
@@ -47,7 +47,26 @@ def resolve_device(device: str, compute_type: str) -> tuple[str, str]:
     return device, compute_type
 
 
+class ModelUnavailable(RuntimeError):
+    """The model cannot be loaded on this machine (not in the cache with the hub out of
+    reach, a folder that is not a model, out of memory at load): the environment's failure,
+    never counted against an episode (failures.kind). The message names the model."""
+
+    kind = "host"
+
+
 def load_model(tc: dict):
+    """The WhisperModel of transcribe.*; ModelUnavailable, naming the model, when it cannot be loaded."""
+    try:
+        return _load(tc)
+    except ModelError as exc:
+        raise ModelUnavailable(f"{exc}; {instead()}") from None
+    except Exception as exc:
+        raise ModelUnavailable(f"transcribe.model: {tc['model']} could not be loaded ({type(exc).__name__}: "
+                               f"{exc}); {instead()}") from None
+
+
+def _load(tc: dict):
     check_model_dir(tc["model"])
     # Before CTranslate2 and its MKL are loaded: they read these once.
     env = thread_env(tc, os.environ)

@@ -14,11 +14,18 @@ outputs atomically, so temp() deletion, the disk gate and dry-runs are unchanged
   as the worker.
 - The worker exits after `idle_timeout_seconds` without a request, when asked (the
   workflow's onsuccess/onerror), or, under Slurm, with its allocation.
-- Whatever goes wrong with the worker (cannot start, dies, the model fails to load
-  there), the job loads the model itself: a transcript never depends on the worker.
-  A worker that dies with the request in hand counts first as a failed transcription
-  of the episode (failures.worker_died): a file that kills it would kill the job as well.
-  A failure of the transcription itself (bad audio, unknown language) is not retried.
+- Whatever goes wrong with the worker (cannot start, dies), the job loads the model
+  itself: a transcript never depends on the worker. A worker that dies with the request
+  in hand counts first as a failed transcription of the episode (failures.worker_died):
+  a file that kills it would kill the job as well. A request that was still waiting for
+  the model when the worker went away was not its cause: it is not counted, and goes to
+  a new worker. A failure of the transcription itself (bad audio, unknown language) is
+  not retried; neither is a model that cannot be loaded (the environment's failure: the
+  worker answers every request with it, naming the model, until it goes idle).
+- While it serves a request, the worker sends a heartbeat a second: whether the request
+  waits for the model (behind another request: the model works on one at a time) and
+  how long it has been worked on. The request's timeout counts only that time, so a
+  request queued behind a slow one never has a healthy worker killed.
 """
 
 from __future__ import annotations
@@ -44,8 +51,9 @@ from scribeflow.config.layout import Layout
 
 log = logging.getLogger("scribeflow.stages.transcription.worker")
 
-PROTOCOL = 1
+PROTOCOL = 2  # 2: heartbeats while a request is served
 EXIT_ADDRESS_IN_USE = 3
+HEARTBEAT_SECONDS = 1.0
 # The files whose code a running worker executes: a change to any of them starts a new one.
 _CODE = ("transcription/worker.py", "transcription/model.py", "transcription/language.py",
          "transcription/decode.py", "transcription/speech.py", "transcription/stand_in.py",
@@ -63,8 +71,13 @@ class WorkerDied(WorkerUnavailable):
 
 
 class WorkerHung(WorkerDied):
-    """The worker did not answer within the request's timeout (a wedged CUDA call, a
-    deadlock): it was killed, and the next request starts a new one."""
+    """The worker worked on the request longer than its timeout (a wedged CUDA call, a
+    deadlock), or fell silent that long: it was killed, and the next request starts a new one."""
+
+
+class WorkerLost(WorkerUnavailable):
+    """The worker went away while the request still waited for the model (another
+    request's crash or timeout, or a worker that could not start): not this episode's doing."""
 
 
 class NoSecondModel(WorkerUnavailable):
@@ -76,7 +89,14 @@ class NoSecondModel(WorkerUnavailable):
 
 
 class WorkerError(RuntimeError):
-    """The worker ran the request and it failed (the same would fail in-process)."""
+    """The worker ran the request and it failed (the same would fail in-process). `kind`:
+    whose failure the worker said it was (failures.kind; "host" for a model that cannot be
+    loaded), None for the episode's."""
+
+    def __init__(self, message: str, kind: str | None = None):
+        super().__init__(message)
+        if kind is not None:
+            self.kind = kind
 
 
 def on_gpu(tc: dict) -> bool:
@@ -95,7 +115,8 @@ def on_gpu(tc: dict) -> bool:
 def request_timeout(tc: dict, audio: str | Path) -> float:
     """How long a transcription request may take before the worker counts as hung: the
     model's load (start_timeout_seconds) plus request_timeout_factor (4 on a CPU, 1 on a
-    GPU) seconds per second of audio."""
+    GPU) seconds per second of audio. Counted while the worker works on the request, not
+    while the request waits for the model behind another one (_Exchange)."""
     from scribeflow.stages.media import BYTES_PER_SECOND, WAV_HEADER
 
     wc = tc.get("worker", {})
@@ -165,35 +186,45 @@ def transcribe(tc: dict, data_dir: str | Path, audio: str | Path, options: dict,
     when the worker died with the request in hand; it may raise to stop there. `speech_file`:
     the VAD's output saved by the extraction (speech.py), when there is one."""
     if enabled(tc):
-        timeout = request_timeout(tc, audio)
-        for attempt in (1, 2):  # a worker that dies or hangs is replaced once
-            try:
-                started = time.monotonic()
-                raw = request(tc, data_dir, {"op": "transcribe", "audio": os.path.abspath(audio),
-                                             "speech": speech_file and os.path.abspath(speech_file),
-                                             "options": options, "episode": episode}, timeout=timeout)
-                log.info("Transcribed by the worker in %.1f s", time.monotonic() - started)
-                return raw
-            except WorkerDied as exc:
-                if on_worker_died is not None and attempt == 1:  # counted once per job
-                    on_worker_died(exc)
-                failure = exc
-                if attempt == 1:
-                    log.warning("%s; starting a new worker", exc)
-            except WorkerUnavailable as exc:
-                failure = exc
-                break
+        message = {"op": "transcribe", "audio": os.path.abspath(audio), "options": options, "episode": episode,
+                   "speech": speech_file and os.path.abspath(speech_file)}
+        raw, failure = _by_worker(tc, data_dir, message, request_timeout(tc, audio), on_worker_died)
+        if raw is not None:
+            return raw
         if on_gpu(tc):
             raise NoSecondModel(f"{episode}: the transcription worker failed twice ({failure}); not loading a "
                                 f"second copy of the model on the GPU. The next run tries again")
         log.warning("No transcription worker (%s): loading the model in this job", failure)
     from scribeflow.stages.transcription import speech
-    from scribeflow.stages.transcription.decode import run_model
     from scribeflow.stages.transcription.model import load_model
 
-    result = run_model(load_model(tc), audio, options, label=episode, speech=speech.load(speech_file))
+    result = decode(load_model(tc), audio, options, label=episode, speech=speech.load(speech_file))
     result["memory"] = process_memory()
     return result
+
+
+def _by_worker(tc: dict, data_dir, message: dict, timeout: float, on_worker_died) -> tuple[dict | None, Exception]:
+    """(the worker's result, None), or (None, why no worker could serve it). A worker that
+    dies or hangs with the request in hand is replaced once; one that goes away while the
+    request waited for the model is replaced too, and nothing is counted."""
+    failure: Exception = WorkerUnavailable("not tried")
+    for attempt in (1, 2):
+        try:
+            started = time.monotonic()
+            raw = request(tc, data_dir, message, timeout=timeout)
+            log.info("Transcribed by the worker in %.1f s", time.monotonic() - started)
+            return raw, None
+        except WorkerDied as exc:
+            if on_worker_died is not None and attempt == 1:  # counted once per job
+                on_worker_died(exc)
+            failure = exc
+        except WorkerLost as exc:
+            failure = exc
+        except WorkerUnavailable as exc:
+            return None, exc
+        if attempt == 1:
+            log.warning("%s; starting a new worker", failure)
+    return None, failure
 
 
 def process_memory() -> dict:
@@ -229,28 +260,73 @@ def request(tc: dict, data_dir: str | Path, message: dict, start: bool = True, t
         if not start:
             raise WorkerUnavailable("no worker is running")
         sock = _start(tc, data_dir, key)
+    exchange = _Exchange(timeout)
     with sock:
         try:
             sock.sendall(json.dumps(message).encode() + b"\n")
-            sock.settimeout(timeout)
-            line = sock.makefile("rb").readline()
+            reply = exchange.reply(sock)
         except socket.timeout:
-            import psutil
-
-            pid = _peer_pid(sock)
-            with contextlib.suppress(OSError, psutil.Error):
-                os.kill(pid, signal.SIGKILL)
-                psutil.Process(pid).wait(10)  # gone, and its socket with it, before a new one starts
-            raise WorkerHung(f"the transcription worker (pid {pid}) did not answer within {timeout:.0f} s "
-                             f"(worker.request_timeout_factor): killed it; see {log_path(data_dir, key)}") from None
+            pid = _kill_peer(sock)
+            if exchange.waiting:  # silent before it took the request: its start or model load is stuck
+                raise WorkerLost(f"the transcription worker (pid {pid}) {exchange.why_hung()} before it took this "
+                                 f"request: killed it; see {log_path(data_dir, key)}") from None
+            raise WorkerHung(f"the transcription worker (pid {pid}) {exchange.why_hung()} (worker."
+                             f"request_timeout_factor): killed it; see {log_path(data_dir, key)}") from None
         except OSError as exc:
-            raise WorkerDied(f"connection to the worker failed: {exc}") from None
-    if not line:
+            if not exchange.waiting:
+                raise WorkerDied(f"connection to the worker failed: {exc}") from None
+            reply = None
+    if reply is None:
+        if exchange.waiting:
+            raise WorkerLost(f"the worker went away while this request waited for the model; see "
+                             f"{log_path(data_dir, key)}")
         raise WorkerDied(f"the worker closed the connection; see {log_path(data_dir, key)}")
-    reply = json.loads(line)
     if not reply.get("ok"):
-        raise WorkerError(reply.get("error", "unknown error"))
+        raise WorkerError(reply.get("error", "unknown error"), reply.get("kind"))
     return reply.get("result")
+
+
+class _Exchange:
+    """One request's wait for its reply, reading the worker's heartbeats on the way.
+    `waiting`: the request was not being worked on at the last word from the worker
+    (not accepted yet, or queued behind another request for the model). Hung: worked on
+    for longer than `timeout`, or nothing at all heard for that long (the worker's
+    process itself is stuck: its heartbeats stopped)."""
+
+    def __init__(self, timeout: float | None):
+        self.timeout, self.waiting, self.active = timeout, True, 0.0
+
+    def reply(self, sock: socket.socket) -> dict | None:
+        """The worker's reply, or None when it hung up first; socket.timeout when hung."""
+        sock.settimeout(self.timeout)
+        reader = sock.makefile("rb")
+        while True:
+            line = reader.readline()
+            if not line:
+                return None
+            message = json.loads(line)
+            beat = message.get("heartbeat")
+            if beat is None:
+                return message
+            self.waiting, self.active = beat["waiting"], beat["active"]
+            if self.timeout is not None and self.active > self.timeout:
+                raise socket.timeout
+
+    def why_hung(self) -> str:
+        if self.timeout is not None and self.active > self.timeout:
+            return f"worked on the request for {self.active:.0f} s, over its {self.timeout:.0f} s"
+        return f"fell silent for {self.timeout:.0f} s"
+
+
+def _kill_peer(sock: socket.socket) -> int:
+    """Kill the worker at the other end, and wait until it is gone (and its socket with it)."""
+    import psutil
+
+    pid = _peer_pid(sock)
+    with contextlib.suppress(OSError, psutil.Error):
+        os.kill(pid, signal.SIGKILL)
+        psutil.Process(pid).wait(10)
+    return pid
 
 
 def stop(tc: dict, data_dir: str | Path) -> bool:
@@ -346,16 +422,32 @@ class ModelTime:
     """The model, one request's work at a time, and how long it was busy. A request reads
     its WAV and computes its features without it, so that the next request's inputs are
     ready while this one decodes; `busy` over `wall` (first request to last reply) is the
-    share of the worker's time the model worked: on a GPU, the share it could be busy."""
+    share of the worker's time the model worked: on a GPU, the share it could be busy.
+    The request served by the calling thread (`serving`) is told when it starts and stops
+    waiting for the model, which its heartbeats report."""
 
     def __init__(self):
         self._lock = threading.Lock()
         self._stats = threading.Lock()
+        self._serving = threading.local()
         self.busy, self.first, self.last, self.requests, self.vad_saved, self.vad_ran = 0.0, None, None, 0, 0, 0
 
+    @contextlib.contextmanager
+    def serving(self, served: "_Served"):
+        self._serving.request = served
+        try:
+            yield served
+        finally:
+            self._serving.request = None
+
     def __enter__(self):
+        served = getattr(self._serving, "request", None)
+        if served is not None:
+            served.wait_for_model()
         self._lock.acquire()
         self._since = time.monotonic()
+        if served is not None:
+            served.got_model()
         return self
 
     def __exit__(self, *exc):
@@ -380,6 +472,51 @@ class ModelTime:
                 "vad_saved": self.vad_saved, "vad_ran": self.vad_ran}
 
 
+class _Served:
+    """A request in the worker's hands: how long it has waited for the model, and its
+    heartbeats to the job, sent every HEARTBEAT_SECONDS and at once when it starts or
+    stops waiting (so that the job knows, whatever happens next, whether the model had it)."""
+
+    def __init__(self, conn: socket.socket):
+        self.conn, self.started, self.waited, self.waiting_since = conn, time.monotonic(), 0.0, None
+        self._send, self._done = threading.Lock(), threading.Event()
+
+    def active(self) -> float:
+        """Seconds worked on: since it came in, less its time waiting for the model."""
+        now = time.monotonic()
+        return now - self.started - self.waited - (now - self.waiting_since if self.waiting_since else 0.0)
+
+    def beat(self) -> None:
+        line = json.dumps({"heartbeat": {"waiting": self.waiting_since is not None,
+                                         "active": round(self.active(), 3)}}).encode() + b"\n"
+        with self._send, contextlib.suppress(OSError):  # a job that went away: its request stops soon
+            self.conn.sendall(line)
+
+    def wait_for_model(self) -> None:
+        self.waiting_since = time.monotonic()
+        self.beat()
+
+    def got_model(self) -> None:
+        self.waited += time.monotonic() - self.waiting_since
+        self.waiting_since = None
+        self.beat()
+
+    @contextlib.contextmanager
+    def beating(self):
+        self.beat()
+        thread = threading.Thread(target=self._beat_until_done, daemon=True)
+        thread.start()
+        try:
+            yield self
+        finally:
+            self._done.set()
+            thread.join()
+
+    def _beat_until_done(self) -> None:
+        while not self._done.wait(HEARTBEAT_SECONDS):
+            self.beat()
+
+
 class _Server:
     def __init__(self, tc: dict, key: str):
         self.tc, self.key = tc, key
@@ -399,11 +536,12 @@ class _Server:
         log.info("Worker %d listening (key %s); loading the model", os.getpid(), self.key)
         from scribeflow.stages.transcription.model import load_model
 
+        self.model, self.load_error = None, None
         try:
             self.model = load_model(self.tc)
-        except Exception:  # the jobs waiting get EOF and load the model themselves, with its error
+        except Exception as exc:  # the environment's: every request is answered with it, naming the model
             log.exception("Could not load the model")
-            return 1
+            self.load_error = str(exc)
         with self.lock:  # idle from now: a slow load must not use up the wait for the first job
             self.last = time.monotonic()
         listener.settimeout(0.2)
@@ -444,29 +582,6 @@ class _Server:
                 self.active -= 1
                 self.last = time.monotonic()
 
-    def decode(self, message: dict, conn: socket.socket) -> dict:
-        """run_model on the loaded model; out of GPU memory, the same request again with
-        half the batch, down to one window at a time, before anything else."""
-        from scribeflow.stages.transcription import speech
-        from scribeflow.stages.transcription.decode import GPU_BATCH_SIZE, run_model
-
-        options = dict(message["options"])
-        while True:
-            try:
-                _test_fault(options)
-                return run_model(self.model, message["audio"], options, should_stop=lambda: _hung_up(conn),
-                                 label=message.get("episode", ""), speech=speech.load(message.get("speech")),
-                                 model_lock=self.model_time)
-            except Exception as exc:
-                batch = options.get("batch_size") or 0
-                if batch == "auto":
-                    batch = GPU_BATCH_SIZE if self.model.model.device == "cuda" else 0
-                if not _out_of_memory(exc) or not isinstance(batch, int) or batch <= 1:
-                    raise
-                options["batch_size"] = batch // 2
-                log.warning("%s: out of GPU memory with batch %d (%s): again with batch %d on the same model",
-                            message.get("episode"), batch, exc, batch // 2)
-
     def answer(self, message: dict, conn: socket.socket) -> dict:
         op = message.get("op")
         if op == "ping":
@@ -477,9 +592,18 @@ class _Server:
             return {"ok": True, "result": None}
         if op != "transcribe":
             return {"ok": False, "error": f"unknown op {op!r}"}
+        if self.model is None:
+            from scribeflow.state.failures import HOST
+
+            return {"ok": False, "error": self.load_error, "kind": HOST}
+        from scribeflow.stages.transcription import speech
+
         started = time.monotonic()
         try:
-            result = self.decode(message, conn)
+            with self.model_time.serving(_Served(conn)) as served, served.beating():
+                result = decode(self.model, message["audio"], message["options"], should_stop=lambda: _hung_up(conn),
+                                label=message.get("episode", ""), speech=speech.load(message.get("speech")),
+                                model_lock=self.model_time)
             self.model_time.request(started, result.get("vad_calls"))
             result["memory"] = process_memory()
         except Exception as exc:  # reported to the job, which fails with it
@@ -491,16 +615,42 @@ class _Server:
         return {"ok": True, "result": result}
 
 
-def _out_of_memory(exc: BaseException) -> bool:
-    from scribeflow.state.failures import kind
+class OutOfMemory(RuntimeError):
+    """Out of GPU memory with one window at a time: the episode's failure (failures.kind),
+    counted, and given up after transcribe.max_attempts runs."""
 
-    return kind(exc) == "interrupted"
+
+def decode(model, audio, options: dict, label: str = "", **kwargs) -> dict:
+    """run_model on `model`; out of GPU memory, the same request again with half the batch,
+    down to one window at a time, before anything else. Out of memory even then: OutOfMemory."""
+    from scribeflow.stages.transcription.decode import GPU_BATCH_SIZE, run_model
+    from scribeflow.state.failures import out_of_memory
+
+    options, tried = dict(options), []
+    while True:
+        try:
+            _test_fault(options)
+            return run_model(model, audio, options, label=label, **kwargs)
+        except Exception as exc:
+            if not out_of_memory(exc):
+                raise
+            batch = options.get("batch_size") or 0
+            if batch == "auto":
+                batch = GPU_BATCH_SIZE if model.model.device == "cuda" else 0
+            tried.append(batch)
+            if not isinstance(batch, int) or batch <= 1:
+                raise OutOfMemory(f"out of GPU memory with batch {', '.join(map(str, tried))}: even one window at "
+                                  f"a time does not fit beside what else the GPU holds ({exc})") from None
+            options["batch_size"] = batch // 2
+            log.warning("%s: out of GPU memory with batch %d (%s): again with batch %d on the same model",
+                        label, batch, exc, batch // 2)
 
 
 def _test_fault(options: dict) -> None:
-    """SCRIBEFLOW_TEST_WORKER_FAULT, for the tests only: "hang-once:FILE" hangs the first
-    request while FILE exists (deleting it), "oom-above:N" fails every batch larger than N
-    as CUDA does when the GPU's memory is full."""
+    """SCRIBEFLOW_TEST_WORKER_FAULT, for the tests only (there is no GPU to run out of):
+    "hang-once:FILE" hangs the first request while FILE exists (deleting it), "oom-above:N"
+    fails every batch larger than N as CUDA does when the GPU's memory is full ("oom-above:0":
+    every batch size, down to one window at a time)."""
     fault = os.environ.get("SCRIBEFLOW_TEST_WORKER_FAULT", "")
     what, _, arg = fault.partition(":")
     if what == "hang-once" and os.path.exists(arg):
