@@ -88,6 +88,26 @@ def row(episode, column):
     return None if value is None or value != value else value  # NaN != NaN
 
 
+@functools.cache
+def check_model(planned=True):
+    """A model this machine cannot load is refused before any download, in one line naming
+    it and what to write instead; an English-only one asked for another language is warned
+    of (scribeflow.config.models). Once per run: it may import faster-whisper and ask the
+    hub. Said as config errors are: one line, no Python frames."""
+    from scribeflow.config.models import check_model as _check
+
+    problem, warning = _check(
+        SETTINGS.transcribe.model,
+        SETTINGS.transcribe.language,
+        catalogue_column("language").values(),
+    )
+    if warning:
+        print(f"scribeflow: warning: {warning}", file=sys.stderr)
+    if problem and planned:
+        print(f"scribeflow: {problem}", file=sys.stderr)
+        sys.exit(1)
+
+
 def declared_gb(wildcards):
     mb = row(wildcards.episode, "expected_size_mb") or DISK.default_video_size_mb
     return max(1, math.ceil(mb / 1000))
@@ -208,6 +228,9 @@ def analysis_targets(wildcards=None):
     """The missing per-episode analyses (rules/corpus.smk). Asked for by `all` itself:
     Snakemake reruns a job whose output exists for newer inputs, never for missing
     ones, so the corpus alone would not bring in an episode new to the catalogue."""
+    # A dry-run has no start (onstart): it checks the model here, while its DAG is built.
+    if workflow.dryrun:
+        check_model()
     return missing_targets(EPISODE_STATS)
 
 
@@ -234,6 +257,12 @@ onstart:
     # makes room for the ledger's writes. Inputs of the jobs about to run are never
     # orphans, e.g. the audio of a transcription that was killed after writing its transcript.
     jobs = list(workflow.dag.needrun_jobs())
+    # Before anything is written or downloaded; only when some job needs the model.
+    planned = [j.wildcards.episode for j in jobs if j.rule.name == "transcribe"]
+    check_model(
+        any(j.rule.name == "sample_asr" for j in jobs)
+        or any(not SUBTITLES.subtitled(e) for e in planned)
+    )
     needed = {f for job in jobs for f in job.input}
     files, freed = clean_orphans(SETTINGS, keep=needed)
     if files:
@@ -241,7 +270,6 @@ onstart:
             f"scribeflow: removed {files} orphaned file(s) of an interrupted run, freed {freed / 1e6:.1f} MB"
         )
     # verify: a damaged ledger is found (and rebuilt from the files) before any job starts.
-    planned = [j.wildcards.episode for j in jobs if j.rule.name == "transcribe"]
     subtitled = [e for e in planned if SUBTITLES.subtitled(e)]
     with Ledger.for_config(SETTINGS, verify=True) as ledger:
         ledger.enqueue(CATALOGUE.index)

@@ -266,7 +266,22 @@ def plan(settings: Settings, catalogue, gpus: list[int] | None, options: dict) -
     on_gpu = inp.transcriber["device"] == "cuda"
     workers = "GPUs" if on_gpu else "workers" if gpus else "CPU"
     gpus = gpus or (GPU_SCENARIOS if on_gpu else [1])
-    return {"inputs": asdict(inp), "workers": workers, "scenarios": [estimate(settings, inp, g) for g in gpus]}
+    return {"inputs": asdict(inp), "workers": workers, "scenarios": [estimate(settings, inp, g) for g in gpus],
+            "model_warning": check_model(settings, catalogue, inp.remaining > 0)}
+
+
+def check_model(settings: Settings, catalogue, needed: bool) -> str | None:
+    """The run's own model check (config/models.py): a model this machine cannot load is
+    refused (ConfigError, as the run's start refuses it) when episodes are left for it;
+    the warning about the languages asked of an English-only model is returned."""
+    from scribeflow.config.models import check_model as checked
+    from scribeflow.config.settings import ConfigError
+
+    languages = catalogue["language"].tolist() if "language" in catalogue.columns else []
+    problem, warning = checked(settings.transcribe.model, settings.transcribe.language, languages)
+    if problem and needed:
+        raise ConfigError(problem)
+    return warning
 
 
 def _num(x: float) -> str:
@@ -321,4 +336,6 @@ def render(p: dict) -> str:
             lines.append(f"  {_scenario(p, s)}: {s['behaviour']}")
         lines += [f"  warning ({_scenario(p, s)}): {w}" for w in s["warnings"]]
     lines.append(f"Permanent transcripts at the end: {human_bytes(i['episodes'] * i['transcript_kb'] * 1000)}")
+    if p.get("model_warning"):
+        lines.append(f"warning: {p['model_warning']}")
     return "\n".join(lines)

@@ -201,18 +201,25 @@ def transcribe(*, settings: Settings, episode: str, audio: str | None, outputs: 
                  gb(monitor.hard_limit), 100 * (usage.total - audio_mb * MB) / monitor.hard_limit)
 
 
-def _asr(settings: Settings, ledger: Ledger, episode: str, audio: str, language: str | None) -> tuple[dict, dict]:
+def _asr(settings: Settings, ledger: Ledger, episode: str, audio: str, language: str | None,
+         sampled: bool = False) -> tuple[dict, dict]:
     """The model's work on `audio` through the worker (the caller holds a slot): its raw
-    result and the transcript built from it. The catalogue's language wins over the config's."""
+    result and the transcript built from it. The catalogue's language wins over the config's.
+    A worker that dies with the episode in hand counts as a failed transcription, unless
+    the episode is only `sampled` (its transcript is its subtitle): then the sample fails."""
     from scribeflow.stages.transcription import worker
     from scribeflow.stages.transcription.decode import decode_options
     from scribeflow.stages.transcription.transcript import build_transcript
 
+    def worker_died(exc: Exception) -> None:
+        if sampled:
+            raise exc  # not tried in-process: a file that kills the worker would kill this job too
+        failures.worker_died(settings, ledger, episode, exc)
+
     tc = settings.transcribe.as_dict()  # as plain data: it goes to the worker and into the transcript
     options = decode_options(tc, language or settings.transcribe.language)
     speech_file = Layout.from_config(settings).speech_file(episode)
-    raw = worker.transcribe(tc, settings.data_dir, audio, options, episode,
-                            on_worker_died=lambda exc: failures.worker_died(settings, ledger, episode, exc),
+    raw = worker.transcribe(tc, settings.data_dir, audio, options, episode, on_worker_died=worker_died,
                             speech_file=speech_file if speech_file.is_file() else None)
     vad = raw.get("vad_calls") or {}
     if vad.get("ran"):
@@ -225,20 +232,27 @@ def sample_asr(*, settings: Settings, episode: str, audio: str, quality: str, la
     """A sampled episode whose transcript is its subtitle (subtitles.sample_share),
     transcribed as any other and compared with the subtitle: the ASR's character errors go
     to quality/{id}.json and the ledger (status shows the running CER); the episode's
-    transcript stays the subtitle, made by its transcribe job after this one."""
+    transcript stays the subtitle, made by its transcribe job after this one. A sampled ASR
+    that fails is the quality check's failure, not the episode's: the quality file and the
+    ledger's last_error say so, nothing is counted, and the transcript is still made."""
     from scribeflow.files import atomic_write_text
     from scribeflow.stages import subtitles
     from scribeflow.stages.transcription.quality import character_errors
 
     layout = Layout.from_config(settings)
-    with _ledger_and_gate(settings) as (ledger, gate), _recorded(ledger, episode, settings, "transcribe"):
+    # No `step`: a failure here is recorded, never counted toward giving the episode up.
+    with _ledger_and_gate(settings) as (ledger, gate), _recorded(ledger, episode):
         verdict = subtitles.read_verdict(layout.subtitle_verdict(episode))
         if not subtitles.usable(verdict):
             raise subtitles.SubtitleError(f"{layout.subtitle_verdict(episode)}: no usable subtitle to compare with; "
                                           f"run again: the episode is then transcribed")
         ledger.set_stage(episode, "transcribing")
-        with Slots.transcription(settings).hold(episode), gate.consumer(episode, "transcribe"):
-            _, result = _asr(settings, ledger, episode, audio, language)
+        try:
+            with Slots.transcription(settings).hold(episode), gate.consumer(episode, "transcribe"):
+                _, result = _asr(settings, ledger, episode, audio, language, sampled=True)
+        except Exception as exc:  # an interruption (KeyboardInterrupt) is not caught: the next run samples it
+            return _sample_failed(ledger, episode, quality, verdict, exc)
+        finally:
             layout.speech_file(episode).unlink(missing_ok=True)
         errors, chars = character_errors(" ".join(s["text"] for s in verdict["segments"]), result["text"])
         record = {"id": episode, "model": result["model"], "options": result["options"], "errors": errors,
@@ -248,6 +262,19 @@ def sample_asr(*, settings: Settings, episode: str, audio: str, quality: str, la
         ledger.update(episode, sample_errors=errors, sample_chars=chars)
         log.info("Sampled %s: the ASR (%s) against its subtitle: CER %s (%d errors in %d characters)", episode,
                  result["model"], f"{100 * errors / chars:.1f} %" if chars else "-", errors, chars)
+
+
+def _sample_failed(ledger: Ledger, episode: str, quality: str, verdict: dict, exc: Exception) -> None:
+    """The quality check of a sampled episode failed: said in its quality file (so that
+    the run goes on to the subtitle's transcript), its log and the ledger's last_error."""
+    from scribeflow.files import atomic_write_text
+
+    reason = f"quality check (sampled ASR) failed: {type(exc).__name__}: {exc}"[:2000]
+    log.error("%s: %s; not counted against the episode, whose transcript comes from its subtitle", episode, reason)
+    atomic_write_text(quality, json.dumps({"id": episode, "failed": reason, "cer": None, "errors": None,
+                                           "reference_chars": None, "subtitle": verdict.get("file")},
+                                          ensure_ascii=False, indent=1))
+    ledger.set_stage(episode, "extracted", last_error=reason)
 
 
 # -- subtitles first -----------------------------------------------------------------------
