@@ -3,6 +3,7 @@ anime subtitle sets write them."""
 
 import pytest
 
+from scribeflow.config.layout import Layout
 from scribeflow.stages import subtitles
 
 ASS = r"""[Script Info]
@@ -182,10 +183,11 @@ def test_the_pages_tracks_are_fetched_without_the_media_and_a_translation_is_ref
     assert subtitles.choose(found, "ja", duration=1440)[0] is None
 
 
-def _settings(tmp_path, **subtitles):
+def _settings(tmp_path, download=None, **subtitles):
     from scribeflow.config.settings import validate
 
-    return validate({"data_dir": str(tmp_path / "data"), "subtitles": {"folder": str(tmp_path / "subs"), **subtitles}})
+    return validate({"data_dir": str(tmp_path / "data"), "subtitles": {"folder": str(tmp_path / "subs"), **subtitles},
+                     "download": download or {}})
 
 
 def test_the_finder_takes_the_folders_files_by_language_and_judges_each_once(tmp_path):
@@ -241,3 +243,48 @@ def test_the_finder_says_how_far_its_judging_has_got(tmp_path):
                               progress=told.append)
     finder.PROGRESS_EVERY = 2
     assert all(finder.subtitled(f"e{n}") for n in range(5)) and told == [2, 4]
+
+
+def _extracted(url: str):
+    from yt_dlp import YoutubeDL
+
+    ydl = YoutubeDL({"quiet": True, "no_warnings": True, "socket_timeout": 2})
+    return ydl, ydl.extract_info(url, download=False)
+
+
+def test_a_track_or_url_that_cannot_be_fetched_falls_back_with_its_reason(tmp_path):
+    """404, 403 and a timeout: the next track, the next source, or the ASR; never an error."""
+    from support.server import MediaServer
+
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "video.mp4").write_bytes(b"\x00" * 1000)
+    (site / "ep.ja.vtt").write_text(VTT_JA, encoding="utf-8")
+    (site / "gone.html").write_text(  # its ja track is gone; its ja-JP one is there
+        '<!DOCTYPE html><html><body><video src="video.mp4"><track kind="subtitles" srclang="ja" src="missing.vtt">'
+        '<track kind="subtitles" srclang="ja-JP" src="ep.ja.vtt"></video></body></html>', encoding="utf-8")
+    (site / "locked.html").write_text(  # its only track answers 403 (a region lock)
+        '<!DOCTYPE html><html><body><video src="video.mp4"><track kind="subtitles" srclang="ja" src="locked.vtt">'
+        "</video></body></html>", encoding="utf-8")
+    (site / "locked.vtt").write_text(VTT_JA, encoding="utf-8")
+    settings = _settings(tmp_path, download={"socket_timeout": 1}, languages=["ja", "ja-JP"])
+    with MediaServer(site, faults={"/locked.vtt": ["403"] * 5, "/slow.srt": ["hang"] * 5}) as server:
+        found = subtitles.UrlSearch(settings, "ep01", None, "ja", None)
+        assert found.from_page(*_extracted(server.url("gone.html")))["usable"]
+        locked = subtitles.UrlSearch(settings, "ep02", None, "ja", None)
+        assert locked.from_page(*_extracted(server.url("locked.html"))) is None
+        column = subtitles.UrlSearch(settings, "ep03", server.url("nothing.srt"), "ja", None)
+        assert column.from_column() is None
+        slow = subtitles.UrlSearch(settings, "ep04", server.url("slow.srt"), "ja", None)
+        assert slow.from_column() is None
+        server.release()
+    verdict = {e: subtitles.read_verdict(Layout.from_config(settings).subtitle_verdict(e))
+               for e in ("ep01", "ep02", "ep03", "ep04")}
+    # The next track: ja-JP's, with why ja's was not taken.
+    assert verdict["ep01"]["file"].endswith("#ep01.ja-JP.vtt") and verdict["ep01"]["segments"]
+    assert "the page's ja track" in verdict["ep01"]["refused"][0] and "404" in verdict["ep01"]["refused"][0]
+    # Nothing usable: the episode goes to the ASR, the reason in its verdict.
+    assert not verdict["ep02"]["usable"] and "403" in verdict["ep02"]["refused"][0]
+    assert not verdict["ep03"]["usable"] and "nothing.srt: could not be fetched" in verdict["ep03"]["refused"][0]
+    assert "404" in verdict["ep03"]["refused"][0]
+    assert not verdict["ep04"]["usable"] and "slow.srt: could not be fetched" in verdict["ep04"]["refused"][0]
