@@ -52,8 +52,13 @@ because every byte the pipeline writes after a reconciliation at t0 is in one of
     starts from a transcribed row and writes its log first) and seconds before its
     last one; so it is as the walk saw it, and in the base (an episode active at t0,
     left out of the base, is still active now: the conditions only widen);
-  * a file no per-episode path names: an atomic write's temporary file or a job's
-    log lines before its first ledger write, bounded by the margin.
+  * a per-episode file written by no step of its episode (a subtitle verdict the
+    planning process keeps for a queued episode): told to gate/written.log before it
+    is written (monitor.note_written), and every look adds what was told since the
+    walk began;
+  * a file no per-episode path names: an atomic write's temporary file, a job's log
+    lines before its first ledger write, or a told write still under way when the walk
+    began (one per writer), bounded by the margin.
 So the accounted usage is never below the true one at any look, and the inequality
 above holds with it. A new or rebuilt ledger (or no record) makes the next look
 reconcile first; an unreadable ledger makes every look walk everything.

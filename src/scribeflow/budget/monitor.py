@@ -40,9 +40,15 @@ this into the hard limit's guarantee):
     changed since t0 and is in the recorded base, which left out exactly the episodes
     active at t0 (active at t0 implies active now: the condition only widens with time,
     for the same t0).
+  * One writer is no step of its episode: the planning process keeps a subtitle verdict
+    (subtitles/{id}.subtitle.json) for episodes that are still queued. It tells its bytes
+    first (note_written: a line appended to gate/written.log), and every look adds the
+    lines after the mark the last reconciliation took before its walk began: told before
+    the mark, the file was on disk when the walk began (or is being written: below).
   * What no path names: an atomic write's temporary file (.NAME.XXXX.tmp, one per
-    running writer, the size of the file it becomes) and the few log lines a job writes
-    before its first ledger record. The margin (accounting_margin_mb) covers those.
+    running writer, the size of the file it becomes), the few log lines a job writes
+    before its first ledger record, and a told write still under way when a walk began.
+    The margin (accounting_margin_mb) covers those.
 A rebuilt ledger (its rows' times come from the files) invalidates the record: the next
 look reconciles first.
 """
@@ -361,7 +367,7 @@ class DiskMonitor:
 
     @property
     def written_path(self) -> Path:
-        return self.state_dir / WRITTEN_FILE
+        return self.layout.gate / WRITTEN_FILE  # where note_written tells, whatever state_dir is
 
     def _written_mark(self) -> list | None:
         """[inode, size] of the file of told writes (note_written): where the next walk starts."""
