@@ -254,7 +254,8 @@ def sample_asr(*, settings: Settings, episode: str, audio: str, quality: str, la
             return _sample_failed(ledger, episode, quality, verdict, exc)
         finally:
             layout.speech_file(episode).unlink(missing_ok=True)
-        errors, chars = character_errors(" ".join(s["text"] for s in verdict["segments"]), result["text"])
+        said = subtitles.speech(verdict["segments"])  # the songs and sounds a caption marks are no reference
+        errors, chars = character_errors(" ".join(s["text"] for s in said), result["text"])
         record = {"id": episode, "model": result["model"], "options": result["options"], "errors": errors,
                   "reference_chars": chars, "cer": round(errors / chars, 4) if chars else None,
                   "subtitle": verdict.get("file"), "speech": result.get("speech"), "asr_text": result["text"]}
