@@ -201,4 +201,4 @@ def test_status_names_the_config_and_data_folder_it_reads(tmp_path):
     js = status("--json", "--configfile", str(configfile))
     assert json.loads(js.stdout)["reading"] == {"config_files": [str(configfile)], "config_overrides": [],
                                                 "data_dir": str(tmp_path / "data"), "data_dir_exists": True}
-    assert js.stderr.startswith(f"Reading {configfile}")
+    assert js.stderr == ""  # the field says it

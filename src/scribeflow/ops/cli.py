@@ -46,12 +46,14 @@ def what_is_read(args) -> dict:
 
 
 def announce(args) -> None:
-    """The config files and data folder a read command reads, before its output: on standard
-    error where standard output is for programs (--json, metrics' text, search's lines),
-    else as its first lines."""
+    """The config files and data folder a read command reads, before its output: a field of
+    status's and plan's --json (cmd_status, cmd_plan); on standard error where standard output
+    is for programs (other --json, metrics' text, search's lines); else as its first lines."""
     from scribeflow.ops.status import reading_lines
 
     machine = getattr(args, "json", False) or args.command in ("metrics", "search")
+    if machine and args.command in ("status", "plan"):
+        return
     print("\n".join(reading_lines(what_is_read(args))), file=sys.stderr if machine else sys.stdout, flush=True)
 
 

@@ -18,6 +18,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from scribeflow.config.settings import GB, DiskManagement, Settings  # noqa: E402
 from scribeflow.figures import use_fonts  # noqa: E402
+from scribeflow.ops.rates import MIN_RUN_SECONDS, duration  # noqa: E402
 from scribeflow.state.ledger import Ledger, LedgerReader, thin_peaks  # noqa: E402
 
 use_fonts()
@@ -80,7 +81,8 @@ def disk_usage_figure(ledger: Ledger, limits: DiskManagement):
     ax.set_ylim(0, top / scale)
     # Old pauses are merged into one row a day, which says how many it holds.
     n_pauses = sum(p.get("events") or 1 for p in pauses)
-    title = f"Disk usage: peak {peak / scale:.3g} {unit}, {len(samples)} samples, {n_pauses} download pause(s)"
+    title = (f"Disk usage: peak {peak / scale:.3g} {unit}, {len(samples):,} sample{'' if len(samples) == 1 else 's'}, "
+             f"{n_pauses} download pause{'' if n_pauses == 1 else 's'}")
     if hidden:
         title += f"\n(above this range: {', '.join(hidden)})"
     ax.set_title(title)
@@ -119,14 +121,22 @@ def throughput_figure(ledger: Ledger):
             ax.bar(centres, rates, width=width / 86400 * 0.9, color=colour, alpha=0.25)
             ax.plot(centres, smooth, color=colour, lw=2)
             ax.set_ylabel("per hour")
-            ax.set_title(f"{name}: {len(ts)}, {len(ts) * 3600 / max(stop - start, width):.3g}/h over the run",
-                         fontsize="medium", loc="left")
+            ax.set_title(_stage_title(name, ts), fontsize="medium", loc="left")
             ax.set_ylim(0, max(rates) * 1.15 or 1)
     else:
         axes[0].set_title("Stage throughput: nothing finished yet")
     for ax in axes:
         _time_axis(ax)
     return fig
+
+
+def _stage_title(name: str, times: list[float]) -> str:
+    """How many finished the stage and at what hourly rate between the first and the last;
+    no rate from under a minute (rates.MIN_RUN_SECONDS, as status says)."""
+    span = times[-1] - times[0] if times else 0.0
+    if span < MIN_RUN_SECONDS:
+        return f"{name}: {len(times)} in {duration(span)} (too short for an hourly rate)"
+    return f"{name}: {len(times):,}, {len(times) * 3600 / span:,.3g}/h between the first and the last"
 
 
 def _time_axis(ax) -> None:
