@@ -35,3 +35,17 @@ rule all:
         analysis_targets,
         [] if SETTINGS.chunk else [*rules.plots.output, *corpus_outputs().values()],
         lost_corpus_index,
+
+
+# Every run ends with the corpus and plots of what is analysed and a line on what failed
+# (scribeflow.ops.run_end).
+onsuccess:
+    from scribeflow.ops import run_end
+
+    run_end.finish(SETTINGS, CATALOGUE.index)
+
+
+onerror:
+    from scribeflow.ops import run_end
+
+    run_end.finish(SETTINGS, CATALOGUE.index, unreached_summaries())

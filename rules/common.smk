@@ -234,6 +234,19 @@ def analysis_targets(wildcards=None):
     return missing_targets(EPISODE_STATS)
 
 
+# -- the run's end (onsuccess, onerror in the Snakefile) ------------------------
+def unreached_summaries():
+    """The summaries this run planned and never ran, a job before them having failed (with
+    keep-going every other job ran); none after Ctrl-C, and not one that failed itself.
+    """
+    scheduler = workflow.scheduler
+    if scheduler is None or getattr(scheduler, "_user_kill", None):
+        return set()
+    return {
+        j.rule.name for j in workflow.dag.needrun_jobs() if j not in scheduler.failed
+    }
+
+
 # -- cluster ---------------------------------------------------------------------
 def transcribe_runtime(wildcards, attempt):
     """Slurm time limit (minutes) from the catalogue's duration_s; see profiles/slurm."""

@@ -11,6 +11,7 @@ import zipfile
 import pytest
 from conftest import leftover_temp_files, recall, run_snakemake, scribeflow, workflow_config, write_catalogue
 from support.fixtures import SENTENCES
+from support.server import MediaServer
 
 
 @pytest.mark.slow
@@ -156,3 +157,45 @@ def test_bad_catalogue_and_config_are_refused_before_anything_runs(tmp_path):
     config["transcribe"]["devise"] = "cpu"
     err = refusal(run_snakemake(tmp_path, config, "-n", check=False))
     assert "transcribe.devise: unknown key; did you mean device?" in err
+
+
+@pytest.mark.slow
+def test_a_run_with_a_dead_link_ends_with_the_corpus_the_plots_and_a_closing_line(tmp_path, speech_dir, model_path):
+    # Two good episodes, one whose audio track (its speech, ~4 s) is much shorter than its
+    # 20-s video (not truncation: transcribed), and a dead link (404, given up at once).
+    served = tmp_path / "served"
+    served.mkdir()
+    for n in (1, 2):
+        (served / f"ep0{n}.mp4").write_bytes((speech_dir / f"ep0{n}.mp4").read_bytes())
+    subprocess.run(["ffmpeg", "-nostdin", "-loglevel", "error", "-f", "lavfi", "-i", "testsrc2=d=20:s=64x48:r=10",
+                    "-i", str(speech_dir / "ep03.mp4"), "-map", "0:v", "-map", "1:a", "-c:v", "libx264",
+                    "-preset", "ultrafast", "-c:a", "copy", "-movflags", "+faststart", str(served / "short.mp4")],
+                   check=True)
+    with MediaServer(served) as server:
+        rows = [{"id": name, "url": server.url(f"{name}.mp4"), "language": "en"}
+                for name in ("ep01", "ep02", "short", "gone")]
+        catalogue = write_catalogue(tmp_path / "episodes.csv", rows)
+        config = workflow_config(tmp_path, catalogue, model_path)
+        proc = run_snakemake(tmp_path, config, "--cores", "2", check=False)
+    assert proc.returncode == 1  # a job failed: Snakemake says so, and so does the exit code
+    data = tmp_path / "data"
+    # Everything analysed is in the corpus and the plots, though Snakemake never ran their rules.
+    episodes = (data / "analysis" / "corpus" / "episodes.tsv").read_text().splitlines()
+    assert sorted(line.split("\t")[0] for line in episodes[1:]) == ["ep01", "ep02", "short"]
+    for png in (data / "analysis" / "corpus" / "coverage.png", data / "analysis" / "corpus" / "shows.png",
+                data / "reports" / "disk_usage.png", data / "reports" / "throughput.png"):
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", png
+    assert "built the corpus tables and plots of the 3 episode(s) analysed so far" in proc.stderr
+    # The short track is transcribed as it is, all of its speech.
+    short = json.loads((data / "transcripts" / "short.json").read_text())
+    assert short["duration"] < 6 and recall(SENTENCES[2], short["text"]) >= 0.7, short["text"]
+    # The last line says what failed, what the next run tries again, and where to look.
+    assert proc.stderr.rstrip("\n").splitlines()[-1] == (
+        "scribeflow: 3 of 4 episode(s) analysed; 1 failed: 0 to be tried again by the next run, 1 given up "
+        "until `scribeflow retry`. `scribeflow failed` lists them and why.")
+    failed = scribeflow(tmp_path, "failed", "--configfile", str(tmp_path / "config.yaml"))
+    assert "gone" in failed and "HTTP 404" in failed
+    # status does not call the catalogue done while an episode is given up.
+    status = scribeflow(tmp_path, "status", "--configfile", str(tmp_path / "config.yaml"))
+    eta = next(line for line in status.splitlines() if line.startswith("ETA:"))
+    assert eta == "ETA: 0 episodes left; 1 given up, not counted (`scribeflow retry` tries them again)"

@@ -217,7 +217,7 @@ def snapshot(settings: Settings, now: float | None = None) -> dict:
         "eta": {"remaining_episodes": remaining, "seconds": round(eta_s) if eta_s is not None else None,
                 "at": dt.datetime.fromtimestamp(now + eta_s).isoformat(timespec="minutes")
                 if eta_s is not None else None,
-                "rate_per_hour": rate, "basis": basis},
+                "rate_per_hour": rate, "basis": basis, "given_up": len(gave_up)},
         "failures": failures,
     }
 
@@ -296,9 +296,16 @@ def render(s: dict) -> str:
         lines.append(f"Transcription memory: up to {human_bytes(m['peak_rss_bytes'])} resident"
                      + (f", {human_bytes(m['gpu_bytes'])} of GPU memory" if m.get("gpu_bytes") else "")
                      + f" (Slurm: mem_mb of at least {int(m['peak_rss_bytes'] * 1.25 / 2**20)} for transcribe)")
-    lines.append(f"ETA: {e['remaining_episodes']} episodes left, "
-                 + (f"done in {duration(e['seconds'])} ({e['at']}) at {e['rate_per_hour']:g}/h ({e['basis']})"
-                    if e["seconds"] else "done" if e["seconds"] == 0 else "no rate measured yet"))
+    # Given-up episodes are not left to the runs, but nor is the catalogue done while there are any.
+    given_up_note = (f"{e['given_up']} given up, not counted (`scribeflow retry` tries them again)"
+                     if e.get("given_up") else "")
+    if e["seconds"] == 0 and given_up_note:
+        lines.append(f"ETA: {e['remaining_episodes']} episodes left; {given_up_note}")
+    else:
+        lines.append(f"ETA: {e['remaining_episodes']} episodes left, "
+                     + (f"done in {duration(e['seconds'])} ({e['at']}) at {e['rate_per_hour']:g}/h ({e['basis']})"
+                        if e["seconds"] else "done" if e["seconds"] == 0 else "no rate measured yet")
+                     + (f"; {given_up_note}" if given_up_note else ""))
     if s["failures"]:
         reasons = Counter(f["last_error"] for f in s["failures"])
         gave_up = sum(f["given_up"] for f in s["failures"])

@@ -1,0 +1,107 @@
+"""How a workflow run ends (the Snakefile's onsuccess and onerror): with the corpus tables
+and plots of everything analysed so far, whatever failed, and with one last line on what
+failed, what the next run tries again and which command lists them.
+
+With keep-going (profiles/default) Snakemake runs every job it can, but a failed
+episode's analysis is an input of the corpus, so it never runs the corpus or the plots,
+and over months there is always an episode to try again. onerror therefore builds them
+here, in Snakemake's own process, from the same function the `corpus` rule calls, over
+the episodes analysed; the rule's next run rebuilds them as usual. The last line is
+printed as the process exits, after Snakemake's own last words ("Complete log",
+"WorkflowError ..."), so that it is the line a user reads last.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import logging
+import sys
+import time
+from collections.abc import Collection
+from pathlib import Path
+
+from scribeflow.config.layout import STATS_SUFFIX, Layout
+from scribeflow.config.settings import Settings
+from scribeflow.files import ids_with_suffix
+from scribeflow.state import failures
+
+log = logging.getLogger("scribeflow")
+SUMMARIES = ("corpus", "plots")  # the rules that read every episode, in their order
+
+
+def finish(settings: Settings, episodes: Collection[str], unreached: Collection[str] = (), out=None) -> None:
+    """Build the summaries in `unreached` (rules of SUMMARIES this run planned but never ran,
+    a job before them having failed), then leave the closing line to be printed at exit."""
+    out = out or sys.stderr
+    if unreached:
+        print(summarise(settings, [rule for rule in SUMMARIES if rule in unreached]), file=out, flush=True)
+    try:
+        line = closing_line(settings, episodes)
+    except Exception as exc:  # an unreadable ledger: `scribeflow check` says more
+        line = f"scribeflow: could not count the failed episodes ({exc}); `scribeflow failed` lists them"
+    atexit.register(lambda: print(line, file=out, flush=True))
+
+
+def summarise(settings: Settings, rules: list[str]) -> str:
+    """The corpus tables and the plots over the episodes analysed, built in this process;
+    their log is the rules' own. A line that says what was built, or why it was not."""
+    from scribeflow.ops import plots
+    from scribeflow.stages import steps
+
+    layout = Layout.from_config(settings)
+    started = time.monotonic()
+    for rule in rules:
+        log_path = layout.run_log(rule)
+        try:
+            with _logged_to(log_path):
+                log.info("Built at the run's end: a job before it failed")
+                if rule == "corpus":
+                    steps.corpus(settings=settings, stats_pattern=layout.stats_pattern(),
+                                 lemmas_pattern=layout.lemmas_pattern(), outputs=layout.corpus_files())
+                else:
+                    files = layout.report_files()
+                    plots.draw_all(settings, files["disk"], files["throughput"])
+        except Exception as exc:  # the run has ended: say it in a line, the traceback is in the log
+            return (f"scribeflow: the {rule} step at the run's end failed: {type(exc).__name__}: {exc} "
+                    f"(traceback in {log_path})")
+    analysed = len(ids_with_suffix(layout.episode_stats, STATS_SUFFIX))
+    return (f"scribeflow: a job failed, so Snakemake ran no {' or '.join(rules)} step; built the corpus tables "
+            f"and plots of the {analysed} episode(s) analysed so far in {time.monotonic() - started:.1f} s "
+            f"({layout.corpus}, {layout.reports})")
+
+
+@contextlib.contextmanager
+def _logged_to(path: str):
+    """The package's log records into `path` only, not onto Snakemake's console."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(path, mode="w")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-5s %(name)s: %(message)s"))
+    saved = log.level, log.propagate
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    log.propagate = False
+    try:
+        yield
+    except Exception:
+        log.exception("Traceback of the failure")
+        raise
+    finally:
+        log.removeHandler(handler)
+        handler.close()
+        log.level, log.propagate = saved
+
+
+def closing_line(settings: Settings, episodes: Collection[str]) -> str:
+    """How many of `episodes` (the run's catalogue) are analysed and failed, how many of
+    the failed the next run tries again, and the command that lists them."""
+    layout = Layout.from_config(settings)
+    ids = set(episodes)
+    analysed = len(ids_with_suffix(layout.episode_stats, STATS_SUFFIX, among=ids))
+    rows = [r for r in failures.report(settings) if r["id"] in ids]
+    head = f"scribeflow: {analysed} of {len(ids)} episode(s) analysed"
+    if not rows:
+        return f"{head}; none failed"
+    retried = sum(not r["given_up"] for r in rows)
+    return (f"{head}; {len(rows)} failed: {retried} to be tried again by the next run, "
+            f"{len(rows) - retried} given up until `scribeflow retry`. `scribeflow failed` lists them and why.")
