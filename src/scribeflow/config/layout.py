@@ -30,6 +30,9 @@ AUDIO_SUFFIX = ".wav"
 # (stages/transcription/speech.py).
 SPEECH_SUFFIX = ".speech.npz"
 SUBTITLE_EXTENSIONS = (".ass", ".ssa", ".srt", ".vtt")  # the subtitle files read (pysubs2)
+# analysis/fingerprints/: Chromaprint's raw fingerprint of an episode's audio, taken at extraction
+# and kept for the songs and repeats its series shares (stages/songs.py).
+FINGERPRINT_SUFFIX = ".chromaprint"
 QUALITY_SUFFIX = ".json"  # quality/: the ASR's CER on a sampled subtitled episode
 SUBTITLE_SUFFIX = ".subtitle.json"  # subtitles/: what was found of an episode's subtitles, and its dialogue
 TOKENS_SUFFIX = ".parquet"
@@ -234,6 +237,19 @@ class Layout:
         return {key: _join(self.corpus, name) for key, name in CORPUS_FILES.items()}
 
     @property
+    def marks(self) -> Path:
+        """The songs and repeats found per series (stages/songs.py): one file per series, state.json."""
+        return self.corpus / "marks"
+
+    @property
+    def fingerprints(self) -> Path:
+        """Chromaprint fingerprints of the episodes' audio (stages/songs.py): {id}.chromaprint."""
+        return self.analysis / "fingerprints"
+
+    def fingerprint_file(self, episode: str) -> Path:
+        return self.fingerprints / f"{episode}{FINGERPRINT_SUFFIX}"
+
+    @property
     def subtitles(self) -> Path:
         """What was found of each episode's subtitles (stages/subtitles.py): {id}.subtitle.json."""
         return self.data_dir / "subtitles"
@@ -360,6 +376,7 @@ class Layout:
             self.failed: ("other", (MARKER_SUFFIX,)),
             self.subtitles: ("transcripts", (SUBTITLE_SUFFIX,)),
             self.quality: ("analysis", (QUALITY_SUFFIX,)),
+            self.fingerprints: ("analysis", (FINGERPRINT_SUFFIX,)),
             **{self.logs / rule: ("logs", (".log",)) for rule in EPISODE_RULES},
             **{self.benchmarks / rule: ("logs", (".tsv",)) for rule in EPISODE_RULES},
         }

@@ -22,12 +22,14 @@ Definitions (the column names of the output tables):
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 from collections import Counter
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.compute  # noqa: F401  (pa.compute)
 import pyarrow.parquet as pq
 
 from scribeflow.files import atomic_path, atomic_write_text
@@ -40,6 +42,7 @@ LEMMA_COUNTS = pa.schema([("lemma", pa.string()), ("pos", pa.string()), ("count"
 COUNTS = LEMMA_COUNTS.append(pa.field("written", pa.string()))
 FREQUENCY_COLUMNS = ["rank", "lemma", "pos", "count", "document_frequency", "share", "cumulative_coverage"]
 LEMMA_FORMS = ("written", "unidic")
+NOT_SPEECH = ("song", "repeat", "sound")  # the kinds of segment (SPEC.md, Files) never counted
 BATCH = 2000  # lemma count files read per aggregation step: bounds memory on a huge catalogue
 
 
@@ -67,6 +70,9 @@ def episode_stats(table: pa.Table, meta: dict) -> dict:
         "chars_per_minute": meta["chars"] / minutes if minutes > 0 else None,
         "unknown_tokens": unknown,
         "unknown_rate": unknown / n if unknown is not None and n else None,
+        # Seconds left out of the counts: songs and repeats (marked in the transcript, or
+        # found across the series by the corpus step) and a caption's sound descriptions.
+        **{f"{kind}_s": (meta.get("kinds") or {}).get(kind, 0.0) for kind in NOT_SPEECH},
     }
 
 
@@ -92,7 +98,11 @@ def lemma_counts(table: pa.Table) -> pa.Table:
 
 
 def analyse_tokens(table: pa.Table, meta: dict, stats_path: str | Path, lemmas_path: str | Path) -> dict:
-    """Write one episode's statistics (JSON) and lemma counts (Parquet); return the statistics."""
+    """Write one episode's statistics (JSON) and lemma counts (Parquet) of its speech
+    segments' tokens; return the statistics."""
+    from scribeflow.stages.tokens import speech_tokens
+
+    table = speech_tokens(table)
     stats = episode_stats(table, meta)
     with atomic_path(lemmas_path) as tmp:
         pq.write_table(lemma_counts(table), tmp, compression="zstd")
@@ -100,6 +110,37 @@ def analyse_tokens(table: pa.Table, meta: dict, stats_path: str | Path, lemmas_p
     log.info("Analysed %s: %d tokens, %d types, unknown rate %s", stats["id"], stats["tokens"], stats["types"],
              "n/a" if stats["unknown_rate"] is None else f"{stats['unknown_rate']:.3f}")
     return stats
+
+
+def marked_correction(table: pa.Table, meta: dict, lemmas_path: str | Path, segments: list[dict],
+                      kinds: list[str], found_seconds: dict[str, float]) -> dict:
+    """What an episode's counts and statistics lose when its segments get `kinds` (the songs
+    and repeats the corpus step found across its series, stages/songs.py): `rows` [lemma,
+    pos, written, count, documents] to take from the sums (in the episode's lemma counts'
+    keys, documents 1 where every use goes), `stats` its statistics over what stays (with
+    `found_seconds` of songs and repeats found, beside the transcript's own), and a `key`
+    that names both."""
+    import hashlib
+
+    import pyarrow.compute as pc
+
+    from scribeflow.stages.tokens import SPEECH, non_space_chars, speech_tokens
+
+    speech = speech_tokens(table)
+    marked = pa.array([(kinds[i] if i < len(kinds) else SPEECH) != SPEECH for i in speech.column("segment").to_pylist()],
+                      pa.bool_())
+    removed = Counter(speech.filter(marked).column("lemma").to_pylist())
+    counts = pq.read_table(lemmas_path).to_pylist()
+    rows = [[r["lemma"], r["pos"], r.get("written") or r["lemma"], removed[r["lemma"]],
+             int(removed[r["lemma"]] >= r["count"])] for r in counts if removed[r["lemma"]]]
+    kept = [s for s, k in zip(segments, kinds) if k == SPEECH]
+    own = meta.get("kinds") or {}
+    seconds = {k: round(own.get(k, 0.0) + found_seconds.get(k, 0.0), 2) for k in NOT_SPEECH}
+    stats = episode_stats(speech.filter(pc.invert(marked)), {
+        **meta, "segments": len(kept), "speech_seconds": round(sum(max(0.0, s["end"] - s["start"]) for s in kept), 3),
+        "chars": sum(non_space_chars(s["text"]) for s in kept), "kinds": seconds})
+    key = hashlib.sha1(json.dumps([rows, stats], ensure_ascii=False, sort_keys=True).encode()).hexdigest()[:16]
+    return {"key": key, "rows": rows, "stats": stats}
 
 
 # -- the corpus ----------------------------------------------------------------------------
@@ -228,15 +269,17 @@ class Aggregate:
         with atomic_path(self.counts_path) as tmp:  # last: its list says what the sums hold
             pq.write_table(counts.replace_schema_metadata(meta), tmp, compression="zstd")
 
-    def update(self, entries):
-        """(counts, stats) over `entries`, reading only the new episodes' files."""
+    def update(self, entries, found=None):
+        """(counts, stats) over `entries`, reading only the new episodes' files. `found`
+        (stages/songs.Found): the songs and repeats found; an episode whose marks changed is
+        taken out of the sums with its old correction and put in with its new one."""
         import pandas as pd
 
         current = {episode: [_identity(lemmas), _identity(stats), series] for episode, stats, lemmas, series in entries}
         cached = self.load()
         if cached is not None:
             counts, stats, included = cached
-            if any(current.get(e) != v for e, v in included.items()):
+            if any(current.get(e) != v[:3] for e, v in included.items()):
                 log.info("Corpus: episodes analysed again or left since the last rebuild: reading every episode")
                 cached = None
         if cached is None:
@@ -249,9 +292,59 @@ class Aggregate:
                             ["series", "lemma", "pos", "written"]) if added.num_rows else counts
         stats = pd.concat([stats, rows], ignore_index=True) if not stats.empty else rows
         included.update({episode: current[episode] for episode, *_ in new})
+        if found is not None:
+            corrected = _corrected(added, stats, included, entries, found, everything=cached is None)
+            if corrected is None:  # the sums hold a correction no longer known: read everything
+                log.warning("Corpus: the songs and repeats in the kept sums are not the ones found: reading every "
+                            "episode")
+                with contextlib.suppress(FileNotFoundError):
+                    self.counts_path.unlink()
+                return self.update(entries, found)
+            added, stats = corrected
         self.save(added, stats, included)
         log.info("Corpus: read %d new episode(s), %d from the sums kept", len(new), len(included) - len(new))
         return added, stats
+
+
+def _corrected(counts: pa.Table, stats, included: dict, entries, found, everything: bool):
+    """The sums and statistics with each episode's songs and repeats taken out (its
+    correction, analysis.marked_correction) as `found` has them now: `included[e][3]` is
+    the key of the correction the sums hold. None when the sums hold one that `found` does
+    not know (then everything is read again)."""
+    import pandas as pd
+
+    changes = found.changes
+    targets = found.corrections() if everything else {e: change[2] for e, change in changes.items()}
+    paths = {episode: (stats_path, series) for episode, stats_path, _, series in entries}
+    delta, replaced = [], {}
+    for episode, new in targets.items():
+        if episode not in included:
+            continue
+        held = included[episode][3] if len(included[episode]) > 3 else None
+        if held == (new or {}).get("key"):
+            continue
+        series = paths[episode][1]
+        if held is not None:
+            old = changes.get(episode, (None, None))[1]
+            if not old or old["key"] != held:
+                return None
+            delta += [(series, *row, +1) for row in old["rows"]]
+        if new:
+            delta += [(series, *row, -1) for row in new["rows"]]
+        replaced[episode] = new["stats"] if new else json.loads(Path(paths[episode][0]).read_text(encoding="utf-8"))
+        included[episode] = [*included[episode][:3], (new or {}).get("key")]
+    if delta:
+        table = pa.table({"lemma": [d[1] for d in delta], "pos": [d[2] for d in delta],
+                          "count": pa.array([d[4] * d[6] for d in delta], pa.int64()),
+                          "written": [d[3] for d in delta], "series": pa.array([d[0] for d in delta], pa.string()),
+                          "documents": pa.array([d[5] * d[6] for d in delta], pa.int64())})
+        summed = _sum_by(pa.concat_tables([counts, table.cast(counts.schema)], promote_options="none"),
+                         ["series", "lemma", "pos", "written"])
+        counts = summed.filter(pa.compute.greater(summed.column("count"), 0))
+    if replaced:
+        rows = pd.DataFrame([{**row, "id": episode, "series": paths[episode][1]} for episode, row in replaced.items()])
+        stats = pd.concat([stats[~stats["id"].isin(list(replaced))], rows], ignore_index=True)
+    return counts, stats
 
 
 def read_episodes(entries):
@@ -271,19 +364,25 @@ def _identity(path) -> list:
 
 
 def build_corpus(entries: list[tuple[str, str | Path, str | Path, str | None]], outputs: dict,
-                 lemma: str = "written", keep: str | Path | None = None) -> dict:
+                 lemma: str = "written", keep: str | Path | None = None, found=None) -> dict:
     """entries: (episode, stats path, lemma counts path, series or None).
 
     outputs: paths for frequency, series_frequency, coverage, episodes (TSV) and plot (PNG).
     lemma: what the tables' lemma column shows (config analysis.lemma: written or unidic).
     keep: a folder where the sums are kept between rebuilds (Aggregate): a rebuild then
-    reads only the episodes analysed since. Returns the coverage rows.
+    reads only the episodes analysed since. found: the songs and repeats found across the
+    series (stages/songs.Found), left out of every table. Returns the coverage rows.
     """
     import pandas as pd
 
     if lemma not in LEMMA_FORMS:
         raise ValueError(f"analysis.lemma: {lemma!r} is not one of {', '.join(LEMMA_FORMS)}")
-    table, stats = Aggregate(keep).update(entries) if keep is not None else read_episodes(entries)
+    if keep is not None:
+        table, stats = Aggregate(keep).update(entries, found)
+    else:
+        table, stats = read_episodes(entries)
+        if found is not None:
+            table, stats = _corrected(table, stats, {e: [None] * 3 for e, *_ in entries}, entries, found, True)
     counts = table.to_pandas()
     # The entries' order (the catalogue's), whatever order the sums were kept in.
     if not stats.empty:
@@ -293,14 +392,15 @@ def build_corpus(entries: list[tuple[str, str | Path, str | Path, str | None]], 
     # Episodes whose transcripts are subtitles, per scope (the rest are ASR's).
     subtitled = Counter(series for (*_, series), source in zip(entries, stats.get("source", [])) if
                         source == "subtitles")
-    coverage = [{**coverage_row("corpus", None, len(entries), freq), "subtitle_episodes": sum(subtitled.values())}]
+    coverage = [{**coverage_row("corpus", None, len(entries), freq), "subtitle_episodes": sum(subtitled.values()),
+                 **_left_out(stats)}]
 
     episodes_per_series = Counter(series for *_, series in entries if series is not None)
     curves = {"corpus": freq["cumulative_coverage"].to_numpy()}
     series_freq = frequency_table(counts[counts["series"].notna()], by=("series",), lemma=lemma)
     for name, sf in series_freq.groupby("series", sort=True):
         coverage.append({**coverage_row("series", name, episodes_per_series[name], sf),
-                         "subtitle_episodes": subtitled.get(name, 0)})
+                         "subtitle_episodes": subtitled.get(name, 0), **_left_out(stats, name)})
         curves[name] = sf["cumulative_coverage"].to_numpy()
 
     coverage_df = pd.DataFrame(coverage)
@@ -313,6 +413,13 @@ def build_corpus(entries: list[tuple[str, str | Path, str | Path, str | None]], 
              len(entries), coverage[0]["tokens"], coverage[0]["types"],
              ", ".join(f"{t} %: {coverage[0][f'lemmas_{t}']}" for t in COVERAGE_TARGETS))
     return coverage
+
+
+def _left_out(stats, series: str | None = None) -> dict:
+    """Seconds of songs and repeats left out of the counts, in the corpus or one series."""
+    rows = stats if series is None or stats.empty else stats[stats["series"] == series]
+    return {f"{kind}_s": round(float(rows[f"{kind}_s"].fillna(0).sum()), 1) if f"{kind}_s" in rows else 0.0
+            for kind in ("song", "repeat")}
 
 
 # Count columns that may have gaps: nullable integers, or pandas would print 12.0.

@@ -97,6 +97,7 @@ def download(*, settings: Settings, episode: str, url: str, video: str,
 
 
 def extract_audio(*, settings: Settings, episode: str, video: str, audio: str, language: str | None = None) -> None:
+    from scribeflow.stages import songs
     from scribeflow.stages.media import AudioTooLong, MediaError, expected_audio_bytes, validate
     from scribeflow.stages.media import extract_audio as extract
 
@@ -126,6 +127,8 @@ def extract_audio(*, settings: Settings, episode: str, video: str, audio: str, l
         size = Path(audio).stat().st_size
         log.info("Extracted %.1f s of 16 kHz mono audio from %s: %.1f MB", seconds, episode, size / MB)
         _find_speech(settings, episode, audio, language)
+        # While the audio exists: the songs and repeats of its series are found from it (songs.py).
+        songs.keep_fingerprint(audio, Layout.from_config(settings).fingerprint_file(episode))
         ledger.set_stage(episode, "extracted", audio_size_bytes=size)
 
 
@@ -381,7 +384,7 @@ def corpus(*, settings: Settings, stats_pattern: str, lemmas_pattern: str, outpu
     The sums are kept between rebuilds (analysis.Aggregate): a rebuild reads the episodes
     analysed since the last one. The corpus index is completed first (an episode it
     lacks is added from its tokens); then the per-show statistics come from it."""
-    from scribeflow.stages import shows
+    from scribeflow.stages import shows, songs
     from scribeflow.stages.analysis import build_corpus, write_tsv
     from scribeflow.stages.concordance import Index, complete
 
@@ -390,9 +393,14 @@ def corpus(*, settings: Settings, stats_pattern: str, lemmas_pattern: str, outpu
     log.info("Building the corpus from %d of %d catalogue episodes", len(entries), len(catalogue))
     complete(layout.corpus_index, [(e, series, season) for e, _, _, series, season in entries],
              layout.tokens_file, layout.transcript)
-    build_corpus([entry[:4] for entry in entries], outputs, lemma=settings.analysis.lemma, keep=layout.corpus)
+    # The songs and repeats each series' episodes share, left out of the tables and the index.
+    found = songs.find(layout.marks, [(e, lemmas, series) for e, _, lemmas, series, _ in entries], layout)
+    build_corpus([entry[:4] for entry in entries], outputs, lemma=settings.analysis.lemma, keep=layout.corpus,
+                 found=found)
     with Index(layout.corpus_index) as index:
+        songs.mark_index(index, found, layout, {e: series for e, _, _, series, _ in entries})
         table = shows.show_table(index, by_season="season" in catalogue.columns)
+    found.save()  # last: what it says was found is in the sums and the index
     write_tsv(table, outputs["shows"])
     shows.plot(table, outputs["shows_plot"])
     log.info("Shows: %d ranked by difficulty (%s)", len(table), outputs["shows"])

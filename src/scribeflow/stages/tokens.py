@@ -8,7 +8,9 @@ their lemma is the case-folded word form and they have no reading or part of spe
 
 Tokens are words only: punctuation and symbols are dropped, so that counts, type-token
 ratios and coverage are about words. Each token keeps the index and the start/end
-time of its transcript segment (whisper gives times per segment, not per word).
+time of its transcript segment (whisper gives times per segment, not per word), and the
+segment's kind (speech, or a subtitle's song or sound description): only speech is counted
+(analysis.py); the songs and repeats found across a series later are marked by the corpus step.
 """
 
 from __future__ import annotations
@@ -40,7 +42,9 @@ SCHEMA = pa.schema([
     ("unknown", pa.bool_()),       # not in the analyser's dictionary (numbers aside); null without one
     ("base_reading", pa.string()),  # katakana reading of `written` (UniDic's kanaBase): 食べる -> タベル
     ("morae", pa.int16()),         # morae as pronounced (UniDic's pron): 食べた -> 3 (Japanese only)
+    ("kind", pa.string()),         # the segment's kind in the transcript: speech, song, repeat, sound
 ])
+SPEECH = "speech"  # a segment's kind when it has none (SPEC.md, Files): the only kind counted
 METADATA_KEY = b"scribeflow"
 
 # Words with inner apostrophes (don't, l'homme, rock'n'roll) and numbers with inner
@@ -149,10 +153,12 @@ def tokenize_transcript(transcript: dict, language: str | None = None) -> pa.Tab
     tokenizer = tokenizer_for(language)
     columns = {name: [] for name in SCHEMA.names}
     for index, seg in enumerate(transcript["segments"]):
+        kind = segment_kind(seg)
         for word in tokenizer(seg["text"]):  # surface, lemma, written, reading, pos, detail, unknown
-            for name, value in zip(SCHEMA.names, (index, seg["start"], seg["end"], *word)):
+            for name, value in zip(SCHEMA.names, (index, seg["start"], seg["end"], *word, kind)):
                 columns[name].append(value)
-    segments = transcript["segments"]
+    every = transcript["segments"]
+    segments = [s for s in every if segment_kind(s) == SPEECH]
     meta = {
         "id": transcript.get("id"),
         # asr or subtitles (a transcript from before sources were recorded: asr)
@@ -162,12 +168,32 @@ def tokenize_transcript(transcript: dict, language: str | None = None) -> pa.Tab
         "tokenizer": tokenizer.name,
         "has_lexicon": tokenizer.has_lexicon,
         "duration": transcript.get("duration"),
+        # Of the speech segments: what a song or a sound description holds is not said.
         "segments": len(segments),
-        "speech_seconds": round(sum(max(0.0, s["end"] - s["start"]) for s in segments), 3),
+        "speech_seconds": _seconds(segments),
         "chars": sum(non_space_chars(s["text"]) for s in segments),
+        "kinds": {k: _seconds([s for s in every if segment_kind(s) == k])
+                  for k in sorted({segment_kind(s) for s in every} - {SPEECH})},
     }
     table = pa.table(columns, schema=SCHEMA)
     return table.replace_schema_metadata({METADATA_KEY: json.dumps(meta, ensure_ascii=False).encode()})
+
+
+def segment_kind(segment: dict) -> str:
+    return segment.get("kind") or SPEECH
+
+
+def _seconds(segments: list[dict]) -> float:
+    return round(sum(max(0.0, s["end"] - s["start"]) for s in segments), 3)
+
+
+def speech_tokens(table: pa.Table) -> pa.Table:
+    """The tokens of speech segments (tokens written before kinds existed: all of them)."""
+    if "kind" not in table.column_names:
+        return table
+    import pyarrow.compute as pc
+
+    return table.filter(pc.fill_null(pc.equal(table.column("kind"), SPEECH), True))
 
 
 def write_tokens(table: pa.Table, path: str | Path) -> int:
