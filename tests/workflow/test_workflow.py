@@ -155,8 +155,9 @@ def test_bad_catalogue_and_config_are_refused_before_anything_runs(tmp_path):
 
     config["disk_management"] = {}
     config["transcribe"]["devise"] = "cpu"
-    err = refusal(run_snakemake(tmp_path, config, "-n", check=False))
-    assert "transcribe.devise: unknown key; did you mean device?" in err
+    for console in ([], ["--logger", "scribeflow"]):  # Snakemake's console and the compact one
+        err = refusal(run_snakemake(tmp_path, config, "-n", *console, check=False))
+        assert "transcribe.devise: unknown key; did you mean device?" in err
 
 
 @pytest.mark.slow
