@@ -231,6 +231,30 @@ def _a_corpus(data):
         write_tsv(shows.show_table(index), layout.corpus_files()["shows"])
 
 
+def test_export_out_takes_a_folder_or_a_file_and_leaves_no_temporary_file(tmp_path):
+    import zipfile
+
+    _, data = _a_run(tmp_path)
+    _a_corpus(data)
+
+    def export(*args):
+        return subprocess.run([sys.executable, "-m", "scribeflow.ops.cli", "export", "yomitan", "--configfile",
+                               "run.yaml", *args], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+
+    made = {}
+    for out, where in (("dicts/", "dicts/scribeflow-frequency.zip"),  # a folder not there yet, as plots --out
+                       ("data", "data/scribeflow-frequency-Alpha.zip"),  # a folder that exists
+                       ("alpha.zip", "alpha.zip")):  # a file
+        proc = export("--out", out, *(["--series", "Alpha"] if out == "data" else []))
+        assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
+        assert f"Wrote {where}:" in proc.stdout
+        made[where] = zipfile.ZipFile(tmp_path / where).namelist()
+    assert all("index.json" in names for names in made.values()), made
+    failed = export("--out", "dicts/", "--series", "Nope")  # nothing to export: one line, exit 2
+    assert failed.returncode == 2 and "Traceback" not in failed.stderr
+    assert not [p for p in tmp_path.rglob("*") if p.name.endswith(".tmp")]
+
+
 def test_the_dashboard_shows_the_hardest_shows_and_searches_the_corpus(tmp_path):
     import re
 
@@ -243,6 +267,7 @@ def test_the_dashboard_shows_the_hardest_shows_and_searches_the_corpus(tmp_path)
     proc = subprocess.Popen([sys.executable, "-m", "scribeflow.ops.cli", "dashboard", "--configfile", "run.yaml",
                              "--port", "0", "--refresh", "1"], cwd=tmp_path, stdout=subprocess.PIPE, text=True)
     try:
+        assert proc.stdout.readline().startswith("Reading ")
         url = re.search(r"http://127\.0\.0\.1:\d+/", proc.stdout.readline()).group(0)
         from urllib.parse import quote
 
