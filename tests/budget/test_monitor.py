@@ -61,15 +61,36 @@ def test_storage_nested_inside_data_is_not_counted_twice(tmp_path):
     assert u.videos == 100 * KB and u.other == 4 * KB and u.total == 104 * KB
 
 
-def test_cache_expires_after_cache_duration(tmp_path):
+class _Clock:
+    """The time module with a monotonic clock the test moves: whether a reading is still
+    cached never depends on how fast a busy machine runs the lines between two looks."""
+
+    def __init__(self):
+        self.now = 1000.0
+
+    def monotonic(self):
+        return self.now
+
+    def __getattr__(self, name):
+        return getattr(time, name)
+
+
+def test_cache_expires_after_cache_duration(tmp_path, monkeypatch):
+    from scribeflow.budget import monitor as monitor_module
+
+    clock = _Clock()
+    monkeypatch.setattr(monitor_module, "time", clock)
     data = tmp_path / "data"
     m = monitor(data, cache_duration=0.3)
     assert m.current_usage().total == 0
     write(data / "videos" / "a.media", 64 * KB)
+    clock.now += 0.29
     assert m.current_usage().total == 0  # cached
     assert m.current_usage(fresh=True).total == 64 * KB
     write(data / "videos" / "b.media", 64 * KB)
-    time.sleep(0.35)
+    clock.now += 0.29
+    assert m.current_usage().total == 64 * KB  # the fresh reading is cached in turn
+    clock.now += 0.02
     assert m.current_usage().total == 128 * KB
 
 
