@@ -66,9 +66,9 @@ def summarise(settings: Settings, rules: list[str]) -> str:
             return (f"scribeflow: the {rule} step at the run's end failed: {type(exc).__name__}: {exc} "
                     f"(traceback in {log_path})")
     analysed = len(ids_with_suffix(layout.episode_stats, STATS_SUFFIX))
-    return (f"scribeflow: a job failed, so Snakemake ran no {' or '.join(rules)} step; built the corpus tables "
-            f"and plots of the {analysed} episode(s) analysed so far in {time.monotonic() - started:.1f} s "
-            f"({layout.corpus}, {layout.reports})")
+    steps_ = " and ".join(rules) + (" steps" if len(rules) > 1 else " step")
+    return (f"scribeflow: a job failed, so Snakemake skipped the {steps_}; ran here over the {analysed} "
+            f"episode(s) analysed so far in {time.monotonic() - started:.1f} s ({layout.corpus}, {layout.reports})")
 
 
 @contextlib.contextmanager
