@@ -406,3 +406,24 @@ def test_plan_uses_the_configured_model_and_device_and_formats_its_numbers(tmp_p
     assert [int(line.split()[0]) for line in gpu.splitlines() if re.match(r"^\s+[1248]\s+\d", line)] == [1, 2, 4, 8]
     assert [model_size(m) for m in ("tiny.en", "Systran/faster-whisper-small", "large-v3-turbo", "medium", tiny)] \
         == ["tiny", "small", "large", "medium", "tiny"]
+
+
+def test_bundled_model_prints_the_value_transcribe_model_takes(tmp_path):
+    from scribeflow.config.models import check_model_dir
+
+    def bundled(*args):
+        proc = subprocess.run([sys.executable, "-m", "scribeflow.ops.cli", "bundled-model", *args], cwd=tmp_path,
+                              capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0, proc.stderr
+        return proc.stdout
+
+    folder = bundled().strip()
+    assert folder == str(packaged_model("tiny.en"))
+    check_model_dir(folder)  # a model faster-whisper loads offline
+    # --yaml: a config line that a run and `plan` take as it is.
+    (tmp_path / "episodes.csv").write_text("id,url\nep1,https://example.org/1\n")
+    (tmp_path / "run.yaml").write_text(f"catalogue: episodes.csv\n{bundled('--yaml')}")
+    assert yaml.safe_load((tmp_path / "run.yaml").read_text())["transcribe"] == {"model": folder}
+    plan = subprocess.run([sys.executable, "-m", "scribeflow.ops.cli", "plan", "--configfile", "run.yaml"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert plan.returncode == 0 and f"Transcription: {folder} (tiny)" in plan.stdout, plan.stderr

