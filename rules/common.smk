@@ -5,7 +5,6 @@ import os
 import sys
 from pathlib import Path
 
-from snakemake.exceptions import WorkflowError
 
 # The package holds all the logic. An installed scribeflow is used; a checkout run without
 # installing it uses its own src/. The jobs' scripts see the same: Snakemake appends this
@@ -265,7 +264,8 @@ onstart:
 
         problem = local_lock_problem(LAYOUT.data_dir)
         if problem:
-            raise WorkflowError(problem)
+            print(f"scribeflow: {problem}", file=sys.stderr)
+            sys.exit(1)
     # The orphan cleanup first, writing nothing before it frees: on a full disk it is what
     # makes room for the ledger's writes. Inputs of the jobs about to run are never
     # orphans, e.g. the audio of a transcription that was killed after writing its transcript.
