@@ -254,3 +254,36 @@ def check_tables(tables, anime: list[int], solo: list[int]) -> None:
     assert coverage.loc["alone", "song_s"] == 0 and coverage.loc["anime", "repeat_s"] == 0
     episodes = tables["episodes"].set_index("id")
     assert episodes.loc["a1", "tokens"] == sum(said([1]).values())
+
+
+def subtitled(settings: Settings, episode: str, segments: list[dict], series: str) -> None:
+    """A transcript from a subtitle (no audio, no fingerprint), analysed as the workflow does."""
+    layout = Layout.from_config(settings)
+    layout.transcripts.mkdir(parents=True, exist_ok=True)
+    transcript = {"id": episode, "language": "ja", "duration": 60.0, "segments": segments, "source": "subtitles",
+                  "text": "".join(s["text"] for s in segments)}
+    layout.transcript(episode).write_text(json.dumps(transcript, ensure_ascii=False))
+    steps.analyse_episode(settings=settings, episode=episode, transcript=str(layout.transcript(episode)),
+                          tokens=str(layout.tokens_file(episode)), stats=str(layout.stats_file(episode)),
+                          lemmas=str(layout.lemmas_file(episode)), language="ja", series=series)
+
+
+def test_a_recap_in_subtitles_is_a_repeat_where_it_is_repeated_and_songs_are_never_counted(tmp_path):
+    scene = ["前回、僕たちは森で迷った。", "あの光は何だったんだろう。", "明日こそ見つけてみせる！"]
+    line = lambda s, t, kind=None: {"start": s, "end": s + 3.0, "text": t, **({"kind": kind} if kind else {})}  # noqa: E731
+    song = [line(0, "翼を広げて", "song")]  # the subtitle parser's ♪ line
+    first = song + [line(20 + 4 * i, t) for i, t in enumerate(scene)] + [line(40, "先生、おはよう。")]
+    second = song + [line(5 + 4 * i, t) for i, t in enumerate(scene)] + [line(30, "海がきれいだよ。")]
+    settings = make_settings(tmp_path, [("s1", "subbed"), ("s2", "subbed")])
+    subtitled(settings, "s1", first, "subbed")
+    subtitled(settings, "s2", second, "subbed")
+    tables = run_corpus(settings)
+    marks = songs.series_marks(Layout.from_config(settings).marks, "subbed")
+    # The scene is s1's own dialogue; s2 opens with it: a recap.
+    assert marks["s1"] == [] and [[round(s), round(t), k] for s, t, k in marks["s2"]] == [[5, 16, "repeat"]]
+    counts = frequency(tables)
+    assert counts["森"] == 1 and counts["光"] == 1 and counts["先生"] == 1 and counts["海"] == 1
+    assert counts["翼"] == 0 and tables["search"]["翼"] == 0  # a ♪ line is a song wherever it is
+    coverage = tables["coverage"].set_index(tables["coverage"]["series"].fillna(""))
+    assert coverage.loc["subbed", "repeat_s"] == pytest.approx(11, abs=0.3)
+    assert coverage.loc["subbed", "song_s"] == 6.0  # the ♪ lines' own seconds

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-from conftest import recall, run_snakemake, workflow_config, write_catalogue
+from conftest import recall, run_snakemake, scribeflow, workflow_config, write_catalogue
 from support import TRANSCRIPT_FIXTURES as FIXTURES  # noqa: E402
 from support.fixtures import SENTENCES
 
@@ -123,3 +123,86 @@ def test_speech_to_corpus(tmp_path, media_server, model_path):
     series = read_tsv(data / "analysis/corpus/series_lemma_frequency.tsv")
     assert set(series["series"]) == {"demo"} and series["count"].sum() == sum(spoken.values())
     assert (data / "analysis/corpus/coverage.png").read_bytes().startswith(b"\x89PNG")
+
+
+LYRICS = ("翼", "彼方", "虹", "永遠", "輝く", "さよなら")
+
+
+def spoken_counts(data: Path, episodes, marks: dict) -> Counter:
+    """An independent count of the speech in the transcripts: each segment tokenized alone,
+    the segments the marks cover left out."""
+    from scribeflow.stages.songs import segment_kinds
+    from scribeflow.stages.tokens import tokenize_transcript
+
+    counts = Counter()
+    for e in episodes:
+        segments = json.loads((data / "transcripts" / f"{e}.json").read_text())["segments"]
+        kept = [s for s, k in zip(segments, segment_kinds(segments, marks.get(e, []))) if k == "speech"]
+        counts.update(tokenize_transcript({"language": "ja", "segments": kept}).column("lemma").to_pylist())
+    return counts
+
+
+@pytest.mark.slow
+def test_songs_a_series_shares_are_marked_and_left_out(tmp_path):
+    """Japanese episodes shaped like anime (tests/support/japanese.py: the same opening and
+    ending in each, their own dialogue), through the real workflow with the multilingual base
+    model: an episode alone in its series keeps its songs; the songs of a series are marked in
+    its episodes, one transcribed before its siblings included, and counted nowhere."""
+    from support.japanese import japanese_series
+    from support.models import packaged_model
+    from support.server import MediaServer
+
+    from scribeflow.config.layout import Layout
+    from scribeflow.stages import concordance, songs
+    from scribeflow.ops import export
+
+    episodes = japanese_series(4)
+    media = tmp_path / "media"
+    for ep in episodes:
+        ep.write_media(media / f"ep{ep.number:02d}.m4a")
+    data, layout = tmp_path / "data", Layout(tmp_path / "data")
+    series = {"ep01": "anime", "ep02": "anime", "ep03": "solo", "ep04": "anime"}
+    with MediaServer(media) as server:
+        rows = [{"id": e, "url": server.url(f"{e}.m4a"), "series": s, "language": "ja"} for e, s in series.items()]
+        config = workflow_config(tmp_path, write_catalogue(tmp_path / "episodes.csv", rows[:3]),
+                                 str(packaged_model("base")))
+        run_snakemake(tmp_path, config, "--cores", "2", timeout=900)
+        first = songs.series_marks(layout.marks, "anime")
+        assert songs.series_marks(layout.marks, "solo") == {"ep03": []}  # alone: nothing shared, nothing lost
+        write_catalogue(tmp_path / "episodes.csv", rows)  # a later episode of the series
+        run_snakemake(tmp_path, config, "--cores", "2", timeout=900)
+    marks = songs.series_marks(layout.marks, "anime")
+    assert {e: marks[e] for e in first} == first  # the earlier episodes stay as they were
+    for ep in episodes:
+        e = f"ep{ep.number:02d}"
+        size = layout.fingerprint_file(e).stat().st_size
+        assert 4 * 7.5 * ep.duration < size < 4 * 8.2 * ep.duration
+        if series[e] == "solo":
+            continue
+        # The opening and the ending found where they lie (to a few seconds), as songs.
+        found = [(round(s), round(t)) for s, t, kind in marks[e] if kind == "song"]
+        assert len(found) == 2 and all(abs(s - a) <= 3 and abs(t - b) <= 3
+                                       for (s, t), (a, b) in zip(found, ep.songs)), (e, marks[e], ep.songs)
+        # Kept in the transcript, marked.
+        segments = json.loads((data / "transcripts" / f"{e}.json").read_text())["segments"]
+        kinds = songs.segment_kinds(segments, marks[e])
+        assert any(k == "song" and s["text"].strip() for s, k in zip(segments, kinds)), segments
+
+    counts = corpus_counts(tmp_path)
+    anime = [e for e, s in series.items() if s == "anime"]
+    assert counts == spoken_counts(data, series, marks)  # each use of the dialogue once
+    by_series = read_tsv(data / "analysis/corpus/series_lemma_frequency.tsv")
+    heard = set(by_series.loc[by_series["series"] == "anime", "lemma"])
+    assert not heard & set(LYRICS), heard & set(LYRICS)
+    solo = spoken_counts(data, ["ep03"], {})
+    assert any(solo[w] for w in LYRICS), solo  # the series of one keeps its songs' words
+    with concordance.Index(layout.corpus_index, readonly=True) as index:
+        yomitan = {term: uses for term, _, uses in export.frequencies(index, "anime")}
+        assert not set(yomitan) & set(LYRICS)
+        for word in LYRICS:
+            assert concordance.search(index, word, series="anime")["hits"] == []
+    coverage = read_tsv(data / "analysis/corpus/coverage.tsv").set_index("series")
+    assert coverage.loc["anime", "song_s"] == pytest.approx(sum(52 for _ in anime), abs=4 * len(anime))
+    assert coverage.loc["solo", "song_s"] == 0
+    status = scribeflow(tmp_path, "status", "--configfile", str(tmp_path / "config.yaml"))
+    assert "anime" in status and "song" in status, status

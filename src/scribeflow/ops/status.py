@@ -219,7 +219,21 @@ def snapshot(settings: Settings, now: float | None = None) -> dict:
                 if eta_s is not None else None,
                 "rate_per_hour": rate, "basis": basis, "given_up": len(gave_up)},
         "failures": failures,
+        "songs": songs_found(layout),
     }
+
+
+def songs_found(layout: Layout, shown: int = 5) -> dict:
+    """The songs and repeats the last corpus step found per series (stages/songs.py), left
+    out of the counts: totals, and the series with the most."""
+    from scribeflow.stages.songs import read_summary
+
+    per = read_summary(layout.marks)
+    most = sorted(per.items(), key=lambda kv: -(kv[1]["song_s"] + kv[1]["repeat_s"]))[:shown]
+    return {"series": len(per), "series_with_any": sum(1 for v in per.values() if v["song_s"] or v["repeat_s"]),
+            "song_s": round(sum(v["song_s"] for v in per.values()), 1),
+            "repeat_s": round(sum(v["repeat_s"] for v in per.values()), 1),
+            "most": [{"series": name, **v} for name, v in most if v["song_s"] or v["repeat_s"]]}
 
 
 def _per_hour(x: float | None) -> str:
@@ -273,6 +287,12 @@ def render(s: dict) -> str:
     if d.get("margin"):
         lines.append(f"  {'margin':<13}{human_bytes(d['margin']):>10}  (accounting_margin_mb: writes not yet "
                      f"attributed)")
+    songs = s.get("songs") or {}
+    if songs.get("series"):
+        lines.append(f"Songs and repeats, left out of the counts: {duration(songs['song_s'])} of songs, "
+                     f"{duration(songs['repeat_s'])} of repeats, in {songs['series_with_any']} of {songs['series']} "
+                     f"series" + "".join(f"; {m['series']}: {duration(m['song_s'])} songs, "
+                                         f"{duration(m['repeat_s'])} repeats" for m in songs["most"][:3]))
     p = s["pauses"]
     lines.append(f"Download pauses: {p['count']} ({duration(p['total_seconds'])} in all)"
                  + (", paused now" if p["open"] else ""))

@@ -163,9 +163,11 @@ def _normal(text: str) -> str:
 
 
 def shared_lines(a: list[dict], b: list[dict]) -> list[tuple[float, ...]]:
-    """Runs of the same lines in two episodes' segments (subtitles), as shared_audio's stretches."""
+    """Runs of the same lines in two episodes' segments (subtitles), as shared_audio's
+    stretches; lines of another kind (a song's ♪ line) are none of them."""
     from difflib import SequenceMatcher
 
+    a, b = ([s for s in x if (s.get("kind") or "speech") == "speech"] for x in (a, b))
     ta, tb = [_normal(s["text"]) for s in a], [_normal(s["text"]) for s in b]
     out = []
     for i, j, n in SequenceMatcher(None, ta, tb, autojunk=False).get_matching_blocks():
@@ -306,6 +308,11 @@ def read_summary(folder: str | Path) -> dict:
         return {s: {k: v.get(k, 0) for k in ("episodes", "song_s", "repeat_s")} for s, v in state["series"].items()}
     except (OSError, ValueError, KeyError, AttributeError):
         return {}
+
+
+def series_marks(folder: str | Path, series: str) -> dict[str, list]:
+    """{episode: [[start, end, kind], ...]} of a series as the last corpus step found them."""
+    return {e: v.get("ranges", []) for e, v in Found(Path(folder), {}).load(series)["episodes"].items()}
 
 
 def find(folder: str | Path, entries, files) -> Found:
