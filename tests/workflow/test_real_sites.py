@@ -68,7 +68,8 @@ def test_a_host_that_answers_403_for_90_seconds_is_paused_then_every_episode_is_
 @pytest.mark.slow
 def test_a_host_broken_for_good_is_paused_and_its_episodes_deferred_while_a_healthy_host_finishes(
         tmp_path, speech_dir, model_path):
-    broken_eps, healthy_eps = ["ep01", "ep02"], ["ep03", "ep04", "ep05"]
+    # The breaker counts distinct episodes (3 here), not retries: three of the host's episodes fail.
+    broken_eps, healthy_eps = ["ep01", "ep02", "ep06"], ["ep03", "ep04", "ep05"]
     with MediaServer(speech_dir, host="127.0.0.2", faults={"/*": ["500"] * 100_000}) as broken, \
             MediaServer(speech_dir) as healthy:
         rows = [*({"id": e, "url": broken.url(f"{e}.mp4")} for e in broken_eps),
@@ -89,7 +90,7 @@ def test_a_host_broken_for_good_is_paused_and_its_episodes_deferred_while_a_heal
         # The host comes back; the operator resumes it.
         broken.plan("/*", [])
         said = scribeflow(tmp_path, "retry", "--host", "127.0.0.2", "--configfile", str(tmp_path / "config.yaml"))
-        assert "resumed" in said and "2 of its failed" in said
+        assert "resumed" in said and "3 of its failed" in said
         run_snakemake(tmp_path, config, "--cores", "4", timeout=600)
     assert all(stage == "analyzed" for stage, *_ in _rows(tmp_path).values())
     assert leftover_temp_files(tmp_path) == []
