@@ -27,9 +27,12 @@ import json
 import os
 import random
 import shutil
+import sqlite3
 import statistics
+import subprocess
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -69,11 +72,12 @@ def episode(rng: np.random.Generator, words, number: int, shows: int):
     lemma = [words[r][0] for r in ranks]
     written = [words[r][1] for r in ranks]
     reading = [words[r][2] for r in ranks]
-    table = pa.table({
+    columns = {
         "segment": segment, "start": start, "end": start + 2.6, "surface": written, "lemma": lemma,
         "written": written, "reading": reading, "pos": ["名詞"] * len(ranks), "pos_detail": ["普通名詞-一般"] * len(ranks),
         "unknown": [False] * len(ranks), "base_reading": reading, "morae": np.full(len(ranks), 3, np.int16),
-    }, schema=SCHEMA)
+    }
+    table = pa.table({name: columns.get(name, [None] * len(ranks)) for name in SCHEMA.names}, schema=SCHEMA)
     segments = [{"start": float(s * 3.1), "end": float(s * 3.1 + 2.6),
                  "text": "".join(written[s * WORDS_PER_SEGMENT:(s + 1) * WORDS_PER_SEGMENT])} for s in range(SEGMENTS)]
     meta = {"id": f"ep{number:06d}", "source": "asr", "language": "ja", "duration": 1440.0,
@@ -98,11 +102,216 @@ def searches(index: Index, words, rng: random.Random, shows: int, n: int = 200) 
     return times
 
 
+# -- the whole catalogue, laid down in bulk ---------------------------------------------------
+# Real Japanese words at chosen frequency ranks, so that real queries (tokenized by UniDic in
+# the searching process, as `scribeflow search` does) find them: (rank, a text, the word's
+# token in it when not the first). Particles and auxiliaries lead, as in speech.
+REAL_WORDS = [
+    (0, "の"), (1, "が"), (2, "食べた", 1), (3, "走って", 1), (4, "は"), (5, "に"), (6, "を"), (7, "見ない", 1),
+    (8, "です"), (9, "ます"), (20, "言う"), (25, "行く"), (30, "見る"), (35, "思う"), (45, "本当"), (60, "大丈夫"),
+    (80, "時間が"), (150, "学校が"), (300, "先生が"), (500, "友達が"), (700, "食べる"), (900, "走る"), (1200, "笑う"),
+    (1500, "泣く"), (2000, "約束が"), (2500, "電話が"), (3000, "映画が"), (4000, "夢が"), (5000, "心が"), (6000, "守る"),
+    (8000, "信じる"), (10000, "戦う"), (12000, "翼が"), (15000, "魔法が"), (20000, "冒険が"), (25000, "虹が"),
+    (30000, "彼方が"), (40000, "輝く"), (50000, "勇者が"), (59000, "宿題が"),
+]
+# What a learner types: dictionary forms, inflected forms, readings in kana, and 翼 (read
+# alone by UniDic as the name ツバサ).
+QUERIES = ["翼", "食べる", "食べた", "走って", "言った", "見ない", "笑う", "泣いた", "信じて", "戦う", "守る", "がっこう",
+           "せんせい", "友達", "約束", "電話", "映画", "夢", "心", "魔法", "冒険", "虹", "彼方", "輝く", "勇者", "宿題",
+           "本当", "大丈夫", "時間", "つばさ"]
+
+
+def real_words(words: list[tuple]) -> list[tuple]:
+    """The vocabulary with REAL_WORDS at their ranks: (lemma, written, reading, pos, detail)."""
+    from scribeflow.stages.tokens import tokenizer_for
+
+    tagger = tokenizer_for("ja")
+    out = [(*w, "名詞", "普通名詞-一般") for w in words]
+    for rank, text, *at in REAL_WORDS:
+        _surface, lemma, written, _kana, pos, detail, _unknown, base, _morae = list(tagger(text))[at[0] if at else 0]
+        out[rank] = (lemma, written, base or "", pos, detail)
+    return out
+
+
+def _varint_blobs(ranks: np.ndarray, segment: np.ndarray):
+    """Per distinct word of an episode: its id and the segment of each use as Index.add
+    writes them (varint gaps, 0 for another use in the same segment)."""
+    order = np.lexsort((segment, ranks))
+    r, s = ranks[order], segment[order].astype(np.int64)
+    words, first = np.unique(r, return_index=True)
+    gaps = np.diff(s, prepend=0)
+    gaps[first] = s[first]
+    two = gaps >= 0x80  # segments < 16,384: one or two bytes each
+    size = 1 + two.astype(np.int64)
+    ends = np.cumsum(size)
+    out = np.empty(int(ends[-1]), np.uint8)
+    starts = ends - size
+    out[starts] = np.where(two, (gaps & 0x7F) | 0x80, gaps)
+    out[starts[two] + 1] = gaps[two] >> 7
+    data = out.tobytes()
+    bounds = [*starts[first].tolist(), len(data)]
+    return words.tolist(), [data[bounds[i]:bounds[i + 1]] for i in range(len(words))]
+
+
+def _bulk_episode(c, rng, vocab, number: int, show: int, counts: np.ndarray, documents: np.ndarray, occurrences):
+    from scribeflow.stages import concordance as cc
+
+    ranks = np.minimum(rng.zipf(1.1, SEGMENTS * WORDS_PER_SEGMENT) - 1, VOCABULARY - 1)
+    segment = np.repeat(np.arange(SEGMENTS), WORDS_PER_SEGMENT)
+    written = [vocab[r][1] for r in ranks.tolist()]
+    rows = [[round(s * 3.1, 2), round(s * 3.1 + 2.6, 2), "".join(written[s * WORDS_PER_SEGMENT:(s + 1) * WORDS_PER_SEGMENT]),
+             3 * WORDS_PER_SEGMENT] for s in range(SEGMENTS)]
+    eid = number + 1
+    words, blobs = _varint_blobs(ranks, segment)
+    occurrences.extend((w + 1, eid, b) for w, b in zip(words, blobs))
+    c.execute("INSERT INTO episodes (id, name, show, source, language, duration_s, speech_s, segments, chars, tokens, "
+              "morae, kanji, added_at) VALUES (?, ?, ?, 'asr', 'ja', 1440.0, ?, ?, ?, ?, ?, ?, ?)",
+              (eid, f"ep{number:06d}", show, *cc._sums(rows, {}, Counter(segment.tolist())), time.time()))
+    c.execute("INSERT INTO texts VALUES (?, ?, NULL, ?)", (eid, cc._pack(rows), cc.varints([w + 1 for w in words], gaps=True)))
+    counts += np.bincount(ranks, minlength=VOCABULARY)
+    documents[words] += 1
+
+
+def bulk_build(path: Path, episodes: int, vocab: list[tuple], seed: int = 1) -> float:
+    """An index of `episodes` laid down in bulk, in Index.add's format (one transaction per
+    1,000 episodes, each word's rows in key order): what the workflow builds one episode at
+    a time. Returns the seconds it took."""
+    from scribeflow.stages.concordance import Index
+
+    Index(path).close()  # the schema, as the workflow makes it
+    c = sqlite3.connect(path, isolation_level=None)
+    c.execute("PRAGMA journal_mode = OFF")  # the benchmark's own file: nothing to roll back to
+    c.execute("PRAGMA synchronous = OFF")
+    c.execute("PRAGMA cache_size = -1000000")
+    started, rng, shows = time.perf_counter(), np.random.default_rng(seed), -(-episodes // EPISODES_PER_SHOW)
+    c.execute("BEGIN")
+    c.executemany("INSERT INTO words (id, lemma, written, reading, pos, detail) VALUES (?, ?, ?, ?, ?, ?)",
+                  ((i + 1, *w) for i, w in enumerate(vocab)))
+    c.executemany("INSERT INTO shows (id, series, season) VALUES (?, ?, '')",
+                  ((s + 1, f"show{s:04d}") for s in range(shows)))
+    occurrences = []
+    for show in range(shows):
+        counts, documents = np.zeros(VOCABULARY, np.int64), np.zeros(VOCABULARY, np.int64)
+        for number in range(show * EPISODES_PER_SHOW, min(episodes, (show + 1) * EPISODES_PER_SHOW)):
+            _bulk_episode(c, rng, vocab, number, show + 1, counts, documents, occurrences)
+        said = np.flatnonzero(documents)
+        c.executemany("INSERT INTO counts VALUES (?, ?, ?, ?)",
+                      zip((said + 1).tolist(), [show + 1] * len(said), counts[said].tolist(), documents[said].tolist()))
+        if len(occurrences) > 1_500_000 or show == shows - 1:
+            occurrences.sort(key=lambda row: (row[0], row[1]))
+            c.executemany("INSERT INTO occurrences VALUES (?, ?, ?)", occurrences)
+            occurrences.clear()
+            c.execute("COMMIT")
+            c.execute("BEGIN")
+            done = min(episodes, (show + 1) * EPISODES_PER_SHOW)
+            print(f"  {done:,} episodes laid down, {time.perf_counter() - started:.0f} s", flush=True)
+    c.execute("COMMIT")
+    c.close()
+    return time.perf_counter() - started
+
+
+# Tables whose size follows the vocabulary and the shows' names, not the episodes.
+BOUNDED = ("words", "sqlite_autoindex_words", "shows", "sqlite_autoindex_shows", "sqlite_schema")
+
+
+def table_sizes(path: Path) -> dict[str, int]:
+    """Bytes per table and index (SQLite's dbstat)."""
+    c = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        return dict(c.execute("SELECT name, SUM(pgsize) FROM dbstat GROUP BY name ORDER BY 2 DESC"))
+    finally:
+        c.close()
+
+
+def tokens_bytes(vocab, n: int = 20) -> float:
+    """Bytes per episode of the tokens files (stages/tokens.py's write_tokens) of `n`
+    episodes drawn as the index's: what the index is built from."""
+    import tempfile
+
+    from scribeflow.stages.tokens import write_tokens
+
+    rng, words = np.random.default_rng(7), [w[:3] for w in vocab]
+    total = 0
+    with tempfile.TemporaryDirectory() as tmp:
+        for i in range(n):
+            table, meta, _, _ = episode(rng, words, i, 1)
+            path = Path(tmp) / f"{i}.parquet"
+            write_tokens(table.replace_schema_metadata({METADATA_KEY: json.dumps(meta).encode()}), path)
+            total += path.stat().st_size
+    return total / n
+
+
+def fresh_searches(path: Path, shows: int) -> dict:
+    """In a new process, as `scribeflow search` runs: the first query's time from the
+    process's start (Python, the imports, UniDic's dictionary, the index), then 200 more
+    (a fifth within one show): p50 and p95."""
+    code = f"""
+import json, random, statistics, sys, time
+t0 = time.perf_counter()
+sys.path.insert(0, {str(REPO / 'src')!r})
+from scribeflow.stages.concordance import Index, search
+queries = {QUERIES!r}
+with Index({str(path)!r}, readonly=True) as index:
+    first = search(index, queries[0], limit=20)
+    first_s = time.perf_counter() - t0
+    rng, times, found = random.Random(3), [], 0
+    for i in range(200):
+        series = f"show{{rng.randrange({shows}):04d}}" if i % 5 == 0 else None
+        started = time.perf_counter()
+        found += len(search(index, queries[i % len(queries)], series=series, limit=20)["hits"]) > 0
+        times.append(time.perf_counter() - started)
+print(json.dumps({{"first_s": first_s, "first_hits": len(first["hits"]), "first_uses": first["uses"],
+                  "p50_ms": 1000 * statistics.median(times), "p95_ms": 1000 * statistics.quantiles(times, n=20)[18],
+                  "with_hits": found}}))
+"""
+    started = time.perf_counter()
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    result["process_s"] = time.perf_counter() - started
+    return result
+
+
+def bulk(episodes: int, work: Path) -> int:
+    work.mkdir(parents=True, exist_ok=True)
+    path = work / "bulk-index.db"
+    path.unlink(missing_ok=True)
+    vocab = real_words(vocabulary(random.Random(1)))
+    shows = -(-episodes // EPISODES_PER_SHOW)
+    print(f"{time.strftime('%Y-%m-%d %H:%M')}: {episodes:,} synthetic 24-min Japanese episodes in bulk "
+          f"({SEGMENTS} segments, {SEGMENTS * WORDS_PER_SEGMENT:,} tokens each, Zipf over {VOCABULARY:,} words with "
+          f"{len(REAL_WORDS)} real ones, {shows:,} shows)", flush=True)
+    took = bulk_build(path, episodes, vocab)
+    size, tables = path.stat().st_size, table_sizes(path)
+    fixed = sum(n for name, n in tables.items() if name.startswith(BOUNDED))
+    full = fixed + (size - fixed) * CATALOGUE / episodes
+    per_token = tokens_bytes(vocab)
+    print(f"laid down in {took:.0f} s; index {size / 1e9:.2f} GB: {(size - fixed) / episodes:,.0f} bytes an episode "
+          f"and {fixed / 1e6:.0f} MB of words (bounded by the vocabulary); {full / 1e9:.1f} GB at {CATALOGUE:,} "
+          f"episodes" + (" (extrapolated)" if episodes < CATALOGUE else ""))
+    for name, n in tables.items():
+        grows = not name.startswith(BOUNDED)
+        print(f"  {name:<26} {n / 1e6:9.1f} MB" + (f" {n / episodes:8,.0f} bytes an episode" if grows else ""))
+    print(f"the tokens it is built from (write_tokens, the same synthetic words): {per_token:,.0f} bytes an episode, "
+          f"{per_token * CATALOGUE / 1e9:.1f} GB at {CATALOGUE:,}; the index without the words: "
+          f"{(size - fixed) / episodes / per_token:.0%} of them; the seed's budget: tokens ~5 GB, analysis ~2 GB")
+    r = fresh_searches(path, shows)
+    print(f"fresh process: first query ({QUERIES[0]}, {r['first_hits']} hits of {r['first_uses']:,} uses) "
+          f"{r['first_s']:.2f} s from the process's start (UniDic's dictionary loaded, target <= 2 s; the process, "
+          f"with the 200 below, {r['process_s']:.2f} s); then 200 Japanese queries: p50 {r['p50_ms']:.1f} ms, p95 {r['p95_ms']:.1f} ms "
+          f"(target <= 200 ms), {r['with_hits']} with hits", flush=True)
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[2000, 6000, 12000])
     parser.add_argument("--work", type=Path, default=Path("/tmp/scribeflow-concordance-bench"))
+    parser.add_argument("--bulk", type=int, default=None, metavar="EPISODES",
+                        help="lay down this many episodes in bulk (171881: the whole catalogue) and measure the "
+                        "search with Japanese queries in a fresh process, and the index's size")
     args = parser.parse_args()
+    if args.bulk:
+        return bulk(args.bulk, args.work)
     shutil.rmtree(args.work, ignore_errors=True)
     (args.work / "lemmas").mkdir(parents=True)
     rng, nprng = random.Random(1), np.random.default_rng(1)

@@ -69,8 +69,9 @@ CREATE TABLE IF NOT EXISTS episodes (
     added_at REAL
 );
 CREATE INDEX IF NOT EXISTS episodes_show ON episodes(show);
--- An episode's segments, [start, end, text, tokens, morae] each, as zlib-compressed JSON: a
--- search shows a few sentences of an episode, and a sentence alone compresses poorly.
+-- An episode's segments, [start, end, text, morae] each, as compressed JSON in blocks
+-- of 64 (BLOCK): a search shows a few sentences of an episode, and a sentence alone
+-- compresses poorly.
 CREATE TABLE IF NOT EXISTS texts (
     episode INTEGER PRIMARY KEY,
     segments BLOB NOT NULL,
@@ -257,10 +258,11 @@ class Index:
             c.executemany("INSERT INTO occurrences VALUES (?, ?, ?)",
                           ((ids[key], eid, varints(sorted(segs), gaps=True)) for key, segs in uses.items()))
             rows = _segment_rows(segments, cols["segment"], cols.get("morae"))
+            tokens = Counter(cols["segment"])
             c.execute("INSERT INTO texts VALUES (?, ?, ?, ?)", (eid, _pack(rows), _kinds_json(kinds),
                                                                 varints(sorted(ids.values()), gaps=True)))
             self._count(c, show, {ids[key]: _spoken(segs, kinds) for key, segs in uses.items()}, +1)
-            self._set_sums(c, eid, rows, kinds)
+            self._set_sums(c, eid, rows, kinds, tokens)
 
     def mark(self, episode: str, kinds: dict[int, str]) -> bool:
         """Give segments of an indexed episode a kind: `kinds` maps a segment's number (its
@@ -289,13 +291,14 @@ class Index:
             new = _merged(old, kinds, len(rows), episode)
             if new == old:
                 return False
-            before, after = {}, {}
+            before, after, tokens = {}, {}, Counter()
             for word, segs in self._uses(c, eid, unvarints(words, gaps=True)):
                 before[word], after[word] = _spoken(segs, old), _spoken(segs, new)
+                tokens.update(segs)
             self._count(c, show, before, -1)
             self._count(c, show, after, +1)
             c.execute("UPDATE texts SET kinds = ? WHERE episode = ?", (_kinds_json(new), eid))
-            self._set_sums(c, eid, rows, new)
+            self._set_sums(c, eid, rows, new, tokens)
             return True
 
     def kinds_of(self, episode: str) -> dict[int, str]:
@@ -324,9 +327,9 @@ class Index:
                       [(wid, show) for _, _, wid, _ in said])
 
     @staticmethod
-    def _set_sums(c, eid: int, rows: list, kinds: dict[int, str]) -> None:
+    def _set_sums(c, eid: int, rows: list, kinds: dict[int, str], tokens: Counter) -> None:
         c.execute("UPDATE episodes SET speech_s = ?, segments = ?, chars = ?, tokens = ?, morae = ?, kanji = ? "
-                  "WHERE id = ?", (*_sums(rows, kinds), eid))
+                  "WHERE id = ?", (*_sums(rows, kinds, tokens), eid))
 
     @staticmethod
     def _uses(c, eid: int, words: list[int]):
@@ -365,14 +368,14 @@ class Index:
         return eid
 
     def segments_of(self, eid: int) -> list:
-        """An episode's segments: [start, end, text, tokens, morae] each."""
+        """An episode's segments: [start, end, text, morae] each."""
         row = self.conn.execute("SELECT segments FROM texts WHERE episode = ?", (eid,)).fetchone()
         return _unpack(row[0]) if row else []
 
-    def text_of(self, eid: int) -> tuple[list, dict[int, str]]:
-        """An episode's segments and the kinds of those that are not speech."""
+    def text_of(self, eid: int) -> tuple[Segments | list, dict[int, str]]:
+        """An episode's segments (read a block at a time) and the kinds of those that are not speech."""
         row = self.conn.execute("SELECT segments, kinds FROM texts WHERE episode = ?", (eid,)).fetchone()
-        return (_unpack(row[0]), _kinds_of(row[1])) if row else ([], {})
+        return (Segments(row[0]), _kinds_of(row[1])) if row else ([], {})
 
     # -- reading ----------------------------------------------------------------------------
     def episode_count(self, series: str | None = None) -> int:
@@ -447,34 +450,86 @@ def _spoken(segments: list[int], kinds: dict[int, str]) -> int:
 
 
 def _segment_rows(segments: list[dict], token_segments: list[int], morae: list | None) -> list:
-    """[start, end, text, tokens, morae] of each segment: what an episode's figures are
-    counted from again when its kinds change."""
-    tokens, said = Counter(token_segments), Counter()
+    """[start, end, text, morae] of each segment: what an episode's figures are counted
+    from again when its kinds change (its tokens per segment: from its uses)."""
+    said = Counter()
     for seg, m in zip(token_segments, morae or []):
         said[seg] += m or 0
-    return [[s["start"], s["end"], s["text"], tokens[i], said[i]] for i, s in enumerate(segments)]
+    return [[s["start"], s["end"], s["text"], said[i]] for i, s in enumerate(segments)]
 
 
-def _sums(rows: list, kinds: dict[int, str]) -> tuple:
+def _sums(rows: list, kinds: dict[int, str], tokens: Counter) -> tuple:
     """speech seconds, segments, characters said, tokens, morae (None without) and kanji of
-    the speech segments."""
+    the speech segments; `tokens`: the tokens of each segment."""
     speech = [r for i, r in enumerate(rows) if i not in kinds]
     text = "".join(r[2] for r in speech)
     kanji = "".join(sorted({c for c in text if is_kanji(c)}))
     # Characters said: letters and digits, not punctuation, symbols or spaces.
     chars = sum(1 for c in text if unicodedata.category(c)[0] in "LN")
-    morae = sum(r[4] for r in speech)
-    return (round(sum(max(0.0, r[1] - r[0]) for r in speech), 3), len(speech), chars, sum(r[3] for r in speech),
-            morae or None, kanji)
+    morae = sum(r[3] for r in speech)
+    spoken = sum(n for seg, n in tokens.items() if seg not in kinds)
+    return round(sum(max(0.0, r[1] - r[0]) for r in speech), 3), len(speech), chars, spoken, morae or None, kanji
+
+
+# Segments are compressed in blocks of BLOCK, so that a search's hit decompresses one block
+# of its episode rather than the whole episode (a sentence alone compresses poorly).
+BLOCK = 64
 
 
 def _pack(rows: list) -> bytes:
-    return zlib.compress(json.dumps(rows, ensure_ascii=False, separators=(",", ":")).encode(), 6)
+    """varint(blocks), varint(each block's length), then the blocks: raw deflate of the
+    JSON of BLOCK segments each."""
+    blocks = [_deflate(json.dumps(rows[i:i + BLOCK], ensure_ascii=False, separators=(",", ":")).encode())
+              for i in range(0, len(rows), BLOCK)]
+    return varints([len(blocks), *map(len, blocks)]) + b"".join(blocks)
+
+
+def _deflate(data: bytes) -> bytes:
+    z = zlib.compressobj(6, zlib.DEFLATED, -15)
+    return z.compress(data) + z.flush()
+
+
+class Segments:
+    """An episode's packed segments, a block decompressed when one of its segments is read."""
+
+    def __init__(self, packed: bytes):
+        self.packed, self.blocks = packed, {}
+        n, pos = _varint_at(packed, 0)
+        self.bounds = []
+        for _ in range(n):
+            length, pos = _varint_at(packed, pos)
+            self.bounds.append(length)
+        starts = [pos]
+        for length in self.bounds:
+            starts.append(starts[-1] + length)
+        self.starts = starts
+
+    def block(self, b: int) -> list:
+        if b not in self.blocks:
+            raw = zlib.decompress(self.packed[self.starts[b]:self.starts[b + 1]], -15)
+            self.blocks[b] = json.loads(raw)
+        return self.blocks[b]
+
+    def __getitem__(self, i: int) -> list:
+        return self.block(i // BLOCK)[i % BLOCK]
+
+    def all(self) -> list:
+        return [row for b in range(len(self.bounds)) for row in self.block(b)]
+
+
+def _varint_at(data: bytes, pos: int) -> tuple[int, int]:
+    v, shift = 0, 0
+    while True:
+        b = data[pos]
+        pos += 1
+        v |= (b & 0x7F) << shift
+        shift += 7
+        if not b & 0x80:
+            return v, pos
 
 
 def _unpack(packed: bytes) -> list:
-    rows = json.loads(zlib.decompress(packed))
-    return [r + [0, 0] if len(r) == 3 else r for r in rows]
+    return Segments(packed).all()
 
 
 def _kinds_of(stored: str | None) -> dict[int, str]:
@@ -597,13 +652,13 @@ def search(index: Index, word: str, series: str | None = None, limit: int = 20, 
     others = [wids for label, wids in ids.items() if label != rarest]
     keys = set(index.word_keys([w for wids in ids.values() for w in wids]))
     needle = nfkc(word).strip()
-    current, rows, marks, seen = None, [], {}, set()
+    current, rows, marks, seen, using = None, [], {}, set(), {}
     for eid, idx in _postings(c, ids[rarest], series):
         if eid != current:  # one episode's text at a time: hits come by episode
-            current, seen = eid, set()
+            current, seen, using = eid, set(), {}
             rows, marks = index.text_of(eid)
         kind = marks.get(idx, SPEECH)
-        if idx in seen or (kinds and kind not in kinds) or not _uses_all(c, others, eid, idx):
+        if idx in seen or (kinds and kind not in kinds) or not _uses_all(c, others, eid, idx, using):
             continue
         seen.add(idx)
         start, end, text = rows[idx][:3]
@@ -638,8 +693,14 @@ def _uses_of(c, wids: list[int], series: str | None) -> tuple[int, int | None]:
     return uses, episodes if len(wids) == 1 or not uses else None
 
 
-def _uses_all(c, others: list[list[int]], eid: int, idx: int) -> bool:
-    return all(any(idx in _segments_using(c, w, eid) for w in wids) for wids in others)
+def _uses_all(c, others: list[list[int]], eid: int, idx: int, using: dict) -> bool:
+    """Whether segment `idx` of episode `eid` uses a word of each of `others`; `using`: the
+    segments each word is used in, read once per episode."""
+    for wids in others:
+        if not any(idx in (using[w] if w in using else using.setdefault(w, set(_segments_using(c, w, eid))))
+                   for w in wids):
+            return False
+    return True
 
 
 def _segments_using(c, word: int, eid: int) -> list[int]:
