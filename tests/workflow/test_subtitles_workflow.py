@@ -39,13 +39,15 @@ def _page(name: str, video: str, tracks: dict[str, str]) -> str:
 def test_mixed_sources_in_one_run_and_no_media_for_the_subtitled(tmp_path, speech_dir, model_path):
     site = tmp_path / "site"
     site.mkdir()
-    for n in range(1, 6):
+    for n in range(1, 7):
         shutil.copy(speech_dir / f"ep{n:02d}.mp4", site / f"ep{n:02d}.mp4")
     (site / "ep02.ja.vtt").write_text(VTT_JA, encoding="utf-8")
     (site / "ep03.en.vtt").write_text(VTT_EN, encoding="utf-8")
     (site / "watch02.html").write_text(_page("Episode 2", "ep02.mp4", {"ja": "ep02.ja.vtt"}), encoding="utf-8")
     # English subtitles labelled Japanese (as sites do): the script tells the translation.
     (site / "watch03.html").write_text(_page("Episode 3", "ep03.mp4", {"ja": "ep03.en.vtt"}), encoding="utf-8")
+    # A page whose subtitle track is gone (404): its media is fine, so it is transcribed by ASR.
+    (site / "watch06.html").write_text(_page("Episode 6", "ep06.mp4", {"ja": "ep06.ja.vtt"}), encoding="utf-8")
     subs = tmp_path / "subs"
     subs.mkdir()
     (tmp_path / "ep01.ass").write_text(ASS_JA, encoding="utf-8")
@@ -62,6 +64,7 @@ def test_mixed_sources_in_one_run_and_no_media_for_the_subtitled(tmp_path, speec
             {"id": "ep03", "url": server.url("watch03.html"), "language": "ja"},
             {"id": "ep04", "url": server.url("ep04.mp4"), "language": "en"},  # nothing: ASR
             {"id": "ep05", "url": server.url("ep05.mp4"), "language": "ja"},  # the folder's ep05.ja.srt
+            {"id": "ep06", "url": server.url("watch06.html"), "language": "ja"},  # its track answers 404: ASR
         ]
         catalogue = write_catalogue(tmp_path / "episodes.csv", rows)
         config = workflow_config(tmp_path, catalogue, model_path, subtitles={"folder": str(subs)},
@@ -77,7 +80,7 @@ def test_mixed_sources_in_one_run_and_no_media_for_the_subtitled(tmp_path, speec
 
     data = tmp_path / "data"
     t = {e: json.loads((data / "transcripts" / f"{e}.json").read_text()) for e in ("ep01", "ep02", "ep03", "ep04",
-                                                                                  "ep05")}
+                                                                                  "ep05", "ep06")}
     # The column's ASS: dialogue only (the sign is gone), with its times.
     assert t["ep01"]["source"] == "subtitles" and t["ep01"]["subtitle"]["origin"] == "column"
     assert [(s["start"], s["end"], s["text"]) for s in t["ep01"]["segments"]] == [
@@ -85,7 +88,7 @@ def test_mixed_sources_in_one_run_and_no_media_for_the_subtitled(tmp_path, speec
     assert t["ep02"]["source"] == "subtitles" and t["ep02"]["subtitle"]["origin"] == "page"
     assert t["ep02"]["text"] == "犬と一緒に走った。 とても楽しかった。"
     assert t["ep05"]["source"] == "subtitles" and t["ep05"]["subtitle"]["file"].endswith("ep05.ja.srt")
-    assert t["ep03"]["source"] == t["ep04"]["source"] == "asr"
+    assert t["ep03"]["source"] == t["ep04"]["source"] == t["ep06"]["source"] == "asr"
     assert "I ran with the dog" not in t["ep03"]["text"] and t["ep03"]["model"] == model_path
     # The server never saw a request for a subtitled episode's media; the ASR ones were fetched.
     assert not [p for p in requested if p.endswith(("ep01.mp4", "ep02.mp4", "ep05.mp4"))], requested
@@ -94,12 +97,19 @@ def test_mixed_sources_in_one_run_and_no_media_for_the_subtitled(tmp_path, speec
     # ep03's translation was refused, with its reason, in its verdict.
     verdict = json.loads((data / "subtitles" / "ep03.subtitle.json").read_text())
     assert not verdict["usable"] and "ep03.ja.vtt: 0% of its letters are in ja's script" in verdict["refused"][0]
+    # ep06's track could not be fetched: the download went on to the media, the reason kept.
+    assert [p for p in requested if p.endswith("ep06.ja.vtt")] and [p for p in requested if p.endswith("ep06.mp4")]
+    verdict = json.loads((data / "subtitles" / "ep06.subtitle.json").read_text())
+    assert not verdict["usable"] and "the page's ja track" in verdict["refused"][0] and "404" in verdict["refused"][0]
 
     # The budget: the subtitled episodes reserved nothing and had no audio; no download job
     # ran for the local ones at all.
     db = sqlite3.connect(data / "jobs.db")
     rows_db = dict(db.execute("SELECT id, transcript_source FROM jobs"))
-    assert rows_db == {"ep01": "subtitles", "ep02": "subtitles", "ep03": "asr", "ep04": "asr", "ep05": "subtitles"}
+    assert rows_db == {"ep01": "subtitles", "ep02": "subtitles", "ep03": "asr", "ep04": "asr", "ep05": "subtitles",
+                       "ep06": "asr"}
+    attempts = dict(db.execute("SELECT id, attempts FROM jobs"))
+    assert attempts["ep06"] <= 1, attempts  # not a failure of the episode
     sizes = dict(db.execute("SELECT id, COALESCE(video_size_bytes, 0) + COALESCE(declared_bytes, 0) FROM jobs"))
     assert sizes["ep01"] == sizes["ep02"] == sizes["ep05"] == 0 and sizes["ep04"] > 10_000
     assert not (data / "logs" / "download" / "ep01.log").exists()
@@ -111,19 +121,19 @@ def test_mixed_sources_in_one_run_and_no_media_for_the_subtitled(tmp_path, speec
     episodes = (data / "analysis" / "corpus" / "episodes.tsv").read_text().splitlines()
     header = episodes[0].split("\t")
     by_id = {line.split("\t")[header.index("id")]: line.split("\t") for line in episodes[1:]}
-    assert set(by_id) == {"ep01", "ep02", "ep03", "ep04", "ep05"}
+    assert set(by_id) == {"ep01", "ep02", "ep03", "ep04", "ep05", "ep06"}
     assert by_id["ep01"][header.index("source")] == "subtitles" and by_id["ep04"][header.index("source")] == "asr"
     coverage = (data / "analysis" / "corpus" / "coverage.tsv").read_text().splitlines()
     corpus_row = dict(zip(coverage[0].split("\t"), coverage[1].split("\t")))
-    assert corpus_row["scope"] == "corpus" and corpus_row["subtitle_episodes"] == "3" and corpus_row["episodes"] == "5"
+    assert corpus_row["scope"] == "corpus" and corpus_row["subtitle_episodes"] == "3" and corpus_row["episodes"] == "6"
     frequency = (data / "analysis" / "corpus" / "lemma_frequency.tsv").read_text()
     assert "食べる" in frequency and "猫" in frequency
 
     # Status counts by source.
     cli = ["--configfile", str(tmp_path / "config.yaml")]
     snap = json.loads(scribeflow(tmp_path, "status", "--json", *cli))
-    assert snap["sources"] == {"subtitles": 3, "asr": 2, "subtitles_planned": 0}
-    assert "3 from subtitles, 2 by ASR" in scribeflow(tmp_path, "status", *cli)
+    assert snap["sources"] == {"subtitles": 3, "asr": 3, "subtitles_planned": 0}
+    assert "3 from subtitles, 3 by ASR" in scribeflow(tmp_path, "status", *cli)
     assert 'scribeflow_transcripts{source="subtitles"} 3.0' in scribeflow(tmp_path, "metrics", *cli)
     assert "3 transcripts from subtitles" in scribeflow(tmp_path, "plan", *cli)
     # The ledger agrees with the files: a transcript from a subtitle is a complete one.
