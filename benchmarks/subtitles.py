@@ -4,6 +4,7 @@
     python benchmarks/subtitles.py                          # 40 episodes from a folder of ASS files
     python benchmarks/subtitles.py --source page            # ... from the player pages' own tracks
     python benchmarks/subtitles.py --evaluate 3             # and evaluate on 3 Japanese clips (base)
+    python benchmarks/subtitles.py --plan 2000              # a plan's judging, and the gate's look after it
 
 Episodes: a 24-min episode's worth of dialogue each (450 ASS lines with styles, a sign and
 a karaoke line among them, Japanese text), either in `subtitles.folder` (planned as one job
@@ -153,6 +154,44 @@ def evaluate_cost(clips: int, work: Path) -> dict:
             "cpu": after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime}
 
 
+def plan_cost(episodes: int, work: Path) -> dict:
+    """What a plan's judging costs per subtitle file (parse, caption cleaning, the verdict's
+    atomic write and its bytes told to the gate), and what the gate's next look then costs
+    with those verdicts told (no reconciliation since): the Finder the Snakefile uses."""
+    from scribeflow.budget.monitor import DiskMonitor
+    from scribeflow.config.layout import Layout
+    from scribeflow.config.settings import validate
+    from scribeflow.stages import subtitles
+    from scribeflow.state.ledger import Ledger
+
+    shutil.rmtree(work / "plan", ignore_errors=True)
+    subs = work / "plan" / "subs"
+    subs.mkdir(parents=True)
+    for i in range(episodes):
+        (subs / f"p{i:05d}.ja.ass").write_text(episode_ass(i), encoding="utf-8")
+    settings = validate({"data_dir": str(work / "plan" / "data"), "subtitles": {"folder": str(subs)}})
+    with Ledger.for_config(settings) as ledger:
+        ledger.enqueue(["old"])
+    monitor = DiskMonitor.from_config(settings)
+    monitor.reconcile()
+    look = time.perf_counter()
+    monitor.current_usage(fresh=True)
+    look = time.perf_counter() - look
+    finder = subtitles.Finder(settings, Layout.from_config(settings), lambda e, c: "ja" if c == "language" else None)
+    before = resource.getrusage(resource.RUSAGE_SELF)
+    started = time.perf_counter()
+    assert all(finder.subtitled(f"p{i:05d}") for i in range(episodes))
+    wall = time.perf_counter() - started
+    after = resource.getrusage(resource.RUSAGE_SELF)
+    told = time.perf_counter()
+    usage = monitor.current_usage(fresh=True)
+    told = time.perf_counter() - told
+    folder = Layout.from_config(settings).subtitles
+    on_disk = sum(e.stat().st_blocks * 512 for e in os.scandir(folder))
+    return {"episodes": episodes, "wall": wall, "cpu": after.ru_utime + after.ru_stime - before.ru_utime
+            - before.ru_stime, "on_disk": on_disk, "counted": usage.transcripts, "look": look, "look_told": told}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--episodes", type=int, default=40)
@@ -160,7 +199,17 @@ def main() -> int:
     parser.add_argument("--cores", type=int, default=os.cpu_count() or 2)
     parser.add_argument("--evaluate", type=int, default=0, metavar="CLIPS")
     parser.add_argument("--work", type=Path, default=Path("/tmp/scribeflow-subtitles-bench"))
+    parser.add_argument("--plan", type=int, default=0, metavar="EPISODES",
+                        help="only the plan's judging of EPISODES subtitle files and the gate's next look")
     args = parser.parse_args()
+    if args.plan:
+        p = plan_cost(args.plan, args.work)
+        print(f"{time.strftime('%Y-%m-%d')}: a plan judges {p['episodes']} subtitle files (450 ASS lines each): "
+              f"{p['wall']:.1f} s wall, {1000 * p['wall'] / p['episodes']:.1f} ms and "
+              f"{1000 * p['cpu'] / p['episodes']:.1f} CPU ms a file; verdicts {p['on_disk'] / 1e6:.1f} MB on disk, "
+              f"{p['counted'] / 1e6:.1f} MB counted by the gate's next look (no walk since)")
+        print(f"the gate's look: {1000 * p['look']:.1f} ms before the plan, {1000 * p['look_told']:.1f} ms after it")
+        return 0
 
     r = run(args, args.work)
     n = r["episodes"]
