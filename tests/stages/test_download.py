@@ -3,6 +3,7 @@
 import os
 import shutil
 import subprocess
+from pathlib import Path
 
 import pytest
 from support.server import MediaServer
@@ -153,4 +154,24 @@ def test_the_retry_declares_what_fits_and_never_fits_only_when_even_the_least_wh
     never = SizeExceeded("ep: stopped", written=1_500_000, fraction=(0.1, 0.2), declared=1_000_000)
     with pytest.raises(DownloadFailed, match=r"never fits.*at least 7.5 MB in all") as raised:
         _declare_after_stop(never, settings, "ep", retried=False)
+    assert raised.value.permanent
+
+
+def test_a_stream_of_unknown_size_that_cannot_fit_beside_the_kept_files_never_fits_in_its_first_run(tmp_path):
+    """Stopped at 1.5 MB of an unknown total under a 4 MB budget: an empty pipeline could
+    take its least whole, but 3 MB of transcripts are kept: it can never be admitted, so it
+    is given up now, with its sizes, instead of waiting at the gate every run."""
+    from scribeflow.budget.gate import DownloadGate
+    from scribeflow.stages.download import SizeExceeded, _declare_after_stop, largest_now
+
+    _, settings = small_budget(tmp_path, 4)
+    stopped = SizeExceeded("ep: stopped", written=1_500_000, fraction=None, declared=1_000_000)
+    assert _declare_after_stop(stopped, settings, "ep", retried=False)  # an empty pipeline could take it
+    transcripts = Path(settings.data_dir) / "transcripts"
+    transcripts.mkdir(parents=True, exist_ok=True)
+    (transcripts / "kept.json").write_bytes(b"x" * 3_000_000)
+    gate = DownloadGate.from_config(settings)
+    with pytest.raises(DownloadFailed, match=r"never fits.*1.5 MB written of an unknown total.*beside the files "
+                                             r"the pipeline keeps") as raised:
+        _declare_after_stop(stopped, settings, "ep", retried=False, limit=largest_now(settings, gate))
     assert raised.value.permanent

@@ -641,10 +641,12 @@ def _declare_after_stop(exc: SizeExceeded, settings: Settings, episode: str, ret
                              f"{human_bytes(declared)} after measuring it, stopped at {human_bytes(written)}): "
                              f"it cannot be sized, so it never fits this budget. {fix}", permanent=True)
     if reservation(settings, at_least) > limit:
-        raise DownloadFailed(f"{episode}: never fits: the download grew past its declared "
-                             f"{human_bytes(declared)} ({how}), more than "
-                             f"the {human_bytes(limit)} one download may take under the hard limit of "
-                             f"{human_bytes(settings.disk_management.hard_limit_gb * GB)}. {fix}", permanent=True)
+        hard = human_bytes(settings.disk_management.hard_limit_gb * GB)
+        beside = " beside the files the pipeline keeps (transcripts, tokens, the ledger)" \
+            if limit < largest_download(settings) else ""
+        raise DownloadFailed(f"{episode}: never fits: the download grew past its declared {human_bytes(declared)} "
+                             f"({how}), more than the {human_bytes(limit)} one download may take under the hard "
+                             f"limit of {hard}{beside}. {fix}", permanent=True)
     # Each is at least the least whole, which fits (above): the first that fits is declared.
     return next(e for e in (math.ceil(c) for c in (first, at_least * margin, at_least))
                 if reservation(settings, e) <= limit)
