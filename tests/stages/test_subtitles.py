@@ -119,6 +119,18 @@ def test_closed_captions_are_reduced_to_what_was_said(tmp_path):
                                                               "markers": 5}
 
 
+def test_webvtt_voices_and_ruby_are_speakers_and_readings(tmp_path):
+    path = tmp_path / "ep01.ja.vtt"
+    path.write_text("WEBVTT\n\n00:00:01.000 --> 00:00:02.500\n<v 健太>猫が走っていた。</v>\n\n"
+                    "00:00:03.000 --> 00:00:04.000\n<c.yellow>魚</c>の<ruby>漢字<rt>かんじ</rt></ruby>を書く\n",
+                    encoding="utf-8")
+    cleaned = subtitles.Cleaned()
+    assert subtitles.segments(subtitles.load(path), cleaned=cleaned) == [
+        {"start": 1.0, "end": 2.5, "text": "猫が走っていた。", "speaker": "健太"},
+        {"start": 3.0, "end": 4.0, "text": "魚の漢字を書く"}]
+    assert (cleaned.speakers, cleaned.readings) == (1, 1)
+
+
 def test_a_file_of_songs_and_sounds_alone_is_no_transcript(tmp_path):
     path = tmp_path / "ep09.ja.srt"
     path.write_text("1\n00:00:01,000 --> 00:00:03,000\n♪～\n\n2\n00:00:04,000 --> 00:00:05,000\n［拍手］\n",

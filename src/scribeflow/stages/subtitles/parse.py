@@ -49,10 +49,22 @@ def load(path: str | Path):
         except UnicodeDecodeError:
             continue
         try:
-            return pysubs2.SSAFile.from_string(text)
+            return pysubs2.SSAFile.from_string(_vtt_markup(text))
         except Exception as exc:  # pysubs2 raises its own kinds, and ValueError, on a bad file
             failure = f"not a subtitle file pysubs2 reads ({exc})"
     raise SubtitleError(f"{path}: {failure}")
+
+
+_VTT_VOICE = re.compile(r"<v(?:\.[\w.-]+)?\s+([^>]+)>")
+_VTT_RUBY = re.compile(r"<rt>(.*?)</rt>")
+
+
+def _vtt_markup(text: str) -> str:
+    """WebVTT's voice spans and ruby, which pysubs2 drops or glues to the text, written as
+    captions write them: <v 健太> as a label （健太）, <rt>かんじ</rt> as a reading (かんじ)."""
+    if not text.lstrip("\ufeff").startswith("WEBVTT"):
+        return text
+    return _VTT_RUBY.sub(r"(\1)", _VTT_VOICE.sub(r"（\1）", text))
 
 
 def join(lines: list[str]) -> str:
