@@ -119,6 +119,16 @@ def test_closed_captions_are_reduced_to_what_was_said(tmp_path):
                                                               "markers": 5}
 
 
+def test_english_captions_sounds_and_speakers_follow_their_own_conventions():
+    cleaned = subtitles.Cleaned()
+    parts = [subtitles.caption_lines(lines, None, cleaned) for lines in
+             (["(sighs) Okay."], ["JOHN: Hello there."], ["[door opens]", "- Who is it?", "- Me."])]
+    assert parts == [[{"kind": "sound", "lines": ["sighs"]}, {"lines": ["Okay."]}],
+                     [{"speaker": "JOHN", "lines": ["Hello there."]}],
+                     [{"kind": "sound", "lines": ["door opens"]}, {"lines": ["Who is it?"]}, {"lines": ["Me."]}]]
+    assert (cleaned.speakers, cleaned.sounds, cleaned.markers) == (1, 2, 2)
+
+
 def test_webvtt_voices_and_ruby_are_speakers_and_readings(tmp_path):
     path = tmp_path / "ep01.ja.vtt"
     path.write_text("WEBVTT\n\n00:00:01.000 --> 00:00:02.500\n<v 健太>猫が走っていた。</v>\n\n"

@@ -2,7 +2,8 @@
 streaming captions (and of fansubs), full-width and half-width alike.
 
 - A speaker label at a line's start, （健太） (健太) 〈健太〉 <健太>, or on a line of its own
-  before the lines it names, becomes the segment's `speaker` (an ASS event's Name field too).
+  before the lines it names, becomes the segment's `speaker` (an ASS event's Name field
+  too; in English captions, a name in capitals before a colon, JOHN:).
 - A sound description, ［ドアの開く音］ [笑い声] 〔拍手〕 【銃声】, or a parenthesis that is no
   label and no reading, (笑い声) （ため息）, becomes a segment of kind `sound`.
 - A line with ♪ ♬ ♫, or lyrics wrapped in ～ ～ (〜, ~), becomes a segment of kind `song`.
@@ -21,6 +22,7 @@ KANA = r"ぁ-ゖァ-ヺー・ｦ-ﾟ"
 _READING = re.compile(rf"(?<=[{KANJI}])[（(][{KANA}]+[）)]")
 _BRACKETED = re.compile(r"[［\[〔【]([^］\]〕】]*)[］\]〕】]")
 _LABEL = re.compile(r"^[（(〈<]([^）)〉>（(〈<]{1,16})[）)〉>]\s*")
+_CAPS_NAME = re.compile(r"^([A-Z][A-Z0-9 .'-]{0,24}):\s+(?=\S)")  # English captions' "JOHN: ..."
 _PAREN = re.compile(r"[（(]([^）)]*)[）)]")
 _SONG = re.compile(r"[♪♬♫🎵🎶]")
 _WAVE = "～〜~"
@@ -48,7 +50,9 @@ class Cleaned:
 
 
 def _is_sound(label: str) -> bool:
-    return any(word in label for word in SOUND_WORDS)
+    """A description rather than a name: a word of a sound in it, or no Japanese at all
+    (English captions put sounds and manners in parentheses, (sighs), and names before a colon)."""
+    return any(word in label for word in SOUND_WORDS) or not re.search(rf"[{KANJI}{KANA}ぁ-ゟ]", label)
 
 
 def _strip_markers(line: str, cleaned: Cleaned) -> str:
@@ -73,6 +77,10 @@ def _label(line: str, more_follows: bool, cleaned: Cleaned) -> tuple[str | None,
     """(a speaker named at the line's start, the rest of the line, a sound the label was)."""
     match = _LABEL.match(line)
     if not match:
+        named = _CAPS_NAME.match(line)
+        if named:
+            cleaned.speakers += 1
+            return named.group(1).strip(), line[named.end():], None
         return None, line, None
     label, rest = match.group(1).strip(), line[match.end():]
     if _is_sound(label) or not (rest or more_follows):
