@@ -127,3 +127,25 @@ def test_the_dashboard_on_a_port_in_use_says_so_in_one_line(tmp_path):
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and f"127.0.0.1:{port}" in lines[0] and "--port" in lines[0], proc.stderr
+
+
+def test_every_read_command_says_first_what_it_reads(tmp_path):
+    data = _data_dir(tmp_path)
+    configfile = _config(tmp_path, data)
+    said = f"Reading {configfile}; data folder {data}"
+    for command in (["status"], ["failed"], ["failed", "--json"], ["plan"], ["check"], ["plots"], ["metrics"],
+                    ["search", "猫"], ["export", "yomitan"]):
+        proc = _run(tmp_path, *command, "--configfile", str(configfile))
+        first = (proc.stderr if command[0] in ("metrics", "search") or "--json" in command else proc.stdout)
+        assert first.splitlines()[0] == said, (command, proc.stdout[-2000:], proc.stderr[-2000:])
+    dashboard = subprocess.Popen([sys.executable, "-m", "scribeflow.ops.cli", "dashboard", "--port", "0",
+                                  "--configfile", str(configfile)], cwd=tmp_path, stdout=subprocess.PIPE, text=True)
+    try:
+        assert dashboard.stdout.readline().rstrip("\n") == said
+    finally:
+        dashboard.terminate()
+        dashboard.wait(10)
+    # Run from elsewhere without the run's config: it says so, whatever the command.
+    for command in (["failed"], ["check"]):
+        lines = _run(tmp_path / "data", *command).stdout.splitlines()
+        assert lines[1].startswith(f"no data folder at {data / 'data'}: is this the run's --configfile?"), lines

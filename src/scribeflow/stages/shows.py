@@ -89,6 +89,33 @@ def show_label(series, season) -> str:
     return f"{name} {season}"
 
 
+# Where a show's name may go around its point (points, alignment): the first that overlaps no
+# name placed before and stays inside the axes is taken.
+NAME_PLACES = (((3, 3), "left"), ((3, -9), "left"), ((-3, 3), "right"), ((-3, -9), "right"), ((3, 11), "left"),
+               ((-3, 11), "right"), ((3, -17), "left"), ((-3, -17), "right"))
+
+
+def _label_points(ax, data) -> None:
+    """Name every show beside its point, where the name overlaps no other."""
+    from matplotlib.text import Text
+
+    renderer = ax.figure.canvas.get_renderer()
+    inside = ax.get_window_extent(renderer)
+    placed = []
+    for _, r in data.sort_values("difficulty", ascending=False).iterrows():
+        for offset, ha in NAME_PLACES:
+            name = ax.annotate(show_label(r["series"], r["season"]), (r["chars_per_minute"], r["difficulty"]),
+                               xytext=offset, textcoords="offset points", fontsize=7, ha=ha)
+            name.update_positions(renderer)  # where it will be drawn (an annotation places itself when drawn)
+            box = Text.get_window_extent(name, renderer)
+            fits = inside.x0 <= box.x0 and box.x1 <= inside.x1 and inside.y0 <= box.y0 and box.y1 <= inside.y1
+            if fits and not any(box.overlaps(other) for other in placed):
+                break
+            if (offset, ha) != NAME_PLACES[-1]:
+                name.remove()  # the last place is kept when none is free: named, if crowded
+        placed.append(box)
+
+
 def _label_row(ax, shows, y: float, longest: int = 16) -> None:
     """Name `shows` in one row at height `y`, spread evenly across the axes in the points'
     order, each with a line to its point: names of neighbouring points never overlap."""
@@ -104,6 +131,15 @@ def _label_row(ax, shows, y: float, longest: int = 16) -> None:
 
 
 def plot(table, path: str | Path, label_at_most: int = 40) -> None:
+    """shows.png: `figure`, saved."""
+    import matplotlib.pyplot as plt
+
+    fig = figure(table, label_at_most)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def figure(table, label_at_most: int = 40):
     """Difficulty against speaking speed, one point per show: every show named up to
     `label_at_most` shows; beyond, the points fade with their number and only the eight
     hardest and eight easiest are named, in a row above and below the cloud with a line to
@@ -122,14 +158,6 @@ def plot(table, path: str | Path, label_at_most: int = 40) -> None:
     alpha = 1.0 if n <= label_at_most else max(0.15, min(0.8, 200 / n))
     ax.scatter(data["chars_per_minute"], data["difficulty"], s=18 if n <= label_at_most else 8, alpha=alpha,
                color="#2a6fb0", linewidths=0)
-    if n <= label_at_most:
-        for _, r in data.iterrows():
-            ax.annotate(show_label(r["series"], r["season"]), (r["chars_per_minute"], r["difficulty"]), fontsize=7,
-                        xytext=(3, 3), textcoords="offset points")
-    else:
-        ordered = data.sort_values(["difficulty", "chars_per_minute"])
-        _label_row(ax, ordered.iloc[-8:], 5.55)
-        _label_row(ax, ordered.iloc[:8], -0.55)
     ax.set_ylim(-0.1, 5.1) if n <= label_at_most else ax.set_ylim(-0.85, 5.85)
     ax.set_yticks(range(6))
     ax.set_xlabel("speaking speed (characters per minute of speech)")
@@ -137,5 +165,11 @@ def plot(table, path: str | Path, label_at_most: int = 40) -> None:
     ax.set_title(f"Shows by difficulty and speaking speed ({n:,} show{'' if n == 1 else 's'})")
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    ax.set_xlim(ax.get_xlim())  # fixed: the names are placed in the final axes
+    if n <= label_at_most:
+        _label_points(ax, data)
+    else:
+        ordered = data.sort_values(["difficulty", "chars_per_minute"])
+        _label_row(ax, ordered.iloc[-8:], 5.55)
+        _label_row(ax, ordered.iloc[:8], -0.55)
+    return fig
