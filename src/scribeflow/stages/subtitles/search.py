@@ -43,14 +43,21 @@ class UrlSearch:
             log.warning("%s: could not keep why its subtitles were not taken in %s (%s)", self.episode, self.path,
                         exc)
 
-    def _judge(self, origin: str, paths: list[Path], file: str | None = None) -> dict | None:
+    def _judge(self, origin: str, paths: list[Path], name=None) -> dict | None:
+        """The first usable of `paths`, kept as the verdict; `name(path)`: what the verdict
+        calls the file (its URL: the temporary copy is gone once the job ends)."""
         verdict = judge([(origin, p) for p in paths], self.settings, self.language, self.duration)
         verdict["found_by"] = "download"
-        if verdict["usable"] and file:
-            verdict["file"] = file
+        if verdict["usable"] and name is not None:
+            verdict["file"] = name(Path(verdict["file"]))
         self._refuse(*verdict["refused"])
         verdict["refused"] = self.refused
-        write_verdict(self.path, verdict)
+        try:
+            write_verdict(self.path, verdict)
+        except OSError as exc:  # a full disk: the transcript job could not read it; the ASR then
+            log.warning("%s: could not keep its subtitle's verdict in %s (%s): the media is downloaded",
+                        self.episode, self.path, exc)
+            return None
         if verdict["usable"]:
             self.found = verdict
             log.info("%s: its transcript is the subtitle %s (%s, %d lines): no media is downloaded", self.episode,
@@ -71,7 +78,7 @@ class UrlSearch:
                             self.episode, self.column, exc)
                 self._keep_refusal()
                 return None
-            return self._judge("column", [path], file=self.column)
+            return self._judge("column", [path], name=lambda _: self.column)
 
     def from_page(self, ydl, info: dict) -> dict | None:
         """Called by the download with the page's extraction, before any media request."""
@@ -92,11 +99,7 @@ class UrlSearch:
                     self._refuse(f"the page's tracks are in {tracks}: none in {', '.join(wanted)}")
                 self._keep_refusal()
                 return None
-            found = self._judge("page", paths)
-            if found:
-                found["file"] = f"{info.get('webpage_url') or ''}#{Path(found['file']).name}"
-                write_verdict(self.path, found)
-            return found
+            return self._judge("page", paths, name=lambda path: f"{info.get('webpage_url') or ''}#{path.name}")
 
     def fail_if_only(self) -> None:
         if self.on and self.sub.policy == "only" and self.found is None:
