@@ -395,7 +395,7 @@ def test_plan_uses_the_configured_model_and_device_and_formats_its_numbers(tmp_p
         return proc.stdout
 
     cpu = plan_text(device="cpu", compute_type="int8")
-    assert f"Transcription: {tiny} (tiny) on cpu, int8: 27x real time per machine [assumed (tiny.en int8 on 2 cores" in cpu
+    assert f"Transcription: {tiny} (tiny) on cpu, int8: 17.5x real time per machine [assumed (tiny.en's pipeline on 2 cores" in cpu
     assert "Permanent transcripts at the end: 150 kB" in cpu  # 3 x 50 KB, not "0 GB"
     assert "large-v3" not in cpu and "GPU" not in cpu and "slots" not in cpu
     assert re.search(r"^\s+CPU\s", cpu, re.M) and "the CPU: " in cpu

@@ -44,10 +44,12 @@ ASSUMED = {
 # CPU: the machine's cores shared by its transcriptions.
 SPEEDS = {
     "cuda": {None: (15.0, "faster-whisper benchmark: large-v3 fp16 beam 5, ~15x real time per GPU")},
-    "cpu": {"tiny": (27.0, "tiny.en int8 on 2 cores, 24-min episode, measured 2026-12-01"),
-            "base": (7.6, "as small: faster-whisper benchmark, small int8 on 8 threads, 13 min in 1 min 42 s"),
-            "small": (7.6, "faster-whisper benchmark: small int8 on 8 threads, 13 min in 1 min 42 s"),
-            None: (1.0, "a guess for a medium or large model on CPU; measure yours: scribeflow evaluate")},
+    # docs/transcription.md, benchmarks/episode_throughput.py: the whole pipeline, int8, 2 threads.
+    "cpu": {"tiny": (17.5, "tiny.en's pipeline on 2 cores, int8: real-time factor 0.057, docs/transcription.md"),
+            "base": (5.6, "base's pipeline on 2 cores, int8: real-time factor 0.177, docs/transcription.md"),
+            "small": (5.6, "base's measured speed; small is slower: measure it (a first chunk, scribeflow evaluate)"),
+            None: (1.0, "a guess for a medium or large model on CPU; measure yours (a first chunk, "
+                        "scribeflow evaluate)")},
 }
 # A local model's size from its model.bin (fp16: tiny 75 MB, base 145 MB, small 484 MB, medium 1.5 GB).
 SIZE_BY_BYTES = ((120e6, "tiny"), (300e6, "base"), (1e9, "small"), (2.2e9, "medium"))
