@@ -87,3 +87,25 @@ def test_the_sites_own_words_for_an_episode_are_judged_not_charged_to_the_host_a
         assert "ep01" in str(failure) and str(error).split(".")[0] in str(failure)
     broken = classify(ExtractorError("Unable to extract video data"), "ep01")  # the site changed
     assert broken.kind == "host" and not broken.either and "update yt-dlp" in str(broken)
+
+
+@pytest.mark.slow
+def test_a_run_whose_other_work_is_done_does_not_wait_on_one_episodes_backoff(tmp_path, speech_dir, model_path):
+    """An episode whose server answers 503 for ever, its retries waiting 10, 20, 40, 80 s...:
+    the short waits are waited for; once the other episode is done, a wait over 30 s is
+    not; the failure is the host's (not counted) and the next run tries again."""
+    with MediaServer(speech_dir, faults={"/ep02.mp4": ["503"] * 100_000}) as server:
+        catalogue = write_catalogue(tmp_path / "episodes.csv", [{"id": "ep01", "url": server.url("ep01.mp4")},
+                                                                {"id": "ep02", "url": server.url("ep02.mp4")}])
+        config = workflow_config(tmp_path, catalogue, model_path,
+                                 download={"retry_backoff_seconds": 10, "max_backoff_seconds": 600})
+        started = time.monotonic()
+        run_snakemake(tmp_path, config, "--cores", "2", check=False, timeout=900)
+        took = time.monotonic() - started
+    rows = _rows(tmp_path)
+    assert rows["ep01"][0] == "analyzed"
+    assert rows["ep02"][:3] == ("failed", 0, "host"), rows["ep02"]
+    assert "nothing else of this run is in flight" in rows["ep02"][3]
+    # 10 retries would have waited 10 + 20 + 40 + 80 + ... s; it stopped at a wait over 30 s.
+    assert 2 <= len(server.served("ep02.mp4")) <= 4, server.served("ep02.mp4")
+    print(f"run: {took:.0f} s")

@@ -42,6 +42,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from scribeflow.budget.hosts import EPISODE, host_of
+from scribeflow.budget.monitor import ACTIVE_STAGES
 from scribeflow.budget.watchdog import BLOCK, DiskWatchdog, Stopped, slack_bytes
 from scribeflow.config.layout import PARTIAL_SUFFIXES, STAGING_MARK
 from scribeflow.config.settings import GB, MB, Download, Settings
@@ -681,6 +682,10 @@ def _download_with_retries(episode: str, url: str, out: Path, settings: Settings
             return {**result, "attempts": attempt}
         except DownloadFailed as exc:
             delay = _after_failure(exc, episode, url, out, settings.download, hosts, tries)
+            if delay > LONG_WAIT_SECONDS and _alone(gate):
+                exc.args = (f"{exc} (not retried in {delay:.0f} s: nothing else of this run is in flight; the next "
+                            f"run tries again)",)
+                raise exc
             if delay:
                 time.sleep(delay)
 
@@ -721,6 +726,21 @@ def _after_failure(exc: DownloadFailed, episode: str, url: str, out: Path, dl: D
     log.warning("Attempt %d of %d for %s failed: %s; retrying in %.1f s", tries.count, dl.retries + 1, episode,
                 exc, delay)
     return delay
+
+
+# A retry that would wait longer than this is not waited for when no other episode is in
+# flight: a run whose other work is done does not stay alive for one episode's backoff.
+LONG_WAIT_SECONDS = 30.0
+
+
+def _alone(gate) -> bool:
+    """Whether this download is the only episode in flight (the ledger's stages)."""
+    ledger = getattr(gate, "ledger", None)
+    try:
+        counts = ledger.stage_counts() if ledger is not None else None
+    except Exception:  # the ledger is history here: never fail a download on it
+        return False
+    return counts is not None and sum(counts.get(s, 0) for s in ACTIVE_STAGES) <= 1
 
 
 # In-job retries of a transient fault (5xx, a timeout) stop once the host has served
