@@ -72,7 +72,7 @@ MB = 1_000_000
 
 
 @pytest.mark.slow
-def test_a_run_at_the_edge_of_the_budget_after_a_2000_episode_plan_never_crosses_the_hard_limit(tmp_path):
+def test_a_run_at_the_edge_of_the_budget_after_a_2000_episode_plan_never_crosses_the_hard_limit(tmp_path, model_path):
     """A 2,000-episode plan writes its verdicts (~8 MB on disk: a block each), then a run
     downloads beside them with its hard limit 1.2 MB above them and the small episode. Had
     the gate not known the verdicts (its record is from before the plan and not due for
@@ -105,7 +105,7 @@ def test_a_run_at_the_edge_of_the_budget_after_a_2000_episode_plan_never_crosses
                   "outputs_per_episode_mb": 0.05, "accounting_margin_mb": 0.05, "min_free_gb": 0.001,
                   "max_write_rate_mb_per_s": 1, "check_interval_seconds": 0.2, "cache_duration_seconds": 0,
                   "stall_timeout_seconds": 2, "max_concurrent_downloads": 2}
-        config = workflow_config(tmp_path, catalogue, "tiny", disk_management=budget, subtitles=base["subtitles"])
+        config = workflow_config(tmp_path, catalogue, model_path, disk_management=budget, subtitles=base["subtitles"])
         roots = [tmp_path / "storage" / "videos", tmp_path / "data"]
         with AllocatedSampler(roots, interval=0.02) as sampler:
             proc = run_snakemake(tmp_path, config, "--cores", "3", "--until", "download", check=False,

@@ -140,7 +140,7 @@ def test_mixed_sources_in_one_run_and_no_media_for_the_subtitled(tmp_path, speec
     scribeflow(tmp_path, "check", "--full", *cli)
 
 
-def test_policy_only_skips_the_unsubtitled_and_never_downloads_them_all(tmp_path):
+def test_policy_only_skips_the_unsubtitled_and_never_downloads_them_all(tmp_path, model_path):
     """Plans only (-n): which episodes would be downloaded under each policy."""
     (tmp_path / "ep01.srt").write_text(SRT_JA, encoding="utf-8")
     rows = [{"id": "ep01", "url": "http://127.0.0.1:9/ep01.mp4", "language": "ja", "subtitle": "ep01.srt"},
@@ -148,7 +148,7 @@ def test_policy_only_skips_the_unsubtitled_and_never_downloads_them_all(tmp_path
     catalogue = write_catalogue(tmp_path / "episodes.csv", rows)
 
     def plan(**subtitles):
-        config = workflow_config(tmp_path, catalogue, "tiny", subtitles=subtitles)
+        config = workflow_config(tmp_path, catalogue, model_path, subtitles=subtitles)
         proc = run_snakemake(tmp_path, config, "-n", "--cores", "2")
         return proc.stdout + proc.stderr
 
