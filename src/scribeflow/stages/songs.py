@@ -50,6 +50,7 @@ MIN_SHARED_S = 15.0        # Intro Skipper's shortest intro
 MAX_GAP_S = 3.5            # a disagreeing stretch this short (a sound over the song) does not split it
 MEAN_BITS = 6.0            # of 32, averaged over a second: the same audio; unrelated audio differs by 11-16
 SMOOTH_S = 1.0
+MIN_DISTINCT = 24          # values in a shared stretch, at least: silence has one or two
 EDGE_SHARE, EDGE_MAX_S = 0.25, 600.0
 NEIGHBOURS = 3             # episodes compared either side, in the catalogue's order
 MIN_LINES, MIN_TEXT_CHARS = 3, 20
@@ -146,8 +147,9 @@ def shared_audio(a: np.ndarray, b: np.ndarray, min_s: float = MIN_SHARED_S) -> l
         bits = np.bitwise_count(a[lo:hi] ^ b[lo - shift:hi - shift]).astype(np.float32)
         mean = np.convolve(bits, np.ones(width, np.float32) / width, mode="same")
         for s, e in _runs(mean <= MEAN_BITS, gap, min_len):
-            # Varied values: a held tone or silence agrees with any other.
-            if len(np.unique(a[lo + s:lo + e])) >= (e - s) // 3:
+            # Varied values: silence or a held tone agrees with any other (a looped bar repeats
+            # its values, but dozens of them).
+            if len(np.unique(a[lo + s:lo + e])) >= max(MIN_DISTINCT, (e - s) // 16):
                 found.append((lo + s, lo + e, shift))
     kept: list[tuple[int, int, int]] = []
     for s, e, shift in sorted(found, key=lambda f: f[0] - f[1]):  # longest first; overlaps are one stretch
