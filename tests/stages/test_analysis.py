@@ -220,3 +220,24 @@ def test_analysis_lemma_in_the_config_reaches_the_corpus_step(corpus, tmp_path):
                      lemmas_pattern=str(root / "lemmas/{episode}.parquet"), outputs=outputs)
         freq = read_tsv(outputs["frequency"])
         assert other in freq.columns and shown in set(freq["lemma"])  # 走っていた: the い of いる
+
+
+def test_songs_and_sounds_are_in_no_count_and_a_correction_takes_out_what_marks_add(tmp_path):
+    from scribeflow.stages.analysis import marked_correction
+    from scribeflow.stages.tokens import tokenize_transcript
+
+    segments = [{"start": 0.0, "end": 10.0, "text": "猫が走った。", "kind": "song"},
+                {"start": 11.0, "end": 13.0, "text": "猫が走った。"},
+                {"start": 14.0, "end": 16.0, "text": "魚を食べた。"}]
+    table = tokenize_transcript({"language": "ja", "duration": 60.0, "segments": segments})
+    meta = json.loads(table.schema.metadata[b"scribeflow"])
+    stats = analyse_tokens(table, {**meta, "id": "e"}, tmp_path / "e.json", tmp_path / "e.parquet")
+    counts = {r["lemma"]: r["count"] for r in pq.read_table(tmp_path / "e.parquet").to_pylist()}
+    assert counts["猫"] == 1 and counts["た"] == 2 and stats["tokens"] == 8 and stats["song_s"] == 10.0
+    # The corpus step finds the second segment repeated across the series: what goes is its words.
+    fix = marked_correction(table, {**meta, "id": "e"}, tmp_path / "e.parquet", segments,
+                            ["song", "repeat", "speech"], {"repeat": 2.0})
+    removed = {row[0]: (row[3], row[4]) for row in fix["rows"]}
+    assert removed == {"猫": (1, 1), "が": (1, 1), "走る": (1, 1), "た": (1, 0)}  # た is still said once
+    assert fix["stats"]["tokens"] == 4 and fix["stats"]["segments"] == 1 and fix["stats"]["speech_s"] == 2.0
+    assert (fix["stats"]["song_s"], fix["stats"]["repeat_s"]) == (10.0, 2.0)

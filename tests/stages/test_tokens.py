@@ -7,7 +7,8 @@ import pyarrow.parquet as pq
 import pytest
 from support import TRANSCRIPT_FIXTURES as FIXTURES  # noqa: E402
 
-from scribeflow.stages.tokens import SCHEMA, TokenizeError, read_tokens, tokenize_file, tokenize_transcript
+from scribeflow.stages.tokens import (SCHEMA, TokenizeError, read_tokens, speech_tokens, tokenize_file,
+                                      tokenize_transcript)
 from scribeflow.stages.transcription.transcript import read_transcript
 
 
@@ -120,3 +121,19 @@ def test_japanese_lemmas_as_unidic_writes_them_and_as_written():
             ("い", "居る", "いる"), ("居る", "居る", "居る"), ("面白い", "面白い", "面白い")} <= pairs
     english = tokenize_transcript({"segments": [{"start": 0.0, "end": 1.0, "text": "The Cats"}]}, "en").to_pylist()
     assert [(r["lemma"], r["written"]) for r in english] == [("the", "the"), ("cats", "cats")]
+
+
+def test_each_token_carries_its_segments_kind_and_only_speech_is_timed_as_said():
+    transcript = {"language": "ja", "duration": 30.0, "segments": [
+        {"start": 0.0, "end": 10.0, "text": "翼を広げて", "kind": "song"},
+        {"start": 11.0, "end": 13.0, "text": "猫が走った。"},
+        {"start": 14.0, "end": 15.0, "text": "ドアの音", "kind": "sound"},
+        {"start": 16.0, "end": 19.0, "text": "魚を食べた。", "kind": "speech"}]}
+    table = tokenize_transcript(transcript)
+    kinds = dict(zip(table.column("surface").to_pylist(), table.column("kind").to_pylist()))
+    assert kinds["翼"] == "song" and kinds["音"] == "sound" and kinds["猫"] == kinds["魚"] == "speech"
+    meta = json.loads(table.schema.metadata[b"scribeflow"])
+    # What the statistics count is what was said: the song and the sound are not.
+    assert (meta["segments"], meta["speech_seconds"], meta["chars"]) == (2, 5.0, 12)
+    assert meta["kinds"] == {"song": 10.0, "sound": 1.0}
+    assert speech_tokens(table).column("surface").to_pylist() == ["猫", "が", "走っ", "た", "魚", "を", "食べ", "た"]
