@@ -129,6 +129,14 @@ def test_english_captions_sounds_and_speakers_follow_their_own_conventions():
     assert (cleaned.speakers, cleaned.sounds, cleaned.markers) == (1, 2, 2)
 
 
+def test_a_name_is_told_from_a_description_of_a_sound():
+    """Names hold the kanji of sounds too (琴音, 鳴海); descriptions have kana or are known nouns."""
+    said = {label: subtitles.caption_lines([f"（{label}）行こう"], None, subtitles.Cleaned())[0]
+            for label in ("琴音", "鳴海", "アスカ", "小声で", "拍手", "着信音", "ため息")}
+    assert {k for k, part in said.items() if "speaker" in part} == {"琴音", "鳴海", "アスカ"}
+    assert {k for k, part in said.items() if part.get("kind") == "sound"} == {"小声で", "拍手", "着信音", "ため息"}
+
+
 def test_webvtt_voices_and_ruby_are_speakers_and_readings(tmp_path):
     path = tmp_path / "ep01.ja.vtt"
     path.write_text("WEBVTT\n\n00:00:01.000 --> 00:00:02.500\n<v 健太>猫が走っていた。</v>\n\n"

@@ -29,9 +29,13 @@ _WAVE = "～〜~"
 _DASHES = re.compile(r"^[-－―—‐‑–]+\s*(?=\S)")
 _OFFSCREEN = re.compile(r"[≪≫]")
 _WRAPPED = re.compile(r"^＜(.+)＞$")
-# Words of a description of a sound, not a name: a parenthesis holding one is a sound.
+# Words of a description of a sound: a parenthesis holding one and some kana (ドアの開く音,
+# 笑い声, ため息) is a sound. Names hold such kanji too (琴音, 鳴海, 歌子), so a parenthesis
+# of kanji alone is a sound only when it is one of SOUND_NOUNS or a longer noun in 音 or 声.
 SOUND_WORDS = ("音", "声", "笑", "拍手", "息", "泣", "咳", "叫", "悲鳴", "歓声", "鳴", "ノック", "チャイム", "着信",
-               "ざわめき", "BGM", "音楽", "歌", "爆発", "銃", "ブザー", "ベル", "アナウンス", "ナレーション")
+               "ざわめき", "BGM", "音楽", "歌", "爆発", "銃", "ブザー", "ベル", "アナウンス", "ナレーション", "サイレン")
+SOUND_NOUNS = {"拍手", "悲鳴", "歓声", "足音", "物音", "銃声", "爆音", "雷鳴", "咳", "笑", "汽笛", "音楽", "寝息", "鐘",
+               "警報", "歌声", "笑声", "泣声", "水音", "雨音", "波音", "風音", "嗚咽", "喝采", "BGM"}
 
 
 @dataclass
@@ -50,9 +54,13 @@ class Cleaned:
 
 
 def _is_sound(label: str) -> bool:
-    """A description rather than a name: a word of a sound in it, or no Japanese at all
-    (English captions put sounds and manners in parentheses, (sighs), and names before a colon)."""
-    return any(word in label for word in SOUND_WORDS) or not re.search(rf"[{KANJI}{KANA}ぁ-ゟ]", label)
+    """A description rather than a name (above), or no Japanese at all: English captions
+    put sounds and manners in parentheses, (sighs), and names before a colon."""
+    if not re.search(rf"[{KANJI}{KANA}]", label):
+        return True
+    if label in SOUND_NOUNS or (len(label) >= 3 and label[-1] in "音声" and re.fullmatch(rf"[{KANJI}]+", label)):
+        return True
+    return bool(re.search(rf"[{KANA}]", label)) and any(word in label for word in SOUND_WORDS)
 
 
 def _strip_markers(line: str, cleaned: Cleaned) -> str:
