@@ -120,4 +120,5 @@ def test_a_run_at_the_edge_of_the_budget_after_a_2000_episode_plan_never_crosses
     assert stages["small"] == "downloaded", output
     log = (tmp_path / "data" / "logs" / "download" / "big.log").read_text()
     assert "Download of big waits" in log and "Declared size of big" in log, log[-2000:]
-    assert "Watchdog of big" not in log  # never admitted: not a byte of it written
+    assert "Disk usage:" not in log  # the line of an admission: big was never admitted
+    assert "peak_bytes=0 " in log  # its watchdog saw not a byte written
