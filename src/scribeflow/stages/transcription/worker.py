@@ -466,7 +466,8 @@ class ModelTime:
 
         usage = resource.getrusage(resource.RUSAGE_SELF)
         wall = (self.last - self.first) if self.first is not None else 0.0
-        return {"requests": self.requests, "busy_seconds": round(self.busy, 3), "wall_seconds": round(wall, 3),
+        return {"requests": self.requests, "model_busy": self._lock.locked(),
+                "busy_seconds": round(self.busy, 3), "wall_seconds": round(wall, 3),
                 "busy_share": round(self.busy / wall, 4) if wall else None,
                 "cpu_seconds": round(usage.ru_utime + usage.ru_stime, 3),
                 "vad_saved": self.vad_saved, "vad_ran": self.vad_ran}
