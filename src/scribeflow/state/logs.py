@@ -132,7 +132,6 @@ def rollup(data_dir: str | os.PathLike | Layout) -> tuple[int, int, int]:
         if logs:
             target = out / f"{stem}.log.gz"
             with atomic_path(target) as tmp, gzip.open(tmp, "wt", encoding="utf-8", errors="replace") as f:
-                os.chmod(tmp, 0o644)  # readable like the logs it holds (mkstemp makes 0600)
                 for rule, _, path in logs:
                     f.write(HEADER.format(path.relative_to(data)) + "\n")
                     text = path.read_text(encoding="utf-8", errors="replace")
@@ -141,7 +140,6 @@ def rollup(data_dir: str | os.PathLike | Layout) -> tuple[int, int, int]:
         if marks:
             target = out / f"{stem}.benchmarks.tsv.gz"
             with atomic_path(target) as tmp, gzip.open(tmp, "wt", encoding="utf-8") as f:
-                os.chmod(tmp, 0o644)
                 header = None
                 for rule, episode, path in marks:
                     lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
