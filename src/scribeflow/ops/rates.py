@@ -38,8 +38,9 @@ MIN_RUN_SECONDS = 60.0  # an hourly rate from a few seconds says nothing
 def stage_rates(ledger, now: float) -> dict:
     """Episodes through each stage per hour, by RATE_DEFINITIONS: `{stage}_per_hour` holds
     this_run, last_hour and overall (downloads and transcriptions; the ledger keeps their
-    totals), `this_run` when the latest run started and ended. Index ranges and kept totals
-    only: the cost does not grow with the episodes done."""
+    totals), `this_run` when the latest run started and ended. Index ranges (the last hour's
+    episodes, the latest run's) and kept totals: the cost grows with the latest run, not with
+    the history."""
     hour = 3600.0
     run = ledger.latest_run()
     last_hour = ledger.reached_since(STAGE_DONE.values(), now - hour)
