@@ -8,6 +8,7 @@ from types import SimpleNamespace
 
 import pytest
 from conftest import REPO, run_snakemake, workflow_config, write_catalogue
+from support.models import packaged_model
 
 from scribeflow.integration.cluster import transcribe_runtime_minutes
 
@@ -30,7 +31,8 @@ def planned_jobs(tmp_path, **env) -> dict[tuple[str, str], SimpleNamespace]:
     rows = [{"id": "long", "url": "http://127.0.0.1:9/a.mp4", "duration_s": 1440},
             {"id": "unknown", "url": "http://127.0.0.1:9/b.mp4"}]
     catalogue = write_catalogue(tmp_path / "episodes.csv", rows)
-    config = workflow_config(tmp_path, catalogue, "large-v3")
+    # A model this machine has: a name it would have to download is refused by -n here (no hub).
+    config = workflow_config(tmp_path, catalogue, str(packaged_model("tiny.en")))
     proc = run_snakemake(tmp_path, config, "-n", "--profile", str(REPO / "profiles" / "slurm"), timeout=120)
     jobs = {}
     for block in re.split(r"\n(?=(?:local)?rule \w+:)", proc.stdout):

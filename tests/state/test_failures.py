@@ -64,20 +64,25 @@ def test_a_transcription_that_keeps_failing_is_given_up_after_max_attempts(confi
     for run in (1, 2):
         ledger.set_stage("oom", "transcribing")
         assert not failures.record(config, ledger, "oom", "transcribe", crash)
-        # Ctrl-C, SIGTERM or the GPU out of memory in the middle of a transcription are not
-        # the episode's fault: never counted.
+        # Ctrl-C or SIGTERM in the middle of a transcription is not the episode's fault: never counted.
         assert not failures.record(config, ledger, "oom", "transcribe", KeyboardInterrupt())
-        assert not failures.record(config, ledger, "oom", "transcribe",
-                                   RuntimeError("CUDA failed with error out of memory"))
     assert failures.given_up(config.data_dir) == set()
     # An interruption is not a failure: the episode is back where it was, marked interrupted.
     assert failures.render(failures.report(config)) == "No failed episodes."
     job = ledger.job("oom")
     assert job["stage"] == "extracted" and job["last_error"].startswith("interrupted during transcribe")
     assert job["transcribe_failures"] == 2 and job["failure_kind"] == "interrupted"
-    assert failures.record(config, ledger, "oom", "transcribe", crash)
-    marker = json.loads((Layout.of(config.data_dir).failed / "oom.json").read_text())
+    # Out of GPU memory even at batch 1 (the worker tried the smaller batches first) counts
+    # like any other failure: the third gives the episode up, and its audio is deleted.
+    layout = Layout.of(config.data_dir)
+    layout.audio.mkdir(parents=True, exist_ok=True)
+    for path in (layout.audio_file("oom"), layout.speech_file("oom"), layout.audio_file("other")):
+        path.write_bytes(b"RIFF")
+    assert failures.record(config, ledger, "oom", "transcribe", RuntimeError("CUDA failed with error out of memory"))
+    marker = json.loads((layout.failed / "oom.json").read_text())
     assert (marker["step"], marker["attempts"], marker["permanent"]) == ("transcribe", 3, False)
+    assert [p.name for p in layout.audio.iterdir()] == ["other.wav"]
+    assert ledger.job("oom")["audio_deleted"] == 1
     assert failures.retry(config, ["oom"]) == ["oom"]
     assert ledger.job("oom")["transcribe_failures"] == 0
 

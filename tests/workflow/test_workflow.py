@@ -107,12 +107,13 @@ def test_catalogue_to_transcripts(tmp_path, media_server, model_path):
 
 
 @pytest.mark.slow
-def test_dry_run_of_a_large_catalogue_touches_nothing(tmp_path):
+def test_dry_run_of_a_large_catalogue_touches_nothing(tmp_path, model_path):
     # Port 9 on loopback: nothing listens there; a request would fail loudly.
     rows = [{"id": f"show-s01e{i:04d}", "url": f"http://127.0.0.1:9/{i}.mp4", "expected_size_mb": 350}
             for i in range(1000)]
     catalogue = write_catalogue(tmp_path / "episodes.csv", rows)
-    config = workflow_config(tmp_path, catalogue, "large-v3")
+    # A model this machine has: a name it would have to download is refused (test_failure_kinds.py).
+    config = workflow_config(tmp_path, catalogue, model_path)
     # A nested --config value arrives as a string ('400'); the workflow reads it as the number it is.
     proc = run_snakemake(tmp_path, config, "-n", "--cores", "8", "--config",
                          "disk_management={'hard_limit_gb': 400, 'max_concurrent_downloads': 3}", timeout=300)
