@@ -199,3 +199,43 @@ def test_a_sampled_share_of_subtitled_episodes_measures_the_asr(tmp_path, speech
     assert "ASR quality: CER" in scribeflow(tmp_path, "status", *cli)
     assert "scribeflow_sampled_asr_cer" in scribeflow(tmp_path, "metrics", *cli)
     assert not list((data / "audio").glob("*.wav")) and not list((tmp_path / "storage" / "videos").glob("*.media"))
+
+
+# Japanese closed captions as broadcast and streaming write them.
+CAPTIONS_JA = """1
+00:00:01,000 --> 00:00:03,000
+（健太）一昨日(おととい)は雨だった。
+
+2
+00:00:03,500 --> 00:00:05,000
+［ドアの開く音］
+≪誰か来たの？
+
+3
+00:00:05,500 --> 00:00:07,000
+♪～さよならは言わないで～
+
+4
+00:00:07,500 --> 00:00:09,000
+(美咲)明日も行こう。
+"""
+
+
+@pytest.mark.slow
+def test_a_closed_caption_file_becomes_a_transcript_of_what_was_said(tmp_path, model_path):
+    """Through the real workflow: the transcript's text is the dialogue only, the speakers
+    are kept as `speaker`, the sound and the song are kept as segments of their kind, and
+    what was taken out is counted."""
+    subs = tmp_path / "subs"
+    subs.mkdir()
+    (subs / "cc01.ja.srt").write_text(CAPTIONS_JA, encoding="utf-8")
+    catalogue = write_catalogue(tmp_path / "episodes.csv",
+                                [{"id": "cc01", "url": "http://127.0.0.1:9/cc01.mp4", "language": "ja"}])
+    config = workflow_config(tmp_path, catalogue, model_path, subtitles={"folder": str(subs), "languages": ["ja"]})
+    run_snakemake(tmp_path, config, "--cores", "2")
+    t = json.loads((tmp_path / "data" / "transcripts" / "cc01.json").read_text())
+    assert t["source"] == "subtitles" and t["text"] == "一昨日は雨だった。 誰か来たの？ 明日も行こう。"
+    assert [(s["text"], s.get("kind"), s.get("speaker")) for s in t["segments"]] == [
+        ("一昨日は雨だった。", None, "健太"), ("ドアの開く音", "sound", None), ("誰か来たの？", None, None),
+        ("さよならは言わないで", "song", None), ("明日も行こう。", None, "美咲")]
+    assert t["subtitle"]["cleaned"] == {"speakers": 2, "sounds": 1, "songs": 1, "readings": 1, "markers": 1}
