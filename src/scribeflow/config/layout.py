@@ -251,7 +251,7 @@ class Layout:
 
     @property
     def subtitles(self) -> Path:
-        """What was found of each episode's subtitles (stages/subtitles.py): {id}.subtitle.json."""
+        """What was found of each episode's subtitles (stages/subtitles/verdicts.py): {id}.subtitle.json."""
         return self.data_dir / "subtitles"
 
     def subtitle_verdict(self, episode: str) -> Path:

@@ -23,7 +23,7 @@ def build_transcript(raw: dict, episode: str, tc: dict, options: dict) -> dict:
                     report["action"], report["repetition"], report["phrase"])
     return {
         "id": episode,
-        "source": "asr",  # or "subtitles" (stages/subtitles.py)
+        "source": "asr",  # or "subtitles" (stages/subtitles/transcript.py)
         "language": raw["language"],
         "language_probability": raw["language_probability"],
         # How the language was chosen: given, or the windows' votes (start, end, speech, language, probability).
