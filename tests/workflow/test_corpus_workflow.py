@@ -53,10 +53,10 @@ def job_count(proc, rule: str) -> int:
 
 
 @pytest.mark.slow
-def test_corpus_grows_without_retokenizing_and_cleanup_flags_delete(tmp_path):
+def test_corpus_grows_without_retokenizing_and_cleanup_flags_delete(tmp_path, model_path):
     data = tmp_path / "data"
     catalogue = setup_episodes(tmp_path, ["ja_weather", "en_cat"])
-    config = workflow_config(tmp_path, catalogue, "unused-model", disk_management={"cleanup": {
+    config = workflow_config(tmp_path, catalogue, model_path, disk_management={"cleanup": {
         "delete_transcript_after_tokenization": True, "delete_tokens_after_analysis": True}})
     run_snakemake(tmp_path, config, "--cores", "2")
 
