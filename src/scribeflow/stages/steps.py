@@ -309,6 +309,8 @@ def _transcript_from_subtitles(settings: Settings, episode: str, outputs: dict[s
 
     path = Layout.from_config(settings).subtitle_verdict(episode)
     with Ledger.for_config(settings) as ledger, _recorded(ledger, episode, settings, "transcribe"):
+        # The ledger before the first output: the disk accounting stats an active row's files.
+        ledger.set_stage(episode, "transcribing")
         verdict = subtitles.read_verdict(path)
         if subtitle and Path(subtitle) != path and not (subtitles.usable(verdict) and verdict.get("file") == subtitle):
             language = language or settings.transcribe.language or settings.subtitles.languages[0]
