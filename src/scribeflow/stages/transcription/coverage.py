@@ -22,9 +22,14 @@ JOIN_SECONDS = 1.0  # stretches of speech closer than this are one hole
 PAD_SECONDS = 0.2  # context on each side of a hole when it is decoded again
 
 
-def uncovered(speech: list[tuple[float, float]], segments: list[dict]) -> list[tuple[float, float]]:
-    """The parts of the speech spans (seconds) that no segment covers, in time order."""
-    covered = sorted((s["start"], s["end"]) for s in segments if s["end"] > s["start"])
+# Silero's spans are padded (speech_pad_ms 400) and segments stamped by their words end at
+# the last word: speech this close to a segment counts as covered.
+SLACK_S = 0.5
+
+
+def uncovered(speech: list[tuple[float, float]], segments: list[dict], slack: float = SLACK_S) -> list[tuple[float, float]]:
+    """The parts of the speech spans (seconds) that no segment covers (give or take `slack`), in time order."""
+    covered = sorted((s["start"] - slack, s["end"] + slack) for s in segments if s["end"] > s["start"])
     holes = []
     for start, end in speech:
         at = start
@@ -103,13 +108,84 @@ def refill(model, audio, segments: list[dict], speech: list[tuple[float, float]]
     return merged, report(speech, merged, refilled)
 
 
+# Times a reader can trust. faster-whisper's vad_filter joins every stretch of speech into
+# one stream before decoding: a false 0.6-s "speech" at the start of an instrumental opening
+# and the first line 31 s later share a 30-s window, and the line's segment is stamped from
+# 0:00. So the speech is decoded in clips (faster-whisper's clip_timestamps, the real audio):
+# stretches closer than MAX_GAP_S form one clip, a longer pause starts a new one, and no
+# window, so no segment, reaches across it. A longer gap costs nothing; a clip shorter
+# than a window costs an encoder pass of its own.
+MAX_GAP_S = 3.0
+# Silero's state after a long stretch of music hears the first word of a line late or not at
+# all (measured: a line 1.5 s after a 30-s instrumental, its first 1.5 s at probabilities
+# 0.0-0.3); a clip starts this much before the speech the VAD found, so Whisper hears it.
+PREROLL_S = 1.0
+
+
+def clips(speech: list[tuple[float, float]], max_gap: float = MAX_GAP_S, max_seconds: float | None = None,
+          preroll: float = PREROLL_S) -> list[tuple[float, float]]:
+    """The VAD's speech spans (seconds) grouped into clips: spans less than `max_gap` apart
+    share a clip, and each clip starts `preroll` before its speech (never before the previous
+    clip's end). `max_seconds` (the batched pipeline's 30-s limit per clip) starts a new clip
+    where the next span would make it longer (a span alone never is: its VAD splits them)."""
+    out: list[list[float]] = []
+    for start, end in speech:
+        if out and start - out[-1][1] <= max_gap and (max_seconds is None or end - out[-1][0] <= max_seconds):
+            out[-1][1] = max(out[-1][1], end)
+        else:
+            lead = min(preroll, max(0.0, (max_seconds or float("inf")) - (end - start)))
+            out.append([max(start - lead, out[-1][1] if out else 0.0), end])
+    return [(round(a, 3), round(b, 3)) for a, b in out]
+
+
+def widened(speech: list[tuple[float, float]], found: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """The speech spans with each clip's first one starting where its clip starts (the preroll):
+    what fit() may move a segment's start to."""
+    starts = {}
+    for a, b in found:
+        first = next((s for s in speech if s[0] >= a and s[1] <= b + 1e-6), None)
+        if first is not None:
+            starts[first] = a
+    return [(starts.get(s, s[0]), s[1]) for s in speech]
+
+
+def fit(segments: list[dict], speech: list[tuple[float, float]], max_gap: float = MAX_GAP_S) -> tuple[list[dict], int]:
+    """Each segment's start and end moved onto the speech it holds: a start in a pause the
+    VAD found moves to where the speech resumes, an end to where it stopped (words too),
+    so a segment never begins in the music before a line nor ends in the silence after it.
+    A segment that holds no speech, or whose speech lies across a pause over `max_gap`
+    (it cannot be told which side its text is on), keeps its times. Returns (segments,
+    how many were moved)."""
+    import bisect
+
+    starts = [a for a, _ in speech]
+    moved = 0
+    for seg in segments:
+        lo, hi = seg["start"], seg["end"]
+        i = max(0, bisect.bisect_right(starts, lo) - 1)
+        inside = []
+        while i < len(speech) and speech[i][0] < hi:
+            if speech[i][1] > lo:
+                inside.append(speech[i])
+            i += 1
+        if not inside or any(b[0] - a[1] > max_gap for a, b in zip(inside, inside[1:])):
+            continue
+        start, end = round(max(lo, inside[0][0]), 3), round(min(hi, inside[-1][1]), 3)
+        if (start, end) != (lo, hi) and end > start:
+            seg["start"], seg["end"] = start, end
+            for w in seg.get("words") or []:
+                w["start"], w["end"] = min(max(w["start"], start), end), min(max(w["end"], start), end)
+            moved += 1
+    return segments, moved
+
+
 def failures(seg, ratio: float | None = COMPRESSION_RATIO, log_prob: float | None = LOG_PROB) -> int:
     """How many of faster-whisper's two tests a decoded segment (its window) fails."""
     return (int(ratio is not None and seg.compression_ratio > ratio)
             + int(log_prob is not None and seg.avg_logprob < log_prob))
 
 
-def repair(model, audio, decoded: list, options: dict, item) -> tuple[list[dict], list[dict]]:
+def repair(model, audio, decoded: list, options: dict, item, max_gap: float = MAX_GAP_S) -> tuple[list[dict], list[dict]]:
     """Without the temperature ladder (a decode that gives the same transcript every time),
     the windows that fail the compression-ratio or log-probability test are decoded again
     on their own, still without sampling: a wider beam that may not repeat a 3-gram (what
@@ -132,8 +208,10 @@ def repair(model, audio, decoded: list, options: dict, item) -> tuple[list[dict]
             out.append(item(decoded[i]))
             i += 1
             continue
-        j = i
-        while j < len(decoded) and failures_of(decoded[j]):
+        j = i + 1
+        # A run of failing windows is decoded again as one piece, never across a pause that
+        # the clips kept apart (it would join them again).
+        while j < len(decoded) and failures_of(decoded[j]) and decoded[j].start - decoded[j - 1].end <= max_gap:
             j += 1
         bad = decoded[i:j]
         lo, hi = max(0.0, bad[0].start - PAD_SECONDS), min(len(audio) / SAMPLE_RATE, bad[-1].end + PAD_SECONDS)

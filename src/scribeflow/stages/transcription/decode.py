@@ -4,6 +4,7 @@ itself or in the long-lived worker (worker.py), which returns the same plain dic
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import time
 from pathlib import Path
@@ -34,7 +35,18 @@ def decode_options(tc: dict, language: str | None) -> dict:
     windows = tc.get("language_detection", {}).get("windows", LANGUAGE_WINDOWS)
     if language is None and windows:
         options["language_windows"] = windows
+    # How the segments' times are made (coverage.clips), recorded in the transcript's options.
+    options["timing"] = {"method": CLIPS if options.get("vad_filter", True) else "whole",
+                         "max_gap_s": coverage.MAX_GAP_S, "preroll_s": coverage.PREROLL_S}
     return options
+
+
+# timing.method: "vad-clips", the speech decoded in clips that no long pause crosses, each
+# segment stamped by its aligned words (coverage.clips); "vad-joined", faster-whisper's own
+# vad_filter (all speech joined into one stream: a line after a long pause may be stamped
+# from the pause's start), kept to compare with; "whole" without VAD.
+CLIPS = "vad-clips"
+VAD_JOINED = "vad-joined"
 
 
 # batch_size "auto" on a GPU: 30-s windows decoded at once (a dense 24-min episode is ~53
@@ -71,48 +83,55 @@ def run_model(model, audio, options: dict, should_stop=None, label: str = "", sp
     if batch_size == "auto":
         batch_size = GPU_BATCH_SIZE if model.model.device == "cuda" else 0
     windows = options.pop("language_windows", 0)
+    timing = {"method": CLIPS, "max_gap_s": coverage.MAX_GAP_S, "preroll_s": coverage.PREROLL_S,
+              **(options.pop("timing", None) or {})}
     detection = {"method": "given"} if options.get("language") else None
     model_lock = model_lock or contextlib.nullcontext()
     with saved_speech.precomputed(speech) as vad:
         if options.get("language") is None and windows and len(audio) >= SAMPLE_RATE:  # under 1 s: faster-whisper's
             detection = vote_language(model, audio, windows, model_lock)
             options["language"] = detection["language"]
+        # The speech the coverage is measured on (answered from the saved VAD output too).
+        speech_spans = _speech_spans(audio, 0, {}) if options.get("vad_filter", True) else None
+        decoding, clip_spans, clip_list = _clipped(audio, batch_size, options, timing)
         # transcribe() does the VAD, the chunking and the features at once, and the model's
         # work when the segments are read (below); with no language, its detection too.
         with model_lock if options.get("language") is None else contextlib.nullcontext():
             if batch_size:
                 from faster_whisper import BatchedInferencePipeline
 
-                if not options.get("vad_filter", True) and len(audio) > WINDOW_SECONDS * SAMPLE_RATE:
+                if not decoding.get("vad_filter", True) and not decoding.get("clip_timestamps") \
+                        and len(audio) > WINDOW_SECONDS * SAMPLE_RATE:
                     # Without VAD the batched pipeline refuses audio over 30 s unless told where to cut.
                     step = WINDOW_SECONDS
-                    options["clip_timestamps"] = [{"start": t, "end": min(t + step, len(audio) / SAMPLE_RATE)}
+                    decoding["clip_timestamps"] = [{"start": t, "end": min(t + step, len(audio) / SAMPLE_RATE)}
                                                   for t in range(0, -(-len(audio) // SAMPLE_RATE), step)]
-                segments, info = BatchedInferencePipeline(model).transcribe(audio, batch_size=batch_size, **options)
+                segments, info = BatchedInferencePipeline(model).transcribe(audio, batch_size=batch_size, **decoding)
             else:
-                segments, info = model.transcribe(audio, **options)
-        # The speech the coverage is measured on (answered from the saved VAD output too).
-        speech_spans = _speech_spans(audio, 0, {}) if options.get("vad_filter", True) else None
+                segments, info = model.transcribe(audio, **decoding)
         if stand_in.active():
             segments = stand_in.segments(_speech_spans(audio, batch_size, options))
     total = len(audio) / SAMPLE_RATE
     speech_report = None
     repaired = None
+    # Decoded again (repair, refill) as the clips were: with word times when they are used.
+    again = {**options, "language": info.language, "word_timestamps": decoding.get("word_timestamps", False)}
+    item = functools.partial(_item, words=bool(options.get("word_timestamps")))
     with model_lock:  # a generator: decoding happens as it is read
         decoded = list(_progress(segments, should_stop, label, total))
         if _sampling(options) or stand_in.active():
-            out = [_item(seg) for seg in decoded]
+            out = [item(seg) for seg in decoded]
         else:
-            out, repaired = coverage.repair(model, audio, decoded, {**options, "language": info.language}, _item)
+            out, repaired = coverage.repair(model, audio, decoded, again, item, max_gap=timing["max_gap_s"])
             if repaired:
                 log.warning("%s: %d window(s) failed the compression-ratio or log-probability test, decoded again "
                             "without sampling: %s", label or "transcription", len(repaired),
                             ", ".join(f"{r['start']:.0f}-{r['end']:.0f} s ({'replaced' if r['replaced'] else 'kept'})"
                                       for r in repaired))
         if speech_spans is not None and not stand_in.active():
-            out, speech_report = coverage.refill(model, audio, out, speech_spans, {**options, "language": info.language},
-                                                 _item)
+            out, speech_report = coverage.refill(model, audio, out, speech_spans, again, item)
             speech_report["repaired"] = repaired or []
+            speech_report["timing"] = _fitted(out, clip_spans, clip_list, timing)
             if speech_report["refilled"]:
                 log.warning("%s: %d stretch(es) of speech no segment covered, decoded again: %s",
                             label or "transcription", len(speech_report["refilled"]),
@@ -127,6 +146,37 @@ def run_model(model, audio, options: dict, should_stop=None, label: str = "", sp
             "duration": round(len(audio) / SAMPLE_RATE, 3), "segments": out,
             "device": model.model.device, "compute_type": model.model.compute_type, "batch_size": batch_size,
             "vad_calls": vad, "speech": speech_report}
+
+
+def _clipped(audio, batch_size, options: dict, timing: dict) -> tuple[dict, list | None, list | None]:
+    """`options` that decode the VAD's speech in clips no long pause crosses (coverage.clips):
+    faster-whisper's own VAD is off, its clip_timestamps name the clips (a flat list of
+    seconds sequentially; {start, end} of at most 30 s each for the batched pipeline). The
+    same VAD settings as faster-whisper's, so the same speech. Returns (options, the VAD's
+    speech spans, the clips), or the options unchanged when the timing is not by clips or there
+    is no speech."""
+    if timing.get("method") != CLIPS or not options.get("vad_filter", True) or options.get("clip_timestamps"):
+        return dict(options), None, None
+    spans = _speech_spans(audio, batch_size, options)
+    found = coverage.clips(spans, timing.get("max_gap_s", coverage.MAX_GAP_S), WINDOW_SECONDS if batch_size else None,
+                           timing.get("preroll_s", coverage.PREROLL_S))
+    if not found:  # no speech: faster-whisper's VAD says so itself (an empty clip list decodes everything)
+        return dict(options), None, None
+    clip_timestamps = ([{"start": a, "end": b} for a, b in found] if batch_size
+                       else [t for clip in found for t in clip])
+    # Word times (the cross-attention alignment) stamp each segment from its first word to its
+    # last: Whisper's own segment timestamps drift by seconds where a clip opens on music.
+    return {**options, "vad_filter": False, "clip_timestamps": clip_timestamps, "word_timestamps": True}, spans, found
+
+
+def _fitted(segments: list[dict], clip_spans, clip_list, timing: dict) -> dict:
+    """Segments fitted onto the speech they hold (coverage.fit), in place, when decoded in clips;
+    what the transcript says of how its times were made."""
+    if timing.get("method") != CLIPS:  # faster-whisper's own times (vad-joined)
+        return {"method": timing.get("method"), "fitted": 0}
+    moved = coverage.fit(segments, coverage.widened(clip_spans, clip_list), timing["max_gap_s"])[1] if clip_list else 0
+    return {"method": CLIPS, "max_gap_s": timing["max_gap_s"], "preroll_s": timing["preroll_s"],
+            "clips": len(clip_list or []), "fitted": moved}
 
 
 def _sampling(options: dict) -> bool:
@@ -148,9 +198,14 @@ def _progress(segments, should_stop, label: str, total: float):
         yield seg
 
 
-def _item(seg) -> dict:
-    item = {"start": round(seg.start, 3), "end": round(seg.end, 3), "text": seg.text.strip()}
-    if seg.words is not None:
+def _item(seg, words: bool = True) -> dict:
+    """Our segment; its words only when asked for (word_timestamps in the settings): the clips
+    decode with word times to stamp the segments, which a transcript need not carry."""
+    start, end = seg.start, seg.end
+    if seg.words:  # the aligned words bound the segment (faster-whisper may keep its own timestamps)
+        start, end = seg.words[0].start, seg.words[-1].end
+    item = {"start": round(start, 3), "end": round(end, 3), "text": seg.text.strip()}
+    if words and seg.words is not None:
         item["words"] = [{"start": round(w.start, 3), "end": round(w.end, 3), "word": w.word,
                           "probability": round(w.probability, 4)} for w in seg.words]
     return item
