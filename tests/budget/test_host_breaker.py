@@ -128,8 +128,11 @@ def test_a_failure_is_the_episodes_while_the_host_serves_others_and_the_hosts_wh
     assert hosts.judge(URL, "locked")[0] == HOST  # a host that never served anyone: not the episode's
     hosts.succeeded(URL, "ep01")
     assert hosts.judge(URL, "locked") == (EPISODE, 1)  # it serves others: the episode's own
-    # A ban: another episode fails too, so the next one is the host's.
-    hosts.failed(URL, "HTTP 403 (Forbidden)", "locked", own=True)
+    # A 5xx of another episode says nothing of a ban: a 403 is still the episode's.
+    hosts.failed(URL, "HTTP 500", "broken")
+    assert hosts.judge(URL, "locked")[0] == EPISODE
+    # A ban: another episode is refused too, so the next one is the host's.
+    hosts.failed(URL, "HTTP 403 (Forbidden)", "locked", own=True, refused=True)
     assert hosts.judge(URL, "other")[0] == HOST
     assert hosts.judge(URL, "locked")[0] == EPISODE  # its own earlier failure is not "another"
 

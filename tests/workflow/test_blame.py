@@ -1,6 +1,6 @@
-"""Whose fault, on a host that serves every episode but one: the region-locked episode
-(403 for ever), a removed one (404) and a page without media fail as their own, once a
-run, and the host is never paused; a host-wide outage is still the host's
+"""Whose fault, on a host that serves every episode but a few: the region-locked episode
+(403 for ever), a removed one (404), a page without media and one that answers 500 for
+ever fail as their own, once a run, and the host is never paused; a host-wide outage is still the host's
 (test_real_sites.py). Real Snakemake, real yt-dlp, a server on 127.0.0.1."""
 
 import json
@@ -25,17 +25,18 @@ def _rows(tmp):
 @pytest.fixture
 def site(tmp_path, speech_dir):
     """8 episodes that play, one region-locked (403 for every request), one removed, one
-    page without media, all on one host."""
+    page without media, one broken (500 for every request), all on one host."""
     root = tmp_path / "site"
     root.mkdir()
     for episode in PLAYING:
         shutil.copy(speech_dir / f"{episode}.mp4", root / f"{episode}.mp4")
     shutil.copy(speech_dir / "ep01.mp4", root / "locked.mp4")
+    shutil.copy(speech_dir / "ep02.mp4", root / "broken.mp4")
     (root / "page.html").write_bytes(HTML_PAGE)
-    with MediaServer(root, faults={"/locked.mp4": ["403"] * 100_000}) as server:
+    with MediaServer(root, faults={"/locked.mp4": ["403"] * 100_000, "/broken.mp4": ["500"] * 100_000}) as server:
         rows = [{"id": e, "url": server.url(f"{e}.mp4")} for e in PLAYING]
         rows += [{"id": "locked", "url": server.url("locked.mp4")}, {"id": "gone", "url": server.url("gone.mp4")},
-                 {"id": "page", "url": server.url("page.html")}]
+                 {"id": "page", "url": server.url("page.html")}, {"id": "broken", "url": server.url("broken.mp4")}]
         yield server, write_catalogue(tmp_path / "episodes.csv", rows)
 
 
@@ -50,9 +51,11 @@ def test_one_region_locked_episode_fails_as_its_own_once_a_run_and_never_pauses_
     print(f"first run: {time.monotonic() - started:.0f} s")
     rows = _rows(tmp_path)
     assert {e: rows[e][0] for e in PLAYING} == {e: "analyzed" for e in PLAYING}
-    assert {e: rows[e][:3] for e in ("locked", "gone", "page")} == {
-        e: ("failed", 1, "episode") for e in ("locked", "gone", "page")}, rows
+    assert {e: rows[e][:3] for e in ("locked", "gone", "page", "broken")} == {
+        e: ("failed", 1, "episode") for e in ("locked", "gone", "page", "broken")}, rows
     assert "403" in rows["locked"][3] and "serves other episodes" in rows["locked"][3], rows["locked"]
+    assert "500" in rows["broken"][3] and "serves other episodes" in rows["broken"][3], rows["broken"]
+    assert len(server.served("broken.mp4")) <= 4, server.served("broken.mp4")  # two tries, not eleven
     # One request for the page, the media once, and once more after a fresh extraction: no
     # retries with backoff inside the job.
     assert len(server.served("locked.mp4")) <= 4, server.served("locked.mp4")

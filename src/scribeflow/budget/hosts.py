@@ -30,7 +30,10 @@ record decides: when its last outcome of another episode was a success, the epis
 fails on its own (counted); when other episodes of the host are failing too, or it has
 never served one, the host does (never counted, fed to the breaker). With no outcome to
 go by, a download waits for the next one of another episode in flight (at most
-JUDGE_SECONDS). A ban that starts with one episode charges that one episode once.
+JUDGE_SECONDS). A ban that starts with one episode charges that one episode once. Only
+refusals of other episodes (401/403, "unavailable") say "ban"; a 5xx elsewhere does not.
+A 5xx or timeout on one episode while the host serves others (serves_others) ends that
+episode's retries early (stages/download.py).
 
 Hosts in `download.exempt_hosts` (the loopback addresses by default: your own
 server) are not limited by the politeness rules. The state is one JSON file under {data_dir}/hosts/, read
@@ -133,7 +136,8 @@ class HostLimiter:
             idle = not holders and entry.get("backoff_until", 0) < now \
                 and entry.get("last_start", 0) < now - max(self.min_interval, 3600) \
                 and not entry.get("paused_since") and not any(entry.get("recent") or ()) \
-                and not _failing(entry) and entry.get("served_at", 0) < now - SERVED_MEMORY_SECONDS
+                and not _failing(entry) and not _failing(entry, "refused") \
+                and entry.get("served_at", 0) < now - SERVED_MEMORY_SECONDS
             probe = entry.get("probe")
             if probe and not self._alive(probe):  # the probe's process died: the next one may go
                 entry["probe"] = None
@@ -280,7 +284,7 @@ class HostLimiter:
             entry = self._entry(state, host)
             entry["strikes"] = 0
             entry["recent"] = (entry.get("recent") or [])[-(RECENT - 1):] + [0]
-            entry["failing"] = []
+            entry["failing"], entry["refused"] = [], []
             entry["served"] = entry.get("served", 0) + 1
             entry["served_at"] = time.time()
             if entry.get("paused_since"):
@@ -293,13 +297,14 @@ class HostLimiter:
         for key in ("paused_since", "paused_reason", "probe", "probe_at", "probe_wait"):
             entry.pop(key, None)
         entry["recent"] = []
-        entry["failing"] = []
+        entry["failing"], entry["refused"] = [], []
 
     def judge(self, url: str, episode: str, since: float | None = None) -> tuple[str, int]:
         """Whose fault a failure of `episode` is that either could own (a 401/403, a region
         lock, an unavailable video): (EPISODE or HOST, episodes the host has served). The
         episode's when the host's last outcome of another episode was a success; the
-        host's when other episodes of it fail too, or it never served one. Undecided, it
+        host's when other episodes of it are refused too (a 5xx elsewhere says nothing
+        of a ban), or it never served one. Undecided, it
         waits for the next outcome of another download of the host in flight (at most
         JUDGE_SECONDS, or ALONE_SECONDS with none in flight)."""
         host = host_of(url)
@@ -310,7 +315,7 @@ class HostLimiter:
         while True:
             with self._state() as state:
                 entry = self._entry(state, host)
-                others = [e for e in _failing(entry) if e != episode]
+                others = [e for e in _failing(entry, "refused") if e != episode]
                 served, served_at = entry.get("served", 0), entry.get("served_at", 0.0)
                 in_flight = [h for h in entry["holders"].values() if h.get("id") != episode]
             if others:
@@ -323,31 +328,37 @@ class HostLimiter:
                 return HOST, served
             time.sleep(POLL_SECONDS)
 
-    def served_since(self, url: str, since: float) -> bool:
-        """Whether the host of `url` served an episode after `since` (read without the lock)."""
+    def serves_others(self, url: str, episode: str) -> bool:
+        """Whether the host of `url` serves other episodes now: it served one within
+        SERVED_MEMORY_SECONDS and no other episode of it is failing since (read without
+        the lock: a hint for ending one episode's retries, never a pause)."""
         try:
             entry = json.loads((self.state_dir / STATE_FILE).read_bytes()).get(host_of(url)) or {}
         except (OSError, ValueError, AttributeError):
             return False
-        return isinstance(entry, dict) and entry.get("served_at", 0) > since
+        return isinstance(entry, dict) and entry.get("served_at", 0) > time.time() - SERVED_MEMORY_SECONDS \
+            and not [e for e in _failing(entry) if e != episode]
 
-    def failed(self, url: str, reason: str, episode: str = "", own: bool = False) -> bool:
+    def failed(self, url: str, reason: str, episode: str = "", own: bool = False, refused: bool = False) -> bool:
         """A download of the host failed (report it once per download, not per retry):
-        for the host's reasons, or `own` (judged the episode's; it still counts among the
-        failing episodes, so that a ban is seen). Pauses the host when `breaker_failures`
-        distinct episodes fail with no success between them, or (the host's reasons
-        only) more than half of its last RECENT downloads did. Returns whether the host
-        is paused now."""
+        for the host's reasons, or `own` (judged the episode's). `refused`: a 401/403 or
+        "unavailable", which judge() weighs: other episodes refused too mean a ban. Pauses
+        the host when `breaker_failures` distinct episodes fail (for either reason, so
+        that a ban that starts with one episode's own is seen) with no success between
+        them, or more than half of its last RECENT downloads failed for the host's
+        reasons. Returns whether the host is paused now."""
         host = host_of(url)
         if not host:
             return False
         with self._state() as state:
             entry = self._entry(state, host)
-            failing = _failing(entry)
-            new = episode not in failing or not episode  # a retry of a download already counted is not
-            if new:
-                failing.append(episode)
-            entry["failing"] = failing[-max(self.breaker_failures, 1):]
+            failing, refusals = _failing(entry), _failing(entry, "refused")
+            # A retry of a download already counted is not counted again.
+            new = not episode or episode not in failing + refusals
+            if not own and (new or episode not in failing):
+                entry["failing"] = failing = (failing + [episode])[-RECENT:]
+            if refused and episode not in refusals:
+                entry["refused"] = refusals = (refusals + [episode])[-RECENT:]
             recent = entry["recent"] = (entry.get("recent") or [])[-(RECENT - 1):] + ([1] if new and not own else [])
             now = time.time()
             if entry.get("paused_since"):  # a probe failed: wait twice as long for the next
@@ -356,13 +367,14 @@ class HostLimiter:
                 entry["probe"] = None
                 log.warning("The probe of %s failed (%s): next probe in %.0f s", host, reason, entry["probe_wait"])
                 return True
-            trip = len(failing) >= self.breaker_failures or (len(recent) >= 10 and sum(recent) * 2 > len(recent))
+            distinct = len(failing) + len([e for e in refusals if e not in failing]) if episode else len(failing)
+            trip = distinct >= self.breaker_failures or (len(recent) >= 10 and sum(recent) * 2 > len(recent))
             if trip:
                 entry.update(paused_since=now, paused_reason=reason[:400], probe_wait=self.probe_seconds,
                              probe_at=now + self.probe_seconds, probe=None)
-                log.error("The host %s is paused: %d distinct episodes failed in a row (%d of its last %d "
-                          "downloads for the host's reasons), the last: %s. Its episodes wait (one probes it in "
-                          "%.0f s); other hosts go on", host, len(failing), sum(recent), len(recent), reason,
+                log.error("The host %s is paused: %d distinct episodes failed with no success between (%d of its "
+                          "last %d downloads for the host's reasons), the last: %s. Its episodes wait (one probes "
+                          "it in %.0f s); other hosts go on", host, distinct, sum(recent), len(recent), reason,
                           self.probe_seconds)
             return trip
 
@@ -392,8 +404,8 @@ class HostLimiter:
             return json.loads(json.dumps(state))
 
 
-def _failing(entry: dict) -> list:
-    """The distinct episodes failing on the host since its last success (an older state
-    file kept a count: it starts again)."""
-    failing = entry.get("failing")
+def _failing(entry: dict, key: str = "failing") -> list:
+    """The distinct episodes failing on the host since its last success (`refused`: with
+    a 401/403 or "unavailable"; an older state file kept a count: it starts again)."""
+    failing = entry.get(key)
     return list(failing) if isinstance(failing, list) else []

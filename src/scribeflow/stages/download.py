@@ -701,12 +701,14 @@ def _after_failure(exc: DownloadFailed, episode: str, url: str, out: Path, dl: D
     if isinstance(exc, DiskFull):
         log.warning("%s; removed its partial file (%.1f MB): downloads pause until space returns", exc, freed / MB)
     tries.first_failure = tries.first_failure or time.time()
-    if exc.either:
+    refused = exc.either
+    if refused:
         _judge(exc, hosts, url, episode, tries.first_failure)
         if exc.kind == "episode":
-            hosts.failed(url, str(exc), episode, own=True)  # a ban that starts with one episode is seen
+            hosts.failed(url, str(exc), episode, own=True, refused=True)  # a ban that starts with one episode is seen
             raise exc
-    if exc.kind == "host" and not isinstance(exc, DiskFull) and hosts.failed(url, breaker_reason(exc), episode):
+    if exc.kind == "host" and not isinstance(exc, DiskFull) \
+            and hosts.failed(url, breaker_reason(exc), episode, refused=refused):
         tries.waiting_since = tries.waiting_since or time.time()
         return 0.0
     tries.count += 1
@@ -717,8 +719,8 @@ def _after_failure(exc: DownloadFailed, episode: str, url: str, out: Path, dl: D
         if retryable:
             exc.args = (f"{exc} (gave up after {tries.count} attempt(s))",)
         raise exc
-    if _served_others(exc, hosts, url, tries):
-        raise exc.charge("episode", f"on {tries.count} tries while the host {host_of(url)} served other episodes: "
+    if _serves_others(exc, hosts, url, episode, tries):
+        raise exc.charge("episode", f"on {tries.count} tries while the host {host_of(url)} serves other episodes: "
                                     f"the episode's own")
     delay = backoff_seconds(dl, tries.count, exc.retry_after)
     if exc.status == 429:  # slow the whole host down, in every process
@@ -743,15 +745,15 @@ def _alone(gate) -> bool:
     return counts is not None and sum(counts.get(s, 0) for s in ACTIVE_STAGES) <= 1
 
 
-# In-job retries of a transient fault (5xx, a timeout) stop once the host has served
-# other episodes since it began, after this many: it is then the episode's own.
+# In-job retries of a transient fault (5xx, a timeout) stop after this many when the host
+# serves other episodes (none of them failing): it is then the episode's own.
 TRIES_BEFORE_OWN = 2
 
 
-def _served_others(exc: DownloadFailed, hosts, url: str, tries: _Tries) -> bool:
+def _serves_others(exc: DownloadFailed, hosts, url: str, episode: str, tries: _Tries) -> bool:
     if exc.status == 429 or isinstance(exc, DiskFull) or tries.count < TRIES_BEFORE_OWN:
         return False
-    return hosts.served_since(url, tries.first_failure)
+    return hosts.serves_others(url, episode)
 
 
 def _judge(exc: DownloadFailed, hosts, url: str, episode: str, since: float) -> None:
