@@ -11,6 +11,7 @@ the ending are the same samples in every episode of a series, as a real series' 
     ep = japanese_episode(1)                  # Episode: wav (16 kHz mono), lines, songs, music_only
     eps = japanese_series(4)                  # four episodes with the same opening and ending
     ep.write_media(tmp_path / "ep01.m4a")     # AAC (or .mkv/.mp4 with a still picture) via ffmpeg
+    ep.write_srt(tmp_path / "ep01.ja.srt")    # its subtitle: the lines at their times, lyrics in ♪
 
 Each synthesised line and each built episode is kept on disk (by default
 ~/.cache/scribeflow/japanese, or $SCRIBEFLOW_TEST_CACHE/japanese), keyed by what made it,
@@ -102,6 +103,20 @@ class Episode:
     def samples(self) -> np.ndarray:
         with wave.open(str(self.wav)) as w:
             return np.frombuffer(w.readframes(w.getnframes()), np.int16).astype(np.float32) / 32768
+
+    def write_srt(self, out: Path, lyrics: bool = True) -> Path:
+        """The episode's Japanese subtitle as a broadcaster's would be: each line at its true
+        times, the songs' lyrics between ♪ marks (`lyrics`: False leaves them out)."""
+        def stamp(t: float) -> str:
+            ms = int(round(t * 1000))
+            return f"{ms // 3_600_000:02d}:{ms // 60_000 % 60:02d}:{ms // 1000 % 60:02d},{ms % 1000:03d}"
+
+        lines = [ln for ln in self.lines if lyrics or ln.kind == "speech"]
+        out = Path(out)
+        out.write_text("".join(f"{i}\n{stamp(ln.start)} --> {stamp(ln.end)}\n"
+                               f"{'♪' + ln.text + '♪' if ln.kind == 'song' else ln.text}\n\n"
+                               for i, ln in enumerate(lines, 1)), encoding="utf-8")
+        return out
 
     def write_media(self, out: Path, bitrate: str = "64k") -> Path:
         """The episode as a media file (extension picks it: .m4a, .wav, or .mkv/.mp4 with a still
