@@ -37,8 +37,9 @@ rule all:
         lost_corpus_index,
 
 
-# Every run ends with the corpus and plots of what is analysed and a line on what failed
-# (scribeflow.ops.run_end).
+# The run's end, for every rule (Snakemake keeps one onsuccess and one onerror handler):
+# the transcription worker let go, the corpus and plots of what is analysed whatever
+# failed, the end recorded, and a last line on what failed (scribeflow.ops.run_end).
 onsuccess:
     from scribeflow.ops import run_end
 
@@ -48,4 +49,4 @@ onsuccess:
 onerror:
     from scribeflow.ops import run_end
 
-    run_end.finish(SETTINGS, CATALOGUE.index, unreached_summaries())
+    run_end.finish(SETTINGS, CATALOGUE.index, *run_outcome())

@@ -5,7 +5,6 @@ import os
 import sys
 from pathlib import Path
 
-
 # The package holds all the logic. An installed scribeflow is used; a checkout run without
 # installing it uses its own src/. The jobs' scripts see the same: Snakemake appends this
 # process's sys.path to theirs (conda environments included), and the transcription worker
@@ -234,16 +233,21 @@ def analysis_targets(wildcards=None):
 
 
 # -- the run's end (onsuccess, onerror in the Snakefile) ------------------------
-def unreached_summaries():
-    """The summaries this run planned and never ran, a job before them having failed (with
-    keep-going every other job ran); none after Ctrl-C, and not one that failed itself.
-    """
+def run_outcome():
+    """(the summaries this run planned and never ran, a job before them having failed;
+    the episodes whose job failed). With keep-going every other job ran. Neither after
+    Ctrl-C (the user wants out; the jobs it stopped did not fail), and not a summary that
+    failed itself."""
     scheduler = workflow.scheduler
     if scheduler is None or getattr(scheduler, "_user_kill", None):
-        return set()
-    return {
+        return set(), set()
+    unreached = {
         j.rule.name for j in workflow.dag.needrun_jobs() if j not in scheduler.failed
     }
+    # A group job (on a cluster) stands for its members.
+    jobs = [m for j in scheduler.failed for m in (getattr(j, "jobs", None) or [j])]
+    failed = {j.wildcards.get("episode") for j in jobs} - {None}
+    return unreached, failed
 
 
 # -- cluster ---------------------------------------------------------------------

@@ -44,24 +44,3 @@ rule sample_asr:
         language=lambda wc: row(wc.episode, "language"),
     script:
         "../scripts/sample_asr.py"
-
-
-# The transcription worker (scribeflow.stages.transcription.worker) keeps the model loaded between jobs; let
-# it go when the run ends rather than after its idle timeout (it holds GPU memory).
-# Snakemake keeps one onsuccess and one onerror handler: the run's ends, for every rule.
-# (The log roll-up runs at the next run's start, so a run's logs stay where Snakemake
-# and `scribeflow failed` point until then.)
-onsuccess:
-    from scribeflow.stages.transcription import worker
-    from scribeflow.state.ledger import end_run
-
-    worker.stop(SETTINGS.transcribe.as_dict(), LAYOUT.data_dir)
-    end_run(SETTINGS)
-
-
-onerror:
-    from scribeflow.stages.transcription import worker
-    from scribeflow.state.ledger import end_run
-
-    worker.stop(SETTINGS.transcribe.as_dict(), LAYOUT.data_dir)
-    end_run(SETTINGS)

@@ -40,3 +40,13 @@ def test_the_closing_line_counts_the_failed_the_retried_and_the_given_up(config)
 def test_a_run_without_failures_says_so(config):
     analysed(config, "a")
     assert closing_line(config, ["a", "b"]) == "scribeflow: 1 of 2 episode(s) analysed; none failed"
+
+
+def test_a_job_that_died_before_recording_its_failure_still_counts(config):
+    # The ledger knows nothing of "crashed" (its job died first); Snakemake saw its job fail.
+    analysed(config, "a")
+    with Ledger.for_config(config) as ledger:
+        ledger.set_stage("crashed", "extracted")
+    assert closing_line(config, ["a", "crashed", "c"], failed_now=["crashed", "not-in-catalogue"]) == (
+        "scribeflow: 1 of 3 episode(s) analysed; 1 failed: 1 to be tried again by the next run, 0 given up "
+        "until `scribeflow retry`. `scribeflow failed` lists them and why.")

@@ -30,14 +30,25 @@ log = logging.getLogger("scribeflow")
 SUMMARIES = ("corpus", "plots")  # the rules that read every episode, in their order
 
 
-def finish(settings: Settings, episodes: Collection[str], unreached: Collection[str] = (), out=None) -> None:
-    """Build the summaries in `unreached` (rules of SUMMARIES this run planned but never ran,
-    a job before them having failed), then leave the closing line to be printed at exit."""
+def finish(settings: Settings, episodes: Collection[str], unreached: Collection[str] = (),
+           failed: Collection[str] = (), out=None) -> None:
+    """The run's end, success or not (Snakemake keeps one onsuccess and one onerror handler):
+    let the transcription worker go rather than after its idle timeout (it holds GPU
+    memory); build the summaries in `unreached` (rules of SUMMARIES this run planned but
+    never ran, a job before them having failed); record the run's end in the ledger; and
+    leave the closing line to be printed at exit (`failed`: the episodes whose job failed
+    in this run). (The log roll-up runs at the next run's
+    start, so a run's logs stay where Snakemake and `scribeflow failed` point until then.)"""
+    from scribeflow.stages.transcription import worker
+    from scribeflow.state.ledger import end_run
+
     out = out or sys.stderr
+    worker.stop(settings.transcribe.as_dict(), Layout.from_config(settings).data_dir)
     if unreached:
         print(summarise(settings, [rule for rule in SUMMARIES if rule in unreached]), file=out, flush=True)
+    end_run(settings)
     try:
-        line = closing_line(settings, episodes)
+        line = closing_line(settings, episodes, failed)
     except Exception as exc:  # an unreadable ledger: `scribeflow check` says more
         line = f"scribeflow: could not count the failed episodes ({exc}); `scribeflow failed` lists them"
     atexit.register(lambda: print(line, file=out, flush=True))
@@ -92,16 +103,18 @@ def _logged_to(path: str):
         log.level, log.propagate = saved
 
 
-def closing_line(settings: Settings, episodes: Collection[str]) -> str:
+def closing_line(settings: Settings, episodes: Collection[str], failed_now: Collection[str] = ()) -> str:
     """How many of `episodes` (the run's catalogue) are analysed and failed, how many of
-    the failed the next run tries again, and the command that lists them."""
+    the failed the next run tries again, and the command that lists them. Failed: as the
+    ledger and the given-up markers say, and `failed_now` (whose job failed in this run,
+    recorded or not: a job can die before it records anything)."""
     layout = Layout.from_config(settings)
     ids = set(episodes)
     analysed = len(ids_with_suffix(layout.episode_stats, STATS_SUFFIX, among=ids))
-    rows = [r for r in failures.report(settings) if r["id"] in ids]
+    failed = {r["id"] for r in failures.report(settings)} & ids | set(failed_now) & ids
     head = f"scribeflow: {analysed} of {len(ids)} episode(s) analysed"
-    if not rows:
+    if not failed:
         return f"{head}; none failed"
-    retried = sum(not r["given_up"] for r in rows)
-    return (f"{head}; {len(rows)} failed: {retried} to be tried again by the next run, "
-            f"{len(rows) - retried} given up until `scribeflow retry`. `scribeflow failed` lists them and why.")
+    gave_up = len(failed & failures.given_up(layout))
+    return (f"{head}; {len(failed)} failed: {len(failed) - gave_up} to be tried again by the next run, "
+            f"{gave_up} given up until `scribeflow retry`. `scribeflow failed` lists them and why.")
