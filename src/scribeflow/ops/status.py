@@ -244,10 +244,11 @@ def render_rates(r: dict) -> list[str]:
     """The rates as a table, each column with its one definition (rates.RATE_DEFINITIONS)."""
     run = r.get("this_run")
     if run is None:
-        about = "no run recorded"
+        about = "none recorded"
     else:
-        about = duration(run["seconds"]) + (", going on" if run["ended_at"] is None else ", ended "
-                                           + dt.datetime.fromtimestamp(run["ended_at"]).isoformat(timespec="minutes"))
+        about = "since it started, " + duration(run["seconds"]) + (
+            ", going on" if run["ended_at"] is None
+            else ", ended " + dt.datetime.fromtimestamp(run["ended_at"]).isoformat(timespec="minutes"))
         if run["seconds"] < MIN_RUN_SECONDS:
             about += ": too short for an hourly rate"
     lines = [f"Episodes per hour {'this run':>10} {'last hour':>10} {'overall':>10}"]
@@ -255,7 +256,7 @@ def render_rates(r: dict) -> list[str]:
         got = r.get(f"{name}_per_hour") or {}
         lines.append(f"  {name:<15} " + " ".join(f"{_per_hour(got.get(k)):>10}"
                                                 for k in ("this_run", "last_hour", "overall")))
-    lines.append(f"  (this run: since it started, {about}; last hour: the count in the last 60 min; "
+    lines.append(f"  (this run: {about}; last hour: the count in the last 60 min; "
                  f"overall: since the first download, to the last episode finished)")
     return lines
 
