@@ -7,6 +7,8 @@ import csv
 import io
 import json
 import sqlite3
+import subprocess
+import sys
 import zipfile
 
 import jsonschema
@@ -50,10 +52,14 @@ TERM_META_BANK_SCHEMA = {
 
 EPISODES = {
     # id: (series, season, [(start, end, text)])
-    "a1": ("Alpha", 1, [(1.0, 3.0, "猫が魚を食べた。"), (5.0, 7.0, "明日は何も食べない。"), (9.0, 11.0, "雨が降っている。")]),
+    "a1": ("Alpha", 1, [(1.0, 3.0, "猫が魚を食べた。"), (5.0, 7.0, "明日は何も食べない。"), (9.0, 11.0, "雨が降っている。"),
+                        (13.0, 15.0, "鳥の翼が光った。")]),
     "a2": ("Alpha", 1, [(2.0, 4.0, "パンを食べちゃった！"), (6.0, 8.0, "猫と一緒に走った。")]),
-    "b1": ("Beta", 1, [(0.5, 2.5, "学校に行きます。"), (3.0, 4.0, "今日は暑いね。")]),
+    # A song's line (♪) is kept in the transcript as a song: never counted, searched with --all-kinds.
+    "b1": ("Beta", 1, [(0.5, 2.5, "学校に行きます。"), (3.0, 4.0, "今日は暑いね。"), (5.0, 9.0, "♪翼を広げて飛んでゆく♪")]),
+    "c1": ("Gamma", 1, [(1.0, 3.0, "The fox jumped over the fence."), (4.0, 6.0, "Two foxes jump high.")]),
 }
+LANGUAGES = {"c1": "en"}
 
 
 def _srt(lines) -> str:
@@ -63,9 +69,16 @@ def _srt(lines) -> str:
     return "".join(f"{i}\n{clock(s)} --> {clock(e)}\n{text}\n\n" for i, (s, e, text) in enumerate(lines, 1))
 
 
+def _search(cwd, *args):
+    """`scribeflow search` as a user runs it: (exit status, standard output, standard error)."""
+    proc = subprocess.run([sys.executable, "-m", "scribeflow.ops.cli", "search", *args], cwd=cwd, capture_output=True,
+                          text=True, timeout=120)
+    return proc.returncode, proc.stdout, proc.stderr
+
+
 def _catalogue(tmp_path, ids):
-    rows = [{"id": e, "url": f"http://127.0.0.1:9/{e}.mp4", "language": "ja", "series": EPISODES[e][0],
-             "season": EPISODES[e][1]} for e in ids]
+    rows = [{"id": e, "url": f"http://127.0.0.1:9/{e}.mp4", "language": LANGUAGES.get(e, "ja"),
+             "series": EPISODES[e][0], "season": EPISODES[e][1]} for e in ids]
     return write_catalogue(tmp_path / "episodes.csv", rows)
 
 
@@ -74,7 +87,7 @@ def test_search_yomitan_and_shows_on_a_japanese_corpus(tmp_path):
     subs = tmp_path / "subs"
     subs.mkdir()
     for e, (_, _, lines) in EPISODES.items():
-        (subs / f"{e}.ja.srt").write_text(_srt(lines), encoding="utf-8")
+        (subs / f"{e}.{LANGUAGES.get(e, 'ja')}.srt").write_text(_srt(lines), encoding="utf-8")
     catalogue = _catalogue(tmp_path, ["a1", "b1"])
     config = workflow_config(tmp_path, catalogue, "tiny", subtitles={"folder": str(subs), "sources": ["folder"]})
     run_snakemake(tmp_path, config, "--cores", "2")
@@ -92,7 +105,20 @@ def test_search_yomitan_and_shows_on_a_japanese_corpus(tmp_path):
     assert "Alpha\ta1\t0:00:05\t明日は何も【食べない】。" in text
     exact = json.loads(scribeflow(tmp_path, "search", "食べた", "--exact", "--json", *cli))
     assert [h["marked"] for h in exact["hits"]] == ["猫が魚を【食べた】。"]
-    assert json.loads(scribeflow(tmp_path, "search", "食べる", "--series", "Beta", "--json", *cli))["hits"] == []
+    assert _search(tmp_path, "食べる", "--series", "Beta", "--json", *cli)[0] == 1
+
+    # A noun that UniDic reads alone as a given name (翼: ツバサ) is found as the frequency
+    # table counts it; the song that sings it is not counted, and shown only when asked.
+    frequency = list(csv.DictReader(io.StringIO((corpus / "lemma_frequency.tsv").read_text()), delimiter="\t"))
+    assert {row["lemma"]: int(row["count"]) for row in frequency}["翼"] == 1
+    found = json.loads(scribeflow(tmp_path, "search", "翼", "--json", *cli))
+    assert [(h["episode"], h["start"], h["marked"]) for h in found["hits"]] == [("a1", 13.0, "鳥の【翼】が光った。")]
+    assert found["uses"] == 1 and found["episodes"] == 1
+    every = json.loads(scribeflow(tmp_path, "search", "翼", "--all-kinds", "--json", *cli))
+    assert sorted((h["episode"], h["kind"]) for h in every["hits"]) == [("a1", "speech"), ("b1", "song")]
+    assert "Beta\tb1\t0:00:05\t[song] 【翼】を広げて飛んでゆく" in scribeflow(tmp_path, "search", "翼", "--all-kinds", *cli)
+    # No hits: exit 1 in text and in JSON alike, as grep.
+    assert _search(tmp_path, "宇宙", *cli)[0] == _search(tmp_path, "宇宙", "--json", *cli)[0] == 1
 
     # Yomitan: the zip validates, holds 食べる with its reading in hiragana, and its ranks
     # and counts are the frequency table's.
@@ -132,17 +158,23 @@ def test_search_yomitan_and_shows_on_a_japanese_corpus(tmp_path):
     assert 0 <= float(beta["difficulty"]) <= 5
     assert (corpus / "shows.png").stat().st_size > 10_000
 
-    # One more episode: the index and the tables take it without reading the others again.
-    catalogue = _catalogue(tmp_path, ["a1", "b1", "a2"])
+    # Two more episodes: the index and the tables take them without reading the others again.
+    catalogue = _catalogue(tmp_path, ["a1", "b1", "a2", "c1"])
     run_snakemake(tmp_path, config, "--cores", "2")
     log = (data / "logs" / "corpus" / "corpus.log").read_text()
-    assert "Corpus: read 1 new episode(s), 2 from the sums kept" in log, log
+    assert "Corpus: read 2 new episode(s), 2 from the sums kept" in log, log
     assert "adding" not in log  # the index had it already: added by its own analysis
     found = json.loads(scribeflow(tmp_path, "search", "食べる", "--json", *cli))
     assert found["uses"] == 3 and found["hits"][-1]["marked"] == "パンを【食べちゃった】！"
     db = sqlite3.connect(corpus / "index.db")
-    assert db.execute("SELECT COUNT(*) FROM episodes").fetchone() == (3,)
+    assert db.execute("SELECT COUNT(*) FROM episodes").fetchone() == (4,)
     db.close()
+    # English words by their dictionary form; --exact as written, and it says so.
+    for query in ("jumps", "jump"):
+        hits = json.loads(scribeflow(tmp_path, "search", query, "--json", *cli))["hits"]
+        assert [h["marked"] for h in hits] == ["The fox 【jumped】 over the fence.", "Two foxes 【jump】 high."], query
+    rc, out, err = _search(tmp_path, "Fox", "--exact", *cli)
+    assert (rc, out) == (1, "") and "Fox written exactly so: 0 shown; fox / foxes in any form: 2 use(s)" in err, err
     frequency = list(csv.DictReader(io.StringIO((corpus / "lemma_frequency.tsv").read_text()), delimiter="\t"))
     assert {row["lemma"]: int(row["count"]) for row in frequency}["食べる"] == 3
 
