@@ -37,8 +37,8 @@ def finish(settings: Settings, episodes: Collection[str], unreached: Collection[
     memory); build the summaries in `unreached` (rules of SUMMARIES this run planned but
     never ran, a job before them having failed); record the run's end in the ledger; and
     leave the closing line to be printed at exit (`failed`: the episodes whose job failed
-    in this run). (The log roll-up runs at the next run's
-    start, so a run's logs stay where Snakemake and `scribeflow failed` point until then.)"""
+    in this run). The log roll-up waits for the next run's start, so that a run's logs
+    stay where Snakemake and `scribeflow failed` point until then."""
     from scribeflow.stages.transcription import worker
     from scribeflow.state.ledger import end_run
 
