@@ -298,10 +298,6 @@ class Found:
             atomic_write_text(self.series_file(series), json.dumps(data, ensure_ascii=False))
         atomic_write_text(self.folder / "state.json", json.dumps(self.state, ensure_ascii=False))
 
-    def summary(self) -> dict:
-        """{series: {"episodes", "song_s", "repeat_s"}}, as the state keeps it."""
-        return {s: {k: v[k] for k in ("episodes", "song_s", "repeat_s")} for s, v in self.state["series"].items()}
-
 
 def read_summary(folder: str | Path) -> dict:
     """The songs and repeats found per series (what `scribeflow status` shows); {} before any."""
@@ -319,8 +315,8 @@ def series_marks(folder: str | Path, series: str) -> dict[str, list]:
 
 def find(folder: str | Path, entries, files) -> Found:
     """The marks of every series whose episodes changed since the last step. `entries`:
-    (episode, lemmas path, series) in the catalogue's order; `files`: an object with
-    the run's layout (config.layout.Layout): where each episode's files are."""
+    (episode, lemmas path, series) in the catalogue's order; `files`: the run's layout
+    (config.layout.Layout), where each episode's files are."""
     folder = Path(folder)
     try:
         state = json.loads((folder / "state.json").read_text(encoding="utf-8"))
@@ -351,15 +347,11 @@ def find(folder: str | Path, entries, files) -> Found:
 
 
 def _mark_series(found: Found, series: str, episodes: list, files) -> dict:
+    """A series' marks found again: the pairs of neighbours not compared yet, then every
+    episode's kinds; the corrections of those whose marks or analysis changed."""
     old = found.load(series)
     data = {"version": VERSION, "series": series, "episodes": {}, "pairs": {}}
-    info = {}
-    for episode, lemma_id, fp_id, _ in episodes:
-        before = old["episodes"].get(episode, {})
-        source = "audio" if fp_id else before.get("source") if before.get("lemmas") == lemma_id else None
-        if source is None:
-            source = "text" if _source(files.stats_file(episode)) == "subtitles" else "none"
-        info[episode] = {"source": source, "of": fp_id if source == "audio" else lemma_id, "lemmas": lemma_id}
+    info = _sources(old, episodes, files)
     loaded: dict[str, object] = {}
 
     def content(e):
@@ -368,33 +360,27 @@ def _mark_series(found: Found, series: str, episodes: list, files) -> dict:
                          else _segments(files, e))
         return loaded[e]
 
-    durations = {}
     for source in ("audio", "text"):
         order = [e for e, *_ in episodes if info[e]["source"] == source]
         pairs = {}
         for i, x in enumerate(order):
             for y in order[i + 1:i + 1 + NEIGHBOURS]:
-                pair_key, of = f"{x}\t{y}", [info[x]["of"], info[y]["of"]]
-                cached = old["pairs"].get(pair_key)
+                of, cached = [info[x]["of"], info[y]["of"]], old["pairs"].get(f"{x}\t{y}")
                 if cached and cached["of"] == of:
-                    stretches = cached["stretches"]
+                    pairs[(x, y)] = cached["stretches"]
                 else:
                     a, b = content(x), content(y)
-                    stretches = [list(s) for s in (shared_audio(a, b) if source == "audio" else shared_lines(a, b))]
-                data["pairs"][pair_key] = {"of": of, "stretches": stretches}
-                pairs[(x, y)] = stretches
+                    pairs[(x, y)] = [list(s) for s in (shared_audio(a, b) if source == "audio" else shared_lines(a, b))]
+                data["pairs"][f"{x}\t{y}"] = {"of": of, "stretches": pairs[(x, y)]}
         for e in order:
             before = old["episodes"].get(e, {})
-            durations[e] = (before["duration"] if before.get("of") == info[e]["of"] and "duration" in before
-                            else _duration(content(e), source))
-        marks = classify(durations, order, pairs)
+            info[e]["duration"] = (before["duration"] if before.get("of") == info[e]["of"] and "duration" in before
+                                   else _duration(content(e), source))
+        marks = classify({e: info[e]["duration"] for e in order}, order, pairs)
         for e in order:
             info[e]["ranges"] = marks.get(e, [])
-    for episode, lemma_id, fp_id, lemmas in episodes:
-        before, now = old["episodes"].get(episode, {}), info[episode]
-        entry = {**now, "ranges": now.get("ranges", [])}
-        if episode in durations:
-            entry["duration"] = durations[episode]
+    for episode, lemma_id, _, lemmas in episodes:
+        before, entry = old["episodes"].get(episode, {}), {"ranges": [], **info[episode]}
         if not entry["ranges"] and not before.get("ranges"):
             entry["correction"] = None  # nothing marked, then or now
         elif before.get("ranges") == entry["ranges"] and before.get("lemmas") == lemma_id:
@@ -407,6 +393,19 @@ def _mark_series(found: Found, series: str, episodes: list, files) -> dict:
     log.info("Songs and repeats of series %s: %s", series, ", ".join(
         f"{k} {v:.0f} s" for k, v in seconds([r for v in data["episodes"].values() for r in v["ranges"]]).items()))
     return data
+
+
+def _sources(old: dict, episodes: list, files) -> dict:
+    """Per episode: what it is compared by (`audio`: a fingerprint; `text`: a subtitle's
+    lines; `none`: an ASR episode without a fingerprint), and that file's identity."""
+    info = {}
+    for episode, lemma_id, fp_id, _ in episodes:
+        before = old["episodes"].get(episode, {})
+        source = "audio" if fp_id else before.get("source") if before.get("lemmas") == lemma_id else None
+        if source is None:
+            source = "text" if _source(files.stats_file(episode)) == "subtitles" else "none"
+        info[episode] = {"source": source, "of": fp_id if source == "audio" else lemma_id, "lemmas": lemma_id}
+    return info
 
 
 def _source(stats_path) -> str | None:
