@@ -144,7 +144,11 @@ class CorpusIndexError(RuntimeError):
 
 class Damaged(CorpusIndexError):
     """SQLite says the file is corrupt, or it is an index of another format: what is set
-    aside and rebuilt from the tokens."""
+    aside (as index.db.{aside}-TIME) and rebuilt from the tokens."""
+
+    def __init__(self, message: str, aside: str = "damaged"):
+        super().__init__(message)
+        self.aside = aside
 
 
 def is_kanji(char: str) -> bool:
@@ -193,7 +197,7 @@ class Index:
             raise CorpusIndexError(f"{self.path}: an empty corpus index; it is filled as episodes are analysed")
         if tables and version != VERSION:
             raise Damaged(f"{self.path}: a corpus index of another format ({version}; this version reads "
-                          f"{VERSION}); delete it: the next run rebuilds it from the tokens")
+                          f"{VERSION}); delete it: the next run rebuilds it from the tokens", aside=f"format{version}")
         if not readonly:
             # The rollback journal, as the ledger: safe on a shared filesystem.
             self.conn.execute("PRAGMA journal_mode = DELETE")
@@ -812,12 +816,12 @@ def set_aside(path: Path, why) -> bool:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not path.exists() or _sound(path):
             return False
-        aside = path.with_name(f"{path.name}.damaged-{time.strftime('%Y%m%d-%H%M%S')}")
+        aside = path.with_name(f"{path.name}.{getattr(why, 'aside', 'damaged')}-{time.strftime('%Y%m%d-%H%M%S')}")
         os.replace(path, aside)
         journal = path.with_name(path.name + "-journal")
         if journal.exists():  # a hot journal belongs to the damaged file, never to a new one
             os.replace(journal, aside.with_name(aside.name + "-journal"))
-    log.warning("The corpus index %s is damaged (%s): moved aside to %s; the corpus step rebuilds it from the "
+    log.warning("The corpus index %s cannot be used (%s): moved aside to %s; the corpus step rebuilds it from the "
                 "tokens", path, why, aside.name)
     return True
 
