@@ -261,7 +261,10 @@ def transcribe_runtime(wildcards, attempt):
 onstart:
     from scribeflow.state.ledger import Ledger
     from scribeflow.budget.cleanup import clean_orphans
+    from scribeflow.ops.run_end import note_interrupts
 
+    # A Ctrl-C noted: the run's end then builds no summaries (Snakefile, onerror).
+    note_interrupts()
     if not workflow.local_exec:
         # Jobs on other nodes share the gate and the ledger only through file locks.
         from scribeflow.integration.cluster import local_lock_problem

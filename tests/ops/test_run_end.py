@@ -50,3 +50,30 @@ def test_a_job_that_died_before_recording_its_failure_still_counts(config):
     assert closing_line(config, ["a", "crashed", "c"], failed_now=["crashed", "not-in-catalogue"]) == (
         "scribeflow: 1 of 3 episode(s) analysed; 1 failed: 1 to be tried again by the next run, 0 given up "
         "until `scribeflow retry`. `scribeflow failed` lists them and why.")
+
+
+def test_after_a_ctrl_c_the_end_builds_nothing_and_says_how_to_go_on(config, monkeypatch, capsys):
+    import atexit
+    import os
+    import signal
+    import time
+
+    from scribeflow.ops import run_end
+
+    monkeypatch.setattr(run_end, "_interrupted", [])
+    lines = []
+    monkeypatch.setattr(atexit, "register", lambda f: lines.append(f))  # the line Python would print at exit
+    previous = signal.getsignal(signal.SIGINT)
+    try:
+        run_end.note_interrupts()
+        with pytest.raises(KeyboardInterrupt):  # what Snakemake's scheduler then catches
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(1)  # the handler runs at once; this only bounds the wait
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    run_end.finish(config, ["a"], unreached={"corpus", "plots"})
+    assert capsys.readouterr().err == ""  # no summaries built
+    assert not (Layout.from_config(config).corpus / "episodes.tsv").exists()
+    lines[0]()
+    assert capsys.readouterr().err == ("scribeflow: interrupted; the same command goes on where it stopped. "
+                                       "0 of 1 episode(s) analysed; none failed\n")

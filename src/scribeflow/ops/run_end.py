@@ -16,6 +16,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import logging
+import signal
 import sys
 import time
 from collections.abc import Collection
@@ -28,6 +29,23 @@ from scribeflow.state import failures
 
 log = logging.getLogger("scribeflow")
 SUMMARIES = ("corpus", "plots")  # the rules that read every episode, in their order
+_interrupted = []  # a Ctrl-C seen by this process (note_interrupts)
+
+
+def note_interrupts() -> None:
+    """Note a Ctrl-C before Python turns it into KeyboardInterrupt: Snakemake's scheduler
+    then ends like a failed run, and the run's end must not keep a user who wants out
+    waiting for summaries. From the run's start (onstart: Snakemake's main thread)."""
+    previous = signal.getsignal(signal.SIGINT)
+
+    def noted(signum, frame):
+        _interrupted.append(time.time())
+        if callable(previous):
+            return previous(signum, frame)
+        raise KeyboardInterrupt
+
+    with contextlib.suppress(ValueError):  # not the main thread: nothing to note
+        signal.signal(signal.SIGINT, noted)
 
 
 def finish(settings: Settings, episodes: Collection[str], unreached: Collection[str] = (),
@@ -44,7 +62,7 @@ def finish(settings: Settings, episodes: Collection[str], unreached: Collection[
 
     out = out or sys.stderr
     worker.stop(settings.transcribe.as_dict(), Layout.from_config(settings).data_dir)
-    if unreached:
+    if unreached and not _interrupted:
         print(summarise(settings, [rule for rule in SUMMARIES if rule in unreached]), file=out, flush=True)
     end_run(settings)
     try:
@@ -76,6 +94,8 @@ def summarise(settings: Settings, rules: list[str]) -> str:
         except Exception as exc:  # the run has ended: say it in a line, the traceback is in the log
             return (f"scribeflow: the {rule} step at the run's end failed: {type(exc).__name__}: {exc} "
                     f"(traceback in {log_path})")
+        except KeyboardInterrupt:
+            return f"scribeflow: the {rule} step at the run's end was interrupted; the next run builds it"
     analysed = len(ids_with_suffix(layout.episode_stats, STATS_SUFFIX))
     steps_ = " and ".join(rules) + (" steps" if len(rules) > 1 else " step")
     return (f"scribeflow: a job failed, so Snakemake skipped the {steps_}; ran here over the {analysed} "
@@ -112,7 +132,8 @@ def closing_line(settings: Settings, episodes: Collection[str], failed_now: Coll
     ids = set(episodes)
     analysed = len(ids_with_suffix(layout.episode_stats, STATS_SUFFIX, among=ids))
     failed = {r["id"] for r in failures.report(settings)} & ids | set(failed_now) & ids
-    head = f"scribeflow: {analysed} of {len(ids)} episode(s) analysed"
+    head = (f"scribeflow: {'interrupted; the same command goes on where it stopped. ' if _interrupted else ''}"
+            f"{analysed} of {len(ids)} episode(s) analysed")
     if not failed:
         return f"{head}; none failed"
     gave_up = len(failed & failures.given_up(layout))
