@@ -180,6 +180,12 @@ def test_a_damaged_index_moves_aside_with_its_journal_and_a_sound_one_stays(tmp_
     assert concordance.set_aside(path, "file is not a database") is False
     with Index(path, readonly=True) as index:
         assert index.episode_names() == {"e1"}
+    # An analysis that meets a damaged index sets it aside and adds its episode to a new one.
+    path.write_bytes(b"not a database" * 100)
+    assert concordance.add_episode(path, "e2", *_episode("e2")) is True
+    assert len(list(tmp_path.glob("index.db.damaged-*"))) == 3  # each kept, the first with its journal
+    with Index(path, readonly=True) as index:
+        assert index.episode_names() == {"e2"}
 
 
 def test_a_locked_index_is_reported_and_never_set_aside(tmp_path):
@@ -195,6 +201,8 @@ def test_a_locked_index_is_reported_and_never_set_aside(tmp_path):
             concordance.adding(path, timeout=0.2)
         with pytest.raises(concordance.CorpusIndexError, match="another process held its write lock"):
             complete(path, entries, tokens_of, transcript_of, timeout=0.2)
+        # An analysis goes on without it: the corpus step adds the episode later.
+        assert concordance.add_episode(path, "e2", *_episode("e2"), series="S", timeout=0.2) is False
     finally:
         other.execute("ROLLBACK")
         other.close()

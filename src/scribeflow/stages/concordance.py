@@ -816,7 +816,9 @@ def set_aside(path: Path, why) -> bool:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not path.exists() or _sound(path):
             return False
-        aside = path.with_name(f"{path.name}.{getattr(why, 'aside', 'damaged')}-{time.strftime('%Y%m%d-%H%M%S')}")
+        stem = f"{path.name}.{getattr(why, 'aside', 'damaged')}-{time.strftime('%Y%m%d-%H%M%S')}"
+        aside = next(path.with_name(f"{stem}{f'-{n}' if n else ''}") for n in range(1000)  # never over another
+                     if not path.with_name(f"{stem}{f'-{n}' if n else ''}").exists())
         os.replace(path, aside)
         journal = path.with_name(path.name + "-journal")
         if journal.exists():  # a hot journal belongs to the damaged file, never to a new one
@@ -857,6 +859,26 @@ def adding(path: str | Path, timeout: float = 120.0) -> Index:
         return Index(path, timeout=timeout)
     except sqlite3.Error as exc:
         raise _failed(path, exc) from exc
+
+
+def add_episode(path: str | Path, episode: str, table, meta: dict, segments: list[dict], series: str | None = None,
+                season: str | None = None, timeout: float = 120.0) -> bool:
+    """Index.add on the index at `path`, for an analysis, which never fails for the index:
+    a damaged index is set aside and the episode added to a new one; a lock held too long,
+    a full disk or an I/O error is logged with what to do and the episode left to the
+    corpus step (`complete` adds what the index lacks). Returns whether it was added."""
+    path = Path(path)
+    for _ in range(2):
+        try:
+            with adding(path, timeout) as index:
+                index.add(episode, table, meta, segments, series, season)
+            return True
+        except Damaged as exc:
+            set_aside(path, exc)
+        except CorpusIndexError as exc:
+            log.warning("%s: not in the corpus index yet: %s", episode, exc)
+            return False
+    return False
 
 
 def complete(path: str | Path, entries: list[tuple[str, str | None, str | None]], tokens_of, transcript_of,

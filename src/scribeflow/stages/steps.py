@@ -336,7 +336,7 @@ def analyse_episode(*, settings: Settings, episode: str, transcript: str, tokens
     is ~1.5 ms less of Snakemake's planning per episode (docs/benchmarks.md). The episode
     is then added to the corpus index (its segments and words: searches, sums)."""
     from scribeflow.stages.analysis import analyse_tokens
-    from scribeflow.stages.concordance import adding
+    from scribeflow.stages.concordance import add_episode
     from scribeflow.stages.tokens import checked_transcript, tokenize_file
 
     with _ledger_and_gate(settings) as (ledger, _), _recorded(ledger, episode):
@@ -347,8 +347,8 @@ def analyse_episode(*, settings: Settings, episode: str, transcript: str, tokens
         if cleanup.delete_transcript_after_tokenization:
             log.info("delete_transcript_after_tokenization: Snakemake deletes %s now", transcript)
         analyse_tokens(table, meta, stats, lemmas)
-        with adding(Layout.from_config(settings).corpus_index) as index:
-            index.add(episode, table, meta, read["segments"], _series_name(series), _season(season))
+        add_episode(Layout.from_config(settings).corpus_index, episode, table, meta, read["segments"],
+                    _series_name(series), _season(season))
         ledger.set_stage(episode, "analyzed")
         if cleanup.delete_tokens_after_analysis:
             log.info("delete_tokens_after_analysis: the tokens of %s are not kept", episode)
