@@ -3,18 +3,26 @@ file ({data_dir}/analysis/corpus/index.db), added to as each episode is analysed
 
 What it answers, each at a cost that does not grow with the episodes already indexed:
 - where a word is used (`search`): one row per word and episode using it, with the
-  segments (varints), ordered by word, so that a search reads its hits and no more;
-- how often each word is used, in the whole corpus and per series (`counts`), kept as sums
-  that each new episode adds to (the frequency tables, the Yomitan dictionaries and the
-  per-show statistics read the sums, never the episodes' files);
+  segment of each use (varints), ordered by word, so that a search reads its hits and no
+  more; a one-word query is looked up by lemma, written form and reading (`query_groups`);
+- how often each word is said, per show (`counts`), kept as sums that each new episode
+  adds to (the frequency tables, the Yomitan dictionaries and the per-show statistics
+  read the sums, never the episodes' files);
 - each episode's figures (`episodes`: speech, characters, words, morae, kanji).
+
+A segment's kind (SPEC.md: speech, song, repeat, sound) is kept with its episode; only
+speech is counted in the sums and the figures, and searched by default. `Index.mark`
+re-marks an indexed episode's segments (the song and repeat detection finds them once the
+series' other episodes arrive) in one transaction, at one episode's cost.
 
 An episode is added in one transaction, after its tokens are written: one more episode
 costs its own rows. Adding it again (a rerun) first takes its old rows and sums away. A
 word is UniDic's lemma with the spelling and reading of its dictionary form (食べる,
 タベル), so that homographs with different readings stay apart; other languages' words are
-their case-folded forms. The file is a cache of the tokens: deleted or damaged, it is
-rebuilt from the tokens (`complete`), which the workflow does by itself.
+their case-folded forms, searched by their Snowball stem. The file is a cache of the
+tokens: deleted, damaged (SQLite says so) or of an earlier format, it is rebuilt from the
+tokens (`complete`), which the workflow does by itself; a lock or a full disk never sets a
+sound file aside (the ledger's rule, state/ledger.py).
 """
 
 from __future__ import annotations
