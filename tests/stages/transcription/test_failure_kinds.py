@@ -59,7 +59,7 @@ def test_a_request_queued_behind_a_slow_one_is_not_timed_out_for_its_wait(tmp_pa
     from scribeflow.stages.media import BYTES_PER_SECOND, WAV_HEADER
 
     wavs = [wav_of(speech_dir, n, tmp_path) for n in range(1, 9)]
-    short, long = wavs[1], concatenated(wavs * 2, tmp_path / "long.wav")  # ~16 sentences: many times the short one
+    short, long = wavs[1], concatenated(wavs * 6, tmp_path / "long.wav")  # 48 sentences: many times the short one
     tc, data = worker_settings(model_path, start_timeout_seconds=1), tmp_path / "data"
     options = decode_options(tc, "en")
     try:
