@@ -251,7 +251,7 @@ def test_a_download_larger_than_the_budget_fails_at_once_as_permanent(tmp_path):
     with pytest.raises(NeverFits) as raised:
         with gate.admitted("huge", 3_900_000, []):
             pass
-    assert time.monotonic() - started < 1  # not stall_timeout
+    assert time.monotonic() - started < 5  # at once, not after stall_timeout (900 s)
     message = str(raised.value)
     assert "huge" in message and "3.9 MB declared + 250 kB audio headroom" in message
     assert "exceeds the hard limit of 4 MB" in message
@@ -316,10 +316,22 @@ def test_a_4_mb_budget_with_damaged_state_runs_and_gives_up_what_never_fits(tmp_
     assert "hard limit of 4 MB" in marker["reason"]
     db = sqlite3.connect(data / "jobs.db")
     started, failed = db.execute("SELECT downloading_at, failed_at FROM jobs WHERE id = 'huge'").fetchone()
-    assert failed - started < 5  # at once, not after stall_timeout_seconds
+    assert failed - started < 120  # not after stall_timeout_seconds (900 s); the job's start is load-bound
+    # At once: from its declaration to its failure, without the seconds a busy machine
+    # takes to start the job and extract the page.
+    log = (data / "logs" / "download" / "huge.log").read_text()
+    assert _logged_at(log, "huge failed") - _logged_at(log, "Declared size of huge") < 5, log[-3000:]
     assert db.execute("SELECT stage FROM jobs WHERE id = 'gone'").fetchone() == ("failed",)
     peak = db.execute("SELECT MAX(total_bytes) FROM disk_samples").fetchone()[0]
     assert peak and peak <= 4_000_000
+
+
+def _logged_at(log: str, text: str) -> float:
+    """When the first line of the log `log` that contains `text` was written."""
+    from datetime import datetime
+
+    line = next(line for line in log.splitlines() if text in line)
+    return datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f").timestamp()
 
 
 def test_unreadable_host_state_is_rebuilt(tmp_path):
