@@ -85,3 +85,65 @@ def test_evaluate_prints_and_writes_the_cer_of_each_episode(tmp_path):
     hypothesis = "".join(c for c in said if c not in " 。、\n？！?!.,")
     assert int(rows[0]["errors"]) == levenshtein(reference, hypothesis)
     assert int(rows[0]["reference_chars"]) == len(reference)
+
+
+def test_release_names_are_matched_as_written_and_the_japanese_subtitle_is_preferred(tmp_path, caplog):
+    show = "[Group] Show - 01 [1080p]"
+    (tmp_path / f"{show}.mkv").write_bytes(b"x")
+    for name in (f"{show}.en.srt", f"{show}.ja.srt", f"{show}.ass", "[Group] Show - 02 [1080p].ja.srt"):
+        (tmp_path / name).write_text("1\n00:00:01,000 --> 00:00:02,000\nはい\n", encoding="utf-8")
+    # The brackets are not a glob's character class; the Japanese file before the untagged and English ones.
+    assert [(e, s.name) for e, _, s in evaluate.pairs([tmp_path])] == [(show, f"{show}.ja.srt")]
+    # The configured languages' order decides: English wanted, English found.
+    assert evaluate.subtitle_beside(tmp_path / f"{show}.mkv", ["en"])[0].name == f"{show}.en.srt"
+    # Without a file in a wanted language, the untagged one; never another language's.
+    (tmp_path / f"{show}.ja.srt").unlink()
+    assert evaluate.pairs([tmp_path])[0][2].name == f"{show}.ass"
+    (tmp_path / f"{show}.ass").unlink()
+    with pytest.raises(evaluate.EvaluateError, match="no episode with a subtitle"):
+        evaluate.pairs([tmp_path])
+    assert f"{show}.mkv: its subtitles ({show}.en.srt) are in no language of ja, ja-JP, jpn" in caplog.text
+
+
+def test_timing_against_the_cues_counts_strays_and_text_over_no_cue():
+    cues = [{"start": 8.0, "end": 10.0, "kind": "song"}, {"start": 31.5, "end": 34.0}, {"start": 35.0, "end": 39.0}]
+    segments = [{"start": 0.0, "end": 35.0, "text": "おはよう"},     # from the opening: 31.5 s early
+                {"start": 35.2, "end": 37.0, "text": "うん"},         # half a line: not early
+                {"start": 38.0, "end": 39.6, "text": "駅の前で"},      # 0.6 s late: within the bar
+                {"start": 50.0, "end": 52.0, "text": "ご視聴ありがとう"}]  # over no cue: music or silence
+    assert evaluate.timing(segments, cues[1:]) == {"timing_max_s": 31.5, "mistimed": 1, "uncued_chars": 8}
+    # With the opening's lyrics subtitled, the first segment holds them too: still 8 s early.
+    assert evaluate.timing(segments, cues) == {"timing_max_s": 8.0, "mistimed": 1, "uncued_chars": 8}
+    assert evaluate.timing([], cues) == {"timing_max_s": None, "mistimed": 0, "uncued_chars": 0}
+
+
+@pytest.mark.slow
+def test_evaluate_on_a_release_named_japanese_episode(tmp_path):
+    """Kokoro's Japanese voices over music, named as a release, its Japanese subtitle beside an
+    English one: the CER is against the Japanese dialogue, the times within a second of it."""
+    from support.japanese import japanese_episode
+
+    episode = japanese_episode(3)
+    folder = tmp_path / "Show"
+    name = "[Group] Show - 03 [1080p]"
+    episode.write_media(folder / f"{name}.mkv")
+    episode.write_srt(folder / f"{name}.ja.srt")
+    (folder / f"{name}.en.srt").write_text("1\n00:00:31,500 --> 00:00:34,000\nIs this room cold?\n")
+    base = str(packaged_model("base"))
+    catalogue = write_catalogue(tmp_path / "episodes.csv", [{"id": "x", "url": "http://127.0.0.1:9/x"}])
+    config = tmp_path / "config.yaml"
+    import yaml
+
+    config.write_text(yaml.safe_dump(workflow_config(tmp_path, catalogue, base)))
+    out = tmp_path / "evaluation"
+    proc = subprocess.run([sys.executable, "-m", "scribeflow.ops.cli", "evaluate", str(folder), "--model", base,
+                           "--language", "ja", "--out", str(out), "--configfile", str(config)],
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr
+    print(proc.stdout)
+    (row,) = csv.DictReader((out / "evaluate.tsv").open(), delimiter="\t")
+    assert row["episode"] == name and row["language"] == "ja"
+    assert int(row["reference_chars"]) == len(evaluate.normalise(episode.text))  # the Japanese dialogue
+    assert float(row["cer"]) < 0.35
+    assert int(row["mistimed"]) == 0 and float(row["timing_max_s"]) <= 1.0
+    assert "segment(s) more than 1 s outside their cues" in proc.stdout

@@ -353,7 +353,7 @@ def cmd_evaluate(args) -> int:
     settings = load_config(args)
     tc = settings.transcribe.as_dict()
     try:
-        episodes = evaluate.pairs(args.paths)
+        episodes = evaluate.pairs(args.paths, evaluate.languages(settings, args.language))
         variants = evaluate.variants(args.model or [tc["model"]], args.vary or [])
         rows = evaluate.evaluate(episodes, variants, tc, args.language or settings.transcribe.language)
     except (evaluate.EvaluateError, ModelError) as exc:
