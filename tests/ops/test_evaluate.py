@@ -147,3 +147,12 @@ def test_evaluate_on_a_release_named_japanese_episode(tmp_path):
     assert float(row["cer"]) < 0.35
     assert int(row["mistimed"]) == 0 and float(row["timing_max_s"]) <= 1.0
     assert "segment(s) more than 1 s outside their cues" in proc.stdout
+
+
+def test_the_table_tells_release_named_episodes_apart():
+    row = {"setting": "/models/whisper-base", "audio_seconds": 95.0, "reference_chars": 120, "errors": 12,
+           "cer": 0.1, "rtf": 0.3, "repetitions": 0, "phrases": 0, "language": "ja", "vote_agreement": None,
+           "coverage": 0.98, "timing_max_s": 0.7, "mistimed": 0, "uncued_chars": 3}
+    table = evaluate.render([{**row, "episode": f"[Kokoro] Nichijou - {n:02d} [1080p]"} for n in (1, 2)])
+    assert "- 01 [1080p]" in table and "- 02 [1080p]" in table
+    assert "0 segment(s) more than 1 s outside their cues (longest 0.700 s), 6 character(s)" in table

@@ -236,10 +236,10 @@ def totals(rows: list[dict]) -> list[dict]:
 
 
 def render(rows: list[dict]) -> str:
-    lines = [f"{'setting':30} {'episode':16} {'audio s':>8} {'chars':>6} {'CER':>7} {'RTF':>7} {'guard':>5} "
+    lines = [f"{'setting':40} {'episode':24} {'audio s':>8} {'chars':>6} {'CER':>7} {'RTF':>7} {'guard':>5} "
              f"{'lang':>4} {'vote':>5} {'cover':>6} {'stray s':>7} {'uncued':>6}"]
     for r in rows:
-        lines.append(f"{short(r['setting'])[:40]:40} {r['episode'][:16]:16} {r['audio_seconds']:8.1f} "
+        lines.append(f"{short(r['setting'])[:40]:40} {_clipped(r['episode'], 24):24} {r['audio_seconds']:8.1f} "
                      f"{r['reference_chars']:6d} {_pct(r['cer']):>7} {_num(r['rtf']):>7} "
                      f"{r['repetitions'] + r['phrases']:5d} {r['language']:>4} {_pct(r['vote_agreement']):>5} "
                      f"{_pct(r['coverage']):>6} {_num(r.get('timing_max_s')):>7} {r.get('uncued_chars', 0):6d}")
@@ -257,6 +257,11 @@ def short(setting: str) -> str:
     """A setting's name for tables and folders: the model's own name, and what it changes."""
     model, _, change = setting.partition(" ")
     return " ".join(filter(None, (Path(model).name, change.replace("/", "_"))))
+
+
+def _clipped(name: str, width: int) -> str:
+    """A name cut to `width` in the middle: release names differ at their end ("... - 03 [1080p]")."""
+    return name if len(name) <= width else f"{name[:width // 2 - 1]}…{name[-(width - width // 2):]}"
 
 
 def _pct(x) -> str:
