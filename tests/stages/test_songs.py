@@ -18,8 +18,6 @@ from scribeflow.stages import concordance, songs, steps
 from scribeflow.stages.analysis import read_tsv
 from scribeflow.stages.tokens import tokenize_transcript
 
-RNG = np.random.default_rng(0)
-
 
 # -- what two fingerprints share ------------------------------------------------------------------
 def noisy(values: np.ndarray, bits: int, rng, share: float = 0.6) -> np.ndarray:
@@ -144,6 +142,14 @@ def test_the_fingerprint_of_real_audio_has_about_eight_values_a_second(fingerpri
     [opening, ending] = songs.shared_audio(values, songs.read_fingerprint(fingerprints[1][0]))
     assert opening[0] < 1.0 and opening[1] == pytest.approx(20, abs=1.5)
     assert ending[1] - ending[0] == pytest.approx(20, abs=2.5) and ending[3] - ending[1] == pytest.approx(3, abs=0.3)
+
+
+def test_without_ffmpeg_or_fpcalc_the_extraction_goes_on_and_says_why(fingerprints, tmp_path, monkeypatch, caplog):
+    monkeypatch.setenv("PATH", str(tmp_path))  # neither tool to be found
+    wav = fingerprints[0][0].with_suffix(".wav")
+    assert songs.keep_fingerprint(wav, tmp_path / "x.chromaprint") is None
+    assert not (tmp_path / "x.chromaprint").exists()
+    assert "install Debian's ffmpeg" in caplog.text and "not looked for" in caplog.text
 
 
 def make_settings(tmp_path, rows) -> Settings:
