@@ -5,7 +5,7 @@ recap ("previously on") or a preview repeats a stretch of another episode. Count
 every lyric would be counted once per episode. As media servers find intros (Jellyfin's
 Intro Skipper), each episode's audio is fingerprinted with Chromaprint while it exists
 (`keep_fingerprint`, in the extraction: ~8 32-bit values a second, ~4 bytes each, kept as
-`{data_dir}/fingerprints/{id}.chromaprint`), and the corpus step compares each episode
+`{data_dir}/analysis/fingerprints/{id}.chromaprint`), and the corpus step compares each episode
 with its neighbours in the series (`NEIGHBOURS` either side, catalogue order): a stretch of
 at least `MIN_SHARED_S` seconds whose fingerprints agree is shared. Episodes from subtitles
 have no audio: a run of at least `MIN_LINES` identical lines (`MIN_TEXT_CHARS` characters
