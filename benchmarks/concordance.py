@@ -1,7 +1,7 @@
 """The corpus index and the corpus update at scale: what one more episode costs, how fast a
 search answers, and what the index weighs.
 
-    python benchmarks/concordance.py --bulk 171881           # the whole catalogue, in bulk
+    python benchmarks/concordance.py --bulk 171881 --at 17188 42970   # the whole catalogue, in bulk
     python benchmarks/concordance.py --bulk 17188            # a tenth of it
     python benchmarks/concordance.py                         # one at a time: 2,000 / 6,000 / 12,000 episodes
     python benchmarks/concordance.py --sizes 500 1000 2000   # a quick look
@@ -184,10 +184,11 @@ def _bulk_episode(c, rng, vocab, number: int, show: int, counts: np.ndarray, doc
     documents[words] += 1
 
 
-def bulk_build(path: Path, episodes: int, vocab: list[tuple], seed: int = 1) -> float:
+def bulk_build(path: Path, episodes: int, vocab: list[tuple], seed: int = 1, at=(), measure=None) -> float:
     """An index of `episodes` laid down in bulk, in Index.add's format (one transaction per
-    1,000 episodes, each word's rows in key order): what the workflow builds one episode at
-    a time. Returns the seconds it took."""
+    ~1,200 episodes, each word's rows in key order): what the workflow builds one episode
+    at a time. `measure(done, seconds)` is called, everything committed, once `done`
+    reaches each size of `at` (and at the end). Returns the seconds it took."""
     from scribeflow.stages.concordance import Index
 
     Index(path).close()  # the schema, as the workflow makes it
@@ -209,14 +210,17 @@ def bulk_build(path: Path, episodes: int, vocab: list[tuple], seed: int = 1) -> 
         said = np.flatnonzero(documents)
         c.executemany("INSERT INTO counts VALUES (?, ?, ?, ?)",
                       zip((said + 1).tolist(), [show + 1] * len(said), counts[said].tolist(), documents[said].tolist()))
-        if len(occurrences) > 1_500_000 or show == shows - 1:
+        done = min(episodes, (show + 1) * EPISODES_PER_SHOW)
+        checkpoint = any(done >= size > done - EPISODES_PER_SHOW for size in at) or show == shows - 1
+        if len(occurrences) > 1_500_000 or checkpoint:
             occurrences.sort(key=lambda row: (row[0], row[1]))
             c.executemany("INSERT INTO occurrences VALUES (?, ?, ?)", occurrences)
             occurrences.clear()
             c.execute("COMMIT")
-            c.execute("BEGIN")
-            done = min(episodes, (show + 1) * EPISODES_PER_SHOW)
             print(f"  {done:,} episodes laid down, {time.perf_counter() - started:.0f} s", flush=True)
+            if checkpoint and measure:
+                measure(done, time.perf_counter() - started)
+            c.execute("BEGIN")
     c.execute("COMMIT")
     c.close()
     return time.perf_counter() - started
@@ -283,36 +287,39 @@ print(json.dumps({{"first_s": first_s, "first_hits": len(first["hits"]), "first_
     return result
 
 
-def bulk(episodes: int, work: Path) -> int:
+def bulk(episodes: int, work: Path, at=()) -> int:
     work.mkdir(parents=True, exist_ok=True)
     path = work / "bulk-index.db"
     path.unlink(missing_ok=True)
     vocab = real_words(vocabulary(random.Random(1)))
-    shows = -(-episodes // EPISODES_PER_SHOW)
     print(f"{time.strftime('%Y-%m-%d %H:%M')}: {episodes:,} synthetic 24-min Japanese episodes in bulk "
           f"({SEGMENTS} segments, {SEGMENTS * WORDS_PER_SEGMENT:,} tokens each, Zipf over {VOCABULARY:,} words with "
-          f"{len(REAL_WORDS)} real ones, {shows:,} shows)", flush=True)
-    took = bulk_build(path, episodes, vocab)
+          f"{len(REAL_WORDS)} real ones, {-(-episodes // EPISODES_PER_SHOW):,} shows of {EPISODES_PER_SHOW})", flush=True)
+    per_token = tokens_bytes(vocab)
+    print(f"the tokens the index is built from (write_tokens, the same synthetic words): {per_token:,.0f} bytes an "
+          f"episode, {per_token * CATALOGUE / 1e9:.1f} GB at {CATALOGUE:,}; the seed's budget: tokens ~5 GB, "
+          f"analysis ~2 GB", flush=True)
+    bulk_build(path, episodes, vocab, at=at, measure=lambda done, took: report(path, done, took, per_token))
+    return 0
+
+
+def report(path: Path, episodes: int, took: float, per_token: float) -> None:
+    """The index's size per table and the searches in a fresh process, at `episodes`."""
     size, tables = path.stat().st_size, table_sizes(path)
     fixed = sum(n for name, n in tables.items() if name.startswith(BOUNDED))
     full = fixed + (size - fixed) * CATALOGUE / episodes
-    per_token = tokens_bytes(vocab)
-    print(f"laid down in {took:.0f} s; index {size / 1e9:.2f} GB: {(size - fixed) / episodes:,.0f} bytes an episode "
-          f"and {fixed / 1e6:.0f} MB of words (bounded by the vocabulary); {full / 1e9:.1f} GB at {CATALOGUE:,} "
-          f"episodes" + (" (extrapolated)" if episodes < CATALOGUE else ""))
+    print(f"at {episodes:,} episodes ({took:.0f} s): index {size / 1e9:.2f} GB: {(size - fixed) / episodes:,.0f} bytes "
+          f"an episode and {fixed / 1e6:.0f} MB of words (bounded by the vocabulary); {full / 1e9:.1f} GB at "
+          f"{CATALOGUE:,} episodes" + (" (extrapolated)" if episodes < CATALOGUE else "")
+          + f"; without the words, {(size - fixed) / episodes / per_token:.0%} of the tokens")
     for name, n in tables.items():
         grows = not name.startswith(BOUNDED)
         print(f"  {name:<26} {n / 1e6:9.1f} MB" + (f" {n / episodes:8,.0f} bytes an episode" if grows else ""))
-    print(f"the tokens it is built from (write_tokens, the same synthetic words): {per_token:,.0f} bytes an episode, "
-          f"{per_token * CATALOGUE / 1e9:.1f} GB at {CATALOGUE:,}; the index without the words: "
-          f"{(size - fixed) / episodes / per_token:.0%} of them; the seed's budget: tokens ~5 GB, analysis ~2 GB")
-    r = fresh_searches(path, shows)
+    r = fresh_searches(path, max(1, episodes // EPISODES_PER_SHOW))
     print(f"fresh process: first query ({QUERIES[0]}, {r['first_hits']} hits of {r['first_uses']:,} uses) "
           f"{r['first_s']:.2f} s from the process's start (UniDic's dictionary loaded, target <= 2 s; the process, "
-          f"with the 200 below, {r['process_s']:.2f} s); then 200 Japanese queries: p50 {r['p50_ms']:.1f} ms, p95 {r['p95_ms']:.1f} ms "
-          f"(target <= 200 ms), {r['with_hits']} with hits", flush=True)
-    return 0
-
+          f"with the 200 below, {r['process_s']:.2f} s); then 200 Japanese queries: p50 {r['p50_ms']:.1f} ms, "
+          f"p95 {r['p95_ms']:.1f} ms (target <= 200 ms), {r['with_hits']} with hits", flush=True)
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -321,9 +328,11 @@ def main() -> int:
     parser.add_argument("--bulk", type=int, default=None, metavar="EPISODES",
                         help="lay down this many episodes in bulk (171881: the whole catalogue) and measure the "
                         "search with Japanese queries in a fresh process, and the index's size")
+    parser.add_argument("--at", type=int, nargs="*", default=[], metavar="EPISODES",
+                        help="with --bulk, measure on the way too, at these sizes")
     args = parser.parse_args()
     if args.bulk:
-        return bulk(args.bulk, args.work)
+        return bulk(args.bulk, args.work, args.at)
     shutil.rmtree(args.work, ignore_errors=True)
     (args.work / "lemmas").mkdir(parents=True)
     rng, nprng = random.Random(1), np.random.default_rng(1)
