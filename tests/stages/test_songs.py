@@ -201,7 +201,7 @@ def frequency(tables) -> Counter:
     return Counter(dict(zip(tables["frequency"]["lemma_unidic"], tables["frequency"]["count"])))
 
 
-def test_songs_are_marked_and_left_out_once_siblings_arrive(tmp_path, fingerprints):
+def test_songs_are_marked_and_left_out_once_siblings_arrive(tmp_path, fingerprints, caplog):
     settings = make_settings(tmp_path, [("a1", "anime"), ("solo", "alone")])
     analyse(settings, fingerprints, "a1", 1, "anime")
     analyse(settings, fingerprints, "solo", 0, "alone")
@@ -232,7 +232,12 @@ def test_songs_are_marked_and_left_out_once_siblings_arrive(tmp_path, fingerprin
     settings = make_settings(tmp_path, [("a1", "anime"), ("solo", "alone"), ("a2", "anime"), ("a3", "anime"),
                                         ("a4", "anime")])
     analyse(settings, fingerprints, "a4", 4, "anime")
-    tables = run_corpus(settings)
+    caplog.clear()
+    with caplog.at_level("INFO"):
+        tables = run_corpus(settings)
+    assert "read 1 new episode(s), 4 from the sums kept" in caplog.text and "reading every" not in caplog.text
+    # Earlier episodes whose songs now reach further: their old correction out, the new one in.
+    assert "corrected in the sums" in caplog.text and "(0 taken out again)" not in caplog.text
     check_tables(tables, anime=[1, 2, 3, 4], solo=[0])
     # A rebuild from nothing (the kept sums deleted) gives the same tables.
     for name in ("aggregate_counts.parquet", "aggregate_stats.parquet"):

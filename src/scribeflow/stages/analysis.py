@@ -342,6 +342,8 @@ def _corrected(counts: pa.Table, stats, included: dict, entries, found, everythi
                          ["series", "lemma", "pos", "written"])
         counts = summed.filter(pa.compute.greater(summed.column("count"), 0))
     if replaced:
+        log.info("Corpus: %d episode(s) whose songs or repeats changed, corrected in the sums (%d taken out again)",
+                 len(replaced), sum(1 for e in replaced if changes.get(e, (None, None))[1]))
         rows = pd.DataFrame([{**row, "id": episode, "series": paths[episode][1]} for episode, row in replaced.items()])
         stats = pd.concat([stats[~stats["id"].isin(list(replaced))], rows], ignore_index=True)
     return counts, stats
