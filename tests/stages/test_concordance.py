@@ -132,8 +132,9 @@ def test_segments_marked_as_song_leave_the_sums_and_the_default_search_and_come_
         assert dict(((lemma, n) for lemma, _, n, _ in _counts(index))) == before
         with pytest.raises(ValueError, match="kind 'lyrics' is none of"):
             index.mark("e1", {0: "lyrics"})
-        with pytest.raises(ValueError, match="no segment 7"):
-            index.mark("e1", {7: "song"})
+        with pytest.raises(ValueError, match="no segment -1"):
+            index.mark("e1", {-1: "song"})
+        assert index.mark("e1", {7: "song"}) is False  # past its last segment: nothing there to count
         with pytest.raises(concordance.CorpusIndexError, match="'e9' is not in the corpus index"):
             index.mark("e9", {0: "song"})
 

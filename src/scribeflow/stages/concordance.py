@@ -280,6 +280,8 @@ class Index:
         """Give segments of an indexed episode a kind: `kinds` maps a segment's number (its
         place in the transcript's `segments`, from 0) to `speech`, `song`, `repeat` or
         `sound`; segments not named keep theirs (name one `speech` to count it again).
+        Segments past the index's last (an index rebuilt from the tokens lacks the last
+        segments without words) are ignored.
 
         One transaction updates the stored kinds, the per-show sums (`counts`: only speech
         is counted) and the episode's figures (speech seconds, segments, characters,
@@ -290,7 +292,7 @@ class Index:
 
         Raises CorpusIndexError for an episode not in the index (it is added by its
         analysis, with its transcript's kinds) and ValueError for an unknown kind or a
-        segment number the episode does not have."""
+        segment number that is not one (negative, not an int)."""
         with self.transaction() as c:
             row = c.execute("SELECT e.id, e.show, t.segments, t.kinds, t.words FROM episodes e JOIN texts t "
                             "ON t.episode = e.id WHERE e.name = ?", (episode,)).fetchone()
@@ -557,8 +559,10 @@ def _merged(old: dict[int, str], kinds: dict[int, str], segments: int, episode: 
     for i, kind in kinds.items():
         if kind not in KINDS:
             raise ValueError(f"episode {episode}: segment {i}: kind {kind!r} is none of {', '.join(KINDS)}")
-        if not (isinstance(i, int) and 0 <= i < segments):
-            raise ValueError(f"episode {episode}: no segment {i!r} (it has {segments}, numbered from 0)")
+        if not (isinstance(i, int) and i >= 0):
+            raise ValueError(f"episode {episode}: no segment {i!r} (segments are numbered from 0)")
+        if i >= segments:
+            continue  # a last segment without words that an index rebuilt from the tokens lacks
         if kind == SPEECH:
             new.pop(i, None)
         else:
