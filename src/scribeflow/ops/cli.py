@@ -374,7 +374,9 @@ def _corpus_index(args):
 def cmd_search(args) -> int:
     """Exit 0 with hits, 1 with none (as grep, in text and --json alike), 2 when the index
     cannot be read."""
-    from scribeflow.stages.concordance import CorpusIndexError, search
+    import sqlite3
+
+    from scribeflow.stages.concordance import CorpusIndexError, search, unavailable
 
     try:
         with _corpus_index(args) as index:
@@ -382,6 +384,10 @@ def cmd_search(args) -> int:
                            language=args.language, kinds=None if args.all_kinds else ("speech",))
     except CorpusIndexError as exc:
         print(f"scribeflow search: {exc}", file=sys.stderr)
+        return 2
+    except sqlite3.Error as exc:  # a lock held past the timeout, a journal left by a crashed writer
+        print(f"scribeflow search: {unavailable(Layout.from_config(load_config(args)).corpus_index, exc)}",
+              file=sys.stderr)
         return 2
     if args.json:
         print(json.dumps(found, ensure_ascii=False, indent=1))

@@ -802,7 +802,10 @@ def unavailable(path: Path, exc: sqlite3.Error) -> CorpusIndexError:
     code = getattr(exc, "sqlite_errorcode", None)
     if code in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
         what = ("another process held its write lock longer than the timeout; the index is left as it is (not "
-                "damaged): the corpus step adds what this missed, or run the workflow again")
+                "damaged): try again once that process is done")
+    elif code == sqlite3.SQLITE_READONLY_ROLLBACK:
+        what = ("a write was cut short (its journal is beside the file) and only a writer can roll it back: run "
+                "the workflow, whose next write does, and try again")
     elif code == sqlite3.SQLITE_FULL:
         what = ("the disk (or the index's size limit) is full; the index is left as it is (not damaged): free "
                 "space on its disk and run the workflow again")
@@ -888,7 +891,7 @@ def add_episode(path: str | Path, episode: str, table, meta: dict, segments: lis
         except Damaged as exc:
             set_aside(path, exc)
         except CorpusIndexError as exc:
-            log.warning("%s: not in the corpus index yet: %s", episode, exc)
+            log.warning("%s: not in the corpus index yet (the corpus step adds it): %s", episode, exc)
             return False
     return False
 
