@@ -134,8 +134,8 @@ def timing(segments: list[dict], cues: list[dict], tolerance: float = TIMING_TOL
             uncued += len(normalise(s["text"]))
             continue
         strays.append(max(0.0, held[0]["start"] - s["start"], s["end"] - max(c["end"] for c in held)))
-    return {"timing_max_s": round(max(strays), 3) if strays else None,
-            "mistimed": sum(x > tolerance for x in strays), "uncued_chars": uncued}
+    return {"timing_max_s": round(float(max(strays)), 3) if strays else None,
+            "mistimed": sum(int(x > tolerance) for x in strays), "uncued_chars": uncued}
 
 
 def variants(models: list[str], changes: list[str]) -> list[tuple[str, dict]]:

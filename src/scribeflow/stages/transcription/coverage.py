@@ -135,7 +135,7 @@ def clips(speech: list[tuple[float, float]], max_gap: float = MAX_GAP_S, max_sec
         else:
             lead = min(preroll, max(0.0, (max_seconds or float("inf")) - (end - start)))
             out.append([max(start - lead, out[-1][1] if out else 0.0), end])
-    return [(round(a, 3), round(b, 3)) for a, b in out]
+    return [(round(float(a), 3), round(float(b), 3)) for a, b in out]
 
 
 def widened(speech: list[tuple[float, float]], found: list[tuple[float, float]]) -> list[tuple[float, float]]:
@@ -170,7 +170,7 @@ def fit(segments: list[dict], speech: list[tuple[float, float]], max_gap: float 
             i += 1
         if not inside or any(b[0] - a[1] > max_gap for a, b in zip(inside, inside[1:])):
             continue
-        start, end = round(max(lo, inside[0][0]), 3), round(min(hi, inside[-1][1]), 3)
+        start, end = round(float(max(lo, inside[0][0])), 3), round(float(min(hi, inside[-1][1])), 3)
         if (start, end) != (lo, hi) and end > start:
             seg["start"], seg["end"] = start, end
             for w in seg.get("words") or []:
