@@ -259,3 +259,19 @@ def test_english_words_are_found_in_any_form_and_exact_only_as_written(tmp_path)
         assert exact["hits"] == [] and exact["uses"] == 2  # fox in any form, Fox never written so
         assert [h["marked"] for h in search(index, "fox", exact=True)["hits"]] == [
             "The 【fox】 jumped.", "A 【fox】 jumps over the dog."]
+
+
+def test_every_word_the_tokens_count_is_found_alone_by_its_written_form(tmp_path):
+    """What the frequency table lists (a word's written form, counted from the tokens) is
+    what a reader types: each finds at least the uses counted, however UniDic reads it alone."""
+    from collections import Counter
+
+    lines = ["翼を広げて空を飛ぶ。", "とてもおいしいライブだった！", "健太は三時に学校へ行った。", "虹が輝いて、彼方へ消えた。",
+             "一昨日の夢を見たよ。", "明日は雨だって。"]
+    with Index(tmp_path / "index.db") as index:
+        _add(index, "e1", lines, "ja", "S")
+        table = tokenize_transcript({"id": "e1", "segments": [{"start": 0, "end": 1, "text": t} for t in lines]}, "ja")
+    counted = Counter(table.column("written").to_pylist())
+    with Index(tmp_path / "index.db", readonly=True) as index:
+        missed = {w: n for w, n in counted.items() if search(index, w, limit=100)["uses"] < n}
+    assert not missed, missed
