@@ -115,3 +115,6 @@ def test_a_segment_is_fitted_onto_the_speech_it_holds():
     fitted, moved = coverage.fit([dict(s) for s in segments], speech, max_gap=3.0)
     assert [(s["start"], s["end"]) for s in fitted] == [(10.0, 15.0), (40.0, 41.0), (20.0, 22.0), (11.0, 41.0)]
     assert fitted[0]["words"][0] == {"start": 10.0, "end": 10.0, "word": "a"} and moved == 2
+    # A clip's preroll is speech a segment may start in: the VAD hears a line's first word late.
+    assert coverage.widened(speech, [(9.0, 15.0), (39.0, 42.0)]) == [(9.0, 12.0), (13.0, 15.0), (39.0, 42.0)]
+    assert coverage.fit([{"start": 9.2, "end": 11.0, "text": "e"}], coverage.widened(speech, [(9.0, 15.0)]))[1] == 0
