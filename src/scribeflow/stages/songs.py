@@ -50,6 +50,7 @@ MIN_SHARED_S = 15.0        # Intro Skipper's shortest intro
 MAX_GAP_S = 3.5            # a disagreeing stretch this short (a sound over the song) does not split it
 MEAN_BITS = 6.0            # of 32, averaged over a second: the same audio; unrelated audio differs by 11-16
 SMOOTH_S = 1.0
+CLOSE_BITS, EDGE_TRIM_S = 2, 2.0  # a run's ends: where values agree closely, within 2 s of them
 MIN_DISTINCT = 24          # values in a shared stretch, at least: silence has one or two
 EDGE_SHARE, EDGE_MAX_S = 0.25, 600.0
 NEIGHBOURS = 3             # episodes compared either side, in the catalogue's order
@@ -136,6 +137,17 @@ def _runs(ok: np.ndarray, max_gap: int, min_len: int) -> list[tuple[int, int]]:
     return [(s, e) for s, e in runs if e - s >= min_len]
 
 
+def _trimmed(bits: np.ndarray, s: int, e: int) -> tuple[int, int]:
+    """A run from its first to its last close agreement within its first and last EDGE_TRIM_S:
+    the second's average lets in the neighbouring audio of one episode (the last line)."""
+    edge = int(EDGE_TRIM_S / ITEM_S)
+    close = np.flatnonzero(bits[s:e] <= CLOSE_BITS)
+    if not len(close):
+        return s, s
+    first, last = close[0], close[-1]
+    return s + (first if first < edge else 0), s + (last + 1 if e - s - last - 1 < edge else e - s)
+
+
 def shared_audio(a: np.ndarray, b: np.ndarray, min_s: float = MIN_SHARED_S) -> list[tuple[float, ...]]:
     """The stretches two fingerprints share: (a_start, a_end, b_start, b_end) in seconds."""
     min_len, gap, width = int(min_s / ITEM_S), int(MAX_GAP_S / ITEM_S), max(1, int(SMOOTH_S / ITEM_S))
@@ -147,15 +159,17 @@ def shared_audio(a: np.ndarray, b: np.ndarray, min_s: float = MIN_SHARED_S) -> l
         bits = np.bitwise_count(a[lo:hi] ^ b[lo - shift:hi - shift]).astype(np.float32)
         mean = np.convolve(bits, np.ones(width, np.float32) / width, mode="same")
         for s, e in _runs(mean <= MEAN_BITS, gap, min_len):
+            s, e = _trimmed(bits, s, e)
             # Varied values: silence or a held tone agrees with any other (a looped bar repeats
             # its values, but dozens of them).
-            if len(np.unique(a[lo + s:lo + e])) >= max(MIN_DISTINCT, (e - s) // 16):
+            if e - s >= min_len and len(np.unique(a[lo + s:lo + e])) >= max(MIN_DISTINCT, (e - s) // 16):
                 found.append((lo + s, lo + e, shift))
     kept: list[tuple[int, int, int]] = []
     for s, e, shift in sorted(found, key=lambda f: f[0] - f[1]):  # longest first; overlaps are one stretch
         if all(e <= ks or s >= ke for ks, ke, _ in kept):
             kept.append((s, e, shift))
-    return [(s * ITEM_S, e * ITEM_S, (s - shift) * ITEM_S, (e - shift) * ITEM_S) for s, e, shift in sorted(kept)]
+    return [(float(s * ITEM_S), float(e * ITEM_S), float((s - shift) * ITEM_S), float((e - shift) * ITEM_S))
+            for s, e, shift in sorted(kept)]
 
 
 def _normal(text: str) -> str:
