@@ -2,11 +2,13 @@
 disk while the gate or the ledger writes, unreadable state, a write that can never fit,
 and size defaults on a tiny budget. Real files; a real tmpfs where the test can mount one."""
 
+import contextlib
 import gzip
 import json
 import multiprocessing
 import os
 import re
+import signal
 import sqlite3
 import threading
 import time
@@ -243,6 +245,20 @@ def test_check_reads_gzip_transcripts(tmp_path):
     assert "not valid JSON" in " ".join(check_consistency(config))
 
 
+@contextlib.contextmanager
+def _deadline(seconds: float):
+    """TimeoutError in this thread after `seconds` (a wait that must still be waiting)."""
+    def expire(*_):
+        raise TimeoutError
+    old = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+
+
 # -- a write that can never fit ----------------------------------------------------------
 def test_a_download_larger_than_the_budget_fails_at_once_as_permanent(tmp_path):
     gate = make_gate(tmp_path, hard=4 * MB, pause=3 * MB, resume=2 * MB, audio_headroom=250_000,
@@ -260,6 +276,27 @@ def test_a_download_larger_than_the_budget_fails_at_once_as_permanent(tmp_path):
     assert gate.held_paths() == (set(), False)  # nothing held
     with gate.admitted("fits", 3_700_000, []):  # hard - headroom still fits
         pass
+
+
+def test_a_download_that_cannot_fit_beside_the_kept_files_fails_at_once_and_one_that_waits_for_videos_waits(
+        tmp_path):
+    """Under the budget's largest, but not beside the 500 kB of transcripts the pipeline
+    keeps (no transcription frees them): given up at once, not DiskStalled after
+    stall_timeout in every run. A video in flight is another matter: it will be freed."""
+    gate = make_gate(tmp_path, hard=4 * MB, pause=3 * MB, resume=2 * MB, audio_headroom=250_000,
+                     stall_timeout=900)
+    (tmp_path / "transcripts").mkdir()
+    (tmp_path / "transcripts" / "kept.json").write_bytes(b"x" * 500_000)
+    started = time.monotonic()
+    with pytest.raises(NeverFits, match=r"3.33 MB declared.*beside the 5\d\d kB the pipeline keeps.*4 MB") as raised:
+        with gate.admitted("later", 3_330_000, []):
+            pass
+    assert time.monotonic() - started < 5 and failures.is_permanent(raised.value)
+    (tmp_path / "videos").mkdir()
+    (tmp_path / "videos" / "other.media").write_bytes(b"v" * 1_000_000)  # freed once transcribed
+    with pytest.raises(TimeoutError):
+        with _deadline(1.0), gate.admitted("waits", 3_000_000, []):
+            pass
 
 
 # -- defaults that scale -----------------------------------------------------------------

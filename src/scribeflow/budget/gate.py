@@ -89,6 +89,7 @@ from scribeflow.state.ledger import Ledger
 log = logging.getLogger("scribeflow.budget.gate")
 
 TABLES = ("reservations", "consumers")
+WAIT_LOG_SECONDS = 60.0  # how often a waiting admission says so in its log
 
 
 class DiskStalled(RuntimeError):
@@ -141,6 +142,7 @@ class Decision:
     paused: bool
     reason: str
     stalled: str | None  # why nothing in flight can free space, when that is so
+    never: str | None = None  # why no freed space can ever admit this write beside the kept files
 
 
 class DownloadGate:
@@ -272,8 +274,20 @@ class DownloadGate:
         admitted = fits and (not reasons or not download)
         reason = self._why_waiting(reasons, fits, usage, fs_available, declared)
         stalled = self._stalled(state, reasons, fits, usage, fs_available, declared, headroom)
+        never = self._never(usage, declared, headroom) if not fits else None
         self._to_ledger("sample_disk", usage, paused=bool(reasons), min_interval=self.check_interval)
-        return Decision(admitted, usage, pending, fs_available, bool(reasons), reason, stalled)
+        return Decision(admitted, usage, pending, fs_available, bool(reasons), reason, stalled, never)
+
+    def _never(self, usage: DiskUsage, declared: int, headroom: int) -> str | None:
+        """Why this write can never be admitted: the files the pipeline keeps (transcripts,
+        tokens, analyses, the ledger: no transcription frees them) leave it no room under
+        the hard limit, whatever the videos and audio in flight free."""
+        kept = usage.total - usage.temporary
+        if kept + declared + headroom + self.outputs_per_episode <= self.monitor.hard_limit:
+            return None
+        return (f"{human_bytes(declared)} declared" + (f" + {human_bytes(headroom)} audio headroom" if headroom else "")
+                + f" beside the {human_bytes(kept)} the pipeline keeps (transcripts, tokens, analyses, the ledger) "
+                f"exceeds the hard limit of {human_bytes(self.monitor.hard_limit)}")
 
     def _outputs_reserve(self, state: dict) -> int:
         """outputs_per_episode for every episode in flight (a ledger row between downloading
@@ -461,7 +475,7 @@ class DownloadGate:
         token = uuid.uuid4().hex
         paths = [str(Path(p).absolute()) for p in paths]
         waiting_since = stalled_since = None
-        holder = None
+        holder, told = None, float("-inf")
 
         def admit(state: dict, decision: Decision) -> Decision:
             nonlocal holder
@@ -485,15 +499,18 @@ class DownloadGate:
                     reason=f"the disk is full: the gate cannot record an admission ({error.strerror})")
             if decision.admitted:
                 break
+            if decision.never:
+                raise NeverFits(f"{episode}: its {'download' if download else 'audio'} can never fit: "
+                                f"{decision.never}. Raise disk_management.hard_limit_gb (or correct the catalogue's "
+                                f"expected_size_mb), then `scribeflow retry {episode}`")
             now = time.monotonic()
             if waiting_since is None:
                 waiting_since = now
                 log.warning("Download of %s waits: %s", episode, decision.reason)
-            log.info(
-                "Waiting for transcriber to free up space (current: %s GB, need: < %s GB)",
-                gb(decision.usage.total),
-                gb(self.monitor.resume_threshold if decision.paused else self.monitor.hard_limit - declared),
-            )
+            if now - told >= WAIT_LOG_SECONDS:  # logs count against the budget too: not every look
+                told = now
+                log.info("Waiting for transcriber to free up space (current: %s GB, pending %s GB, declared %s GB)",
+                         gb(decision.usage.total), gb(decision.pending), gb(declared))
             if decision.stalled:
                 stalled_since = stalled_since or now
                 if now - stalled_since >= self.stall_timeout:
