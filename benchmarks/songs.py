@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import resource
+import shutil
 import sys
 import tempfile
 import time
@@ -93,6 +94,7 @@ def main() -> None:
     one_more = time.perf_counter() - start
     print(f"A series of {args.series} marked: {whole:.2f} s ({marked['song_s'] / 60:.0f} min of songs); "
           f"one episode more: {one_more:.2f} s")
+    shutil.rmtree(root)
 
 
 if __name__ == "__main__":
