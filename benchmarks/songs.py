@@ -51,10 +51,6 @@ def episode(path: Path, n: int, minutes: float) -> None:
         w.writeframes((audio * 32767).astype(np.int16).tobytes())
 
 
-class Files(Layout):
-    """The layout songs.find reads: fingerprints only (no transcripts: nothing to correct)."""
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--minutes", type=float, default=24)
