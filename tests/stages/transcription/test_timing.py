@@ -118,3 +118,13 @@ def test_a_segment_is_fitted_onto_the_speech_it_holds():
     # A clip's preroll is speech a segment may start in: the VAD hears a line's first word late.
     assert coverage.widened(speech, [(9.0, 15.0), (39.0, 42.0)]) == [(9.0, 12.0), (13.0, 15.0), (39.0, 42.0)]
     assert coverage.fit([{"start": 9.2, "end": 11.0, "text": "e"}], coverage.widened(speech, [(9.0, 15.0)]))[1] == 0
+
+
+@pytest.mark.slow
+def test_faster_whispers_own_language_detection_hears_the_speech_not_the_first_clip(base):
+    """language_detection.windows: 0 leaves the language to faster-whisper, which would read
+    it from the first clip alone (here the opening's first note): it hears the speech joined."""
+    episode = japanese_episode(1, opening="instrumental")
+    raw = run_model(base, episode.wav, decode_options(settings(language_detection={"windows": 0}), None))
+    assert raw["language"] == "ja" and raw["language_detection"]["method"] == "faster-whisper"
+    assert raw["language_probability"] > 0.5 and raw["speech"]["timing"]["clips"] >= 3

@@ -94,6 +94,12 @@ def run_model(model, audio, options: dict, should_stop=None, label: str = "", sp
         # The speech the coverage is measured on (answered from the saved VAD output too).
         speech_spans = _speech_spans(audio, 0, {}) if options.get("vad_filter", True) else None
         decoding, clip_spans, clip_list = _clipped(audio, batch_size, options, timing)
+        if clip_list and decoding.get("language") is None and model.model.is_multilingual:
+            # faster-whisper would detect from the first clip alone (an opening's first note):
+            # from the speech joined, as its vad_filter would have. language_detection.windows: 0 only.
+            with model_lock:
+                decoding["language"], probability, _ = model.detect_language(audio=audio, vad_filter=True)
+            detection = {"method": "faster-whisper", "probability": probability}
         # transcribe() does the VAD, the chunking and the features at once, and the model's
         # work when the segments are read (below); with no language, its detection too.
         with model_lock if options.get("language") is None else contextlib.nullcontext():
