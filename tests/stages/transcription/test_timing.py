@@ -128,3 +128,17 @@ def test_faster_whispers_own_language_detection_hears_the_speech_not_the_first_c
     raw = run_model(base, episode.wav, decode_options(settings(language_detection={"windows": 0}), None))
     assert raw["language"] == "ja" and raw["language_detection"]["method"] == "faster-whisper"
     assert raw["language_probability"] > 0.5 and raw["speech"]["timing"]["clips"] >= 3
+
+
+def test_a_scrap_of_music_alone_in_its_clip_is_dropped_when_whisper_doubts_it():
+    from types import SimpleNamespace as Seg
+
+    found = [(0.0, 1.36), (30.4, 46.9), (54.7, 57.9)]
+    speech = [(0.0, 1.36), (31.4, 46.9), (55.7, 57.9)]
+    decoded = [Seg(start=0.0, end=1.34, text="うううう", no_speech_prob=0.83),   # the opening's first note
+               Seg(start=31.5, end=34.3, text="おはよう", no_speech_prob=0.9),   # in a long clip: kept
+               Seg(start=55.8, end=57.4, text="はい", no_speech_prob=0.1)]       # short, but heard as speech
+    assert coverage.scraps(decoded, found, speech, 0.6) == {0}
+    assert coverage.scraps(decoded, found, speech, None) == set()  # no_speech_threshold off: nothing dropped
+    decoded[0].no_speech_prob = 0.3
+    assert coverage.scraps(decoded, found, speech, 0.6) == set()

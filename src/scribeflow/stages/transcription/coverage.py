@@ -138,6 +138,34 @@ def clips(speech: list[tuple[float, float]], max_gap: float = MAX_GAP_S, max_sec
     return [(round(float(a), 3), round(float(b), 3)) for a, b in out]
 
 
+# A clip holding less speech than this, alone between long pauses, whose every segment
+# Whisper's no-speech head doubts, is a scrap of music the VAD took for speech (an opening's
+# first note: "うううう…" at a no-speech probability of 0.83, measured).
+SCRAP_S = 2.0
+
+
+def scraps(decoded: list, found: list[tuple[float, float]], speech: list[tuple[float, float]],
+           no_speech: float | None) -> set[int]:
+    """Which of faster-whisper's segments (`decoded`) lie in a clip of `found` with under
+    SCRAP_S of `speech` and all have a no-speech probability over `no_speech` (the run's
+    no_speech_threshold): text invented over music, dropped with the clip."""
+    if no_speech is None:
+        return set()
+    by_clip: dict[int, list[int]] = {}
+    for i, seg in enumerate(decoded):
+        middle = (seg.start + seg.end) / 2
+        k = next((k for k, (a, b) in enumerate(found) if a <= middle <= b), None)
+        if k is not None:
+            by_clip.setdefault(k, []).append(i)
+    out = set()
+    for k, members in by_clip.items():
+        a, b = found[k]
+        voiced = sum(max(0.0, min(b, e) - max(a, s)) for s, e in speech)
+        if voiced < SCRAP_S and all(decoded[i].no_speech_prob > no_speech for i in members):
+            out.update(members)
+    return out
+
+
 def widened(speech: list[tuple[float, float]], found: list[tuple[float, float]]) -> list[tuple[float, float]]:
     """The speech spans with each clip's first one starting where its clip starts (the preroll):
     what fit() may move a segment's start to."""

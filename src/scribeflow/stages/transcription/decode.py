@@ -125,6 +125,14 @@ def run_model(model, audio, options: dict, should_stop=None, label: str = "", sp
     item = functools.partial(_item, words=bool(options.get("word_timestamps")))
     with model_lock:  # a generator: decoding happens as it is read
         decoded = list(_progress(segments, should_stop, label, total))
+        dropped = coverage.scraps(decoded, clip_list, clip_spans, options.get("no_speech_threshold", 0.6)) \
+            if clip_list and not stand_in.active() else set()
+        if dropped:
+            log.info("%s: dropped as music the VAD took for speech: %s", label or "transcription",
+                     ", ".join(f"{decoded[i].start:.1f}-{decoded[i].end:.1f} s {decoded[i].text.strip()[:20]!r}"
+                               for i in sorted(dropped)))
+            scrap_items = [item(decoded[i]) for i in sorted(dropped)]
+            decoded = [seg for i, seg in enumerate(decoded) if i not in dropped]
         if _sampling(options) or stand_in.active():
             out = [item(seg) for seg in decoded]
         else:
@@ -138,6 +146,9 @@ def run_model(model, audio, options: dict, should_stop=None, label: str = "", sp
             out, speech_report = coverage.refill(model, audio, out, speech_spans, again, item)
             speech_report["repaired"] = repaired or []
             speech_report["timing"] = _fitted(out, clip_spans, clip_list, timing)
+            if clip_list:
+                speech_report["timing"]["dropped"] = [{k: s[k] for k in ("start", "end", "text")}
+                                                      for s in (scrap_items if dropped else [])]
             if speech_report["refilled"]:
                 log.warning("%s: %d stretch(es) of speech no segment covered, decoded again: %s",
                             label or "transcription", len(speech_report["refilled"]),
