@@ -75,8 +75,11 @@ def test_evaluate_prints_and_writes_the_cer_of_each_episode(tmp_path):
     rows = rows[:3]
     assert [r["episode"] for r in rows] == ["ep1", "ep2", "ep3"] and all(r["language"] == "ja" for r in rows)
     assert (out / "evaluate.png").stat().st_size > 10_000
+    # espeak-ng's kana reading: base gets 30-65 % of one clip's characters wrong (measured), under
+    # half of all three's; an English-only model writes English (~200 %).
     for r in rows:
-        assert 0 <= float(r["cer"]) < 0.6 and float(r["rtf"]) > 0 and float(r["coverage"]) > 0.5
+        assert 0 <= float(r["cer"]) < 0.75 and float(r["rtf"]) > 0 and float(r["coverage"]) > 0.5
+    assert sum(int(r["errors"]) for r in rows) / sum(int(r["reference_chars"]) for r in rows) < 0.5
     # One pair by hand: the reference without spaces and punctuation, the transcript as written.
     from pathlib import Path
 
