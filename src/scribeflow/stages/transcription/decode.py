@@ -221,10 +221,10 @@ def _item(seg, words: bool = True) -> dict:
     start, end = seg.start, seg.end
     if seg.words:  # the aligned words bound the segment (faster-whisper may keep its own timestamps)
         start, end = seg.words[0].start, seg.words[-1].end
-    item = {"start": round(start, 3), "end": round(end, 3), "text": seg.text.strip()}
+    item = {"start": round(float(start), 3), "end": round(float(end), 3), "text": seg.text.strip()}
     if words and seg.words is not None:
-        item["words"] = [{"start": round(w.start, 3), "end": round(w.end, 3), "word": w.word,
-                          "probability": round(w.probability, 4)} for w in seg.words]
+        item["words"] = [{"start": round(float(w.start), 3), "end": round(float(w.end), 3), "word": w.word,
+                          "probability": round(float(w.probability), 4)} for w in seg.words]
     return item
 
 
