@@ -48,5 +48,6 @@ onsuccess:
 
 onerror:
     from scribeflow.ops import run_end
+    from scribeflow.integration.internals import run_outcome
 
-    run_end.finish(SETTINGS, CATALOGUE.index, *run_outcome())
+    run_end.finish(SETTINGS, CATALOGUE.index, *run_outcome(workflow))

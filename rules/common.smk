@@ -232,24 +232,6 @@ def analysis_targets(wildcards=None):
     return missing_targets(EPISODE_STATS)
 
 
-# -- the run's end (onsuccess, onerror in the Snakefile) ------------------------
-def run_outcome():
-    """(the summaries this run planned and never ran, a job before them having failed;
-    the episodes whose job failed). With keep-going every other job ran. Neither after
-    Ctrl-C (the user wants out; the jobs it stopped did not fail), and not a summary that
-    failed itself."""
-    scheduler = workflow.scheduler
-    if scheduler is None or getattr(scheduler, "_user_kill", None):
-        return set(), set()
-    unreached = {
-        j.rule.name for j in workflow.dag.needrun_jobs() if j not in scheduler.failed
-    }
-    # A group job (on a cluster) stands for its members.
-    jobs = [m for j in scheduler.failed for m in (getattr(j, "jobs", None) or [j])]
-    failed = {j.wildcards.get("episode") for j in jobs} - {None}
-    return unreached, failed
-
-
 # -- cluster ---------------------------------------------------------------------
 def transcribe_runtime(wildcards, attempt):
     """Slurm time limit (minutes) from the catalogue's duration_s; see profiles/slurm."""

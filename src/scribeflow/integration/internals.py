@@ -36,7 +36,10 @@ Snakemake outside SUPPORTED (said once on stderr): planning is then slower, and 
 else changes.
 
 Also here, so that the commands read a run's configuration as Snakemake does:
-`parse_overrides` (`--config KEY=VALUE`) and `profile_config` (a profile's `config:`).
+`parse_overrides` (`--config KEY=VALUE`) and `profile_config` (a profile's `config:`);
+and, for the run's end (the Snakefile's onerror), `run_outcome`: which jobs failed and
+which summaries were never reached (`workflow.scheduler`, its `failed` and `_user_kill`,
+`workflow.dag.needrun_jobs()`).
 """
 
 from __future__ import annotations
@@ -310,3 +313,19 @@ def default_snakefiles() -> list[Path]:
 
     return [Path(p) for p in SNAKEFILE_CHOICES]
 
+
+
+def run_outcome(workflow) -> tuple[set[str], set[str]]:
+    """(the summaries this run planned and never ran, a job before them having failed;
+    the episodes whose job failed). With keep-going every other job ran. Neither after
+    Ctrl-C (the user wants out; the jobs it stopped did not fail), and not a summary that
+    failed itself."""
+    scheduler = getattr(workflow, "scheduler", None)
+    if scheduler is None or getattr(scheduler, "_user_kill", None):
+        return set(), set()
+    failed_jobs = getattr(scheduler, "failed", set())
+    unreached = {j.rule.name for j in workflow.dag.needrun_jobs() if j not in failed_jobs}
+    # A group job (on a cluster) stands for its members.
+    jobs = [m for j in failed_jobs for m in (getattr(j, "jobs", None) or [j])]
+    failed = {j.wildcards.get("episode") for j in jobs} - {None}
+    return unreached, failed
