@@ -90,8 +90,14 @@ def test_the_language_vote_is_the_same_with_the_speech_found_at_extraction(tmp_p
     the vote's windows and the decoding both answered from the saved speech."""
     from faster_whisper import WhisperModel
 
-    japanese = spoken(tmp_path, "\n".join(["きょうは とても いい てんき です。", "ねこが にわに いる。",
-                                           "わたしは まいにち がっこうに いきます。"] * 8), "ja", "ja")
+    from support import japanese as kokoro
+
+    # Japanese as Japanese speakers say it (Kokoro's voices; espeak-ng's kana reading was
+    # voted English on some CPUs).
+    lines = ["今日はとてもいい天気ですね。", "猫が庭で昼寝をしています。", "私は毎日学校に行きます。",
+             "明日の朝、駅の前で会いましょう。", "この本はとても面白かったです。"]
+    japanese = np.concatenate([np.concatenate([kokoro.speech(line, voice), np.zeros(SAMPLE_RATE // 2, np.float32)])
+                               for _ in range(3) for line, voice in zip(lines, kokoro.VOICES)])
     english = spoken(tmp_path, " ".join(SENTENCES), "en-us", "en")[:30 * SAMPLE_RATE]
     audio = np.concatenate([np.zeros(30 * SAMPLE_RATE, np.float32), english, japanese[:60 * SAMPLE_RATE]])
     wav = write_wav(tmp_path / "ja-episode.wav", audio)
