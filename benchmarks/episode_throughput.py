@@ -224,6 +224,7 @@ def limit(spec: dict) -> None:
                          cpu_threads=tc["cpu_threads"], num_workers=1)
     pipeline = BatchedInferencePipeline(model)
     batch_size = options.pop("batch_size")
+    options.pop("timing", None)  # how the workflow cuts the speech into clips: the limit is faster-whisper alone
     out = {}
     for path in spec["episodes"]:
         segments, _info = pipeline.transcribe(decode_audio(path), batch_size=batch_size, **options)

@@ -76,7 +76,8 @@ def test_a_run_at_the_edge_of_the_budget_after_a_2000_episode_plan_never_crosses
     """A 2,000-episode plan writes its verdicts (~8 MB on disk: a block each), then a run
     downloads beside them with its hard limit 1.2 MB above them and the small episode. Had
     the gate not known the verdicts (its record is from before the plan and not due for
-    600 s), it would admit both downloads (~0.6 MB and ~3 MB) at once: ~2 MB over the limit."""
+    600 s), it would admit both downloads (~0.6 MB and ~3 MB) at once: ~2 MB over the limit.
+    Knowing them, it admits the small one and refuses the big one as never fitting."""
     from conftest import run_snakemake, workflow_config, write_catalogue
     from support.scenario import AllocatedSampler
     from support.server import MediaServer
@@ -114,11 +115,12 @@ def test_a_run_at_the_edge_of_the_budget_after_a_2000_episode_plan_never_crosses
     print(f"verdicts {verdicts} B; peak {sampler.peak} B of {hard} B; {len(sampler.samples)} samples")
     assert len(sampler.samples) > 20
     assert sampler.peak <= hard, f"peak {sampler.peak} B over the hard limit {hard} B"
-    # The small download fitted beside the verdicts; the big one waited, and was not admitted.
+    # The small download fitted beside the verdicts; the big one can never fit beside them
+    # (the verdicts are kept files) and was refused at once, never admitted.
     with sqlite3.connect(tmp_path / "data" / "jobs.db") as db:
         stages = dict(db.execute("SELECT id, stage FROM jobs WHERE id IN ('small', 'big')"))
-    assert stages["small"] == "downloaded", output
+    assert stages["small"] == "downloaded" and stages["big"] == "failed", output
     log = (tmp_path / "data" / "logs" / "download" / "big.log").read_text()
-    assert "Download of big waits" in log and "Declared size of big" in log, log[-2000:]
+    assert "can never fit" in log and "the pipeline keeps" in log and "Declared size of big" in log, log[-2000:]
     assert "Disk usage:" not in log  # the line of an admission: big was never admitted
     assert "peak_bytes=0 " in log  # its watchdog saw not a byte written

@@ -374,9 +374,7 @@ def _corpus_index(args):
 def cmd_search(args) -> int:
     """Exit 0 with hits, 1 with none (as grep, in text and --json alike), 2 when the index
     cannot be read."""
-    import sqlite3
-
-    from scribeflow.stages.concordance import CorpusIndexError, search, unavailable
+    from scribeflow.stages.concordance import DATABASE_ERRORS, CorpusIndexError, search, unavailable
 
     try:
         with _corpus_index(args) as index:
@@ -385,7 +383,7 @@ def cmd_search(args) -> int:
     except CorpusIndexError as exc:
         print(f"scribeflow search: {exc}", file=sys.stderr)
         return 2
-    except sqlite3.Error as exc:  # a lock held past the timeout, a journal left by a crashed writer
+    except DATABASE_ERRORS as exc:  # a lock held past the timeout, a journal left by a crashed writer
         print(f"scribeflow search: {unavailable(Layout.from_config(load_config(args)).corpus_index, exc)}",
               file=sys.stderr)
         return 2

@@ -146,6 +146,11 @@ def unvarints(data: bytes, gaps: bool = False) -> list[int]:
     return out
 
 
+# What a reader of the index may meet besides CorpusIndexError (a lock held past the
+# timeout, a journal a crashed writer left): for callers that do not speak SQLite.
+DATABASE_ERRORS = (sqlite3.Error,)
+
+
 class CorpusIndexError(RuntimeError):
     """The index cannot be used; the message names the file and what to do."""
 
@@ -275,6 +280,10 @@ class Index:
                                                                 varints(sorted(ids.values()), gaps=True)))
             self._count(c, show, {ids[key]: _spoken(segs, kinds) for key, segs in uses.items()}, +1)
             self._set_sums(c, eid, rows, kinds, tokens)
+
+    def added_since(self, since: float) -> list[tuple[str, float]]:
+        """(episode, when it was added) of the episodes added to the index after `since`."""
+        return list(self.conn.execute("SELECT name, added_at FROM episodes WHERE added_at > ?", (since,)))
 
     def mark(self, episode: str, kinds: dict[int, str]) -> bool:
         """Give segments of an indexed episode a kind: `kinds` maps a segment's number (its

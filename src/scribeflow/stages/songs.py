@@ -476,7 +476,7 @@ def mark_index(index, found: Found, files, series_of: dict) -> int:
     kinds = {e: change[3] for e, change in found.changes.items() if change[3] is not None}
     since = found.state.get("indexed_at", 0.0)
     latest = since
-    for name, added_at in index.conn.execute("SELECT name, added_at FROM episodes WHERE added_at > ?", (since,)):
+    for name, added_at in index.added_since(since):
         latest = max(latest, added_at or 0.0)
         series = series_of.get(name)
         if name in kinds or series is None:
