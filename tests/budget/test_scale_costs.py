@@ -330,11 +330,11 @@ def test_an_episode_transcribed_long_ago_is_active_once_its_analysis_starts(tmp_
 
 
 @pytest.mark.slow
-def test_a_finished_chunk_keeps_four_files_per_episode_through_the_real_workflow(tmp_path, media_server,
+def test_a_finished_chunk_keeps_five_files_per_episode_through_the_real_workflow(tmp_path, media_server,
                                                                                  model_path):
     """Two chunks through the real workflow: the second run's start rolls up the first
-    chunk's logs and benchmark records; each finished episode keeps its transcript, tokens
-    and two analyses (default config), and its logs stay readable."""
+    chunk's logs and benchmark records; each finished episode keeps its transcript, tokens,
+    two analyses and its audio's fingerprint (default config), and its logs stay readable."""
     from conftest import run_snakemake, scribeflow, workflow_config, write_catalogue
 
     rows = [{"id": f"ep{n:02d}", "url": media_server.url(f"ep{n:02d}.mp4"), "language": "en"} for n in range(1, 5)]
@@ -350,8 +350,9 @@ def test_a_finished_chunk_keeps_four_files_per_episode_through_the_real_workflow
         time.sleep(0.2)
     for episode in ("ep01", "ep02"):
         kept = sorted(str(p.relative_to(data)) for p in data.rglob(f"{episode}.*"))
-        assert kept == [f"analysis/episodes/{episode}.json", f"analysis/lemmas/{episode}.parquet",
-                        f"tokens/{episode}.parquet", f"transcripts/{episode}.json"]
+        assert kept == [f"analysis/episodes/{episode}.json", f"analysis/fingerprints/{episode}.chromaprint",
+                        f"analysis/lemmas/{episode}.parquet", f"tokens/{episode}.parquet",
+                        f"transcripts/{episode}.json"]
         found = dict(logs.episode_logs(data, episode))
         assert "Freed" in found[f"logs/transcribe/{episode}.log"] and len(found) == 4
     assert {b["episode"] for b in logs.benchmarks(data)} >= {"ep01", "ep02"}
