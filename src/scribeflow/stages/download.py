@@ -747,7 +747,7 @@ def _alone(gate) -> bool:
 
 # In-job retries of a transient fault (5xx, a timeout) stop after this many when the host
 # serves other episodes (none of them failing): it is then the episode's own.
-TRIES_BEFORE_OWN = 2
+TRIES_BEFORE_OWN = 4  # with the default backoff, 2 + 4 + 8 s of waiting: a blip of a 503 or two passes
 
 
 def _serves_others(exc: DownloadFailed, hosts, url: str, episode: str, tries: _Tries) -> bool:
