@@ -142,3 +142,25 @@ def test_a_scrap_of_music_alone_in_its_clip_is_dropped_when_whisper_doubts_it():
     assert coverage.scraps(decoded, found, speech, None) == set()  # no_speech_threshold off: nothing dropped
     decoded[0].no_speech_prob = 0.3
     assert coverage.scraps(decoded, found, speech, 0.6) == set()
+
+
+def test_speech_to_the_very_last_sample_is_decoded_in_batches(model_path, tmp_path):
+    """A clip that runs to the audio's end is rounded to the millisecond: it never asks
+    faster-whisper's batched pipeline for more than the audio holds (which it refuses with
+    'non-negative timestamp expected')."""
+    import subprocess
+
+    from faster_whisper import WhisperModel, decode_audio
+    from support.fixtures import SENTENCES, require_tools
+
+    require_tools()
+    subprocess.run(["espeak-ng", "-v", "en-us", "-s", "150", "-w", str(tmp_path / "en.wav"), " ".join(SENTENCES[:2])],
+                   check=True)
+    audio = decode_audio(str(tmp_path / "en.wav"))
+    voiced = abs(audio) > 0.01
+    audio = audio[: len(audio) - int(voiced[::-1].argmax()) - 4000]  # cut inside the last words
+    audio = audio[: len(audio) - len(audio) % 16 - 1]  # ... at a sample the millisecond rounds up past
+    model = WhisperModel(model_path, device="cpu", compute_type="int8", cpu_threads=2)
+    out = run_model(model, audio, {"language": "en", "vad_filter": True, "beam_size": 1, "batch_size": 4,
+                                   "temperature": 0.0})
+    assert out["segments"] and out["segments"][-1]["end"] <= len(audio) / 16000 + 0.001

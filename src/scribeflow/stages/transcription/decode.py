@@ -4,6 +4,7 @@ itself or in the long-lived worker (worker.py), which returns the same plain dic
 from __future__ import annotations
 
 import contextlib
+import math
 import functools
 import logging
 import time
@@ -179,6 +180,10 @@ def _clipped(audio, batch_size, options: dict, timing: dict) -> tuple[dict, list
                            timing.get("preroll_s", coverage.PREROLL_S))
     if not found:  # no speech: faster-whisper's VAD says so itself (an empty clip list decodes everything)
         return dict(options), None, None
+    # Never past the audio's last sample: the clips are rounded to the millisecond, and
+    # faster-whisper asserts that they hold no more than the audio (speech to the very end).
+    last = math.floor(len(audio) / SAMPLE_RATE * 1000) / 1000
+    found = [(a, min(b, last)) for a, b in found if a < last]
     clip_timestamps = ([{"start": a, "end": b} for a, b in found] if batch_size
                        else [t for clip in found for t in clip])
     # Word times (the cross-attention alignment) stamp each segment from its first word to its
