@@ -43,6 +43,18 @@ def test_episodes_without_a_subtitle_are_named_and_skipped(tmp_path, caplog):
         evaluate.pairs([tmp_path / "b.mp4"])
 
 
+def _evaluate(tmp_path, folder, model: str, out, *extra: str) -> subprocess.CompletedProcess:
+    """`scribeflow evaluate FOLDER --model MODEL --language ja` as a user runs it, with a config."""
+    import yaml
+
+    catalogue = write_catalogue(tmp_path / "episodes.csv", [{"id": "x", "url": "http://127.0.0.1:9/x"}])
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump(workflow_config(tmp_path, catalogue, model)))
+    return subprocess.run([sys.executable, "-m", "scribeflow.ops.cli", "evaluate", str(folder), "--model", model,
+                           "--language", "ja", "--out", str(out), "--configfile", str(config), *extra],
+                          capture_output=True, text=True, timeout=900)
+
+
 @pytest.mark.slow
 def test_evaluate_prints_and_writes_the_cer_of_each_episode(tmp_path):
     require_tools()
@@ -55,16 +67,8 @@ def test_evaluate_prints_and_writes_the_cer_of_each_episode(tmp_path):
                        for i, text in enumerate(lines, 1))
         (media / f"ep{n}.ja.srt").write_text(cues, encoding="utf-8")
     base = str(packaged_model("base"))
-    catalogue = write_catalogue(tmp_path / "episodes.csv", [{"id": "x", "url": "http://127.0.0.1:9/x"}])
-    config = tmp_path / "config.yaml"
-    import yaml
-
-    config.write_text(yaml.safe_dump(workflow_config(tmp_path, catalogue, base)))
     out = tmp_path / "evaluation"
-    proc = subprocess.run([sys.executable, "-m", "scribeflow.ops.cli", "evaluate", str(media), "--model", base,
-                           "--language", "ja", "--out", str(out), "--configfile", str(config),
-                           "--vary", "temperature=[0.0, 0.2, 0.4, 0.6, 0.8, 1.0]"],
-                          capture_output=True, text=True, timeout=600)
+    proc = _evaluate(tmp_path, media, base, out, "--vary", "temperature=[0.0, 0.2, 0.4, 0.6, 0.8, 1.0]")
     assert proc.returncode == 0, proc.stderr
     assert "CER" in proc.stdout and "over 3 episode(s)" in proc.stdout
     print(proc.stdout)
@@ -133,15 +137,8 @@ def test_evaluate_on_a_release_named_japanese_episode(tmp_path):
     episode.write_srt(folder / f"{name}.ja.srt")
     (folder / f"{name}.en.srt").write_text("1\n00:00:31,500 --> 00:00:34,000\nIs this room cold?\n")
     base = str(packaged_model("base"))
-    catalogue = write_catalogue(tmp_path / "episodes.csv", [{"id": "x", "url": "http://127.0.0.1:9/x"}])
-    config = tmp_path / "config.yaml"
-    import yaml
-
-    config.write_text(yaml.safe_dump(workflow_config(tmp_path, catalogue, base)))
     out = tmp_path / "evaluation"
-    proc = subprocess.run([sys.executable, "-m", "scribeflow.ops.cli", "evaluate", str(folder), "--model", base,
-                           "--language", "ja", "--out", str(out), "--configfile", str(config)],
-                          capture_output=True, text=True, timeout=900)
+    proc = _evaluate(tmp_path, folder, base, out)
     assert proc.returncode == 0, proc.stderr
     print(proc.stdout)
     (row,) = csv.DictReader((out / "evaluate.tsv").open(), delimiter="\t")
