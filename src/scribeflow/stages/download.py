@@ -23,8 +23,16 @@ classified:
   max_backoff_seconds, or the server's Retry-After): by yt-dlp in its download phase
   (with the same backoff), by the loop here for everything before it. A full disk
   also pauses the gate, so the next attempt waits there until space returns.
+- either's: a 401/403/451 and the site's own word for the episode (yt-dlp's expected
+  extractor errors: unavailable, private, login required, GeoRestrictedError). The host's
+  record decides (hosts.HostLimiter.judge): the episode's while the host serves other
+  episodes (counted once a run, never retried in the job), else the host's.
 - anything else, and a transient fault that outlasts the retries, fails the job; the
-  next run tries again, up to `max_attempts` runs (see failures.py).
+  next run tries again, up to `max_attempts` runs (see failures.py). Each download tells
+  the host's breaker of its failure once, however often it is retried; a transient fault
+  on one episode while its host serves the others is the episode's after TRIES_BEFORE_OWN
+  tries, and a retry that would wait over LONG_WAIT_SECONDS is not waited for when no
+  other episode is in flight.
 """
 
 from __future__ import annotations
