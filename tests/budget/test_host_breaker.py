@@ -103,7 +103,7 @@ def test_one_episode_failing_on_every_try_never_pauses_a_host_that_serves_others
     hosts = limiter(tmp_path)
     for n in range(12):  # a region-locked episode, tried again and again, between the others' successes
         assert not hosts.failed(URL, "HTTP 403 (Forbidden)", "locked", own=n % 2 == 0)
-        hosts.succeeded(URL, f"ep{n:02d}")
+        hosts.succeeded(URL)
     for _ in range(10):  # and its retries within one job count once
         assert not hosts.failed(URL, "HTTP 403 (Forbidden)", "locked")
     assert hosts.paused() == {}
@@ -113,7 +113,7 @@ def test_distinct_episodes_failing_with_no_success_between_pause_the_host_and_on
     hosts = limiter(tmp_path)
     for episode in ("a", "b", "c", "d"):
         assert not hosts.failed(URL, "HTTP 500", episode)
-    hosts.succeeded(URL, "e")  # one success: the count starts again
+    hosts.succeeded(URL)  # one success: the count starts again
     for episode in ("f", "g", "h", "i"):
         assert not hosts.failed(URL, "HTTP 500", episode)
     assert hosts.failed(URL, "HTTP 500", "j")
@@ -126,7 +126,7 @@ def test_a_failure_is_the_episodes_while_the_host_serves_others_and_the_hosts_wh
     hosts = limiter(tmp_path)
     hosts.alone_seconds = 0.3
     assert hosts.judge(URL, "locked")[0] == HOST  # a host that never served anyone: not the episode's
-    hosts.succeeded(URL, "ep01")
+    hosts.succeeded(URL)
     assert hosts.judge(URL, "locked") == (EPISODE, 1)  # it serves others: the episode's own
     # A 5xx of another episode says nothing of a ban: a 403 is still the episode's.
     hosts.failed(URL, "HTTP 500", "broken")
@@ -147,7 +147,7 @@ def test_an_undecided_failure_waits_for_the_next_outcome_of_another_download_in_
         with hosts.slot(URL, "ep01"):
             in_flight.set()
             time.sleep(1.0)
-        hosts.succeeded(URL, "ep01")
+        hosts.succeeded(URL)
 
     t = threading.Thread(target=other_download)
     t.start()
@@ -169,5 +169,5 @@ def test_an_episode_that_failed_on_its_own_never_probes_a_paused_host(tmp_path):
     assert time.monotonic() - started < 5
     with hosts.slot(URL, "fresh"):  # another episode probes it
         pass
-    hosts.succeeded(URL, "fresh")
+    hosts.succeeded(URL)
     assert hosts.paused() == {}

@@ -274,7 +274,7 @@ class HostLimiter:
                         host, entry["backoff_until"] - time.time(), entry["strikes"])
             return entry["backoff_until"] - time.time()
 
-    def succeeded(self, url: str, episode: str = "") -> None:
+    def succeeded(self, url: str) -> None:
         """A download of the host went through: its count of 429s and of failing episodes
         starts again, it is known to serve (judge), and a paused host resumes."""
         host = host_of(url)
@@ -332,10 +332,7 @@ class HostLimiter:
         """Whether the host of `url` serves other episodes now: it served one within
         SERVED_MEMORY_SECONDS and no other episode of it is failing since (read without
         the lock: a hint for ending one episode's retries, never a pause)."""
-        try:
-            entry = json.loads((self.state_dir / STATE_FILE).read_bytes()).get(host_of(url)) or {}
-        except (OSError, ValueError, AttributeError):
-            return False
+        entry = self._peek().get(host_of(url))
         return isinstance(entry, dict) and entry.get("served_at", 0) > time.time() - SERVED_MEMORY_SECONDS \
             and not [e for e in _failing(entry) if e != episode]
 
@@ -355,7 +352,7 @@ class HostLimiter:
             failing, refusals = _failing(entry), _failing(entry, "refused")
             # A retry of a download already counted is not counted again.
             new = not episode or episode not in failing + refusals
-            if not own and (new or episode not in failing):
+            if not own and (not episode or episode not in failing):
                 entry["failing"] = failing = (failing + [episode])[-RECENT:]
             if refused and episode not in refusals:
                 entry["refused"] = refusals = (refusals + [episode])[-RECENT:]
@@ -381,13 +378,16 @@ class HostLimiter:
     def paused(self) -> dict:
         """{host: {"since", "reason", "next_probe"}} of the paused hosts, read without the
         lock and without writing (status, metrics, the dashboard)."""
+        return {host: {"since": e["paused_since"], "reason": e.get("paused_reason"), "next_probe": e.get("probe_at")}
+                for host, e in self._peek().items() if isinstance(e, dict) and e.get("paused_since")}
+
+    def _peek(self) -> dict:
+        """The shared state as it is on disk, read without the lock ({} when unreadable)."""
         try:
             state = json.loads((self.state_dir / STATE_FILE).read_bytes())
         except (OSError, ValueError):
             return {}
-        return {host: {"since": e["paused_since"], "reason": e.get("paused_reason"), "next_probe": e.get("probe_at")}
-                for host, e in (state.items() if isinstance(state, dict) else [])
-                if isinstance(e, dict) and e.get("paused_since")}
+        return state if isinstance(state, dict) else {}
 
     def resume(self, host: str) -> bool:
         """`scribeflow retry --host`: resume a paused host now. Whether it was paused."""

@@ -686,7 +686,7 @@ def _download_with_retries(episode: str, url: str, out: Path, settings: Settings
                 result = _attempt(episode, url, out, settings, gate, expected_size_mb,
                                   on_rate_limited=lambda: hosts.slow_down(url), measured=measured,
                                   on_extracted=on_extracted)
-            hosts.succeeded(url, episode)
+            hosts.succeeded(url)
             return {**result, "attempts": attempt}
         except DownloadFailed as exc:
             delay = _after_failure(exc, episode, url, out, settings.download, hosts, tries)
