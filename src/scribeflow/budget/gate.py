@@ -274,20 +274,25 @@ class DownloadGate:
         admitted = fits and (not reasons or not download)
         reason = self._why_waiting(reasons, fits, usage, fs_available, declared)
         stalled = self._stalled(state, reasons, fits, usage, fs_available, declared, headroom)
-        never = self._never(usage, declared, headroom) if not fits else None
+        never = self._never(usage, declared, download) if not fits else None
         self._to_ledger("sample_disk", usage, paused=bool(reasons), min_interval=self.check_interval)
         return Decision(admitted, usage, pending, fs_available, bool(reasons), reason, stalled, never)
 
-    def _never(self, usage: DiskUsage, declared: int, headroom: int) -> str | None:
-        """Why this write can never be admitted: the files the pipeline keeps (transcripts,
-        tokens, analyses, the ledger: no transcription frees them) leave it no room under
-        the hard limit, whatever the videos and audio in flight free."""
-        kept = usage.total - usage.temporary
-        if kept + declared + headroom + self.outputs_per_episode <= self.monitor.hard_limit:
+    def largest_beside_kept(self, usage: DiskUsage | None = None, download: bool = True) -> int:
+        """The largest write this budget can ever admit beside the files the pipeline keeps
+        (transcripts, tokens, analyses, the ledger: no transcription frees them) and the
+        outputs the writer's episode will add: `largest`, less those."""
+        usage = usage or self.monitor.current_usage(fresh=True)
+        return self.largest(download) - (usage.total - usage.temporary) - self.outputs_per_episode
+
+    def _never(self, usage: DiskUsage, declared: int, download: bool) -> str | None:
+        """Why this write can never be admitted, whatever the videos and audio in flight free."""
+        if declared <= self.largest_beside_kept(usage, download):
             return None
+        headroom = self.audio_headroom if download else 0
         return (f"{human_bytes(declared)} declared" + (f" + {human_bytes(headroom)} audio headroom" if headroom else "")
-                + f" beside the {human_bytes(kept)} the pipeline keeps (transcripts, tokens, analyses, the ledger) "
-                f"exceeds the hard limit of {human_bytes(self.monitor.hard_limit)}")
+                + f" beside the {human_bytes(usage.total - usage.temporary)} the pipeline keeps (transcripts, tokens, "
+                f"analyses, the ledger) exceeds the hard limit of {human_bytes(self.monitor.hard_limit)}")
 
     def _outputs_reserve(self, state: dict) -> int:
         """outputs_per_episode for every episode in flight (a ledger row between downloading

@@ -609,13 +609,8 @@ def reservation(settings: Settings, declared: int) -> int:
 
 def largest_now(settings: Settings, gate=None) -> int:
     """The largest reservation a download could be admitted with now, were nothing else
-    in flight: the budget's largest, less what the pipeline keeps (transcripts, tokens,
-    the ledger: no transcription frees them) and the outputs the episode will write."""
-    limit = largest_download(settings)
-    if gate is None:
-        return limit
-    usage = gate.monitor.current_usage(fresh=True)
-    return limit - (usage.total - usage.temporary) - gate.outputs_per_episode
+    in flight (the gate's largest_beside_kept; without a gate, the budget's largest)."""
+    return largest_download(settings) if gate is None else gate.largest_beside_kept()
 
 
 def _declare_after_stop(exc: SizeExceeded, settings: Settings, episode: str, retried: bool,
